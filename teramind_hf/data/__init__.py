@@ -1,0 +1,1 @@
+"""Gene panels, synthetic phantom tissue, readers of real formats and patch datasets."""
