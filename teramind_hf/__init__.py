@@ -1,3 +1,34 @@
 """teramind-hf: gene-conditioned 3D brain morphology diffusion (Tera-MIND) for diffusers."""
 
+from pathlib import Path
+
+# diffusers resolves pipeline components by importing the module recorded in model_index.json and looking
+# for these base-class names in it, so the package namespace exposes them.
+from diffusers import ConfigMixin, ModelMixin, SchedulerMixin
+
+from .models import GeneMorphUNet3DModel, GeneMorphUNet3DOutput
+from .pipelines import TeraMindPipeline, TeraMindPipelineOutput
+from .schedulers import BoundaryAwareScheduler
+
 __version__ = "0.1.0"
+
+
+def default_model_path() -> Path:
+    """Folder of the small default pipeline shipped inside the package (trained on synthetic phantom data)."""
+    path = Path(__file__).parent / "default_model"
+    if not (path / "model_index.json").is_file():
+        raise FileNotFoundError(f"the embedded default model is missing from {path}")
+    return path
+
+
+__all__ = [
+    "BoundaryAwareScheduler",
+    "ConfigMixin",
+    "GeneMorphUNet3DModel",
+    "GeneMorphUNet3DOutput",
+    "ModelMixin",
+    "SchedulerMixin",
+    "TeraMindPipeline",
+    "TeraMindPipelineOutput",
+    "default_model_path",
+]

@@ -294,8 +294,13 @@ class GeneMorphUNet3DModel(ModelMixin, ConfigMixin):
         batch = sample.shape[0]
         timestep = torch.as_tensor(timestep, device=sample.device)
         if timestep.ndim == 0:
-            timestep = timestep.expand(batch)
-        temb = self.time_embedding(self.time_proj(timestep).to(self.dtype))
+            # one embedding row for a shared timestep: a 1-row matmul is computed the same way whatever the
+            # batch size, so results do not depend on how many canvases are batched together
+            temb = self.time_embedding(self.time_proj(timestep[None]).to(self.dtype)).expand(batch, -1)
+        else:
+            if timestep.shape != (batch,):
+                raise ValueError(f"timestep must be a scalar or have shape ({batch},), got {tuple(timestep.shape)}")
+            temb = self.time_embedding(self.time_proj(timestep).to(self.dtype))
 
         x = patchify(sample.to(self.dtype), cfg.sample_size)
         gene_maps = self.encode_genes(patchify(genes.to(self.dtype), cfg.sample_size // cfg.gene_bin))

@@ -1,0 +1,3 @@
+from .pipeline_teramind import TeraMindPipeline, TeraMindPipelineOutput
+
+__all__ = ["TeraMindPipeline", "TeraMindPipelineOutput"]
