@@ -222,7 +222,7 @@ def _remap_coords_torch(genes: Any, src: np.ndarray, out_shape: tuple[int, ...])
     new_first = lut[indices[0]]
     keep = new_first >= 0
     indices = torch.cat([new_first[keep][None], indices[1:, keep]], dim=0)
-    return torch.sparse_coo_tensor(indices, values[keep], out_shape).coalesce()
+    return torch.sparse_coo_tensor(indices, values[keep], out_shape, check_invariants=True).coalesce()
 
 
 def _apply_sparse(genes: Any, src: np.ndarray, out_shape: tuple[int, ...]) -> Any:

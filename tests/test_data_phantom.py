@@ -1,0 +1,97 @@
+"""Phantom: determinism, planted co-expression, null gene, morphology by type, CLI, speed."""
+
+import hashlib
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from teramind_hf.cli import main as cli_main
+from teramind_hf.data.panel import GenePanel
+from teramind_hf.data.phantom import CELL_TYPES, NULL_GENE, PLANTED_PAIRS, array_digest, make_phantom
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return make_phantom(256, 256, 4, seed=3, um_per_px=0.5)
+
+
+def _file_digests(folder: Path, suffixes=(".parquet", ".tif", ".csv", ".txt", ".json")) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.suffix in suffixes
+    }
+
+
+def test_same_seed_same_arrays_and_bytes(tmp_path):
+    a, b = make_phantom(128, 128, 2, seed=7, um_per_px=0.5), make_phantom(128, 128, 2, seed=7, um_per_px=0.5)
+    assert array_digest(a) == array_digest(b)
+    assert array_digest(a) != array_digest(make_phantom(128, 128, 2, seed=8, um_per_px=0.5))
+    for out in ("a", "b"):
+        assert cli_main([
+            "phantom", str(tmp_path / out), "--size", "128,96", "--slices", "2", "--seed", "7", "--um-per-px", "0.5",
+        ]) == 0  # fmt: skip
+    digests = _file_digests(tmp_path / "a")
+    assert "transcripts.parquet" in digests and "images.tif" in digests and len(digests) >= 7
+    assert digests == _file_digests(tmp_path / "b")
+
+
+def test_shapes_and_types(phantom):
+    assert phantom.images.shape == (2, 4, 256, 256) and phantom.images.dtype == np.uint8
+    assert phantom.genes.shape == (len(phantom.panel), 4, 16, 16) and phantom.gene_bin == 16
+    assert set(phantom.transcripts.columns) == {"x", "y", "z", "gene"}
+    assert phantom.labels.shape == (4, 256, 256) and phantom.cell_types.max() <= len(CELL_TYPES)
+    official = GenePanel.official_mouse()
+    assert all(g in official for g in phantom.panel)
+    for gene in ("Slc17a6", "Slc17a7", "Nr4a2", "Th", NULL_GENE):
+        assert gene in phantom.panel
+    # sections are independent draws of cells, but regions continue between sections
+    assert not np.array_equal(phantom.labels[0] > 0, phantom.labels[1] > 0)
+    assert (phantom.regions[0] == phantom.regions[1]).mean() > 0.8
+
+
+def _corr(a, b):
+    return float(np.corrcoef(np.ravel(a), np.ravel(b))[0, 1])
+
+
+def test_planted_pairs_and_null_gene(phantom):
+    genes, index = phantom.genes, {g: i for i, g in enumerate(phantom.panel)}
+    for first, second in PLANTED_PAIRS:
+        assert _corr(genes[index[first]], genes[index[second]]) > 0.8, (first, second)
+    z, hb, wb = genes.shape[1:]
+    b = phantom.gene_bin
+    for stain in (0, 1):
+        per_bin = phantom.images[stain].astype(np.float64).reshape(z, hb, b, wb, b).mean(axis=(2, 4))
+        assert abs(_corr(genes[index[NULL_GENE]], per_bin)) < 0.1
+
+
+def test_morphology_follows_cell_type(phantom):
+    dapi, polyt = phantom.images[0].astype(float), phantom.images[1].astype(float)
+    nucleus_area = {}
+    for k, kind in enumerate(CELL_TYPES, start=1):
+        mask = phantom.cell_types == k
+        if mask.sum() < 50:
+            continue
+        nucleus_area[kind.name] = (mask & (dapi > 60)).sum() / max(len(phantom.cells.query("cell_type == @kind.name")), 1)
+    # glutamatergic nuclei (10 um) are larger than oligodendrocyte nuclei (6 um)
+    assert nucleus_area["glutamatergic"] > 1.5 * nucleus_area["oligodendrocyte"]
+    cells = (phantom.labels > 0)
+    assert polyt[cells].mean() > polyt[~cells].mean() + 30
+
+
+def test_default_scale_and_speed():
+    start = time.perf_counter()
+    big = make_phantom(512, 512, 4, seed=0, um_per_px=0.5)
+    assert time.perf_counter() - start < 4.0
+    assert len(big.cells) > 100
+    real = make_phantom(512, 512, 1, seed=0)  # MERSCOPE scale: a nucleus spans ~90 px
+    assert real.um_per_px == pytest.approx(0.108)
+    assert 5 <= len(real.cells) <= 40
+
+
+def test_bad_size_is_named_error():
+    with pytest.raises(ValueError, match="multiples of gene_bin=16"):
+        make_phantom(100, 128, 2)
+    assert cli_main(["phantom", "/tmp/never", "--size", "1x2"]) == 2
