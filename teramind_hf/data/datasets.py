@@ -241,12 +241,15 @@ def from_hf_dataset(dataset) -> SpatialVolume:
         raise ValueError(f"from_hf_dataset: missing column(s) {missing}; found {dataset.column_names}")
     if len(dataset) == 0:
         raise ValueError("from_hf_dataset: the dataset has no rows (no sections)")
-    data = dataset.with_format("numpy").sort("section")
+    data = dataset.with_format("numpy")
+    order = np.argsort(np.asarray(data["section"]), kind="stable")
     names = list(dataset[0]["gene_names"])
-    genes = np.stack([np.asarray(g, dtype=np.float32) for g in data["genes"]], axis=1)
+    genes = np.stack([np.asarray(data[int(i)]["genes"], dtype=np.float32) for i in order], axis=1)
     images = None
     if "dapi" in dataset.column_names:
-        images = np.stack([np.stack(list(data["dapi"])), np.stack(list(data["polyt"]))]).astype(np.uint8)
+        images = np.stack(
+            [np.stack([np.asarray(data[int(i)][stain]) for i in order]) for stain in ("dapi", "polyt")]
+        ).astype(np.uint8)
     um = float(dataset[0]["um_per_px"]) if "um_per_px" in dataset.column_names else float("nan")
     return SpatialVolume(
         genes=genes,
