@@ -106,6 +106,9 @@ class ResBlock(nn.Module):
         self.norm_out = RMSNorm(out_channels, eps, dim=1)
         self.dropout = nn.Dropout(dropout)
         self.conv_out = nn.Conv3d(out_channels, out_channels, kernel_size=3, padding=1)
+        # zero-initialised as in the official model: a fresh block starts as its skip path
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
         self.skip = nn.Conv3d(in_channels, out_channels, kernel_size=1) if in_channels != out_channels else None
 
     def _resample(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,66 @@
+"""Shared test fixtures: the official small-model fixtures and a tiny random pipeline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+FIXTURES = Path(__file__).parent / "fixtures"
+OFFICIAL_SMALL = FIXTURES / "official_small"
+TINY_GENES = ["Slc17a7", "Slc17a6", "Gad1", "Nr4a2", "Th"]
+
+
+def make_tiny_unet(gene_names: list[str] = TINY_GENES, seed: int = 0):
+    from teramind_hf import GeneMorphUNet3DModel
+
+    torch.manual_seed(seed)
+    unet = GeneMorphUNet3DModel(
+        num_genes=len(gene_names),
+        gene_names=list(gene_names),
+        block_out_channels=(4, 8, 16, 32),
+        time_embed_dim=32,
+        gene_map_channels=(16, 8, 8),
+    )
+    # zero-initialised-like layers would make every tile the same; small random weights everywhere instead
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return unet.eval()
+
+
+@pytest.fixture
+def tiny_pipeline():
+    from teramind_hf import BoundaryAwareScheduler, TeraMindPipeline
+
+    pipe = TeraMindPipeline(unet=make_tiny_unet(), scheduler=BoundaryAwareScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture
+def tiny_genes():
+    """Counts for a 2x2-tile region (512 px, 32 bins of 16 px) and 2 sections."""
+    generator = torch.Generator().manual_seed(1)
+    return torch.poisson(torch.full((len(TINY_GENES), 2, 32, 32), 0.8), generator=generator)
+
+
+@pytest.fixture(scope="session")
+def official_io():
+    from safetensors.torch import load_file
+
+    return load_file(str(OFFICIAL_SMALL / "io.safetensors"))
+
+
+@pytest.fixture(scope="session")
+def official_small_model():
+    from teramind_hf.convert.official import convert_official_state_dict, load_state_dict
+
+    return convert_official_state_dict(load_state_dict(OFFICIAL_SMALL / "model.safetensors"))
+
+
+@pytest.fixture(scope="session")
+def official_config():
+    return json.loads((OFFICIAL_SMALL / "config.json").read_text())
