@@ -41,13 +41,18 @@ def z_chunks(start: int, stop: int, num_slices: int = 2) -> list[int]:
     return list(range(start, stop, num_slices))
 
 
+def gene_window_range(chunk_start: int, num_slices: int = 2, gene_slices: int = 4) -> tuple[int, int]:
+    """Gene sections ``[lo, hi)`` conditioning the chunk starting at ``chunk_start`` (may reach past either end)."""
+    margin = (gene_slices - num_slices) // 2
+    return chunk_start - margin, chunk_start + num_slices + margin
+
+
 def gene_window(genes: torch.Tensor, chunk_start: int, num_slices: int = 2, gene_slices: int = 4) -> torch.Tensor:
     """Gene slices conditioning a chunk: the chunk's slices plus one section on each side, zero-padded.
 
     ``genes`` is ``(G, Z, Hb, Wb)``, one gene map per section; returns ``(G, gene_slices, Hb, Wb)``.
     """
-    margin = (gene_slices - num_slices) // 2
-    lo, hi = chunk_start - margin, chunk_start + num_slices + margin
+    lo, hi = gene_window_range(chunk_start, num_slices, gene_slices)
     z = genes.shape[1]
     window = genes[:, max(lo, 0) : min(hi, z)]
     return F.pad(window, (0, 0, 0, 0, max(0, -lo), max(0, hi - z)))
