@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -216,14 +218,27 @@ def convert_official_checkpoint(
     output_dir: str | Path,
     gene_names: list[str] | None = None,
     push_to_hub: str | None = None,
+    overwrite: bool = False,
 ):
     """Convert an official checkpoint and write a complete pipeline folder (safetensors only)."""
     from ..pipelines.pipeline_teramind import TeraMindPipeline
     from ..schedulers.scheduling_boundary_aware import BoundaryAwareScheduler
 
+    output_dir = Path(output_dir)
+    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
+        raise FileExistsError(f"output folder {output_dir} exists and is not empty (pass overwrite=True / --overwrite)")
     unet = convert_official_state_dict(load_state_dict(checkpoint), gene_names=gene_names)
     pipe = TeraMindPipeline(unet=unet, scheduler=BoundaryAwareScheduler())
-    pipe.save_pretrained(str(output_dir), safe_serialization=True)
+    # write beside the target, then swap it in: a failed write never leaves a half pipeline folder
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    try:
+        pipe.save_pretrained(str(staging), safe_serialization=True)
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        staging.rename(output_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     if push_to_hub:
         pipe.push_to_hub(push_to_hub)
     return pipe
@@ -271,7 +286,9 @@ def official_genes_to_canvas(genes: torch.Tensor, grid: tuple[int, int]) -> torc
 # ---------------------------------------------------------------------------------------- CLI
 def _run(args: argparse.Namespace) -> int:
     names = read_gene_names(args.gene_names) if args.gene_names else None
-    convert_official_checkpoint(args.checkpoint, args.output_dir, gene_names=names, push_to_hub=args.push_to_hub)
+    convert_official_checkpoint(
+        args.checkpoint, args.output_dir, gene_names=names, push_to_hub=args.push_to_hub, overwrite=args.overwrite
+    )
     print(f"wrote pipeline to {args.output_dir}")
     return 0
 
@@ -285,4 +302,5 @@ def register(subparsers) -> None:
     parser.add_argument("output_dir", help="folder to write (model_index.json, unet/, scheduler/)")
     parser.add_argument("--gene-names", help="text file with the model's gene panel, one symbol per line")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload the converted pipeline")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     parser.set_defaults(func=_run)

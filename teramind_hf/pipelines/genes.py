@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 
-
-@dataclass
-class GeneAlignment:
-    """How a dataset's genes map onto a model panel."""
-
-    model_genes: list[str]
-    missing: list[str]  # model genes absent from the data (filled with zeros)
-    unused: list[str]  # data genes the model does not know
-    index: list[int]  # for each model gene, its row in the data, or -1
-
-    @property
-    def overlap(self) -> float:
-        return 1.0 - len(self.missing) / max(len(self.model_genes), 1)
+from ..data.panel import GenePanel, PanelAlignment, apply_alignment
 
 
 def as_dense_genes(genes: Any, argument: str = "genes") -> torch.Tensor:
@@ -49,10 +36,14 @@ def align_genes_to_model(
     gene_names: list[str] | None,
     model_config,
     min_overlap: float = 0.5,
-) -> tuple[torch.Tensor, GeneAlignment | None]:
-    """Reorder ``genes`` (G, ...) to the model panel by name; without names, G must equal the panel size."""
+    orthologues: bool = False,
+    overrides: Mapping[str, str] | None = None,
+) -> tuple[torch.Tensor, PanelAlignment | None]:
+    """Reorder ``genes`` (G, ...) to the model panel by name (missing genes zero-filled).
+
+    Without names, G must equal the model's panel size and the order is taken as the model's.
+    """
     num_genes = model_config.num_genes
-    model_names = model_config.gene_names
     if gene_names is None:
         if genes.shape[0] != num_genes:
             raise ValueError(
@@ -62,23 +53,9 @@ def align_genes_to_model(
         return genes, None
     if len(gene_names) != genes.shape[0]:
         raise ValueError(f"gene_names has {len(gene_names)} names but genes has {genes.shape[0]} rows on axis 0")
-    if model_names is None:
+    if model_config.gene_names is None:
         raise ValueError("this model's config has no gene_names, so genes cannot be aligned by name")
-    lookup = {name.upper(): i for i, name in enumerate(gene_names)}
-    index = [lookup.get(name.upper(), -1) for name in model_names]
-    known = {name.upper() for name in model_names}
-    alignment = GeneAlignment(
-        model_genes=list(model_names),
-        missing=[n for n, i in zip(model_names, index) if i < 0],
-        unused=[n for n in gene_names if n.upper() not in known],
-        index=index,
+    alignment = GenePanel(model_config.gene_names).align(
+        list(gene_names), min_overlap=min_overlap, orthologues=orthologues, overrides=overrides
     )
-    if alignment.overlap < min_overlap:
-        raise ValueError(
-            f"gene_names share {num_genes - len(alignment.missing)} of the model's {num_genes} genes "
-            f"({alignment.overlap:.0%}); at least min_gene_overlap={min_overlap:.0%} is required"
-        )
-    rows = torch.as_tensor([max(i, 0) for i in index], dtype=torch.long)
-    aligned = genes.index_select(0, rows)
-    aligned[torch.as_tensor(index) < 0] = 0
-    return aligned, alignment
+    return apply_alignment(genes, alignment), alignment

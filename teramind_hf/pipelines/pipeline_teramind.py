@@ -16,7 +16,8 @@ from diffusers.utils import BaseOutput
 
 from ..models.unet_genemorph_3d import GeneMorphUNet3DModel
 from ..schedulers.scheduling_boundary_aware import BoundaryAwareScheduler
-from .genes import GeneAlignment, align_genes_to_model, as_dense_genes, check_counts
+from ..data.panel import PanelAlignment
+from .genes import align_genes_to_model, as_dense_genes, check_counts
 
 OUTPUT_TYPES = ("np", "pt", "uint8")
 TILE_ORDERS = ("raster", "reverse")
@@ -33,7 +34,7 @@ class TeraMindPipelineOutput(BaseOutput):
     """
 
     images: np.ndarray | torch.Tensor
-    gene_alignment: GeneAlignment | None = field(default=None)
+    gene_alignment: PanelAlignment | None = field(default=None)
 
 
 def z_chunks(start: int, stop: int, num_slices: int = 2) -> list[int]:
@@ -115,7 +116,7 @@ class TeraMindPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ inputs
     def _prepare_genes(
         self, genes: Any, gene_names: list[str] | None, min_gene_overlap: float
-    ) -> tuple[torch.Tensor, GeneAlignment | None]:
+    ) -> tuple[torch.Tensor, PanelAlignment | None]:
         dense = as_dense_genes(genes, argument="genes")
         if dense.ndim != 4:
             raise ValueError(

@@ -1,0 +1,617 @@
+"""Tera-scale generation: stream the synchronous tile-grid sampling of Tera-MIND into an OME-Zarr image.
+
+The in-memory :class:`TeraMindPipeline` holds a whole region; this module produces the same bytes for regions
+of any size with memory independent of the region:
+
+* **Step buffers.** Only two states are alive: ``x_t`` (read) and ``x_{t-1}`` (written), each a zarr array
+  ``(z chunks, stains, 2 slices, H, W)`` float32 with one chunk per tile. Small regions keep them in a zarr
+  ``MemoryStore``; larger ones (or several processes) in a chunked store inside the output folder.
+* **One read per tile and step.** A tile's canvas (tile + halo from its 8 neighbours, ``fill_value`` outside
+  the region) is one slice of ``x_t``; its gene canvas is read lazily from the gene source.
+* **Resume.** ``progress[z chunk, row, col]`` holds how many stages a tile has completed (0: initial noise
+  written, i + 1: step i written). A tile's record is written after its data chunk; zarr writes each chunk
+  object atomically (local: temp file + rename), so a half-written chunk is never taken as done and is simply
+  redone. The last step writes uint8 straight into level 0 of the output.
+* **Scale-out.** Under ``accelerate launch`` each stage's tiles are split across processes with
+  ``PartialState().split_between_processes``, with a barrier between stages (every canvas of step i reads the
+  state all tiles reached after step i - 1).
+
+Results do not depend on batch size, number of processes, tile order or interruption: each tile's initial
+noise is seeded by ``(seed, z chunk, row, col)``, the model is batch-invariant for a scalar timestep, and the
+DDIM update is elementwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import resource
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .gene_source import GeneSource, RegionGenes, open_gene_source
+from .ome_zarr import (
+    DEFAULT_SECTION_SPACING_UM,
+    DEFAULT_UM_PER_PX,
+    PhysicalScale,
+    build_level,
+    create_image,
+    level_chunks,
+)
+from .pipeline_teramind import TeraMindPipeline, _draw_seed, _to_output_type, z_chunks
+
+RECORD_FORMAT = "teramind-generate/1"
+STEP_STORE = "_teramind_steps"  # child of the output group holding step buffers and progress
+DEFAULT_MEMORY_LIMIT = 64 * 2**20  # bytes of the two step buffers kept in memory; above it they go to disk
+STATELESS_SCHEDULERS = ("DDIMScheduler",)
+
+
+@dataclass
+class GenerateReport:
+    """Summary of a :func:`generate_to_zarr` run (this process's view; totals are for the whole region)."""
+
+    out: str
+    voxels: int  # stains x sections x H x W written
+    tiles: int  # z chunks x rows x cols
+    steps: int
+    tile_steps_run: int  # (stage, tile) units this process computed in this call (0 if already complete)
+    seconds: float
+    peak_rss_mb: float
+    step_buffers: str  # "memory" or "disk"
+    resumed_from_stage: int | None
+    num_processes: int
+
+    @property
+    def voxels_per_second(self) -> float:
+        return self.voxels / self.seconds if self.seconds > 0 else float("inf")
+
+    def summary(self) -> str:
+        return (
+            f"{self.voxels:,} voxels ({self.tiles} tiles x {self.steps} steps, {self.num_processes} process(es), "
+            f"step buffers in {self.step_buffers}) in {self.seconds:.1f} s = {self.voxels_per_second:,.0f} voxels/s; "
+            f"peak RSS {self.peak_rss_mb:.0f} MB"
+            + (f"; resumed at stage {self.resumed_from_stage}" if self.resumed_from_stage is not None else "")
+        )
+
+
+@dataclass(frozen=True)
+class Region:
+    """A region of the gene source in image px (whole tiles) and the image sections to generate."""
+
+    y0: int
+    x0: int
+    height: int
+    width: int
+    start: int
+    stop: int
+
+
+# ---------------------------------------------------------------------------------------------- validation
+def resolve_region(
+    source: GeneSource, gene_bin: int, tile_size: int, region: tuple[int, int, int, int] | None,
+    slices: tuple[int, int] | None,
+) -> Region:  # fmt: skip
+    """Check the requested region against the gene data (named errors) and fill defaults (everything)."""
+    _, sections, bins_h, bins_w = source.shape
+    full_h, full_w = bins_h * gene_bin, bins_w * gene_bin
+    y0, x0, h, w = region if region is not None else (0, 0, full_h, full_w)
+    if h <= 0 or w <= 0 or y0 < 0 or x0 < 0 or y0 + h > full_h or x0 + w > full_w:
+        raise ValueError(
+            f"region y0,x0,h,w = {y0},{x0},{h},{w} px lies outside the gene data ({full_h} x {full_w} px = "
+            f"{bins_h} x {bins_w} bins of {gene_bin} px in {source.location})"
+        )
+    for name, value in (("y0", y0), ("x0", x0), ("h", h), ("w", w)):
+        if value % tile_size:
+            raise ValueError(f"region {name}={value} px must be a multiple of the tile size ({tile_size} px)")
+    start, stop = slices if slices is not None else (0, sections)
+    if not 0 <= start < stop <= sections:
+        raise ValueError(f"slices {start},{stop} must satisfy 0 <= start < stop <= {sections} (sections in the gene data)")
+    return Region(y0, x0, h, w, start, stop)
+
+
+def check_streamable_scheduler(pipe: TeraMindPipeline) -> None:
+    """Streaming steps tiles independently, which needs a stateless elementwise update (DDIM)."""
+    inner = type(pipe.scheduler.inner).__name__
+    if inner not in STATELESS_SCHEDULERS:
+        raise ValueError(
+            f"streaming generation supports the stateless DDIM update only, not {inner}: multistep schedulers "
+            "(DPM-Solver, UniPC, ...) keep per-sample history and a step counter inside the scheduler object, "
+            "which tiles stepped in separate batches and processes would corrupt. Use --scheduler ddim, or the "
+            "in-memory TeraMindPipeline for small regions."
+        )
+
+
+def model_fingerprint(unet: torch.nn.Module) -> str:
+    """sha256 of the weights (sorted names, raw bytes): a resumed run must use the very same model."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(unet.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def run_record(
+    pipe: TeraMindPipeline, source: GeneSource, region: Region, seed: int, steps: int, halo: bool,
+    scale: PhysicalScale,
+) -> dict:  # fmt: skip
+    """What determines the output bytes; stored in the output and compared on resume."""
+    record = {
+        "format": RECORD_FORMAT,
+        "model_sha256": model_fingerprint(pipe.unet),
+        "model_config": dict(pipe.unet.config),
+        "scheduler_config": dict(pipe.scheduler.config),
+        "num_inference_steps": steps,
+        "seed": seed,
+        "region_yxhw": [region.y0, region.x0, region.height, region.width],
+        "slices": [region.start, region.stop],
+        "halo": halo,
+        "genes": {"location": source.location, "shape": list(source.shape), "gene_names": source.gene_names},
+        "um_per_px": scale.um_per_px,
+        "section_spacing_um": scale.section_spacing_um,
+    }
+    return json.loads(json.dumps(record, default=str))
+
+
+# ---------------------------------------------------------------------------------------------- output folder
+def _filesystem(out: str):
+    import fsspec
+
+    return fsspec.core.url_to_fs(out)
+
+
+def _is_local(fs) -> bool:
+    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+
+
+def check_writable(out: str) -> None:
+    """Fail early (PermissionError) if the output location cannot be written, before anything is touched."""
+    fs, path = _filesystem(out)
+    if not _is_local(fs):
+        return
+    probe_dir = Path(path)
+    while not probe_dir.exists():
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise FileExistsError(f"{probe_dir} exists and is not a folder: cannot write {out}")
+    probe = probe_dir / f".teramind-write-probe-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(f"output location {probe_dir} is not writable ({err.strerror}): cannot write {out}") from err
+
+
+def read_existing_record(out: str) -> tuple[bool, dict | None]:
+    """(exists, teramind attributes or None if it is not one of our outputs)."""
+    import zarr
+
+    fs, path = _filesystem(out)
+    if not fs.exists(path):
+        return False, None
+    try:
+        group = zarr.open_group(out, mode="r")
+    except Exception:
+        return True, None
+    state = group.attrs.get("teramind")
+    return True, dict(state) if isinstance(state, dict) else None
+
+
+def describe_difference(old: dict, new: dict) -> str:
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    parts = []
+    for key in keys:
+        a, b = old.get(key), new.get(key)
+        if key == "genes" and isinstance(a, dict) and isinstance(b, dict):
+            sub = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+            parts.append(f"genes ({', '.join(sub)})")
+        elif isinstance(a, (dict, list)) or isinstance(b, (dict, list)) or key == "model_sha256":
+            parts.append(key)
+        else:
+            parts.append(f"{key} ({a!r} -> {b!r})")
+    return ", ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------- sampler
+class StreamingTileSampler:
+    """Run the stages (initial noise, then each denoising step) of one region into an output group."""
+
+    def __init__(
+        self, pipe: TeraMindPipeline, genes: RegionGenes, region: Region, seed: int, steps: int, halo: bool,
+        batch_size: int, step_group, image, state, progress_bar: bool,
+    ):  # fmt: skip
+        cfg, sched = pipe.unet.config, pipe.scheduler
+        self.pipe, self.genes, self.region, self.seed, self.steps, self.halo = pipe, genes, region, seed, steps, halo
+        self.batch_size, self.state, self.show_progress = batch_size, state, progress_bar
+        self.tile, self.halo_px, self.fill = sched.config.tile_size, sched.config.halo, sched.config.fill_value
+        self.gene_bin = cfg.gene_bin
+        self.rows, self.cols = sched.tile_grid(region.height, region.width)
+        self.chunk_starts = z_chunks(region.start, region.stop, cfg.num_slices)
+        self.stains, self.slices_per_chunk = cfg.out_channels, cfg.num_slices
+        self.step_buffers = (step_group["x_a"], step_group["x_b"])
+        self.progress = step_group["progress"]
+        self.image = image
+
+    @property
+    def tiles(self) -> int:
+        return len(self.chunk_starts) * self.rows * self.cols
+
+    # -- geometry
+    def _tile_slices(self, row: int, col: int) -> tuple[slice, slice]:
+        t = self.tile
+        return slice(row * t, (row + 1) * t), slice(col * t, (col + 1) * t)
+
+    def read_canvas(self, buffer, k: int, row: int, col: int, timestep) -> tuple[torch.Tensor, torch.Tensor]:
+        """(model input canvas (stains, 2, canvas, canvas), current tile state (stains, 2, tile, tile))."""
+        t, h = self.tile, self.halo_px
+        if not self.halo:
+            ys, xs = self._tile_slices(row, col)
+            x_tile = torch.from_numpy(np.asarray(buffer[k, :, :, ys, xs]))
+            scaled = self.pipe.scheduler.scale_model_input(x_tile, timestep)
+            return F.pad(scaled, (h, h, h, h), value=self.fill), x_tile
+        y0, x0 = row * t - h, col * t - h
+        ya, yb = max(y0, 0), min(y0 + t + 2 * h, self.region.height)
+        xa, xb = max(x0, 0), min(x0 + t + 2 * h, self.region.width)
+        window = torch.from_numpy(np.asarray(buffer[k, :, :, ya:yb, xa:xb]))
+        x_tile = window[..., row * t - ya : row * t - ya + t, col * t - xa : col * t - xa + t]
+        scaled = self.pipe.scheduler.scale_model_input(window, timestep)
+        pad = (xa - x0, x0 + t + 2 * h - xb, ya - y0, y0 + t + 2 * h - yb)
+        return F.pad(scaled, pad, value=self.fill), x_tile
+
+    def gene_canvas(self, k: int, row: int, col: int) -> torch.Tensor:
+        tile_bins, halo_bins = self.tile // self.gene_bin, self.halo_px // self.gene_bin
+        canvas = self.genes.canvas(
+            self.chunk_starts[k], row * tile_bins - halo_bins, col * tile_bins - halo_bins, tile_bins + 2 * halo_bins
+        )
+        if not self.halo:  # naive tiling: the tile alone, as if it were a one-tile region
+            inside = torch.zeros_like(canvas)
+            inside[..., halo_bins:-halo_bins, halo_bins:-halo_bins] = 1
+            canvas = canvas * inside
+        return canvas
+
+    # -- stages
+    def stage_jobs(self, stage: int, snapshot: np.ndarray | None) -> list[list[tuple[int, int, int]]]:
+        """This process's tiles of a stage, per z chunk, without those the snapshot records as done."""
+        from accelerate import PartialState
+
+        state = PartialState()
+        per_chunk = []
+        for k in range(len(self.chunk_starts)):
+            with state.split_between_processes(torch.arange(self.rows * self.cols)) as mine:
+                tiles = [(k, int(i) // self.cols, int(i) % self.cols) for i in mine.tolist()]
+            if snapshot is not None:
+                tiles = [(k, r, c) for k, r, c in tiles if snapshot[k, r, c] < stage + 1]
+            per_chunk.append(tiles)
+        return per_chunk
+
+    def run_initial_noise(self, jobs: list[tuple[int, int, int]], bar) -> None:
+        scheduler = self.pipe.scheduler
+        for k, r, c in jobs:
+            noise = scheduler.initial_noise(
+                self.seed, (self.chunk_starts[k], r, c), (self.stains, self.slices_per_chunk, self.tile, self.tile)
+            )
+            ys, xs = self._tile_slices(r, c)
+            self.step_buffers[0][k, :, :, ys, xs] = noise.numpy()
+            self.progress[k, r, c] = 0
+            bar.update(1)
+
+    def run_step(self, step: int, jobs: list[tuple[int, int, int]], bar) -> None:
+        scheduler, unet = self.pipe.scheduler, self.pipe.unet
+        t = scheduler.timesteps[step]
+        source = self.step_buffers[step % 2]
+        last = step == self.steps - 1
+        for b in range(0, len(jobs), self.batch_size):
+            batch = jobs[b : b + self.batch_size]
+            canvases, states = zip(*(self.read_canvas(source, k, r, c, t) for k, r, c in batch))
+            gene_batch = torch.stack([self.gene_canvas(k, r, c) for k, r, c in batch])
+            device, dtype = self.pipe._execution_device, unet.dtype
+            eps = unet(
+                torch.stack(canvases).to(device=device, dtype=dtype), t, gene_batch.to(device=device, dtype=dtype),
+                path="collage",
+            ).sample.float().cpu()  # fmt: skip
+            prev = scheduler.step(eps, t, torch.stack(states)).prev_sample
+            for (k, r, c), tile_state in zip(batch, prev):
+                if last:
+                    self._write_output_tile(k, r, c, tile_state)
+                else:
+                    ys, xs = self._tile_slices(r, c)
+                    self.step_buffers[(step + 1) % 2][k, :, :, ys, xs] = tile_state.numpy()
+                self.progress[k, r, c] = step + 1
+            bar.update(len(batch))
+
+    def _write_output_tile(self, k: int, row: int, col: int, tile_state: torch.Tensor) -> None:
+        """uint8 of the final state into level 0 (c, z, y, x), trimming a chunk that overhangs the stop."""
+        z_out = self.chunk_starts[k] - self.region.start
+        keep = min(self.slices_per_chunk, self.region.stop - self.region.start - z_out)
+        pixels = _to_output_type(tile_state[:, :keep].clamp(-1, 1), "uint8")
+        ys, xs = self._tile_slices(row, col)
+        self.image[:, z_out : z_out + keep, ys, xs] = pixels
+
+    def run(self, snapshot: np.ndarray | None) -> tuple[int, int | None]:
+        """All stages not yet done; returns (tile-stages computed here, first stage that had work)."""
+        from accelerate import PartialState
+        from tqdm.auto import tqdm
+
+        state = PartialState()
+        scheduler = self.pipe.scheduler
+        first_stage = -1 if snapshot is None else int(snapshot.min())
+        stage_plan = list(range(first_stage, self.steps))
+        resumed = first_stage if snapshot is not None and snapshot.max() >= 0 else None
+        done = 0
+        total = sum(len(j) for j in self.stage_jobs(first_stage, snapshot)) + max(len(stage_plan) - 1, 0) * sum(
+            len(j) for j in self.stage_jobs(first_stage + 1, None)
+        )
+        bar = tqdm(total=total, desc="teramind generate (stage x tile)", unit="tile", disable=not self.show_progress)
+        scheduler.set_timesteps(self.steps)
+        was_training = self.pipe.unet.training
+        self.pipe.unet.eval()
+        with torch.no_grad():
+            for stage in stage_plan:
+                jobs = [job for chunk in self.stage_jobs(stage, snapshot if stage == first_stage else None) for job in chunk]
+                if stage == -1:
+                    self.run_initial_noise(jobs, bar)
+                else:
+                    self.run_step(stage, jobs, bar)
+                done += len(jobs)
+                state.wait_for_everyone()
+        bar.close()
+        self.pipe.unet.train(was_training)
+        return done, resumed
+
+
+# ---------------------------------------------------------------------------------------------- entry point
+def generate_to_zarr(
+    pipe: TeraMindPipeline,
+    genes: str | Path | Any,
+    out: str | Path,
+    *,
+    region: tuple[int, int, int, int] | None = None,
+    slices: tuple[int, int] | None = None,
+    num_inference_steps: int = 15,
+    generator: torch.Generator | int = 0,
+    batch_size: int = 4,
+    halo: bool = True,
+    overwrite: bool = False,
+    memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT,
+    um_per_px: float | None = None,
+    section_spacing_um: float | None = None,
+    min_gene_overlap: float = 0.5,
+    progress_bar: bool = True,
+) -> GenerateReport:
+    """Generate the morphology of a region of a gene source into an OME-Zarr image at ``out``, resumably.
+
+    Args:
+        pipe: a loaded :class:`TeraMindPipeline` with a DDIM scheduler.
+        genes: gene source (zarr group with ``genes`` + ``gene_names``, ``.npy``, ``.npz``, or a 4-D array).
+        out: output folder (local path or fsspec URL), e.g. ``brain.ome.zarr``. If it holds an unfinished run
+            with the same model, config, seed and region, that run continues; a different run is refused unless
+            ``overwrite``.
+        region: ``(y0, x0, h, w)`` in image px, whole tiles (default: all of the gene data).
+        slices: ``(start, stop)`` image sections (default: all).
+        generator: int seed or ``torch.Generator`` (one seed is drawn, as in the pipeline).
+        batch_size: tile canvases per model call (no effect on the bytes).
+        halo: False for the naive-tiling baseline (each tile alone, no neighbour halo).
+        memory_limit_bytes: step buffers up to this size stay in memory (single process only), else on disk.
+        um_per_px, section_spacing_um: physical scale; default from the gene source attributes, else
+            0.108 um/px and 150 um.
+    Returns:
+        a :class:`GenerateReport` (voxels, time, voxels/s, peak RSS).
+    """
+    import zarr
+    from accelerate import PartialState
+
+    started = time.perf_counter()
+    state = PartialState()
+    out = str(out)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if num_inference_steps < 1:
+        raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+    check_streamable_scheduler(pipe)
+    cfg, sched = pipe.unet.config, pipe.scheduler
+    source = open_gene_source(genes)
+    reg = resolve_region(source, cfg.gene_bin, sched.config.tile_size, region, slices)
+    region_genes = RegionGenes(
+        source, cfg, (reg.y0 // cfg.gene_bin, reg.x0 // cfg.gene_bin),
+        (reg.height // cfg.gene_bin, reg.width // cfg.gene_bin), min_gene_overlap,
+    )  # fmt: skip
+    scale = PhysicalScale(
+        um_per_px=float(um_per_px or source.attrs.get("um_per_px") or DEFAULT_UM_PER_PX),
+        section_spacing_um=float(section_spacing_um or source.attrs.get("section_spacing_um") or DEFAULT_SECTION_SPACING_UM),
+        origin_px=(reg.start, reg.y0, reg.x0),
+    )
+    seed = _draw_seed(generator)
+    record = run_record(pipe, source, reg, seed, num_inference_steps, halo, scale)
+
+    # decide what to do with the output folder: every process decides the same, only the main one mutates
+    exists, previous = read_existing_record(out)
+    resume = False
+    if exists:
+        if previous is None or previous.get("run") != record:
+            if not overwrite:
+                why = "it is not a teramind output" if previous is None else f"it differs in {describe_difference(previous.get('run', {}), record)}"
+                raise FileExistsError(f"{out} exists and {why}; pass --overwrite (overwrite=True) to replace it")
+        else:
+            resume = True
+    check_writable(out)
+    state.wait_for_everyone()  # all have decided before the main process touches the folder
+
+    shape = (cfg.out_channels, reg.stop - reg.start, reg.height, reg.width)
+    chunks = len(z_chunks(reg.start, reg.stop, cfg.num_slices))
+    buffer_shape = (chunks, cfg.out_channels, cfg.num_slices, reg.height, reg.width)
+    buffer_bytes = 2 * 4 * int(np.prod(buffer_shape))
+    on_disk = state.num_processes > 1 or buffer_bytes > memory_limit_bytes
+
+    if state.is_main_process and not resume:
+        if exists:
+            fs, path = _filesystem(out)
+            fs.rm(path, recursive=True)
+        group = zarr.open_group(out, mode="w")
+        create_image(group, shape, sched.config.tile_size, scale)
+        group.attrs["teramind"] = {"run": record, "complete": False, "pyramid_levels_done": 0}
+    state.wait_for_everyone()
+    group = zarr.open_group(out, mode="r+")
+    teramind_state = dict(group.attrs["teramind"])
+    levels = [group[d["path"]] for d in group.attrs["ome"]["multiscales"][0]["datasets"]]
+
+    tiles = chunks * (reg.height // sched.config.tile_size) * (reg.width // sched.config.tile_size)
+    computed, resumed_from = 0, None
+    if not teramind_state["complete"]:
+        step_group = _open_step_store(out, buffer_shape, sched.config.tile_size, on_disk, state)
+        snapshot = None
+        if on_disk and "progress" in step_group:
+            snapshot = np.asarray(step_group["progress"][...])
+            if snapshot.min() < 0 and snapshot.max() < 0:
+                snapshot = None
+        state.wait_for_everyone()  # everyone has its snapshot before anyone writes progress
+        sampler = StreamingTileSampler(
+            pipe, region_genes, reg, seed, num_inference_steps, halo, batch_size, step_group, levels[0],
+            state, progress_bar and state.is_local_main_process,
+        )  # fmt: skip
+        computed, resumed_from = sampler.run(snapshot)
+        _build_pyramid(group, levels, teramind_state.get("pyramid_levels_done", 0), state)
+        if state.is_main_process:
+            group.attrs["teramind"] = {**teramind_state, "complete": True, "pyramid_levels_done": len(levels)}
+            if on_disk:
+                _remove_step_store(out)
+        state.wait_for_everyone()
+
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return GenerateReport(
+        out=out, voxels=int(np.prod(shape)), tiles=tiles, steps=num_inference_steps, tile_steps_run=computed,
+        seconds=time.perf_counter() - started, peak_rss_mb=peak_mb, step_buffers="disk" if on_disk else "memory",
+        resumed_from_stage=resumed_from, num_processes=state.num_processes,
+    )  # fmt: skip
+
+
+def _open_step_store(out: str, buffer_shape: tuple, tile: int, on_disk: bool, state):
+    """The two step buffers and the progress record (created once; reopened on resume)."""
+    import zarr
+
+    chunk = (1, buffer_shape[1], buffer_shape[2], tile, tile)
+    progress_shape = (buffer_shape[0], buffer_shape[3] // tile, buffer_shape[4] // tile)
+    if not on_disk:
+        group = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
+    else:
+        location = f"{out.rstrip('/')}/{STEP_STORE}"
+        if state.is_main_process:
+            group = zarr.open_group(location, mode="a")
+            if "progress" not in group:
+                _create_step_arrays(group, buffer_shape, chunk, progress_shape)
+        state.wait_for_everyone()
+        return zarr.open_group(location, mode="r+")
+    _create_step_arrays(group, buffer_shape, chunk, progress_shape)
+    return group
+
+
+def _create_step_arrays(group, buffer_shape, chunk, progress_shape) -> None:
+    for name in ("x_a", "x_b"):
+        group.create_array(name, shape=buffer_shape, chunks=chunk, dtype="float32", fill_value=0.0, compressors=None)
+    # progress last: its presence means the buffers exist
+    group.create_array("progress", shape=progress_shape, chunks=(1, 1, 1), dtype="int32", fill_value=-1, compressors=None)
+
+
+def _remove_step_store(out: str) -> None:
+    fs, path = _filesystem(out)
+    target = f"{path.rstrip('/')}/{STEP_STORE}"
+    if fs.exists(target):
+        fs.rm(target, recursive=True)
+
+
+def _build_pyramid(group, levels: list, levels_done: int, state) -> None:
+    """Levels 1.. as 2x2 means of the previous one, chunks split across processes, a barrier per level."""
+    for level in range(max(levels_done, 1), len(levels)):
+        target = levels[level]
+        jobs = level_chunks(target.shape, target.chunks[2:])
+        with state.split_between_processes(jobs) as mine:
+            build_level(levels[level - 1], target, mine)
+        state.wait_for_everyone()
+        if state.is_main_process:
+            attrs = dict(group.attrs["teramind"])
+            group.attrs["teramind"] = {**attrs, "pyramid_levels_done": level + 1}
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def _int_tuple(text: str, n: int, name: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError as err:
+        raise ValueError(f"--{name} must be {n} comma-separated integers, got {text!r}") from err
+    if len(values) != n:
+        raise ValueError(f"--{name} must be {n} comma-separated integers, got {text!r}")
+    return values
+
+
+def load_pipeline(model: str | None, scheduler: str = "ddim") -> TeraMindPipeline:
+    """The pipeline from a folder / Hub repo (default: the embedded model), with the requested scheduler."""
+    pipe = TeraMindPipeline.from_pretrained(model)
+    if scheduler == "dpm":
+        from diffusers import DPMSolverMultistepScheduler
+
+        pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.inner.config)
+    elif scheduler != "ddim":
+        raise ValueError(f"--scheduler must be ddim or dpm, got {scheduler!r}")
+    return pipe
+
+
+def _run_cli(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pipe = load_pipeline(args.model, args.scheduler)
+    report = generate_to_zarr(
+        pipe,
+        args.genes,
+        args.out,
+        region=_int_tuple(args.region, 4, "region") if args.region else None,
+        slices=_int_tuple(args.slices, 2, "slices") if args.slices else None,
+        num_inference_steps=args.steps,
+        generator=args.seed,
+        batch_size=args.batch_size,
+        halo=not args.no_halo,
+        overwrite=args.overwrite,
+        memory_limit_bytes=int(args.memory_limit_mb * 2**20),
+        um_per_px=args.um_per_px,
+        section_spacing_um=args.section_spacing_um,
+        progress_bar=not args.quiet,
+    )
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        print(report.summary())
+        if args.report_json:
+            Path(args.report_json).write_text(json.dumps({**asdict(report), "voxels_per_second": report.voxels_per_second}))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `teramind generate --genes STORE --out OUT.ome.zarr ...`."""
+    p = subparsers.add_parser(
+        "generate",
+        help="generate morphology from a gene store into a resumable OME-Zarr image (multi-process with accelerate)",
+    )
+    p.add_argument("--genes", required=True, help="gene source: zarr group with 'genes' (G,Z,Hb,Wb) + gene_names, .npy or .npz")
+    p.add_argument("--out", required=True, help="output OME-Zarr folder (path or fsspec URL)")
+    p.add_argument("--model", default=None, help="pipeline folder or Hub repo id (default: the embedded model)")
+    p.add_argument("--region", default=None, help="y0,x0,h,w in image px, whole tiles (default: everything)")
+    p.add_argument("--slices", default=None, help="a,b image sections [a, b) (default: all)")
+    p.add_argument("--steps", type=int, default=15, help="denoising steps (15 official)")
+    p.add_argument("--scheduler", default="ddim", choices=("ddim", "dpm"), help="ddim (dpm is refused: see docs)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=4, help="tile canvases per model call")
+    p.add_argument("--overwrite", action="store_true", help="replace an output from a different run")
+    p.add_argument("--no-halo", action="store_true", help="naive tiling baseline: each tile alone, no neighbour halo")
+    p.add_argument("--um-per-px", type=float, default=None, help=f"pixel size (default: gene store attribute, else {DEFAULT_UM_PER_PX})")
+    p.add_argument("--section-spacing-um", type=float, default=None, help=f"z spacing (default: attribute, else {DEFAULT_SECTION_SPACING_UM})")
+    p.add_argument("--memory-limit-mb", type=float, default=DEFAULT_MEMORY_LIMIT / 2**20, help="step buffers above this go to disk")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per process (0: torch default)")
+    p.add_argument("--report-json", default=None, help="also write the run summary as JSON here")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_cli)
