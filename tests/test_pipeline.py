@@ -223,3 +223,11 @@ def test_bad_arguments_are_named(tiny_pipeline, tiny_genes):
 def test_unknown_scheduler_class_is_named():
     with pytest.raises(ValueError, match="inner_scheduler 'NoSuchScheduler'"):
         BoundaryAwareScheduler(inner_scheduler="NoSuchScheduler")
+
+
+def test_sparse_gene_inputs_match_dense(tiny_pipeline, tiny_genes):
+    import sparse
+
+    reference = _run(tiny_pipeline, tiny_genes, num_inference_steps=1)
+    assert np.array_equal(reference, _run(tiny_pipeline, tiny_genes.to_sparse(), num_inference_steps=1))
+    assert np.array_equal(reference, _run(tiny_pipeline, sparse.COO.from_numpy(tiny_genes.numpy()), num_inference_steps=1))
