@@ -231,3 +231,11 @@ def test_sparse_gene_inputs_match_dense(tiny_pipeline, tiny_genes):
     reference = _run(tiny_pipeline, tiny_genes, num_inference_steps=1)
     assert np.array_equal(reference, _run(tiny_pipeline, tiny_genes.to_sparse(), num_inference_steps=1))
     assert np.array_equal(reference, _run(tiny_pipeline, sparse.COO.from_numpy(tiny_genes.numpy()), num_inference_steps=1))
+
+
+@pytest.mark.parametrize("steps", [1, 2, 15, 61, 50])
+def test_official_spacing_gives_exactly_the_requested_steps(steps):
+    scheduler = BoundaryAwareScheduler()
+    scheduler.set_timesteps(steps)
+    ts = scheduler.timesteps.tolist()
+    assert len(ts) == len(set(ts)) == steps and ts == sorted(ts, reverse=True) and 0 <= ts[-1] and ts[0] <= 999

@@ -43,11 +43,18 @@ class BoundaryAwareSchedulerOutput(BaseOutput):
 
 
 def official_timesteps(num_train_timesteps: int, num_inference_steps: int) -> list[int]:
-    """The official ``space_timesteps(T, 'ddimN')``: the smallest integer stride giving exactly N steps."""
+    """The official ``space_timesteps(T, 'ddimN')``: the smallest integer stride giving exactly N steps.
+
+    The official code has no answer for some N (e.g. 1); those fall back to evenly spaced steps ending at
+    T-1 ("trailing" spacing), ascending like the official list.
+    """
+    if not 1 <= num_inference_steps <= num_train_timesteps:
+        raise ValueError(f"num_inference_steps must be in [1, {num_train_timesteps}], got {num_inference_steps}")
     for stride in range(1, num_train_timesteps):
         if len(range(0, num_train_timesteps, stride)) == num_inference_steps:
             return list(range(0, num_train_timesteps, stride))
-    raise ValueError(f"cannot space {num_train_timesteps} training steps into exactly {num_inference_steps}")
+    trailing = np.round(np.linspace(num_train_timesteps, 0, num_inference_steps, endpoint=False)) - 1
+    return sorted(int(t) for t in trailing)
 
 
 def tile_seed(seed: int, *index: int) -> int:
