@@ -8,6 +8,7 @@ import sys
 
 # module path -> function `register(subparsers)` adding one or more sub-commands
 _SUBCOMMAND_MODULES = (
+    "teramind_hf.training.train",
     "teramind_hf.convert.official",
     "teramind_hf.data.phantom",
 )

@@ -1,0 +1,97 @@
+"""Re-make the embedded default model (teramind_hf/default_model/) from synthetic phantom tissue on a CPU.
+
+    python scripts/train_default_model.py --work runs/default --out teramind_hf/default_model
+
+1. phantom stores at 1.0 um/px (nuclei 6-11 px, gene bins 16 um): training = seed 0, 1024 x 1024 px x
+   6 sections; held-out = seed 1 (never seen in training), 512 x 512 px x 2 sections;
+2. `teramind_hf.training.train` on a small config (widths 8/16/32/64, dropout 0, EMA), validated on the
+   held-out store; resumable (`--resume_from_checkpoint latest`, re-running this script continues);
+3. the pipeline (fp16 safetensors) is copied to ``--out`` and its model card is written by
+   `benchmarks/default_model_quality.py --write_card`, with the measured numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+UM_PER_PX = 1.0
+TRAIN = dict(height=1024, width=1024, num_slices=6, seed=0)
+HELD_OUT = dict(height=512, width=512, num_slices=2, seed=1)
+
+TRAIN_ARGS = [
+    "--block_out_channels", "8", "16", "32", "64",
+    "--gene_map_channels", "32", "16", "8",
+    "--time_embed_dim", "64",
+    "--dropout", "0",
+    "--train_batch_size", "4",
+    "--learning_rate", "5e-4",
+    "--lr_scheduler", "cosine",
+    "--lr_warmup_steps", "40",
+    "--use_ema", "--ema_decay", "0.999", "--ema_power", "0.75",
+    "--checkpointing_steps", "50",
+    "--checkpoints_total_limit", "2",
+    "--validation_steps", "100",
+    "--save_dtype", "fp16",
+    "--dataset_name", "synthetic-phantom-1um-seed0",
+    "--seed", "0",
+]  # fmt: skip
+
+
+def make_stores(work: Path) -> tuple[Path, Path]:
+    """Write the training and held-out phantom stores (skipped when present)."""
+    from teramind_hf.data import make_phantom
+    from teramind_hf.data.datasets import write_training_store
+
+    paths = []
+    for name, spec in (("train.zarr", TRAIN), ("heldout.zarr", HELD_OUT)):
+        path = work / name
+        if not (path / "zarr.json").is_file():
+            phantom = make_phantom(spec["height"], spec["width"], num_slices=spec["num_slices"], seed=spec["seed"], um_per_px=UM_PER_PX)
+            write_training_store(phantom.to_volume(), path)
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--work", default="runs/default_model", help="stores, checkpoints and logs")
+    parser.add_argument("--out", default=str(ROOT / "teramind_hf" / "default_model"))
+    parser.add_argument("--max_train_steps", type=int, default=500)
+    parser.add_argument("--num_threads", type=int, default=2)
+    parser.add_argument("--skip_train", action="store_true", help="only copy the finished run and write the card")
+    args = parser.parse_args(argv)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    train_store, held_out = make_stores(work)
+    run = work / "run"
+    if not args.skip_train:
+        cmd = [
+            sys.executable, "-m", "teramind_hf.training.train",
+            "--data", str(train_store), "--validation_data", str(held_out), "--output_dir", str(run),
+            "--max_train_steps", str(args.max_train_steps), "--num_threads", str(args.num_threads),
+            "--resume_from_checkpoint", "latest", *TRAIN_ARGS,
+        ]  # fmt: skip
+        print(" ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True)
+    out = Path(args.out)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    for item in ("model_index.json", "scheduler", "unet", "README.md"):
+        src = run / item
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, out / item)
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "default_model_quality.py"), "--model", str(out),
+         "--heldout", str(held_out), "--train_log", str(run / "train_log.jsonl"), "--write_card"],
+        check=True,
+    )  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

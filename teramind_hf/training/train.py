@@ -1,0 +1,443 @@
+"""Train or fine-tune a Tera-MIND pipeline with the official boundary-aware dual loss.
+
+    accelerate launch -m teramind_hf.training.train --data tissue.zarr --output_dir runs/my-model ...
+    accelerate launch --num_processes 2 --cpu -m teramind_hf.training.train ...      # DDP
+    teramind train --data tissue.zarr --pretrained org/teramind-mouse-brain --extend_panel ...
+
+The loss, its per-sample draws and the data order depend only on (seed, global step, global sample index)
+(`teramind_hf.training.losses`, `teramind_hf.training.data`), so runs with different process counts or
+gradient-accumulation splits of the same global batch, and interrupted-then-resumed runs, give the same
+numbers. Checkpoints are `accelerator.save_state` folders ``checkpoint-<step>`` (model, optimizer,
+LR scheduler, EMA, RNG) with a ``training_config.json`` that resuming checks against the current model.
+The output folder is a complete `TeraMindPipeline` (safetensors) with a generated model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+CHECKPOINT_PREFIX = "checkpoint-"
+CONFIG_FILE = "training_config.json"
+LOG_FILE = "train_log.jsonl"
+# config fields that must agree between a checkpoint and the model being trained
+ARCH_FIELDS = (
+    "num_genes", "gene_names", "block_out_channels", "layers_per_block", "time_embed_dim", "attention_levels",
+    "gene_map_channels", "sample_size", "gene_bin", "num_slices", "gene_slices", "in_channels", "out_channels",
+)  # fmt: skip
+
+logger = logging.getLogger("teramind_hf.training")
+
+
+# ---------------------------------------------------------------------------------------------- arguments
+def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """All options of the trainer (shared by `python -m teramind_hf.training.train` and `teramind train`)."""
+    a = parser.add_argument
+    a("--data", required=True, help="training store (zarr, see teramind_hf.data.datasets)")
+    a("--output_dir", required=True, help="where checkpoints, logs, validation images and the pipeline go")
+    a("--pretrained", default=None, help="pipeline folder or Hub repo id to fine-tune (default: train from scratch)")
+    a("--extend_panel", action="store_true", help="add data genes unknown to --pretrained with fresh input weights")
+    a("--orthologues", action="store_true", help="match genes across species by upper-case symbol (e.g. human data)")
+    a("--min_gene_overlap", type=float, default=0.5, help="smallest fraction of model genes that the data must have")
+    # model (from scratch)
+    a("--block_out_channels", type=int, nargs="+", default=[64, 128, 256, 512])
+    a("--gene_map_channels", type=int, nargs="+", default=[128, 64, 32])
+    a("--time_embed_dim", type=int, default=512)
+    a("--layers_per_block", type=int, default=2)
+    a("--dropout", type=float, default=0.1)
+    # optimisation
+    a("--seed", type=int, default=0)
+    a("--train_batch_size", type=int, default=2, help="samples per process per micro-batch")
+    a("--gradient_accumulation_steps", type=int, default=1)
+    a("--max_train_steps", type=int, default=1000, help="optimizer steps")
+    a("--learning_rate", type=float, default=2e-5, help="Adam lr (official 2e-5)")
+    a("--adam_beta1", type=float, default=0.9)
+    a("--adam_beta2", type=float, default=0.999)
+    a("--adam_weight_decay", type=float, default=0.0)
+    a("--adam_epsilon", type=float, default=1e-8)
+    a("--max_grad_norm", type=float, default=1.0, help="gradient clipping (official 1.0)")
+    a("--lr_scheduler", default="constant", help="diffusers.optimization.get_scheduler name (constant, cosine, ...)")
+    a("--lr_warmup_steps", type=int, default=0)
+    a("--mixed_precision", choices=["no", "fp16", "bf16"], default=None, help="default: accelerate config")
+    a("--use_ema", action="store_true", help="keep an EMA of the weights; the saved pipeline uses it")
+    a("--ema_decay", type=float, default=0.9999)
+    a("--ema_power", type=float, default=0.75)
+    a("--crop_size", type=int, default=256, help="training sample size in px (official 256)")
+    a("--dataloader_num_workers", type=int, default=0)
+    # checkpoints / logging / validation
+    a("--checkpointing_steps", type=int, default=500)
+    a("--checkpoints_total_limit", type=int, default=None)
+    a("--resume_from_checkpoint", default=None, help="a checkpoint folder or 'latest' (in --output_dir)")
+    a("--validation_data", default=None, help="store with a held-out region (default: --data)")
+    a("--validation_steps", type=int, default=0, help="validate every N steps (0: only at the end)")
+    a("--validation_size", type=int, default=256)
+    a("--validation_inference_steps", type=int, default=15)
+    a("--no_validation", action="store_true")
+    a("--report_to", default=None, help="accelerate tracker (tensorboard, wandb, ...); a JSONL log is always written")
+    a("--save_dtype", choices=["fp32", "fp16"], default="fp32", help="dtype of the saved pipeline weights")
+    a("--dataset_name", default=None, help="dataset id recorded in the model card")
+    a("--num_threads", type=int, default=None, help="torch.set_num_threads per process")
+    a("--no_progress", action="store_true")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="teramind_hf.training.train", description=__doc__.split("\n")[0])
+    return add_training_arguments(parser).parse_args(argv)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Reject inconsistent options before any work, naming the argument."""
+    positive = ("train_batch_size", "gradient_accumulation_steps", "max_train_steps", "checkpointing_steps", "crop_size")
+    for name in positive:
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.extend_panel and not args.pretrained:
+        raise ValueError("--extend_panel needs --pretrained (a model whose panel is extended)")
+    if args.crop_size % 64:
+        raise ValueError(f"--crop_size must be a multiple of the 64-px patch, got {args.crop_size}")
+
+
+# ---------------------------------------------------------------------------------------------- model
+def build_unet(args: argparse.Namespace, data_panel, log=logger.info):
+    """(unet float32, model GenePanel, alignment, scheduler): from scratch on the data panel or from --pretrained."""
+    from ..data.panel import GenePanel
+    from ..models.unet_genemorph_3d import GeneMorphUNet3DModel
+    from ..schedulers.scheduling_boundary_aware import BoundaryAwareScheduler
+    from .data import align_panel
+    from .panel import extend_gene_panel
+
+    if args.pretrained is None:
+        torch.manual_seed(args.seed)
+        unet = GeneMorphUNet3DModel(
+            num_genes=len(data_panel),
+            gene_names=list(data_panel.genes),
+            block_out_channels=tuple(args.block_out_channels),
+            gene_map_channels=tuple(args.gene_map_channels),
+            time_embed_dim=args.time_embed_dim,
+            layers_per_block=args.layers_per_block,
+            dropout=args.dropout,
+        )
+        return unet, data_panel, None, BoundaryAwareScheduler()
+
+    from ..pipelines.pipeline_teramind import TeraMindPipeline
+
+    try:
+        pipe = TeraMindPipeline.from_pretrained(args.pretrained)
+    except (OSError, ValueError) as err:
+        raise type(err)(f"--pretrained {args.pretrained}: cannot load a TeraMindPipeline ({err})") from err
+    unet = pipe.unet.to(torch.float32)
+    names = unet.config.gene_names
+    if not names:
+        if len(data_panel) != unet.config.num_genes:
+            raise ValueError(
+                f"--pretrained {args.pretrained} has no gene_names and {unet.config.num_genes} genes; "
+                f"--data has {len(data_panel)}: cannot align"
+            )
+        return unet, data_panel, None, pipe.scheduler
+    model_panel = GenePanel(names)
+    if args.extend_panel:
+        new = [g for g in data_panel.genes if g not in model_panel]
+        if new:
+            log(f"extending the panel of {args.pretrained} with {len(new)} new genes: {new}")
+            unet = extend_gene_panel(unet, new, seed=args.seed)
+            model_panel = GenePanel(unet.config.gene_names)
+    alignment = align_panel(model_panel, data_panel, min_overlap=args.min_gene_overlap, orthologues=args.orthologues)
+    log(f"gene alignment: {alignment.summary()}")
+    if alignment.missing:
+        log(f"model genes missing from --data (zero-filled): {list(alignment.missing)}")
+    if alignment.unused:
+        log(f"--data genes unknown to the model (ignored; --extend_panel learns them): {list(alignment.unused)}")
+    return unet, model_panel, alignment, pipe.scheduler
+
+
+def arch_config(unet) -> dict:
+    config = dict(unet.config)
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.items() if k in ARCH_FIELDS}
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+def checkpoint_step(path: Path) -> int:
+    return int(path.name[len(CHECKPOINT_PREFIX) :])
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoints (they hold training_config.json, written last), oldest first."""
+    found = [p for p in output_dir.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name[len(CHECKPOINT_PREFIX) :].isdigit()]
+    return sorted((p for p in found if (p / CONFIG_FILE).is_file()), key=checkpoint_step)
+
+
+def resolve_checkpoint(value: str | None, output_dir: Path) -> Path | None:
+    """The checkpoint to resume from: a path, 'latest' (None when there is none yet), or None."""
+    if value is None:
+        return None
+    if value == "latest":
+        found = list_checkpoints(output_dir)
+        return found[-1] if found else None
+    path = Path(value)
+    if not path.is_dir():
+        raise FileNotFoundError(f"--resume_from_checkpoint {value}: no such checkpoint folder")
+    if not (path / CONFIG_FILE).is_file() or not path.name.startswith(CHECKPOINT_PREFIX):
+        raise ValueError(
+            f"--resume_from_checkpoint {value}: not a checkpoint written by teramind train "
+            f"(expected a '{CHECKPOINT_PREFIX}<step>' folder holding {CONFIG_FILE})"
+        )
+    return path
+
+
+def check_checkpoint_config(path: Path, unet) -> None:
+    """Refuse a checkpoint whose model config differs from the model being trained, naming the fields."""
+    saved = json.loads((path / CONFIG_FILE).read_text())["unet"]
+    current = arch_config(unet)
+    diff = {k: (saved.get(k), current.get(k)) for k in current if saved.get(k) != current.get(k)}
+    if diff:
+        lines = "; ".join(f"{k}: checkpoint {a!r} vs model {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(
+            f"--resume_from_checkpoint {path}: the checkpoint belongs to another model config ({lines}); "
+            "expected a checkpoint of the same model (use another --output_dir or matching model options)"
+        )
+
+
+def save_checkpoint(accelerator, output_dir: Path, step: int, unet, args: argparse.Namespace) -> Path:
+    """save_state + training_config.json (written last, marks the checkpoint complete); prune old ones."""
+    path = output_dir / f"{CHECKPOINT_PREFIX}{step}"
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process and args.checkpoints_total_limit is not None:
+        old = list_checkpoints(output_dir)
+        for stale in old[: max(len(old) - args.checkpoints_total_limit + 1, 0)]:
+            shutil.rmtree(stale, ignore_errors=True)
+    accelerator.save_state(str(path))
+    if accelerator.is_main_process:
+        payload = {"unet": arch_config(unet), "step": step, "args": vars(args)}
+        (path / CONFIG_FILE).write_text(json.dumps(payload, indent=1, default=str))
+    accelerator.wait_for_everyone()
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- pipeline
+def build_pipeline(unet, scheduler):
+    from ..pipelines.pipeline_teramind import TeraMindPipeline
+
+    pipe = TeraMindPipeline(unet=unet, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def run_validation(pipe, region, args, step: int, output_dir: Path) -> dict:
+    from .validation import image_metrics, sample_region, save_comparison
+
+    pred = sample_region(pipe, region, num_inference_steps=args.validation_inference_steps, seed=args.seed)
+    metrics = image_metrics(pred, region.images)
+    save_comparison(pred, region.images, output_dir / "validation" / f"step-{step:06d}.png")
+    return metrics
+
+
+def save_pipeline(unet, scheduler, args: argparse.Namespace, output_dir: Path, summary: dict) -> Path:
+    """Save the complete pipeline (safetensors, --save_dtype) and its model card."""
+    from .card import training_model_card
+
+    to_save = unet.to(torch.float16) if args.save_dtype == "fp16" else unet
+    build_pipeline(to_save, scheduler).save_pretrained(str(output_dir), safe_serialization=True)
+    unet.to(torch.float32)
+    training_model_card(args, unet.config, summary).save(str(output_dir / "README.md"))
+    return output_dir
+
+
+# ---------------------------------------------------------------------------------------------- training
+def train(args: argparse.Namespace) -> dict:
+    """Run the training loop; returns a summary (last losses, validation metrics, steps, time)."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    from ..models.unet_genemorph_3d import GeneMorphUNet3DModel
+    from .data import AlignedSamples, StepSampler, open_training_store, step_and_sample
+    from .losses import boundary_aware_loss, draw_windows, sample_seed, training_alphas_cumprod
+    from .validation import read_region
+
+    check_args(args)
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=args.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    log = logger.info if accelerator.is_main_process else (lambda *_: None)
+
+    world, rank = accelerator.num_processes, accelerator.process_index
+    global_batch = args.train_batch_size * world * args.gradient_accumulation_steps
+    dataset = open_training_store(args.data, crop_size=args.crop_size, length=args.max_train_steps * global_batch, seed=args.seed)
+    unet, model_panel, alignment, scheduler = build_unet(args, dataset.panel, log)
+    if alignment is None and len(dataset.panel) != unet.config.num_genes:
+        raise ValueError(f"--data {args.data}: {len(dataset.panel)} genes but the model has {unet.config.num_genes}")
+    samples = AlignedSamples(dataset, alignment)
+
+    resume = resolve_checkpoint(args.resume_from_checkpoint, output_dir)
+    if resume is not None:
+        check_checkpoint_config(resume, unet)
+
+    unet.train()
+    optimizer = torch.optim.Adam(
+        unet.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
+    )  # fmt: skip
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler, optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps * world, num_training_steps=args.max_train_steps * world,
+    )  # fmt: skip
+    ema = None
+    if args.use_ema:
+        ema = EMAModel(unet.parameters(), decay=args.ema_decay, use_ema_warmup=True, power=args.ema_power,
+                       model_cls=GeneMorphUNet3DModel, model_config=unet.config)  # fmt: skip
+        accelerator.register_for_checkpointing(ema)
+    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    if ema is not None:
+        ema.to(accelerator.device)
+
+    start_step = 0
+    if resume is not None:
+        accelerator.load_state(str(resume))
+        start_step = checkpoint_step(resume)
+        log(f"resumed from {resume} at step {start_step}")
+    elif args.resume_from_checkpoint == "latest":
+        log(f"no checkpoint in {output_dir} yet: starting from step 0")
+
+    sampler = StepSampler(start_step=start_step, max_steps=args.max_train_steps, batch_size=args.train_batch_size,
+                          accumulation=args.gradient_accumulation_steps, rank=rank, world=world)  # fmt: skip
+    loader = DataLoader(samples, batch_size=args.train_batch_size, sampler=sampler, num_workers=args.dataloader_num_workers)
+    abar = training_alphas_cumprod(scheduler)
+    cfg = accelerator.unwrap_model(unet).config
+
+    region = None
+    if not args.no_validation and accelerator.is_main_process:
+        region = read_region(args.validation_data or args.data, size=args.validation_size)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if args.report_to:
+            accelerator.init_trackers("teramind-train", config={k: str(v) for k, v in vars(args).items()})
+    log_path = output_dir / LOG_FILE
+    log(f"training {sum(p.numel() for p in unet.parameters()):,} parameters, {world} process(es), global batch "
+        f"{global_batch}, steps {start_step}..{args.max_train_steps}")  # fmt: skip
+
+    progress = tqdm(range(start_step, args.max_train_steps), initial=start_step, total=args.max_train_steps,
+                    disable=args.no_progress or not accelerator.is_local_main_process, desc="steps")  # fmt: skip
+    step, started = start_step, time.time()
+    running = torch.zeros(3)
+    summary: dict = {"validation": {}}
+    for batch in loader:
+        indices = batch["index"].tolist()
+        this_step, _ = step_and_sample(indices[0], global_batch)
+        seeds = [sample_seed(args.seed, *step_and_sample(i, global_batch)) for i in indices]
+        torch.manual_seed(sample_seed(args.seed, this_step, rank, "dropout"))
+        windows = draw_windows(batch["images"], batch["genes"], seeds, patch_size=cfg.sample_size, gene_bin=cfg.gene_bin)
+        for name in ("x0", "noise", "mask", "genes", "timesteps"):
+            setattr(windows, name, getattr(windows, name).to(accelerator.device))
+        with accelerator.accumulate(unet):
+            with accelerator.autocast():
+                out = boundary_aware_loss(unet, windows, abar, patch_size=cfg.sample_size)
+            accelerator.backward(out.loss)
+            if accelerator.sync_gradients and args.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        running += torch.stack([out.loss.detach().float().cpu(), out.collage.float().cpu(), out.patch.float().cpu()])
+        if not accelerator.sync_gradients:
+            continue
+
+        step += 1
+        if ema is not None:
+            ema.step(unet.parameters())
+        losses = accelerator.reduce(running.to(accelerator.device) / args.gradient_accumulation_steps, "mean").cpu()
+        running.zero_()
+        record = {"step": step, "loss": float(losses[0]), "collage_loss": float(losses[1]),
+                  "patch_loss": float(losses[2]), "lr": lr_scheduler.get_last_lr()[0]}  # fmt: skip
+        progress.update(1)
+        progress.set_postfix(loss=f"{record['loss']:.4f}")
+        if accelerator.is_main_process:
+            with log_path.open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            if args.report_to:
+                accelerator.log(record, step=step)
+        summary["last"] = record
+
+        if step % args.checkpointing_steps == 0 or step == args.max_train_steps:
+            save_checkpoint(accelerator, output_dir, step, accelerator.unwrap_model(unet), args)
+        validate_now = args.validation_steps and step % args.validation_steps == 0
+        if region is not None and (validate_now or step == args.max_train_steps):
+            summary["validation"] = _validate(accelerator, unet, ema, scheduler, region, args, step, output_dir, log)
+    progress.close()
+    accelerator.wait_for_everyone()
+
+    summary.update(steps=step, seconds=time.time() - started, world=world, global_batch=global_batch)
+    if region is not None and not summary["validation"]:
+        summary["validation"] = _validate(accelerator, unet, ema, scheduler, region, args, step, output_dir, log)
+    if accelerator.is_main_process:
+        final = accelerator.unwrap_model(unet)
+        if ema is not None:
+            ema.store(final.parameters())
+            ema.copy_to(final.parameters())
+        save_pipeline(final, scheduler, args, output_dir, summary)
+        if ema is not None:
+            ema.restore(final.parameters())
+        (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=1, default=str))
+        log(f"saved the pipeline to {output_dir}")
+    accelerator.end_training()
+    return summary
+
+
+def _validate(accelerator, unet, ema, scheduler, region, args, step: int, output_dir: Path, log) -> dict:
+    """Sample the validation region with the current (EMA) weights on the main process; log PSNR/SSIM."""
+    if not accelerator.is_main_process:
+        return {}
+    model = accelerator.unwrap_model(unet)
+    if ema is not None:
+        ema.store(model.parameters())
+        ema.copy_to(model.parameters())
+    metrics = run_validation(build_pipeline(model, scheduler), region, args, step, output_dir)
+    if ema is not None:
+        ema.restore(model.parameters())
+    model.train()
+    record = {"step": step, "val_psnr": metrics["psnr"], "val_ssim": metrics["ssim"]}
+    with (output_dir / LOG_FILE).open("a") as fh:
+        fh.write(json.dumps(record) + "\n")
+    if args.report_to:
+        accelerator.log(record, step=step)
+    log(f"step {step}: validation PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f}")
+    return {"step": step, **metrics}
+
+
+# ---------------------------------------------------------------------------------------------- entry points
+def main(argv: list[str] | None = None) -> int:
+    train(parse_args(argv))
+    return 0
+
+
+def _run_cli(args: argparse.Namespace) -> int:
+    train(args)
+    return 0
+
+
+def register(subparsers) -> None:
+    """`teramind train ...`: the same options as `python -m teramind_hf.training.train`."""
+    parser = subparsers.add_parser("train", help="train or fine-tune a pipeline (run under `accelerate launch` for DDP)")
+    add_training_arguments(parser)
+    parser.set_defaults(func=_run_cli)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
