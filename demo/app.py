@@ -389,7 +389,10 @@ def ui_generate(
     source_choice: str, table: str | None, x0, y0, width, height, slice_start, slice_stop, steps, seed, sampler,
     gene: str, gene_a: str, gene_b: str, knockout: str, progress: gr.Progress = gr.Progress(),
 ):
-    """The Generate button: images, ground truth, heat map, attention, knockout, files and a status line."""
+    """The Generate button: images, ground truth, heat map, attention, knockout, files and a status line.
+
+    A refused or unreadable request only changes the status line (a readable message, never a traceback).
+    """
     try:
         request = _request_from_inputs(x0, y0, width, height, slice_start, slice_stop, steps, seed, sampler)
         progress(0, desc="reading the data")
@@ -412,8 +415,8 @@ def ui_generate(
         section = request.slice_start
         heat, heat_note = expression_figure(genes, source.names, gene, section)
         attention, attention_note = attention_figure(genes, source.names, gene_a, gene_b, section)
-    except DemoError as err:
-        raise gr.Error(str(err), print_exception=False) from None
+    except DemoError as err:  # shown in the status line; the previous results stay on the page
+        return (*[gr.skip()] * 10, f"**Not generated.** {err}")
     progress(1.0, desc="saving")
     out = to_uint8(volume)
     paths = save_outputs(out, request, Path(tempfile.mkdtemp(prefix="teramind-demo-")), demo_um_per_px() if source.images is not None else None)
