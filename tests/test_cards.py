@@ -67,7 +67,7 @@ def test_check_reports_bad_metadata(tmp_path):
     bad = tmp_path / "README.md"
     bad.write_text("---\nlibrary_name: transformers\nlicense: mit\ntags: teramind\n---\n\n# x\n")
     problems = " ".join(check_model_card(bad))
-    assert "library_name" in problems and "license" in problems and "pipeline_tag" in problems and "tags" in problems
+    assert "library_name" in problems and "license" in problems and "pipeline_tag" in problems and "tag " in problems
     space = tmp_path / "space.md"
     space.write_text("---\nsdk: streamlit\ncolorFrom: teal\npinned: maybe\n---\n")
     problems = " ".join(check_space_card(space))
