@@ -52,7 +52,7 @@ MAX_UPLOAD_SECTIONS = 8
 PHANTOM_SIZE = 1024  # px per side: 4 x 4 tiles to choose a region from
 PHANTOM_SECTIONS = 2
 PHANTOM_SEED = 7
-DEFAULT_UM_PER_PX = 0.5  # the scale the CPU default model works at (see its model card)
+DEFAULT_UM_PER_PX = 1.0  # the scale the CPU default model was trained at (scripts/train_default_model.py, its card)
 
 SOURCE_PHANTOM = "Bundled phantom"
 SOURCE_UPLOAD = "Uploaded table"
