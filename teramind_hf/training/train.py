@@ -1,7 +1,7 @@
 """Train or fine-tune a Tera-MIND pipeline with the official boundary-aware dual loss.
 
     accelerate launch -m teramind_hf.training.train --data tissue.zarr --output_dir runs/my-model ...
-    accelerate launch --num_processes 2 --cpu -m teramind_hf.training.train ...      # DDP
+    accelerate launch --multi_gpu --num_processes 2 -m teramind_hf.training.train ... # DDP (CPU-only: gloo)
     teramind train --data tissue.zarr --pretrained org/teramind-mouse-brain --extend_panel ...
 
 The loss, its per-sample draws and the data order depend only on (seed, global step, global sample index)
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -270,6 +271,7 @@ def train(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.num_threads)
     output_dir = Path(args.output_dir)
     accelerator = Accelerator(
+        cpu=_multi_process_cpu(),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=args.report_to,
@@ -398,6 +400,12 @@ def train(args: argparse.Namespace) -> dict:
         log(f"saved the pipeline to {output_dir}")
     accelerator.end_training()
     return summary
+
+
+def _multi_process_cpu() -> bool:
+    """True when launched as several processes on a machine without GPU: accelerate then needs ``cpu=True``
+    to set up DDP over gloo (``accelerate launch --cpu`` alone starts a single process)."""
+    return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def _validate(accelerator, unet, ema, scheduler, region, args, step: int, output_dir: Path, log) -> dict:
