@@ -11,6 +11,8 @@ _SUBCOMMAND_MODULES = (
     "teramind_hf.training.train",
     "teramind_hf.convert.official",
     "teramind_hf.data.phantom",
+    "teramind_hf.pipelines.streaming",
+    "teramind_hf.eval.seams",
 )
 
 

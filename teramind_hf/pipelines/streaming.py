@@ -393,7 +393,7 @@ def generate_to_zarr(
         genes: gene source (zarr group with ``genes`` + ``gene_names``, ``.npy``, ``.npz``, or a 4-D array).
         out: output folder (local path or fsspec URL), e.g. ``brain.ome.zarr``. If it holds an unfinished run
             with the same model, config, seed and region, that run continues; a different run is refused unless
-            ``overwrite``.
+            ``overwrite`` (which always starts afresh).
         region: ``(y0, x0, h, w)`` in image px, whole tiles (default: all of the gene data).
         slices: ``(start, stop)`` image sections (default: all).
         generator: int seed or ``torch.Generator`` (one seed is drawn, as in the pipeline).
@@ -434,13 +434,11 @@ def generate_to_zarr(
     # decide what to do with the output folder: every process decides the same, only the main one mutates
     exists, previous = read_existing_record(out)
     resume = False
-    if exists:
+    if exists and not overwrite:
         if previous is None or previous.get("run") != record:
-            if not overwrite:
-                why = "it is not a teramind output" if previous is None else f"it differs in {describe_difference(previous.get('run', {}), record)}"
-                raise FileExistsError(f"{out} exists and {why}; pass --overwrite (overwrite=True) to replace it")
-        else:
-            resume = True
+            why = "it is not a teramind output" if previous is None else f"it differs in {describe_difference(previous.get('run', {}), record)}"
+            raise FileExistsError(f"{out} exists and {why}; pass --overwrite (overwrite=True) to replace it")
+        resume = True
     check_writable(out)
     state.wait_for_everyone()  # all have decided before the main process touches the folder
 
