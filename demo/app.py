@@ -45,7 +45,7 @@ from teramind_hf.eval.attention import gene_expression_map, in_silico_knockout, 
 MAX_TILES = 4  # 256-px tiles per section (a 512 x 512 px region)
 MAX_STEPS = 50
 MAX_SECTIONS = 4
-MAX_UPLOAD_BYTES = 5 * 2**20
+MAX_UPLOAD_BYTES = 16 * 2**20  # a 512 x 512 px x 2-section phantom table is ~9 MB of CSV
 MAX_UPLOAD_SECTIONS = 8
 
 # ---------------------------------------------------------------------------------------------- bundled tissue
@@ -368,7 +368,7 @@ def api_generate(
         check_request(request, source)
         genes, _ = crop(source, request)
         volume = to_uint8(sample(request, genes, source.names, _progress_callback(progress, request.steps, "sampling")))
-    except DemoError as err:
+    except ValueError as err:  # DemoError, or the pipeline refusing the data (e.g. too few panel genes)
         raise gr.Error(str(err), print_exception=False) from None
     out_dir = Path(tempfile.mkdtemp(prefix="teramind-api-"))
     path = out_dir / "volume.npy"
@@ -400,6 +400,8 @@ def ui_generate(
         check_request(request, source)
         genes, images = crop(source, request)
         knocked = knockout if knockout and knockout != NO_KNOCKOUT else None
+        if knocked and knocked.lower() not in [n.lower() for n in source.names]:
+            raise DemoError(f"{knocked} is not in the data (its counts are zero already): knocking it out changes nothing.")
         runs = 2 if knocked else 1
         volume = sample(request, genes, source.names, _progress_callback(progress, request.steps, "sampling", 0, runs * request.steps))
         difference_image, knock_note = None, ""
@@ -415,7 +417,7 @@ def ui_generate(
         section = request.slice_start
         heat, heat_note = expression_figure(genes, source.names, gene, section)
         attention, attention_note = attention_figure(genes, source.names, gene_a, gene_b, section)
-    except DemoError as err:  # shown in the status line; the previous results stay on the page
+    except ValueError as err:  # DemoError, or the pipeline refusing the data (e.g. too few panel genes)
         return (*[gr.skip()] * 10, f"**Not generated.** {err}")
     progress(1.0, desc="saving")
     out = to_uint8(volume)

@@ -163,7 +163,7 @@ generated DAPI and PolyT with the ground truth. The page also shows a gene heat 
 attention for a chosen pair, and an in-silico knockout (same seed, one gene zeroed) with its difference.
 
 Runs the small default model embedded in `teramind-hf` (trained on synthetic phantom tissue only; see its
-model card). Requests are capped (4 tiles of 256 px per section, 50 steps, 4 sections, 5 MB uploads).
+model card). Requests are capped (4 tiles of 256 px per section, 50 steps, 4 sections, 16 MB uploads).
 
 API: `gradio_client.Client("<this space>").predict(None, x0, y0, width, height, start, stop, steps, seed,
 "DDIM", api_name="/generate")` returns a `.npy` volume (uint8, sections x 2 stains x H x W) and a summary.

@@ -105,11 +105,12 @@ def image_pixels(page, elem_id: str) -> np.ndarray:
 
 @needs_chromium
 def test_generate_in_browser_shows_non_blank_images(page, tmp_path):
-    set_number(page, "steps", STEPS)
+    set_number(page, "steps", STEPS + 2)
     page.locator("#generate").click()
+    page.get_by_text("sampling: step").first.wait_for(state="visible")  # gr.Progress fed by the pipeline callback
     for elem_id in ("gen_dapi", "gen_polyt", "true_dapi", "true_polyt", "heat", "attention"):
         page.locator(f"#{elem_id} img").first.wait_for(state="visible")
-    page.get_by_text("Generated 2 section(s)").wait_for(state="visible")
+    page.locator("#status").get_by_text("Generated 2 section(s)").wait_for(state="visible")
     for elem_id in ("gen_dapi", "gen_polyt", "true_dapi", "heat", "attention"):
         pixels = image_pixels(page, elem_id)
         assert pixels.var() > 1.0, f"{elem_id} looks blank (pixel variance {pixels.var():.3f})"
@@ -187,9 +188,10 @@ def test_upload_round_trip_and_downloads(app, tmp_path):
 
     phantom = app.bundled_phantom()
     table = tmp_path / "transcripts.csv"
-    phantom.transcripts[phantom.transcripts["y"] < 256].to_csv(table, index=False)
+    t = phantom.transcripts
+    t[(t["y"] < 250) & (t["x"] < 500)].to_csv(table, index=False)
     source = app.read_upload(table)
-    assert source.genes.shape[-2:] == (16, 64) and source.images is None
+    assert source.genes.shape[-2:] == (16, 32) and source.images is None  # padded up to whole tiles
     request = app.Request(x0=0, y0=0, width=256, height=256, slice_start=0, slice_stop=1, steps=1, seed=0)
     app.check_request(request, source)
     genes, _ = app.crop(source, request)
