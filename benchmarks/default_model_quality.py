@@ -46,7 +46,14 @@ def tile_step_seconds(pipe, repeats: int = 3) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def write_card(model_dir: Path, table: dict, region_desc: str, train_log: Path | None, step_s: float) -> None:
+def _stage_summary(log: Path) -> dict:
+    path = log.parent / "train_summary.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_card(
+    model_dir: Path, table: dict, region_desc: str, train_log: Path | None, step_s: float, previous: list[Path] = ()
+) -> None:
     from teramind_hf.training.card import card_data
     from teramind_hf.training.validation import format_comparison
     from huggingface_hub import ModelCard
@@ -56,9 +63,11 @@ def write_card(model_dir: Path, table: dict, region_desc: str, train_log: Path |
     if train_log is not None and train_log.is_file():
         records = [json.loads(line) for line in train_log.read_text().splitlines() if line.strip()]
         losses = [r for r in records if "loss" in r]
-        summary_path = train_log.parent / "train_summary.json"
-        if summary_path.is_file():
-            summary = json.loads(summary_path.read_text())
+        summary = _stage_summary(train_log)
+    stages = [_stage_summary(p) for p in previous] + [summary]
+    total_steps = sum(int(s.get("steps") or 0) for s in stages)
+    total_min = sum(float(s.get("seconds") or 0) for s in stages) / 60
+    stage_text = " + ".join(f"{s.get('steps', '?')}" for s in stages)
     size_mb = sum(p.stat().st_size for p in model_dir.rglob("*.safetensors")) / 1e6
     first = sum(r["loss"] for r in losses[:20]) / max(len(losses[:20]), 1)
     last = sum(r["loss"] for r in losses[-20:]) / max(len(losses[-20:]), 1)
@@ -82,10 +91,11 @@ It is *not* a model of real mouse-brain morphology; for that, convert the offici
 ## How
 - UNet widths {cfg["block_out_channels"]}, gene maps {cfg["gene_map_channels"]}, time embedding {cfg["time_embed_dim"]},
   dropout {cfg["dropout"]}; weights stored in fp16 ({size_mb:.1f} MB), loaded as float32.
-- {summary.get("steps", "?")} Adam steps x batch {summary.get("global_batch", "?")} on {summary.get("world", 1)} CPU process
-  (2 threads), {summary.get("seconds", 0) / 60:.0f} min; lr 5e-4, 40 warm-up steps then cosine, grad clip 1.0,
-  EMA (decay up to 0.999, warm-up power 0.75), seed 0.
-- training loss (mean of 20 steps): {first:.3f} at the start -> {last:.3f} at the end.
+- {total_steps} Adam steps ({stage_text}, in {len(stages)} stage(s)) x batch {summary.get("global_batch", "?")} on
+  {summary.get("world", 1)} CPU process (2 threads, machine shared with other jobs), {total_min:.0f} min in all; stage 1 lr
+  5e-4 (40 warm-up steps, cosine), later stages continue from the previous pipeline (lr 3e-4, cosine, new data
+  seed); grad clip 1.0; EMA (decay up to 0.999, warm-up power 0.75).
+- training loss of the last stage (mean of 20 steps): {first:.3f} at its start -> {last:.3f} at its end.
 - re-make: `python scripts/train_default_model.py` (exact arguments in that script).
 
 ## Measured quality (held-out phantom, seed 1, never seen in training)
@@ -95,7 +105,8 @@ It is *not* a model of real mouse-brain morphology; for that, convert the offici
 {format_comparison(table)}
 ```
 `shuffled_genes`: the same model and seed with gene bins shuffled across the region; `mean_image`: each stain
-at the region's own mean value. Made by `python benchmarks/default_model_quality.py`.
+at the region's own mean value. Rows marked `@4x4` compare 4 x 4-px block means (4 um), the scale at which the
+16-px gene bins can locate cells; plain rows compare pixels. Made by `python benchmarks/default_model_quality.py`.
 
 Speed: one 256-px tile step (320-px canvas) takes {step_s:.2f} s on one CPU thread of the build machine.
 
@@ -119,23 +130,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=512, help="region size in px (multiple of 256)")
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pool", type=int, default=4, help="also compare 4x4-px block means (the gene-bin scale)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--write_card", action="store_true")
-    parser.add_argument("--train_log", default=None)
+    parser.add_argument("--train_log", default=None, help="train_log.jsonl of the (last) training run")
+    parser.add_argument("--previous_logs", nargs="*", default=[], help="train_log.jsonl of earlier stages")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model_dir = Path(args.model) if args.model else default_model_path()
     pipe = TeraMindPipeline.from_pretrained(str(model_dir))
     pipe.set_progress_bar_config(disable=True)
     region = read_region(held_out_store(Path(args.heldout)), size=args.size, slices=2)
-    table = quality_comparison(pipe, region, num_inference_steps=args.steps, seed=args.seed)
+    table = quality_comparison(pipe, region, num_inference_steps=args.steps, seed=args.seed, pool=args.pool)
     step_s = tile_step_seconds(pipe)
     print(f"model {model_dir}, held-out region {args.size}x{args.size} px x 2 sections, {args.steps} steps")
     print(format_comparison(table))
     print(f"tile step (320-px canvas, {args.threads} thread(s)): {step_s:.3f} s")
     if args.write_card:
         desc = f"region {args.size} x {args.size} px x 2 sections"
-        write_card(model_dir, table, desc, Path(args.train_log) if args.train_log else None, step_s)
+        log = Path(args.train_log) if args.train_log else None
+        write_card(model_dir, table, desc, log, step_s, [Path(p) for p in args.previous_logs])
     return 0
 
 

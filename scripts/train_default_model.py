@@ -5,7 +5,9 @@
 1. phantom stores at 1.0 um/px (nuclei 6-11 px, gene bins 16 um): training = seed 0, 1024 x 1024 px x
    6 sections; held-out = seed 1 (never seen in training), 512 x 512 px x 2 sections;
 2. `teramind_hf.training.train` on a small config (widths 8/16/32/64, dropout 0, EMA), validated on the
-   held-out store; resumable (`--resume_from_checkpoint latest`, re-running this script continues);
+   held-out store, in stages: stage 1 from scratch (lr 5e-4, warm-up + cosine), each later stage continues
+   from the previous stage's pipeline (``--pretrained``) with a fresh optimizer and another data seed
+   (``STAGES`` below). Every stage is resumable (`--resume_from_checkpoint latest`: re-running continues);
 3. the pipeline (fp16 safetensors) is copied to ``--out`` and its model card is written by
    `benchmarks/default_model_quality.py --write_card`, with the measured numbers.
 """
@@ -29,17 +31,18 @@ TRAIN_ARGS = [
     "--time_embed_dim", "64",
     "--dropout", "0",
     "--train_batch_size", "4",
-    "--learning_rate", "5e-4",
-    "--lr_scheduler", "cosine",
-    "--lr_warmup_steps", "40",
     "--use_ema", "--ema_decay", "0.999", "--ema_power", "0.75",
     "--checkpointing_steps", "50",
     "--checkpoints_total_limit", "2",
     "--validation_steps", "100",
     "--save_dtype", "fp16",
     "--dataset_name", "synthetic-phantom-1um-seed0",
-    "--seed", "0",
 ]  # fmt: skip
+# (name, steps, extra arguments); stage k > 1 starts from stage k-1's pipeline
+STAGES = [
+    ("stage1", 500, ["--learning_rate", "5e-4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "40", "--seed", "0"]),
+    ("stage2", 1000, ["--learning_rate", "3e-4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "20", "--seed", "1"]),
+]
 
 
 def make_stores(work: Path) -> tuple[Path, Path]:
@@ -61,23 +64,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", default="runs/default_model", help="stores, checkpoints and logs")
     parser.add_argument("--out", default=str(ROOT / "teramind_hf" / "default_model"))
-    parser.add_argument("--max_train_steps", type=int, default=500)
+    parser.add_argument("--stages", type=int, default=len(STAGES), help="run the first N stages")
     parser.add_argument("--num_threads", type=int, default=2)
     parser.add_argument("--skip_train", action="store_true", help="only copy the finished run and write the card")
     args = parser.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     train_store, held_out = make_stores(work)
-    run = work / "run"
-    if not args.skip_train:
-        cmd = [
-            sys.executable, "-m", "teramind_hf.training.train",
-            "--data", str(train_store), "--validation_data", str(held_out), "--output_dir", str(run),
-            "--max_train_steps", str(args.max_train_steps), "--num_threads", str(args.num_threads),
-            "--resume_from_checkpoint", "latest", *TRAIN_ARGS,
-        ]  # fmt: skip
-        print(" ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True)
+    previous = None
+    for name, steps, extra in STAGES[: args.stages]:
+        run = work / ("run" if name == "stage1" else name)  # stage 1 keeps its first folder name
+        if not args.skip_train:
+            cmd = [
+                sys.executable, "-m", "teramind_hf.training.train",
+                "--data", str(train_store), "--validation_data", str(held_out), "--output_dir", str(run),
+                "--max_train_steps", str(steps), "--num_threads", str(args.num_threads),
+                "--resume_from_checkpoint", "latest", *TRAIN_ARGS, *extra,
+                *(["--pretrained", str(previous)] if previous else []),
+            ]  # fmt: skip
+            print(" ".join(cmd), flush=True)
+            subprocess.run(cmd, check=True)
+        previous = run
     out = Path(args.out)
     if out.exists():
         shutil.rmtree(out)
@@ -87,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, out / item)
     subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "default_model_quality.py"), "--model", str(out),
-         "--heldout", str(held_out), "--train_log", str(run / "train_log.jsonl"), "--write_card"],
+         "--heldout", str(held_out), "--train_log", str(run / "train_log.jsonl"),
+         *(["--previous_logs", *[str(work / ("run" if n == "stage1" else n) / "train_log.jsonl") for n, _, _ in STAGES[: args.stages - 1]]] if args.stages > 1 else []), "--write_card"],
         check=True,
     )  # fmt: skip
     return 0
