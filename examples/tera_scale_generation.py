@@ -69,8 +69,11 @@ def generate_command(args: argparse.Namespace, genes: Path, out: Path) -> list[s
     if args.model:
         options += ["--model", args.model]
     if args.processes > 1:
-        launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(args.processes), "--cpu"]
-        return [*launch, "-m", "teramind_hf.cli", *options]
+        launch = [
+            sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(args.processes), "--cpu",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        ]  # fmt: skip
+        return [*launch, "-m", "teramind_hf.cli", *options, "--threads", "1"]
     return [sys.executable, "-m", "teramind_hf.cli", *options]
 
 
