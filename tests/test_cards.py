@@ -85,3 +85,18 @@ def test_default_model_card(path):
     card = ModelCard.load(str(path))
     assert check_model_card(path) == []
     assert "phantom" in card.text.lower()  # says honestly what it was trained on
+
+
+def test_space_requirements_match_pyproject():
+    """The Space installs what the package and its demo extra declare (names compared, not pins)."""
+    import re
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = project["dependencies"] + project["optional-dependencies"]["demo"]
+
+    def names(lines):
+        return {re.split(r"[<>=!~\[ ;@]", line.strip(), maxsplit=1)[0].lower().replace("_", "-") for line in lines if line.strip() and not line.lstrip().startswith("#")}
+
+    space = (CARDS / "space" / "requirements.txt").read_text().splitlines()
+    assert names(space) == names(declared)
