@@ -203,3 +203,23 @@ def test_upload_round_trip_and_downloads(app, tmp_path):
     group = zarr.open_group(str(next((tmp_path / "unzipped").iterdir())), mode="r")
     assert np.array_equal(group["0"][:], volume.transpose(1, 0, 2, 3))
     assert group.attrs["ome"]["multiscales"][0]["axes"][0]["name"] == "c"
+
+
+def test_knockout_with_dpm_solver_and_refusals(app):
+    """The Generate handler itself: DPM-Solver++, a knockout (difference image), and messages, not exceptions."""
+    names = list(app.load_pipeline().unet.config.gene_names)
+    gene = app._default_pair(names)[1]
+    no_progress = lambda *args, **kwargs: None  # noqa: E731
+    args = [app.SOURCE_PHANTOM, None, 0, 0, 256, 256, 0, 2, 1, 3, "DPM-Solver++", gene, *app._default_pair(names)]
+    out = app.ui_generate(*args, gene, progress=no_progress)
+    dapi, polyt, true_dapi, _, heat, attention, difference, npy, tiff, zarr_zip, status = out
+    assert dapi.shape == (256, 256, 3) and true_dapi.shape == (256, 256, 3)
+    assert difference is not None and difference.ndim == 3 and "Knockout of" in status and "DPM-Solver++" in status
+    assert np.load(npy).shape == (2, 2, 256, 256) and Path(tiff).is_file() and Path(zarr_zip).is_file()
+
+    refused = app.ui_generate(*args[:8], 60, *args[9:], app.NO_KNOCKOUT, progress=no_progress)
+    assert "60 steps requested" in refused[-1]
+    missing = next((g for g in names if g.lower() not in {n.lower() for n in app.bundled_phantom().panel}), None)
+    if missing is not None:  # a model gene the phantom lacks: knocking it out would change nothing
+        message = app.ui_generate(*args, missing, progress=no_progress)[-1]
+        assert "not in the data" in message
