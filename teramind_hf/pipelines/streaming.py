@@ -95,6 +95,14 @@ class Region:
     stop: int
 
 
+def distributed_state():
+    """accelerate's process state. Without CUDA it is built with ``cpu=True`` so that several processes started by
+    ``accelerate launch --multi_gpu --num_processes N`` (torchrun) form a gloo group (MULTI_CPU)."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 # ---------------------------------------------------------------------------------------------- validation
 def resolve_region(
     source: GeneSource, gene_bin: int, tile_size: int, region: tuple[int, int, int, int] | None,
@@ -280,9 +288,7 @@ class StreamingTileSampler:
     # -- stages
     def stage_jobs(self, stage: int, snapshot: np.ndarray | None) -> list[list[tuple[int, int, int]]]:
         """This process's tiles of a stage, per z chunk, without those the snapshot records as done."""
-        from accelerate import PartialState
-
-        state = PartialState()
+        state = distributed_state()
         per_chunk = []
         for k in range(len(self.chunk_starts)):
             with state.split_between_processes(torch.arange(self.rows * self.cols)) as mine:
@@ -337,10 +343,9 @@ class StreamingTileSampler:
 
     def run(self, snapshot: np.ndarray | None) -> tuple[int, int | None]:
         """All stages not yet done; returns (tile-stages computed here, first stage that had work)."""
-        from accelerate import PartialState
         from tqdm.auto import tqdm
 
-        state = PartialState()
+        state = distributed_state()
         scheduler = self.pipe.scheduler
         first_stage = -1 if snapshot is None else int(snapshot.min())
         stage_plan = list(range(first_stage, self.steps))
@@ -406,10 +411,9 @@ def generate_to_zarr(
         a :class:`GenerateReport` (voxels, time, voxels/s, peak RSS).
     """
     import zarr
-    from accelerate import PartialState
 
     started = time.perf_counter()
-    state = PartialState()
+    state = distributed_state()
     out = str(out)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -580,9 +584,7 @@ def _run_cli(args: argparse.Namespace) -> int:
         section_spacing_um=args.section_spacing_um,
         progress_bar=not args.quiet,
     )
-    from accelerate import PartialState
-
-    if PartialState().is_main_process:
+    if distributed_state().is_main_process:
         print(report.summary())
         if args.report_json:
             Path(args.report_json).write_text(json.dumps({**asdict(report), "voxels_per_second": report.voxels_per_second}))
