@@ -4,7 +4,8 @@ The in-memory :class:`TeraMindPipeline` holds a whole region; this module produc
 of any size with memory independent of the region:
 
 * **Step buffers.** Only two states are alive: ``x_t`` (read) and ``x_{t-1}`` (written), each a zarr array
-  ``(z chunks, stains, 2 slices, H, W)`` float32 with one chunk per tile. Small regions keep them in a zarr
+  ``(1, stains, 2 slices, H, W)`` float32 with one chunk per tile. The independent 2-slice z chunks are
+  generated one after another, so the buffers hold one z chunk whatever the number of sections. Small regions keep them in a zarr
   ``MemoryStore``; larger ones (or several processes) in a chunked store inside the output folder.
 * **One read per tile and step.** A tile's canvas (tile + halo from its 8 neighbours, ``fill_value`` outside
   the region) is one slice of ``x_t``; its gene canvas is read lazily from the gene source.
@@ -262,13 +263,13 @@ class StreamingTileSampler:
         t, h = self.tile, self.halo_px
         if not self.halo:
             ys, xs = self._tile_slices(row, col)
-            x_tile = torch.from_numpy(np.asarray(buffer[k, :, :, ys, xs]))
+            x_tile = torch.from_numpy(np.asarray(buffer[0, :, :, ys, xs]))
             scaled = self.pipe.scheduler.scale_model_input(x_tile, timestep)
             return F.pad(scaled, (h, h, h, h), value=self.fill), x_tile
         y0, x0 = row * t - h, col * t - h
         ya, yb = max(y0, 0), min(y0 + t + 2 * h, self.region.height)
         xa, xb = max(x0, 0), min(x0 + t + 2 * h, self.region.width)
-        window = torch.from_numpy(np.asarray(buffer[k, :, :, ya:yb, xa:xb]))
+        window = torch.from_numpy(np.asarray(buffer[0, :, :, ya:yb, xa:xb]))
         x_tile = window[..., row * t - ya : row * t - ya + t, col * t - xa : col * t - xa + t]
         scaled = self.pipe.scheduler.scale_model_input(window, timestep)
         pad = (xa - x0, x0 + t + 2 * h - xb, ya - y0, y0 + t + 2 * h - yb)
@@ -286,17 +287,23 @@ class StreamingTileSampler:
         return canvas
 
     # -- stages
-    def stage_jobs(self, stage: int, snapshot: np.ndarray | None) -> list[list[tuple[int, int, int]]]:
-        """This process's tiles of a stage, per z chunk, without those the snapshot records as done."""
-        state = distributed_state()
-        per_chunk = []
+    def stage_jobs(self, k: int, stage: int, snapshot: np.ndarray | None) -> list[tuple[int, int, int]]:
+        """This process's tiles of z chunk ``k`` at a stage, without those the snapshot (rows, cols) records done."""
+        with distributed_state().split_between_processes(torch.arange(self.rows * self.cols)) as mine:
+            tiles = [(k, int(i) // self.cols, int(i) % self.cols) for i in mine.tolist()]
+        if snapshot is not None:
+            tiles = [(k, r, c) for k, r, c in tiles if snapshot[r, c] < stage + 1]
+        return tiles
+
+    def chunk_plan(self, snapshot: np.ndarray | None) -> list[tuple[int, int]]:
+        """(z chunk, first stage to run) of the chunks not finished; chunks run one after another, so the step
+        buffers hold one z chunk and their size does not grow with the number of sections."""
+        plan = []
         for k in range(len(self.chunk_starts)):
-            with state.split_between_processes(torch.arange(self.rows * self.cols)) as mine:
-                tiles = [(k, int(i) // self.cols, int(i) % self.cols) for i in mine.tolist()]
-            if snapshot is not None:
-                tiles = [(k, r, c) for k, r, c in tiles if snapshot[k, r, c] < stage + 1]
-            per_chunk.append(tiles)
-        return per_chunk
+            first = -1 if snapshot is None else int(snapshot[k].min())
+            if first < self.steps:
+                plan.append((k, first))
+        return plan
 
     def run_initial_noise(self, jobs: list[tuple[int, int, int]], bar) -> None:
         scheduler = self.pipe.scheduler
@@ -305,7 +312,7 @@ class StreamingTileSampler:
                 self.seed, (self.chunk_starts[k], r, c), (self.stains, self.slices_per_chunk, self.tile, self.tile)
             )
             ys, xs = self._tile_slices(r, c)
-            self.step_buffers[0][k, :, :, ys, xs] = noise.numpy()
+            self.step_buffers[0][0, :, :, ys, xs] = noise.numpy()
             self.progress[k, r, c] = 0
             bar.update(1)
 
@@ -329,7 +336,7 @@ class StreamingTileSampler:
                     self._write_output_tile(k, r, c, tile_state)
                 else:
                     ys, xs = self._tile_slices(r, c)
-                    self.step_buffers[(step + 1) % 2][k, :, :, ys, xs] = tile_state.numpy()
+                    self.step_buffers[(step + 1) % 2][0, :, :, ys, xs] = tile_state.numpy()
                 self.progress[k, r, c] = step + 1
             bar.update(len(batch))
 
@@ -342,31 +349,33 @@ class StreamingTileSampler:
         self.image[:, z_out : z_out + keep, ys, xs] = pixels
 
     def run(self, snapshot: np.ndarray | None) -> tuple[int, int | None]:
-        """All stages not yet done; returns (tile-stages computed here, first stage that had work)."""
+        """All stages not yet done; returns (tile-stages computed here, first stage that had work if resumed)."""
         from tqdm.auto import tqdm
 
         state = distributed_state()
-        scheduler = self.pipe.scheduler
-        first_stage = -1 if snapshot is None else int(snapshot.min())
-        stage_plan = list(range(first_stage, self.steps))
-        resumed = first_stage if snapshot is not None and snapshot.max() >= 0 else None
-        done = 0
-        total = sum(len(j) for j in self.stage_jobs(first_stage, snapshot)) + max(len(stage_plan) - 1, 0) * sum(
-            len(j) for j in self.stage_jobs(first_stage + 1, None)
+        plan = self.chunk_plan(snapshot)
+        resumed = None
+        if snapshot is not None and snapshot.max() >= 0 and plan:
+            resumed = plan[0][1]
+        total = sum(
+            len(self.stage_jobs(k, first, None if snapshot is None else snapshot[k])) + (self.steps - 1 - first) * len(self.stage_jobs(k, 0, None))
+            for k, first in plan
         )
         bar = tqdm(total=total, desc="teramind generate (stage x tile)", unit="tile", disable=not self.show_progress)
-        scheduler.set_timesteps(self.steps)
+        self.pipe.scheduler.set_timesteps(self.steps)
         was_training = self.pipe.unet.training
         self.pipe.unet.eval()
+        done = 0
         with torch.no_grad():
-            for stage in stage_plan:
-                jobs = [job for chunk in self.stage_jobs(stage, snapshot if stage == first_stage else None) for job in chunk]
-                if stage == -1:
-                    self.run_initial_noise(jobs, bar)
-                else:
-                    self.run_step(stage, jobs, bar)
-                done += len(jobs)
-                state.wait_for_everyone()
+            for k, first in plan:
+                for stage in range(first, self.steps):
+                    jobs = self.stage_jobs(k, stage, snapshot[k] if snapshot is not None and stage == first else None)
+                    if stage == -1:
+                        self.run_initial_noise(jobs, bar)
+                    else:
+                        self.run_step(stage, jobs, bar)
+                    done += len(jobs)
+                    state.wait_for_everyone()  # step i + 1 reads what every process wrote at step i
         bar.close()
         self.pipe.unet.train(was_training)
         return done, resumed
@@ -448,7 +457,7 @@ def generate_to_zarr(
 
     shape = (cfg.out_channels, reg.stop - reg.start, reg.height, reg.width)
     chunks = len(z_chunks(reg.start, reg.stop, cfg.num_slices))
-    buffer_shape = (chunks, cfg.out_channels, cfg.num_slices, reg.height, reg.width)
+    buffer_shape = (1, cfg.out_channels, cfg.num_slices, reg.height, reg.width)  # one z chunk at a time
     buffer_bytes = 2 * 4 * int(np.prod(buffer_shape))
     on_disk = state.num_processes > 1 or buffer_bytes > memory_limit_bytes
 
@@ -467,7 +476,7 @@ def generate_to_zarr(
     tiles = chunks * (reg.height // sched.config.tile_size) * (reg.width // sched.config.tile_size)
     computed, resumed_from = 0, None
     if not teramind_state["complete"]:
-        step_group = _open_step_store(out, buffer_shape, sched.config.tile_size, on_disk, state)
+        step_group = _open_step_store(out, buffer_shape, chunks, sched.config.tile_size, on_disk, state)
         snapshot = None
         if on_disk and "progress" in step_group:
             snapshot = np.asarray(step_group["progress"][...])
@@ -494,12 +503,12 @@ def generate_to_zarr(
     )  # fmt: skip
 
 
-def _open_step_store(out: str, buffer_shape: tuple, tile: int, on_disk: bool, state):
+def _open_step_store(out: str, buffer_shape: tuple, num_chunks: int, tile: int, on_disk: bool, state):
     """The two step buffers and the progress record (created once; reopened on resume)."""
     import zarr
 
     chunk = (1, buffer_shape[1], buffer_shape[2], tile, tile)
-    progress_shape = (buffer_shape[0], buffer_shape[3] // tile, buffer_shape[4] // tile)
+    progress_shape = (num_chunks, buffer_shape[3] // tile, buffer_shape[4] // tile)
     if not on_disk:
         group = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
     else:
