@@ -41,7 +41,7 @@ TRAIN_ARGS = [
 # (name, steps, extra arguments); stage k > 1 starts from stage k-1's pipeline
 STAGES = [
     ("stage1", 500, ["--learning_rate", "5e-4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "40", "--seed", "0"]),
-    ("stage2", 1000, ["--learning_rate", "3e-4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "20", "--seed", "1"]),
+    ("stage2", 600, ["--learning_rate", "4e-4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "20", "--seed", "1"]),
 ]
 
 

@@ -158,3 +158,18 @@ def test_teramind_cli_reports_bad_input(tmp_path, capsys):
     code = main(["train", "--data", str(tmp_path / "missing.zarr"), "--output_dir", str(tmp_path / "o")])
     assert code == 2
     assert "teramind train: error: --data" in capsys.readouterr().err
+
+
+def test_bf16_mixed_precision_and_ema_run(store, tmp_path):
+    out = tmp_path / "bf16"
+    subprocess.run(
+        _train_cmd(store, out, "--mixed_precision", "bf16", "--use_ema", "--max_train_steps", "2", "--train_batch_size", "1",
+                   "--checkpointing_steps", "1", "--checkpoints_total_limit", "1"),
+        check=True, env=ENV, timeout=120,
+    )  # fmt: skip
+    losses = _losses(out)
+    assert sorted(losses) == [1, 2] and all(0 < v < 10 for v in losses.values())
+    assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-2"]
+    assert any(p.name.startswith("custom_checkpoint") for p in (out / "checkpoint-2").iterdir())  # EMA state
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\n") and "pipeline_tag:" in card and "EMA: yes" in card

@@ -339,6 +339,7 @@ def train(args: argparse.Namespace) -> dict:
                     disable=args.no_progress or not accelerator.is_local_main_process, desc="steps")  # fmt: skip
     step, started = start_step, time.time()
     running = torch.zeros(3)
+    skipped = 0
     summary: dict = {"validation": {}}
     for batch in loader:
         indices = batch["index"].tolist()
@@ -352,10 +353,16 @@ def train(args: argparse.Namespace) -> dict:
             with accelerator.autocast():
                 out = boundary_aware_loss(unet, windows, abar, patch_size=cfg.sample_size)
             accelerator.backward(out.loss)
+            finite = True
             if accelerator.sync_gradients and args.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
-            optimizer.step()
-            lr_scheduler.step()
+                norm = accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
+                finite = bool(torch.isfinite(torch.as_tensor(norm)))
+            if finite:
+                optimizer.step()
+                lr_scheduler.step()
+            else:  # an overflow (possible in fp16/bf16): skip this update, as a GradScaler would
+                skipped += 1
+                log(f"step {step + 1}: non-finite gradient norm, update skipped ({skipped} so far)")
             optimizer.zero_grad(set_to_none=True)
         running += torch.stack([out.loss.detach().float().cpu(), out.collage.float().cpu(), out.patch.float().cpu()])
         if not accelerator.sync_gradients:
@@ -385,7 +392,7 @@ def train(args: argparse.Namespace) -> dict:
     progress.close()
     accelerator.wait_for_everyone()
 
-    summary.update(steps=step, seconds=time.time() - started, world=world, global_batch=global_batch)
+    summary.update(steps=step, seconds=time.time() - started, world=world, global_batch=global_batch, skipped_updates=skipped)
     if region is not None and not summary["validation"]:
         summary["validation"] = _validate(accelerator, unet, ema, scheduler, region, args, step, output_dir, log)
     if accelerator.is_main_process:

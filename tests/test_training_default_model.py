@@ -1,0 +1,75 @@
+"""The shipped default model: trained (not the placeholder), small, fast, and it follows its gene input.
+
+A lighter version of `benchmarks/default_model_quality.py`: one 256-px held-out tile (phantom seed 1, never
+seen in training), 15 DDIM steps, against the shuffled-gene and per-stain-mean controls.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+
+from teramind_hf import TeraMindPipeline, default_model_path
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    pipe = TeraMindPipeline.from_pretrained(str(default_model_path()))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def region(tmp_path_factory):
+    from teramind_hf.data import make_phantom
+    from teramind_hf.data.datasets import write_training_store
+    from teramind_hf.training.validation import read_region
+
+    path = tmp_path_factory.mktemp("heldout") / "seed1.zarr"
+    write_training_store(make_phantom(256, 256, num_slices=2, seed=1, um_per_px=1.0).to_volume(), path)
+    return read_region(path, size=256, slices=2)
+
+
+def test_default_model_is_the_trained_phantom_model(pipe):
+    folder = default_model_path()
+    card = (folder / "README.md").read_text()
+    assert "synthetic phantom" in card and "1.0 um/px" in card and "library_name: diffusers" in card
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    assert weights.stat().st_size < 10e6  # a few MB (fp16 on disk)
+    assert pipe.unet.dtype == torch.float32  # loaded as float32
+    from teramind_hf.data.phantom import default_panel
+
+    assert list(pipe.unet.config.gene_names) == list(default_panel().genes)
+    assert pipe.unet.config.dropout == 0.0
+
+
+def test_default_model_tile_step_is_fast(pipe):
+    torch.set_num_threads(1)
+    cfg = pipe.unet.config
+    canvas = torch.zeros(1, 2, 2, 320, 320)
+    genes = torch.zeros(1, cfg.num_genes, 4, 20, 20)
+    times = []
+    with torch.no_grad():
+        for _ in range(3):
+            start = time.perf_counter()
+            pipe.unet(canvas, 500, genes)
+            times.append(time.perf_counter() - start)
+    assert min(times) < 1.0, times
+
+
+def test_default_model_beats_controls_on_held_out_region(pipe, region):
+    from teramind_hf.training.validation import quality_comparison
+
+    torch.set_num_threads(1)
+    table = quality_comparison(pipe, region, num_inference_steps=15, seed=0, pool=4)
+    print(json.dumps(table, indent=1))
+    for suffix in ("", "@4x4"):
+        model = table[f"model{suffix}"]
+        for control in ("shuffled_genes", "mean_image"):
+            other = table[f"{control}{suffix}"]
+            assert model["ssim"] > other["ssim"] + 0.02, (suffix, control, table)
+    model, shuffled, mean = table["model@4x4"], table["shuffled_genes@4x4"], table["mean_image@4x4"]
+    assert model["psnr"] > shuffled["psnr"] + 1.0 and model["psnr"] > mean["psnr"] + 0.5, table
