@@ -8,7 +8,7 @@
 The command it runs is the one for a whole brain; only the input is small here:
 
     teramind generate --genes region.zarr --out brain.ome.zarr --steps 15 --seed 0
-    accelerate launch --num_processes N -m teramind_hf.cli generate ...      # multi-process / multi-GPU
+    accelerate launch --multi_gpu --num_processes N -m teramind_hf.cli generate ...   # multi-process (CPU: gloo)
 
 Sampling is synchronous over the tile grid with two step buffers (memory does not grow with the region);
 a killed run continues where it stopped when the same command is run again, and gives the same bytes.
@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=15, help="denoising steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=4, help="tile canvases per model call")
-    parser.add_argument("--processes", type=int, default=1, help=">1: `accelerate launch --num_processes N --cpu`")
+    parser.add_argument("--processes", type=int, default=1, help=">1: `accelerate launch --multi_gpu --num_processes N`")
     parser.add_argument("--api", action="store_true", help="call teramind_hf.pipelines.streaming.generate_to_zarr")
     parser.add_argument("--out", default="tera_scale_out", help="output folder")
     return parser.parse_args(argv)
@@ -60,6 +60,15 @@ def write_gene_store(path: Path, size: int, sections: int) -> Path:
     return write_training_store(tissue.to_volume(), path)
 
 
+def free_port() -> int:
+    """A free local TCP port for the process group (so concurrent runs do not collide on 29500)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def generate_command(args: argparse.Namespace, genes: Path, out: Path) -> list[str]:
     """`teramind generate ...` (as ``python -m teramind_hf.cli``), under accelerate for several processes."""
     options = [
@@ -69,9 +78,12 @@ def generate_command(args: argparse.Namespace, genes: Path, out: Path) -> list[s
     if args.model:
         options += ["--model", args.model]
     if args.processes > 1:
+        # `--multi_gpu` is accelerate's multi-process launcher; on a CPU-only machine the processes form a
+        # gloo group (see teramind_hf.pipelines.streaming)
         launch = [
-            sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(args.processes), "--cpu",
+            sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(args.processes),
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(free_port()),
         ]  # fmt: skip
         return [*launch, "-m", "teramind_hf.cli", *options, "--threads", "1"]
     return [sys.executable, "-m", "teramind_hf.cli", *options]

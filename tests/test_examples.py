@@ -86,3 +86,11 @@ def test_tera_scale_generation_api(tmp_path):
 def test_tera_scale_generation_cli(tmp_path):
     assert run_example("tera_scale_generation", "--size", "256", "--steps", "1", "--out", str(tmp_path)) == 0
     _check_tera_output(tmp_path, 256)
+
+
+@pytest.mark.skipif(not cli_has("generate"), reason="`teramind generate` (issue 6) is not registered in teramind_hf.cli yet")
+def test_tera_scale_generation_two_processes(tmp_path):
+    argv = ["--size", "512", "--steps", "1", "--processes", "2", "--out", str(tmp_path)]
+    assert run_example("tera_scale_generation", *argv) == 0
+    _check_tera_output(tmp_path, 512)
+    assert json.loads((tmp_path / "report.json").read_text())["num_processes"] == 2
