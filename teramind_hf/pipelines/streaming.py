@@ -66,6 +66,7 @@ class GenerateReport:
     steps: int
     tile_steps_run: int  # (stage, tile) units this process computed in this call (0 if already complete)
     seconds: float
+    sampling_seconds: float  # of which in the stage loop (tiles), excluding setup, checks and the pyramid
     peak_rss_mb: float
     step_buffers: str  # "memory" or "disk"
     resumed_from_stage: int | None
@@ -474,7 +475,7 @@ def generate_to_zarr(
     levels = [group[d["path"]] for d in group.attrs["ome"]["multiscales"][0]["datasets"]]
 
     tiles = chunks * (reg.height // sched.config.tile_size) * (reg.width // sched.config.tile_size)
-    computed, resumed_from = 0, None
+    computed, resumed_from, sampling_seconds = 0, None, 0.0
     if not teramind_state["complete"]:
         step_group = _open_step_store(out, buffer_shape, chunks, sched.config.tile_size, on_disk, state)
         snapshot = None
@@ -487,7 +488,9 @@ def generate_to_zarr(
             pipe, region_genes, reg, seed, num_inference_steps, halo, batch_size, step_group, levels[0],
             state, progress_bar and state.is_local_main_process,
         )  # fmt: skip
+        sampling_started = time.perf_counter()
         computed, resumed_from = sampler.run(snapshot)
+        sampling_seconds = time.perf_counter() - sampling_started
         _build_pyramid(group, levels, teramind_state.get("pyramid_levels_done", 0), state)
         if state.is_main_process:
             group.attrs["teramind"] = {**teramind_state, "complete": True, "pyramid_levels_done": len(levels)}
@@ -498,7 +501,7 @@ def generate_to_zarr(
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return GenerateReport(
         out=out, voxels=int(np.prod(shape)), tiles=tiles, steps=num_inference_steps, tile_steps_run=computed,
-        seconds=time.perf_counter() - started, peak_rss_mb=peak_mb, step_buffers="disk" if on_disk else "memory",
+        seconds=time.perf_counter() - started, sampling_seconds=sampling_seconds, peak_rss_mb=peak_mb, step_buffers="disk" if on_disk else "memory",
         resumed_from_stage=resumed_from, num_processes=state.num_processes,
     )  # fmt: skip
 
