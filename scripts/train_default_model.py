@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -41,7 +42,7 @@ TRAIN_ARGS = [
 # (name, steps, extra arguments); stage k > 1 starts from stage k-1's pipeline
 STAGES = [
     ("stage1", 500, ["--learning_rate", "5e-4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "40", "--seed", "0"]),
-    ("stage2", 600, ["--learning_rate", "4e-4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "20", "--seed", "1"]),
+    ("stage2", 600, ["--learning_rate", "8e-4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "20", "--seed", "1"]),
 ]
 
 
@@ -74,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     previous = None
     for name, steps, extra in STAGES[: args.stages]:
         run = work / ("run" if name == "stage1" else name)  # stage 1 keeps its first folder name
-        if not args.skip_train:
+        done = run / "train_summary.json"
+        finished = done.is_file() and json.loads(done.read_text()).get("steps", 0) >= steps
+        if not args.skip_train and not finished:
             cmd = [
                 sys.executable, "-m", "teramind_hf.training.train",
                 "--data", str(train_store), "--validation_data", str(held_out), "--output_dir", str(run),
