@@ -65,6 +65,9 @@ def test_finetune_new_tissue(tmp_path):
     assert (model / "model_index.json").is_file() and (model / "README.md").is_file()
     config = json.loads((model / "unet" / "config.json").read_text())
     assert {"Vglut1", "Gad65"} <= set(config["gene_names"])  # --extend_panel added the renamed genes
+    from teramind_hf.hub_cards import check_model_card
+
+    assert check_model_card(model / "README.md") == []  # the trainer's card carries the project's Hub metadata
     assert (tmp_path / "finetuned.png").stat().st_size > 5_000
 
 
