@@ -168,7 +168,7 @@ model card). Requests are capped (4 tiles of 256 px per section, 50 steps, 4 sec
 API: `gradio_client.Client("<this space>").predict(None, x0, y0, width, height, start, stop, steps, seed,
 "DDIM", api_name="/generate")` returns a `.npy` volume (uint8, sections x 2 stains x H x W) and a summary.
 
-Run locally: `pip install teramind-hf[demo]` then `python demo/app.py`.
+Run locally from a checkout: `pip install -e ".[demo]"` then `python demo/app.py`.
 """
     return SpaceCard(f"---\n{data.to_yaml()}\n---\n{body}")
 
