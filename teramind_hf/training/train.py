@@ -66,6 +66,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     a("--max_grad_norm", type=float, default=1.0, help="gradient clipping (official 1.0)")
     a("--lr_scheduler", default="constant", help="diffusers.optimization.get_scheduler name (constant, cosine, ...)")
     a("--lr_warmup_steps", type=int, default=0)
+    a("--lr_total_steps", type=int, default=None,
+      help="length of the LR schedule (default --max_train_steps): a run may stop before its schedule ends")
     a("--mixed_precision", choices=["no", "fp16", "bf16"], default=None, help="default: accelerate config")
     a("--use_ema", action="store_true", help="keep an EMA of the weights; the saved pipeline uses it")
     a("--ema_decay", type=float, default=0.9999)
@@ -206,7 +208,7 @@ def check_checkpoint_config(path: Path, unet) -> None:
         )
 
 
-def save_checkpoint(accelerator, output_dir: Path, step: int, unet, args: argparse.Namespace) -> Path:
+def save_checkpoint(accelerator, output_dir: Path, step: int, unet, args: argparse.Namespace, seconds: float = 0.0) -> Path:
     """save_state + training_config.json (written last, marks the checkpoint complete); prune old ones."""
     path = output_dir / f"{CHECKPOINT_PREFIX}{step}"
     accelerator.wait_for_everyone()
@@ -216,7 +218,7 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, unet, args: argpar
             shutil.rmtree(stale, ignore_errors=True)
     accelerator.save_state(str(path))
     if accelerator.is_main_process:
-        payload = {"unet": arch_config(unet), "step": step, "args": vars(args)}
+        payload = {"unet": arch_config(unet), "step": step, "seconds": seconds, "args": vars(args)}
         (path / CONFIG_FILE).write_text(json.dumps(payload, indent=1, default=str))
     accelerator.wait_for_everyone()
     return path
@@ -299,7 +301,7 @@ def train(args: argparse.Namespace) -> dict:
     )  # fmt: skip
     lr_scheduler = get_scheduler(
         args.lr_scheduler, optimizer=optimizer,
-        num_warmup_steps=args.lr_warmup_steps * world, num_training_steps=args.max_train_steps * world,
+        num_warmup_steps=args.lr_warmup_steps * world, num_training_steps=(args.lr_total_steps or args.max_train_steps) * world,
     )  # fmt: skip
     ema = None
     if args.use_ema:
@@ -310,8 +312,9 @@ def train(args: argparse.Namespace) -> dict:
     if ema is not None:
         ema.to(accelerator.device)
 
-    start_step = 0
+    start_step, prior_seconds = 0, 0.0
     if resume is not None:
+        prior_seconds = float(json.loads((resume / CONFIG_FILE).read_text()).get("seconds", 0.0))
         accelerator.load_state(str(resume))
         start_step = checkpoint_step(resume)
         log(f"resumed from {resume} at step {start_step}")
@@ -385,14 +388,15 @@ def train(args: argparse.Namespace) -> dict:
         summary["last"] = record
 
         if step % args.checkpointing_steps == 0 or step == args.max_train_steps:
-            save_checkpoint(accelerator, output_dir, step, accelerator.unwrap_model(unet), args)
+            elapsed = prior_seconds + time.time() - started
+            save_checkpoint(accelerator, output_dir, step, accelerator.unwrap_model(unet), args, elapsed)
         validate_now = args.validation_steps and step % args.validation_steps == 0
         if region is not None and (validate_now or step == args.max_train_steps):
             summary["validation"] = _validate(accelerator, unet, ema, scheduler, region, args, step, output_dir, log)
     progress.close()
     accelerator.wait_for_everyone()
 
-    summary.update(steps=step, seconds=time.time() - started, world=world, global_batch=global_batch, skipped_updates=skipped)
+    summary.update(steps=step, seconds=prior_seconds + time.time() - started, world=world, global_batch=global_batch, skipped_updates=skipped)
     if region is not None and not summary["validation"]:
         summary["validation"] = _validate(accelerator, unet, ema, scheduler, region, args, step, output_dir, log)
     if accelerator.is_main_process:
