@@ -496,9 +496,9 @@ def build_demo() -> gr.Blocks:
                     true_dapi = gr.Image(label="Ground truth DAPI", elem_id="true_dapi", format="png")
                     true_polyt = gr.Image(label="Ground truth PolyT", elem_id="true_polyt", format="png")
                 with gr.Row():
-                    heat = gr.Image(label="Gene expression", elem_id="heat", format="png")
-                    attention = gr.Image(label="Gene-gene attention", elem_id="attention", format="png")
-                difference = gr.Image(label="Knockout difference", elem_id="difference", format="png")
+                    heat = gr.Image(label="Gene expression", elem_id="heat", format="png", show_label=False)  # title drawn in the figure
+                    attention = gr.Image(label="Gene-gene attention", elem_id="attention", format="png", show_label=False)  # title drawn in the figure
+                difference = gr.Image(label="Knockout difference", elem_id="difference", format="png", show_label=False)  # title drawn in the figure
                 with gr.Row():
                     npy_file = gr.File(label="Volume (.npy, uint8 Z x 2 x H x W)", elem_id="npy_file")
                     tiff_file = gr.File(label="TIFF (ZCYX)", elem_id="tiff_file")
