@@ -67,7 +67,9 @@ def test_default_model_tile_step_is_fast(pipe):
             start = time.perf_counter()
             pipe.unet(canvas, 500, genes)
             times.append(time.perf_counter() - start)
-    assert min(times) < 1.0, times
+    # 0.42 s on an idle core of the build machine (benchmarks/default_model_quality.py); the bound leaves room
+    # for a machine shared with other jobs while still catching a model that is several times too big
+    assert min(times) < 2.0, times
 
 
 @pytest.mark.xfail(
