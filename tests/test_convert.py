@@ -39,7 +39,11 @@ def test_cli_convert_writes_a_loadable_pipeline(official_state, official_small_m
     names = [f"Gene{i}" for i in range(23)]
     (tmp_path / "genes.txt").write_text("# panel\n" + "\n".join(names) + "\n")
     assert cli_main(["convert-official", str(tmp_path / "last.ckpt"), str(tmp_path / "out"), "--gene-names", str(tmp_path / "genes.txt")]) == 0
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model_index.json", "scheduler", "unet"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["README.md", "model_index.json", "scheduler", "unet"]
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(tmp_path / "out" / "README.md")
+    assert card.data.library_name == "diffusers" and "last.ckpt" in card.text
     pipe = TeraMindPipeline.from_pretrained(tmp_path / "out")
     assert pipe.unet.config.gene_names == names
     for (name, ours), (_, reference) in zip(pipe.unet.state_dict().items(), official_small_model.state_dict().items()):

@@ -221,6 +221,7 @@ def convert_official_checkpoint(
     overwrite: bool = False,
 ):
     """Convert an official checkpoint and write a complete pipeline folder (safetensors only)."""
+    from ..hub_cards import official_model_card
     from ..pipelines.pipeline_teramind import TeraMindPipeline
     from ..schedulers.scheduling_boundary_aware import BoundaryAwareScheduler
 
@@ -234,6 +235,10 @@ def convert_official_checkpoint(
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     try:
         pipe.save_pretrained(str(staging), safe_serialization=True)
+        card = official_model_card(
+            push_to_hub or f"<org>/{output_dir.name}", num_genes=unet.config.num_genes, checkpoint=Path(checkpoint).name
+        )
+        card.save(str(staging / "README.md"))
         if output_dir.exists():
             shutil.rmtree(output_dir)
         staging.rename(output_dir)
