@@ -29,7 +29,7 @@ import hashlib
 import json
 import os
 import resource
-import shutil
+import socket
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -192,7 +192,7 @@ def check_writable(out: str) -> None:
         probe_dir = probe_dir.parent
     if not probe_dir.is_dir():
         raise FileExistsError(f"{probe_dir} exists and is not a folder: cannot write {out}")
-    probe = probe_dir / f".teramind-write-probe-{os.getpid()}"
+    probe = probe_dir / f".teramind-write-probe-{socket.gethostname()}-{os.getpid()}"
     try:
         probe.write_bytes(b"")
         probe.unlink()
@@ -460,7 +460,8 @@ def generate_to_zarr(
     chunks = len(z_chunks(reg.start, reg.stop, cfg.num_slices))
     buffer_shape = (1, cfg.out_channels, cfg.num_slices, reg.height, reg.width)  # one z chunk at a time
     buffer_bytes = 2 * 4 * int(np.prod(buffer_shape))
-    on_disk = state.num_processes > 1 or buffer_bytes > memory_limit_bytes
+    # a step store left by an interrupted run is resumed whatever the memory limit says now
+    on_disk = state.num_processes > 1 or buffer_bytes > memory_limit_bytes or (resume and _step_store_exists(out))
 
     if state.is_main_process and not resume:
         if exists:
@@ -494,8 +495,7 @@ def generate_to_zarr(
         _build_pyramid(group, levels, teramind_state.get("pyramid_levels_done", 0), state)
         if state.is_main_process:
             group.attrs["teramind"] = {**teramind_state, "complete": True, "pyramid_levels_done": len(levels)}
-            if on_disk:
-                _remove_step_store(out)
+            _remove_step_store(out)
         state.wait_for_everyone()
 
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -531,6 +531,11 @@ def _create_step_arrays(group, buffer_shape, chunk, progress_shape) -> None:
         group.create_array(name, shape=buffer_shape, chunks=chunk, dtype="float32", fill_value=0.0, compressors=None)
     # progress last: its presence means the buffers exist
     group.create_array("progress", shape=progress_shape, chunks=(1, 1, 1), dtype="int32", fill_value=-1, compressors=None)
+
+
+def _step_store_exists(out: str) -> bool:
+    fs, path = _filesystem(out)
+    return fs.exists(f"{path.rstrip('/')}/{STEP_STORE}/progress")
 
 
 def _remove_step_store(out: str) -> None:
