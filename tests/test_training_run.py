@@ -94,6 +94,8 @@ def test_kill_and_resume_equals_uninterrupted(store, tmp_path):
 
     subprocess.run(_train_cmd(store, killed, *common, "--resume_from_checkpoint", "latest"), check=True, env=ENV, timeout=120)
     assert _losses(killed) == _losses(full)
+    # the log of the resumed run is the uninterrupted log (steps re-done after the checkpoint are not duplicated)
+    assert (killed / "train_log.jsonl").read_text() == (full / "train_log.jsonl").read_text()
     full_w, resumed_w = _weights(full), _weights(killed)
     assert all(torch.equal(full_w[k], resumed_w[k]) for k in full_w)
     # the total limit keeps the newest two checkpoints

@@ -335,6 +335,10 @@ def train(args: argparse.Namespace) -> dict:
         if args.report_to:
             accelerator.init_trackers("teramind-train", config={k: str(v) for k, v in vars(args).items()})
     log_path = output_dir / LOG_FILE
+    if accelerator.is_main_process and resume is not None and log_path.is_file():
+        # drop what an interrupted run logged after its last checkpoint: those steps are re-done now
+        kept = [line for line in log_path.read_text().splitlines() if line and json.loads(line)["step"] <= start_step]
+        log_path.write_text("".join(line + "\n" for line in kept))
     log(f"training {sum(p.numel() for p in unet.parameters()):,} parameters, {world} process(es), global batch "
         f"{global_batch}, steps {start_step}..{args.max_train_steps}")  # fmt: skip
 
