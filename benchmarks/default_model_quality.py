@@ -103,7 +103,7 @@ It is *not* a model of real mouse-brain morphology; for that, convert the offici
 - UNet widths {cfg["block_out_channels"]}, gene maps {cfg["gene_map_channels"]}, time embedding {cfg["time_embed_dim"]},
   dropout {cfg["dropout"]}; weights stored in fp16 ({size_mb:.1f} MB), loaded as float32.
 - {total_steps} Adam steps ({stage_text}, in {len(stages)} stage(s)) x batch {summary.get("global_batch", "?")} on
-  {summary.get("world", 1)} CPU process (2 threads, machine shared with other jobs), {total_min:.0f} min in all; stage 1 lr
+  {summary.get("world", 1)} CPU process (1-2 threads, machine shared with other jobs), {total_min:.0f} min in all; stage 1 lr
   5e-4 (40 warm-up steps, cosine), later stages continue from the previous pipeline (lr 8e-4, cosine, new data
   seed); grad clip 1.0; EMA (decay up to 0.999, warm-up power 0.75).
 - training loss of the last stage (mean of 20 steps): {first:.3f} at its start -> {last:.3f} at its end.
