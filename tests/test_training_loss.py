@@ -62,3 +62,33 @@ def test_draws_depend_only_on_seed_step_and_index():
         touches_pad = r in (0, 3) or c in (0, 3)
         assert bool((full.mask[k] == 0).any()) == touches_pad
     assert sample_seed(7, 3, 0) != sample_seed(7, 4, 0) != sample_seed(8, 3, 0)
+
+
+def test_prediction_targets_are_the_diffusers_parameterisations(official_io):
+    from teramind_hf.training.losses import prediction_target
+
+    windows = _fixture_windows(official_io, 23)
+    abar = training_alphas_cumprod(BoundaryAwareScheduler())
+    assert torch.equal(prediction_target(windows, abar, "epsilon"), windows.noise)
+    assert torch.equal(prediction_target(windows, abar, "sample"), windows.x0)
+    v = prediction_target(windows, abar, "v_prediction")
+    # x0 is recovered from (x_t, v) exactly as diffusers' DDIM does for v-prediction
+    a = abar[windows.timesteps].float().reshape(-1, 1, 1, 1, 1)
+    x_t = a.sqrt() * windows.x0 + (1 - a).sqrt() * windows.noise
+    assert torch.allclose(a.sqrt() * x_t - (1 - a).sqrt() * v, windows.x0, atol=1e-5)
+
+
+def test_sample_prediction_loss_is_zero_for_a_model_that_returns_x0(official_io):
+    """The x0 target goes through the same two terms: a perfect x0 predictor has zero loss."""
+    windows = _fixture_windows(official_io, 23)
+    abar = training_alphas_cumprod(BoundaryAwareScheduler())
+
+    class PerfectX0(torch.nn.Module):
+        def forward(self, x_t, t, genes, path):
+            from teramind_hf.models import GeneMorphUNet3DOutput
+
+            return GeneMorphUNet3DOutput(sample=windows.x0[..., 32:-32, 32:-32], patch_sample=windows.x0)
+
+    out = boundary_aware_loss(PerfectX0(), windows, abar, prediction_type="sample")
+    assert float(out.loss) == 0.0
+    assert float(boundary_aware_loss(PerfectX0(), windows, abar, prediction_type="epsilon").loss) > 0.1

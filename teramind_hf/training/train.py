@@ -53,6 +53,9 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     a("--time_embed_dim", type=int, default=512)
     a("--layers_per_block", type=int, default=2)
     a("--dropout", type=float, default=0.1)
+    a("--prediction_type", choices=["epsilon", "sample", "v_prediction"], default=None,
+      help="what the model predicts (default: epsilon, as official, or --pretrained's); x0 ('sample') learns "
+           "much faster for small CPU models")
     # optimisation
     a("--seed", type=int, default=0)
     a("--train_batch_size", type=int, default=2, help="samples per process per micro-batch")
@@ -128,7 +131,7 @@ def build_unet(args: argparse.Namespace, data_panel, log=logger.info):
             layers_per_block=args.layers_per_block,
             dropout=args.dropout,
         )
-        return unet, data_panel, None, BoundaryAwareScheduler()
+        return unet, data_panel, None, BoundaryAwareScheduler(inner_config={"prediction_type": args.prediction_type or "epsilon"})
 
     from ..pipelines.pipeline_teramind import TeraMindPipeline
 
@@ -137,6 +140,10 @@ def build_unet(args: argparse.Namespace, data_panel, log=logger.info):
     except (OSError, ValueError) as err:
         raise type(err)(f"--pretrained {args.pretrained}: cannot load a TeraMindPipeline ({err})") from err
     unet = pipe.unet.to(torch.float32)
+    if args.prediction_type and args.prediction_type != pipe.scheduler.inner.config.prediction_type:
+        log(f"switching prediction_type {pipe.scheduler.inner.config.prediction_type} -> {args.prediction_type}")
+        inner = {**dict(pipe.scheduler.config.inner_config or {}), "prediction_type": args.prediction_type}
+        pipe.scheduler = BoundaryAwareScheduler.from_config(pipe.scheduler.config, inner_config=inner)
     names = unet.config.gene_names
     if not names:
         if len(data_panel) != unet.config.num_genes:
@@ -325,6 +332,7 @@ def train(args: argparse.Namespace) -> dict:
                           accumulation=args.gradient_accumulation_steps, rank=rank, world=world)  # fmt: skip
     loader = DataLoader(samples, batch_size=args.train_batch_size, sampler=sampler, num_workers=args.dataloader_num_workers)
     abar = training_alphas_cumprod(scheduler)
+    prediction_type = scheduler.inner.config.prediction_type
     cfg = accelerator.unwrap_model(unet).config
 
     region = None
@@ -358,7 +366,7 @@ def train(args: argparse.Namespace) -> dict:
             setattr(windows, name, getattr(windows, name).to(accelerator.device))
         with accelerator.accumulate(unet):
             with accelerator.autocast():
-                out = boundary_aware_loss(unet, windows, abar, patch_size=cfg.sample_size)
+                out = boundary_aware_loss(unet, windows, abar, patch_size=cfg.sample_size, prediction_type=prediction_type)
             accelerator.backward(out.loss)
             finite = True
             if accelerator.sync_gradients and args.max_grad_norm > 0:
