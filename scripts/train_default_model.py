@@ -43,6 +43,10 @@ TRAIN_ARGS = [
 STAGES = [
     ("stage1", 500, ["--learning_rate", "5e-4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "40", "--seed", "0"]),
     ("stage2", 600, ["--learning_rate", "8e-4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "20", "--seed", "1"]),
+    # x0 ("sample") prediction: at high noise an x0 model predicts the gene-conditioned mean, which a small,
+    # briefly trained model gets right long before an epsilon model's noise estimate is precise enough
+    ("stage3", 700, ["--learning_rate", "5e-4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "20", "--seed", "2",
+                     "--prediction_type", "sample"]),
 ]
 
 
