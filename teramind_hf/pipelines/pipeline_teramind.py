@@ -248,7 +248,7 @@ class TeraMindPipeline(DiffusionPipeline):
         per_patch = cfg.sample_size // cfg.gene_bin
         if bins_h % per_patch or bins_w % per_patch:
             raise ValueError(f"gene grid {bins_h}x{bins_w} must be whole patches of {per_patch} bins")
-        windows = torch.stack([gene_window(gene_tensor, s) for s in z_chunks(0, sections)])
+        windows = torch.stack([gene_window(gene_tensor, s, cfg.num_slices, cfg.gene_slices) for s in z_chunks(0, sections, cfg.num_slices)])
         maps = self.unet.gene_attention_maps(windows.to(self._execution_device))
         return maps.reshape(windows.shape[0], bins_h // per_patch, bins_w // per_patch, cfg.num_genes, cfg.num_genes)
 
