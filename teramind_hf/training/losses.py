@@ -103,12 +103,20 @@ def draw_windows(
     return TrainingWindows(**stacked, timesteps=torch.cat(timesteps), origins=torch.stack(origins))
 
 
-def noisy_window(x0: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """x_t = (f32(sqrt(abar)) * x0 + f32(sqrt(1 - abar)) * noise) * mask, square roots in float64 (official)."""
+def signal_noise_coefficients(
+    timesteps: torch.Tensor, alphas_cumprod: torch.Tensor, like: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """f32(sqrt(abar_t)), f32(sqrt(1 - abar_t)) per sample, square roots in float64 (official), shaped to broadcast over ``like``."""
     abar = alphas_cumprod.to(torch.float64)[timesteps.cpu()]
-    shape = (-1,) + (1,) * (x0.ndim - 1)
-    c0 = abar.sqrt().float().reshape(shape).to(x0.device)
-    c1 = (1.0 - abar).sqrt().float().reshape(shape).to(x0.device)
+    shape = (-1,) + (1,) * (like.ndim - 1)
+    c0 = abar.sqrt().float().reshape(shape).to(like.device)
+    c1 = (1.0 - abar).sqrt().float().reshape(shape).to(like.device)
+    return c0, c1
+
+
+def noisy_window(x0: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """x_t = (f32(sqrt(abar)) * x0 + f32(sqrt(1 - abar)) * noise) * mask (official)."""
+    c0, c1 = signal_noise_coefficients(timesteps, alphas_cumprod, x0)
     return (c0 * x0 + c1 * noise) * mask
 
 
@@ -129,10 +137,7 @@ def prediction_target(windows: TrainingWindows, alphas_cumprod: torch.Tensor, pr
     if prediction_type == "sample":
         return windows.x0
     if prediction_type == "v_prediction":
-        abar = alphas_cumprod.to(torch.float64)[windows.timesteps.cpu()]
-        shape = (-1,) + (1,) * (windows.x0.ndim - 1)
-        c0 = abar.sqrt().float().reshape(shape).to(windows.x0.device)
-        c1 = (1.0 - abar).sqrt().float().reshape(shape).to(windows.x0.device)
+        c0, c1 = signal_noise_coefficients(windows.timesteps, alphas_cumprod, windows.x0)
         return c0 * windows.noise - c1 * windows.x0
     raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
 
