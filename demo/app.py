@@ -40,6 +40,7 @@ from teramind_hf.data import make_phantom  # noqa: E402
 from teramind_hf.data.phantom import PLANTED_PAIRS, Phantom  # noqa: E402
 from teramind_hf.data.readers.table import read_transcript_table  # noqa: E402
 from teramind_hf.eval.attention import gene_expression_map, in_silico_knockout, pair_attention_map  # noqa: E402
+from teramind_hf.pipelines.pipeline_teramind import _to_output_type  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------- limits
 MAX_TILES = 4  # 256-px tiles per section (a 512 x 512 px region)
@@ -221,7 +222,7 @@ def crop(source: Source, request: Request) -> tuple[np.ndarray, np.ndarray | Non
 
 def to_uint8(volume: np.ndarray) -> np.ndarray:
     """[-1, 1] floats to uint8 exactly as `TeraMindPipeline(output_type="uint8")` does."""
-    return ((torch.from_numpy(volume) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+    return _to_output_type(torch.from_numpy(volume), "uint8")
 
 
 _SAMPLING_LOCK = threading.Lock()  # one sampling run at a time: the CPU is the bottleneck
