@@ -95,6 +95,23 @@ def set_number(page, elem_id: str, value: int) -> None:
     field.press("Tab")
 
 
+def upload_file(page, path: Path) -> None:
+    """Give the #upload gr.File a file and wait until the server has it.
+
+    The wait is on the upload request's response (the thing Generate needs), not on how a given Gradio version
+    renders the file name; on failure the message carries what the component shows.
+    """
+    with page.expect_response(lambda r: "/upload" in r.url and r.request.method == "POST", timeout=60_000) as upload:
+        page.locator("#upload input[type=file]").set_input_files(str(path))
+    response = upload.value
+    assert response.ok, f"upload of {path.name} failed: HTTP {response.status} {response.text()[:300]}"
+    shown = page.locator("#upload")
+    try:
+        shown.get_by_text(path.stem).first.wait_for(state="visible", timeout=60_000)
+    except Exception as err:  # noqa: BLE001 - re-raised with what the page shows
+        raise AssertionError(f"#upload does not show {path.name} after upload; it shows: {shown.inner_text()!r}") from err
+
+
 def image_pixels(page, elem_id: str) -> np.ndarray:
     """The rendered pixels of a gr.Image, read from a screenshot of its <img> element."""
     from PIL import Image
@@ -140,8 +157,7 @@ def test_malformed_upload_shows_readable_error(page, tmp_path):
     bad = tmp_path / "broken.csv"
     bad.write_text("a,b,c\n1,2,3\nnot,a,table\n")
     page.get_by_label("Uploaded table").check()
-    page.locator("#upload input[type=file]").set_input_files(str(bad))
-    page.get_by_text("broken.csv").first.wait_for(state="visible")
+    upload_file(page, bad)
     set_number(page, "steps", STEPS)
     page.locator("#generate").click()
     status = page.locator("#status")
