@@ -24,12 +24,13 @@ sys.path.insert(0, str(ROOT))
 
 
 def held_out_store(path: Path) -> Path:
-    """The held-out phantom (seed 1, 512 x 512 px, 2 sections, 1 um/px) as a training store."""
+    """The held-out phantom (seed 1, 512 x 512 px, 2 sections, the default model's scale) as a training store."""
+    from teramind_hf import DEFAULT_MODEL_UM_PER_PX
     from teramind_hf.data import make_phantom
     from teramind_hf.data.datasets import write_training_store
 
     if not (path / "zarr.json").is_file():
-        write_training_store(make_phantom(512, 512, num_slices=2, seed=1, um_per_px=1.0).to_volume(), path)
+        write_training_store(make_phantom(512, 512, num_slices=2, seed=1, um_per_px=DEFAULT_MODEL_UM_PER_PX).to_volume(), path)
     return path
 
 
@@ -54,6 +55,7 @@ def _stage_summary(log: Path) -> dict:
 def write_card(
     model_dir: Path, table: dict, region_desc: str, train_log: Path | None, step_s: float, previous: list[Path] = ()
 ) -> None:
+    from teramind_hf import DEFAULT_MODEL_UM_PER_PX
     from teramind_hf.training.card import card_data
     from teramind_hf.training.validation import format_comparison
     from huggingface_hub import ModelCard
@@ -82,8 +84,9 @@ def write_card(
         "the per-stain mean image scores higher. Treat it as a plumbing/demo model; more training steps "
         "(`scripts/train_default_model.py` with more stages) are the known fix."
     )
+    um = DEFAULT_MODEL_UM_PER_PX
     text = f"""---
-{card_data(datasets=["synthetic-phantom-1um-seed0"]).to_yaml()}
+{card_data(datasets=[f"synthetic-phantom-{um:g}um-seed0"]).to_yaml()}
 ---
 
 # teramind-hf embedded default model (synthetic phantom, CPU-sized)
@@ -94,18 +97,23 @@ It is *not* a model of real mouse-brain morphology; for that, convert the offici
 (`teramind convert-official`) or fine-tune on real data (`teramind train --pretrained ...`).
 
 ## What it was trained on
-- phantom seed 0, 1024 x 1024 px x 6 sections, **1.0 um/px** (about 9x coarser than the MERSCOPE mosaic's
-  0.108 um/px): nuclei are 6-11 px, a 16-px gene bin is 16 um (about one cell); six cell types with marker
-  genes, four layered regions; {cfg["num_genes"]}-gene panel: {", ".join(cfg["gene_names"])}.
-- official boundary-aware dual loss (collage + masked per-patch epsilon MSE), 256-px samples, random rot90/flip.
+- phantom seed 0 at **{um:g} um/px** (`teramind_hf.DEFAULT_MODEL_UM_PER_PX`; the MERSCOPE mosaic is 0.108 um/px):
+  nuclei are {6 / um:.0f}-{11 / um:.0f} px, a 16-px gene bin is {16 * um:g} um, finer than the 16-um cell spacing, so the
+  genes locate each cell. Give the model tissue at this scale. Six cell types with marker genes, four layered
+  regions; {cfg["num_genes"]}-gene panel: {", ".join(cfg["gene_names"])}.
+- stages 1-3 were trained at 1.0 um/px (16-um bins: the genes say which cell type is in a bin, not where), the
+  last stage at {um:g} um/px (1536 x 1536 px x 6 sections) starting from stage 3's weights.
+- official boundary-aware dual loss (collage + masked per-patch MSE), 256-px samples, random rot90/flip;
+  stages 1-2 predict epsilon (official), stages 3-4 predict x0 (`--prediction_type sample`).
 
 ## How
 - UNet widths {cfg["block_out_channels"]}, gene maps {cfg["gene_map_channels"]}, time embedding {cfg["time_embed_dim"]},
   dropout {cfg["dropout"]}; weights stored in fp16 ({size_mb:.1f} MB), loaded as float32.
 - {total_steps} Adam steps ({stage_text}, in {len(stages)} stage(s)) x batch {summary.get("global_batch", "?")} on
   {summary.get("world", 1)} CPU process (1-2 threads, machine shared with other jobs), {total_min:.0f} min in all; stage 1 lr
-  5e-4 (40 warm-up steps, cosine), later stages continue from the previous pipeline (lr 8e-4, cosine, new data
-  seed); grad clip 1.0; EMA (decay up to 0.999, warm-up power 0.75).
+  5e-4 (40 warm-up steps, cosine), later stages continue from the previous pipeline (lr 5e-4 to 8e-4, cosine, new
+  data seed); grad clip 1.0; EMA (decay up to 0.999, warm-up power 0.75). Exact arguments:
+  `scripts/train_default_model.py`.
 - training loss of the last stage (mean of 20 steps): {first:.3f} at its start -> {last:.3f} at its end.
 - re-make: `python scripts/train_default_model.py` (exact arguments in that script).
 
@@ -116,8 +124,8 @@ It is *not* a model of real mouse-brain morphology; for that, convert the offici
 {format_comparison(table)}
 ```
 `shuffled_genes`: the same model and seed with gene bins shuffled across the region; `mean_image`: each stain
-at the region's own mean value. Rows marked `@4x4` compare 4 x 4-px block means (4 um), the scale at which the
-16-px gene bins can locate cells; plain rows compare pixels. Made by `python benchmarks/default_model_quality.py`.
+at the region's own mean value. Rows marked `@4x4` compare 4 x 4-px block means ({4 * um:g} um); plain rows compare
+pixels. Made by `python benchmarks/default_model_quality.py`.
 
 {verdict}
 
@@ -139,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=None, help="pipeline folder (default: the embedded default model)")
-    parser.add_argument("--heldout", default="/tmp/teramind_heldout_seed1.zarr", help="held-out training store")
+    parser.add_argument("--heldout", default="/tmp/teramind_heldout_seed1_0.5um.zarr", help="held-out training store")
     parser.add_argument("--size", type=int, default=512, help="region size in px (multiple of 256)")
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--seed", type=int, default=0)

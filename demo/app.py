@@ -35,7 +35,7 @@ if __package__ in (None, ""):  # `python demo/app.py` from a source checkout wit
 
 import gradio as gr  # noqa: E402
 
-from teramind_hf import TeraMindPipeline  # noqa: E402
+from teramind_hf import DEFAULT_MODEL_UM_PER_PX, TeraMindPipeline  # noqa: E402
 from teramind_hf.data import make_phantom  # noqa: E402
 from teramind_hf.data.phantom import PLANTED_PAIRS, Phantom  # noqa: E402
 from teramind_hf.data.readers.table import read_transcript_table  # noqa: E402
@@ -53,7 +53,7 @@ MAX_UPLOAD_SECTIONS = 8
 PHANTOM_SIZE = 1024  # px per side: 4 x 4 tiles to choose a region from
 PHANTOM_SECTIONS = 2
 PHANTOM_SEED = 7
-DEFAULT_UM_PER_PX = 1.0  # the scale the CPU default model was trained at (scripts/train_default_model.py, its card)
+DEFAULT_UM_PER_PX = DEFAULT_MODEL_UM_PER_PX  # the scale the CPU default model was trained at (its card)
 
 SOURCE_PHANTOM = "Bundled phantom"
 SOURCE_UPLOAD = "Uploaded table"

@@ -21,9 +21,9 @@ def subprocess_env() -> dict[str, str]:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     return env
 
-# The embedded default model was trained on phantom tissue at 1.0 um/px (see its model card); examples make
+# The embedded default model was trained on phantom tissue at this scale (see its model card); examples make
 # their phantom tissue at that scale so the model sees what it knows.
-DEFAULT_MODEL_UM_PER_PX = 1.0
+from teramind_hf import DEFAULT_MODEL_UM_PER_PX  # noqa: E402
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:

@@ -2,8 +2,10 @@
 
     python scripts/train_default_model.py --work runs/default --out teramind_hf/default_model
 
-1. phantom stores at 1.0 um/px (nuclei 6-11 px, gene bins 16 um): training = seed 0, 1024 x 1024 px x
-   6 sections; held-out = seed 1 (never seen in training), 512 x 512 px x 2 sections;
+1. phantom stores (training = seed 0, held-out = seed 1, never seen in training) at each stage's pixel size:
+   stages 1-3 at 1.0 um/px (a 16-px gene bin is 16 um, about one cell: the genes say which cell type is in a
+   bin but not where in it, so samples cannot line up with the tissue); stage 4 at 0.5 um/px
+   (``DEFAULT_MODEL_UM_PER_PX``: 8-um bins, nuclei 12-22 px), where the genes locate each cell;
 2. `teramind_hf.training.train` on a small config (widths 8/16/32/64, dropout 0, EMA), validated on the
    held-out store, in stages: stage 1 from scratch (lr 5e-4, warm-up + cosine), each later stage continues
    from the previous stage's pipeline (``--pretrained``) with a fresh optimizer and another data seed
@@ -22,9 +24,14 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-UM_PER_PX = 1.0
-TRAIN = dict(height=1024, width=1024, num_slices=6, seed=0)
-HELD_OUT = dict(height=512, width=512, num_slices=2, seed=1)
+sys.path.insert(0, str(ROOT))
+from teramind_hf import DEFAULT_MODEL_UM_PER_PX  # noqa: E402
+
+# phantom stores per pixel size (um/px): training and held-out
+STORES = {
+    1.0: (dict(height=1024, width=1024, num_slices=6, seed=0), dict(height=512, width=512, num_slices=2, seed=1)),
+    DEFAULT_MODEL_UM_PER_PX: (dict(height=1536, width=1536, num_slices=6, seed=0), dict(height=512, width=512, num_slices=2, seed=1)),
+}
 
 TRAIN_ARGS = [
     "--block_out_channels", "8", "16", "32", "64",
@@ -37,29 +44,33 @@ TRAIN_ARGS = [
     "--checkpoints_total_limit", "2",
     "--validation_steps", "100",
     "--save_dtype", "fp16",
-    "--dataset_name", "synthetic-phantom-1um-seed0",
 ]  # fmt: skip
-# (name, steps, extra arguments); stage k > 1 starts from stage k-1's pipeline
+# (name, um/px, steps, extra arguments); stage k > 1 starts from stage k-1's pipeline
 STAGES = [
-    ("stage1", 500, ["--learning_rate", "5e-4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "40", "--seed", "0"]),
-    ("stage2", 600, ["--learning_rate", "8e-4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "20", "--seed", "1"]),
+    ("stage1", 1.0, 500, ["--learning_rate", "5e-4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "40", "--seed", "0"]),
+    ("stage2", 1.0, 600, ["--learning_rate", "8e-4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "20", "--seed", "1"]),
     # x0 ("sample") prediction: at high noise an x0 model predicts the gene-conditioned mean, which a small,
     # briefly trained model gets right long before an epsilon model's noise estimate is precise enough
-    ("stage3", 700, ["--learning_rate", "5e-4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "20", "--seed", "2",
+    ("stage3", 1.0, 700, ["--learning_rate", "5e-4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "20", "--seed", "2",
                      "--prediction_type", "sample"]),
+    # the default scale: gene bins finer than cells, so the genes say where cells are, not only which
+    ("stage4", DEFAULT_MODEL_UM_PER_PX, 1300, ["--learning_rate", "5e-4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "20",
+                                                "--seed", "3", "--prediction_type", "sample", "--validation_steps", "400",
+                                                "--checkpointing_steps", "100"]),
 ]
 
 
-def make_stores(work: Path) -> tuple[Path, Path]:
-    """Write the training and held-out phantom stores (skipped when present)."""
+def make_stores(work: Path, um_per_px: float) -> tuple[Path, Path]:
+    """Write the training and held-out phantom stores at `um_per_px` (skipped when present)."""
     from teramind_hf.data import make_phantom
     from teramind_hf.data.datasets import write_training_store
 
     paths = []
-    for name, spec in (("train.zarr", TRAIN), ("heldout.zarr", HELD_OUT)):
-        path = work / name
+    suffix = "" if um_per_px == 1.0 else f"_{um_per_px:g}um"  # stages 1-3 keep their first store names
+    for name, spec in zip(("train", "heldout"), STORES[um_per_px]):
+        path = work / f"{name}{suffix}.zarr"
         if not (path / "zarr.json").is_file():
-            phantom = make_phantom(spec["height"], spec["width"], num_slices=spec["num_slices"], seed=spec["seed"], um_per_px=UM_PER_PX)
+            phantom = make_phantom(spec["height"], spec["width"], num_slices=spec["num_slices"], seed=spec["seed"], um_per_px=um_per_px)
             write_training_store(phantom.to_volume(), path)
         paths.append(path)
     return paths[0], paths[1]
@@ -75,9 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    train_store, held_out = make_stores(work)
     previous = None
-    for name, steps, extra in STAGES[: args.stages]:
+    for name, um_per_px, steps, extra in STAGES[: args.stages]:
+        train_store, held_out = make_stores(work, um_per_px)
         run = work / ("run" if name == "stage1" else name)  # stage 1 keeps its first folder name
         done = run / "train_summary.json"
         finished = done.is_file() and json.loads(done.read_text()).get("steps", 0) >= steps
@@ -87,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--data", str(train_store), "--validation_data", str(held_out), "--output_dir", str(run),
                 "--max_train_steps", str(steps), "--num_threads", str(args.num_threads),
                 "--resume_from_checkpoint", "latest", *TRAIN_ARGS, *extra,
+                "--dataset_name", f"synthetic-phantom-{um_per_px:g}um-seed0",
                 *(["--pretrained", str(previous)] if previous else []),
             ]  # fmt: skip
             print(" ".join(cmd), flush=True)
@@ -102,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "default_model_quality.py"), "--model", str(out),
          "--heldout", str(held_out), "--train_log", str(run / "train_log.jsonl"),
-         *(["--previous_logs", *[str(work / ("run" if n == "stage1" else n) / "train_log.jsonl") for n, _, _ in STAGES[: args.stages - 1]]] if args.stages > 1 else []), "--write_card"],
+         *(["--previous_logs", *[str(work / ("run" if n == "stage1" else n) / "train_log.jsonl") for n, _, _, _ in STAGES[: args.stages - 1]]] if args.stages > 1 else []), "--write_card"],
         check=True,
     )  # fmt: skip
     return 0

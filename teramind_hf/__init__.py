@@ -12,6 +12,11 @@ from .schedulers import BoundaryAwareScheduler
 
 __version__ = "0.1.0"
 
+# Pixel size (microns) of the phantom tissue the embedded default model was trained on. At 0.5 um/px a 16-px
+# gene bin is 8 um, finer than the 16-um cell spacing, so the genes say where each cell is; everything that
+# makes tissue for the default model (demo, examples, benchmarks, tests) uses this one value.
+DEFAULT_MODEL_UM_PER_PX = 0.5
+
 
 def default_model_path() -> Path:
     """Folder of the small default pipeline shipped inside the package (trained on synthetic phantom data)."""
@@ -24,6 +29,7 @@ def default_model_path() -> Path:
 __all__ = [
     "BoundaryAwareScheduler",
     "ConfigMixin",
+    "DEFAULT_MODEL_UM_PER_PX",
     "GeneMorphUNet3DModel",
     "GeneMorphUNet3DOutput",
     "ModelMixin",

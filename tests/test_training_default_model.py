@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from teramind_hf import TeraMindPipeline, default_model_path
+from teramind_hf import DEFAULT_MODEL_UM_PER_PX, TeraMindPipeline, default_model_path
 
 
 @pytest.fixture(scope="module")
@@ -29,14 +29,14 @@ def region(tmp_path_factory):
     from teramind_hf.training.validation import read_region
 
     path = tmp_path_factory.mktemp("heldout") / "seed1.zarr"
-    write_training_store(make_phantom(256, 256, num_slices=2, seed=1, um_per_px=1.0).to_volume(), path)
+    write_training_store(make_phantom(256, 256, num_slices=2, seed=1, um_per_px=DEFAULT_MODEL_UM_PER_PX).to_volume(), path)
     return read_region(path, size=256, slices=2)
 
 
 def test_default_model_is_the_trained_phantom_model(pipe):
     folder = default_model_path()
     card = (folder / "README.md").read_text()
-    assert "synthetic phantom" in card and "1.0 um/px" in card and "library_name: diffusers" in card
+    assert "synthetic phantom" in card and f"{DEFAULT_MODEL_UM_PER_PX:g} um/px" in card and "library_name: diffusers" in card
     weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
     assert weights.stat().st_size < 10e6  # a few MB (fp16 on disk)
     assert pipe.unet.dtype == torch.float32  # loaded as float32

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from teramind_hf import GeneMorphUNet3DModel
+from teramind_hf import DEFAULT_MODEL_UM_PER_PX, GeneMorphUNet3DModel
 from teramind_hf.training.panel import extend_gene_panel, gene_axes
 
 TINY = dict(block_out_channels=(4, 8, 8, 8), gene_map_channels=(8, 8, 4), time_embed_dim=16, dropout=0.0)
@@ -31,10 +31,10 @@ def new_tissue_store(path: Path, seed: int, size: int = 256, slices: int = 3) ->
     from teramind_hf.data import GenePanel, SpatialVolume, make_phantom
     from teramind_hf.data.datasets import write_training_store
 
-    phantom = make_phantom(size, size, num_slices=slices, seed=seed, um_per_px=1.0)
+    phantom = make_phantom(size, size, num_slices=slices, seed=seed, um_per_px=DEFAULT_MODEL_UM_PER_PX)
     keep = [i for i, g in enumerate(phantom.panel.genes) if g not in DROPPED]
     names = [RENAMES.get(phantom.panel.genes[i], phantom.panel.genes[i]) for i in keep]
-    volume = SpatialVolume(genes=phantom.genes[keep], panel=GenePanel(names), gene_bin=16, images=phantom.images, um_per_px=1.0)
+    volume = SpatialVolume(genes=phantom.genes[keep], panel=GenePanel(names), gene_bin=16, images=phantom.images, um_per_px=DEFAULT_MODEL_UM_PER_PX)
     return write_training_store(volume, path)
 
 
