@@ -64,23 +64,34 @@ def write_card(
 
     cfg = json.loads((model_dir / "unet" / "config.json").read_text())
     summary, losses = {}, []
-    if train_log is not None and train_log.is_file():
-        records = [json.loads(line) for line in train_log.read_text().splitlines() if line.strip()]
-        losses = [r for r in records if "loss" in r]
-        summary = _stage_summary(train_log)
+    if train_log is not None:
+        summary = _stage_summary(train_log)  # train_summary.json beside the log
+        if train_log.is_file():
+            records = [json.loads(line) for line in train_log.read_text().splitlines() if line.strip()]
+            losses = [r for r in records if "loss" in r]
     stages = [_stage_summary(p) for p in previous] + [summary]
     total_steps = sum(int(s.get("steps") or 0) for s in stages)
     total_min = sum(float(s.get("seconds") or 0) for s in stages) / 60
     stage_text = " + ".join(f"{s.get('steps', '?')}" for s in stages)
     size_mb = sum(p.stat().st_size for p in model_dir.rglob("*.safetensors")) / 1e6
-    first = sum(r["loss"] for r in losses[:20]) / max(len(losses[:20]), 1)
-    last = sum(r["loss"] for r in losses[-20:]) / max(len(losses[-20:]), 1)
+    if losses:
+        first = sum(r["loss"] for r in losses[:20]) / len(losses[:20])
+        last = sum(r["loss"] for r in losses[-20:]) / len(losses[-20:])
+    else:  # a stage whose log is gone: the figures its summary kept
+        first, last = summary.get("loss_start", float("nan")), summary.get("loss_end", float("nan"))
     verdicts = "\n".join(f"- {n} DDIM step(s): {comparison_verdict(t)}" for n, t in tables.items())
     one_step = " (one x0 prediction from pure noise: the model's estimate of the mean tissue given the genes)"
     results = "\n\n".join(
         f"{n} DDIM step(s){one_step if n == 1 else ''}:\n\n```\n{format_comparison(t)}\n```" for n, t in tables.items()
     )
     um = DEFAULT_MODEL_UM_PER_PX
+    scale_note = (
+        "- at this scale a gene bin holds about one cell: the genes say which cell type is in a bin, not where in it,\n"
+        "  so samples follow the genes only weakly (see the numbers below)."
+        if 16 * um >= 16
+        else "- stages 1-3 were trained at 1.0 um/px (16-um bins: the genes say which cell type is in a bin, not where),\n"
+        f"  the last stage at {um:g} um/px starting from stage 3's weights."
+    )
     text = f"""---
 {card_data(datasets=[f"synthetic-phantom-{um:g}um-seed0"]).to_yaml()}
 ---
@@ -93,14 +104,13 @@ It is *not* a model of real mouse-brain morphology; for that, convert the offici
 (`teramind convert-official`) or fine-tune on real data (`teramind train --pretrained ...`).
 
 ## What it was trained on
-- phantom seed 0 at **{um:g} um/px** (`teramind_hf.DEFAULT_MODEL_UM_PER_PX`; the MERSCOPE mosaic is 0.108 um/px):
-  nuclei are {6 / um:.0f}-{11 / um:.0f} px, a 16-px gene bin is {16 * um:g} um, finer than the 16-um cell spacing, so the
-  genes locate each cell. Give the model tissue at this scale. Six cell types with marker genes, four layered
+- phantom seed 0 at **{um:.1f} um/px** (`teramind_hf.DEFAULT_MODEL_UM_PER_PX`; the MERSCOPE mosaic is 0.108 um/px):
+  nuclei are {6 / um:.0f}-{11 / um:.0f} px, a 16-px gene bin is {16 * um:g} um (cells are 16 um apart). Give the model
+  tissue at this scale. Six cell types with marker genes, four layered
   regions; {cfg["num_genes"]}-gene panel: {", ".join(cfg["gene_names"])}.
-- stages 1-3 were trained at 1.0 um/px (16-um bins: the genes say which cell type is in a bin, not where), the
-  last stage at {um:g} um/px (1536 x 1536 px x 6 sections) starting from stage 3's weights.
+{scale_note}
 - official boundary-aware dual loss (collage + masked per-patch MSE), 256-px samples, random rot90/flip;
-  stages 1-2 predict epsilon (official), stages 3-4 predict x0 (`--prediction_type sample`).
+  stages 1-2 predict epsilon (official), later stages predict x0 (`--prediction_type sample`).
 
 ## How
 - UNet widths {cfg["block_out_channels"]}, gene maps {cfg["gene_map_channels"]}, time embedding {cfg["time_embed_dim"]},

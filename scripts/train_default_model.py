@@ -4,8 +4,10 @@
 
 1. phantom stores (training = seed 0, held-out = seed 1, never seen in training) at each stage's pixel size:
    stages 1-3 at 1.0 um/px (a 16-px gene bin is 16 um, about one cell: the genes say which cell type is in a
-   bin but not where in it, so samples cannot line up with the tissue); stage 4 at 0.5 um/px
-   (``DEFAULT_MODEL_UM_PER_PX``: 8-um bins, nuclei 12-22 px), where the genes locate each cell;
+   bin but not where in it, so samples cannot line up with the tissue): the shipped model
+   (``DEFAULT_MODEL_UM_PER_PX``). ``--stages 4`` adds stage 4 at 0.5 um/px (8-um bins, nuclei 12-22 px),
+   where the genes locate each cell; it is not shipped yet (its 64-px patch borders are stronger: see
+   docs/architecture.md), and it needs ``DEFAULT_MODEL_UM_PER_PX = 0.5`` when it is;
 2. `teramind_hf.training.train` on a small config (widths 8/16/32/64, dropout 0, EMA), validated on the
    held-out store, in stages: stage 1 from scratch (lr 5e-4, warm-up + cosine), each later stage continues
    from the previous stage's pipeline (``--pretrained``) with a fresh optimizer and another data seed
@@ -24,13 +26,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from teramind_hf import DEFAULT_MODEL_UM_PER_PX  # noqa: E402
-
 # phantom stores per pixel size (um/px): training and held-out
 STORES = {
     1.0: (dict(height=1024, width=1024, num_slices=6, seed=0), dict(height=512, width=512, num_slices=2, seed=1)),
-    DEFAULT_MODEL_UM_PER_PX: (dict(height=1536, width=1536, num_slices=6, seed=0), dict(height=512, width=512, num_slices=2, seed=1)),
+    0.5: (dict(height=1536, width=1536, num_slices=6, seed=0), dict(height=512, width=512, num_slices=2, seed=1)),
 }
 
 TRAIN_ARGS = [
@@ -54,10 +53,14 @@ STAGES = [
     ("stage3", 1.0, 700, ["--learning_rate", "5e-4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "20", "--seed", "2",
                      "--prediction_type", "sample"]),
     # the default scale: gene bins finer than cells, so the genes say where cells are, not only which
-    ("stage4", DEFAULT_MODEL_UM_PER_PX, 1300, ["--learning_rate", "5e-4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "20",
+    # not shipped yet (see SHIPPED_STAGES and docs/architecture.md for what it measured)
+    ("stage4", 0.5, 1300, ["--learning_rate", "5e-4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "20",
                                                 "--seed", "3", "--prediction_type", "sample", "--validation_steps", "400",
                                                 "--checkpointing_steps", "100"]),
 ]
+
+
+SHIPPED_STAGES = 3  # the embedded model is stage 3, at teramind_hf.DEFAULT_MODEL_UM_PER_PX = 1.0
 
 
 def make_stores(work: Path, um_per_px: float) -> tuple[Path, Path]:
@@ -80,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", default="runs/default_model", help="stores, checkpoints and logs")
     parser.add_argument("--out", default=str(ROOT / "teramind_hf" / "default_model"))
-    parser.add_argument("--stages", type=int, default=len(STAGES), help="run the first N stages")
+    parser.add_argument("--stages", type=int, default=SHIPPED_STAGES, help="run the first N stages (4: the 0.5 um/px experiment)")
     parser.add_argument("--num_threads", type=int, default=2)
     parser.add_argument("--skip_train", action="store_true", help="only copy the finished run and write the card")
     args = parser.parse_args(argv)
