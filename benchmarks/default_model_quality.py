@@ -88,7 +88,7 @@ def write_card(
     scale_note = (
         "- at this scale a gene bin holds about one cell: the genes say which cell type is in a bin, not where in it,\n"
         "  so samples follow the genes only weakly (see the numbers below)."
-        if 16 * um >= 16
+        if um >= 1.0
         else "- stages 1-3 were trained at 1.0 um/px (16-um bins: the genes say which cell type is in a bin, not where),\n"
         f"  the last stage at {um:g} um/px starting from stage 3's weights."
     )
@@ -163,12 +163,12 @@ def comparison_verdict(table: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from teramind_hf import TeraMindPipeline, default_model_path
+    from teramind_hf import DEFAULT_MODEL_UM_PER_PX, TeraMindPipeline, default_model_path
     from teramind_hf.training.validation import format_comparison, quality_comparison, read_region
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=None, help="pipeline folder (default: the embedded default model)")
-    parser.add_argument("--heldout", default="/tmp/teramind_heldout_seed1_0.5um.zarr", help="held-out training store")
+    parser.add_argument("--heldout", default=None, help="held-out training store (default: made in /tmp at the model's scale)")
     parser.add_argument("--size", type=int, default=512, help="region size in px (multiple of 256)")
     parser.add_argument("--steps", type=int, nargs="+", default=[15, 1], help="DDIM step counts to compare")
     parser.add_argument("--seed", type=int, default=0)
@@ -182,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = Path(args.model) if args.model else default_model_path()
     pipe = TeraMindPipeline.from_pretrained(str(model_dir))
     pipe.set_progress_bar_config(disable=True)
-    region = read_region(held_out_store(Path(args.heldout)), size=args.size, slices=2)
+    # the default path names the scale, so a store cached at another scale is never reused
+    heldout = Path(args.heldout or f"/tmp/teramind_heldout_seed1_{DEFAULT_MODEL_UM_PER_PX:g}um.zarr")
+    region = read_region(held_out_store(heldout), size=args.size, slices=2)
     tables = {n: quality_comparison(pipe, region, num_inference_steps=n, seed=args.seed, pool=args.pool) for n in args.steps}
     step_s = tile_step_seconds(pipe)
     for n, table in tables.items():

@@ -53,7 +53,6 @@ MAX_UPLOAD_SECTIONS = 8
 PHANTOM_SIZE = 1024  # px per side: 4 x 4 tiles to choose a region from
 PHANTOM_SECTIONS = 2
 PHANTOM_SEED = 7
-DEFAULT_UM_PER_PX = DEFAULT_MODEL_UM_PER_PX  # the scale the CPU default model was trained at (its card)
 
 SOURCE_PHANTOM = "Bundled phantom"
 SOURCE_UPLOAD = "Uploaded table"
@@ -117,7 +116,7 @@ def _pipeline_with_sampler(sampler: str) -> TeraMindPipeline:
 
 def demo_um_per_px() -> float:
     """Pixel size of the bundled phantom: ``TERAMIND_DEMO_UM_PER_PX`` or the default model's scale."""
-    return float(os.environ.get("TERAMIND_DEMO_UM_PER_PX") or DEFAULT_UM_PER_PX)
+    return float(os.environ.get("TERAMIND_DEMO_UM_PER_PX") or DEFAULT_MODEL_UM_PER_PX)
 
 
 @lru_cache(maxsize=1)
@@ -330,7 +329,7 @@ def write_ome_zarr_zip(volume: np.ndarray, path: Path, request: Request, um_per_
     if folder.exists():
         shutil.rmtree(folder)
     group = zarr.open_group(str(folder), mode="w", zarr_format=3)
-    scale = PhysicalScale(um_per_px=um_per_px or DEFAULT_UM_PER_PX, origin_px=(request.slice_start, request.y0, request.x0))
+    scale = PhysicalScale(um_per_px=um_per_px or DEFAULT_MODEL_UM_PER_PX, origin_px=(request.slice_start, request.y0, request.x0))
     levels = create_image(group, (volume.shape[1], volume.shape[0], volume.shape[2], volume.shape[3]), tile, scale)
     levels[0][:] = volume.transpose(1, 0, 2, 3)
     for finer, coarser in zip(levels, levels[1:]):

@@ -52,11 +52,11 @@ STAGES = [
     # briefly trained model gets right long before an epsilon model's noise estimate is precise enough
     ("stage3", 1.0, 700, ["--learning_rate", "5e-4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "20", "--seed", "2",
                      "--prediction_type", "sample"]),
-    # the default scale: gene bins finer than cells, so the genes say where cells are, not only which
+    # gene bins finer than cells, so the genes say where cells are, not only which;
     # not shipped yet (see SHIPPED_STAGES and docs/architecture.md for what it measured)
     ("stage4", 0.5, 1300, ["--learning_rate", "5e-4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "20",
-                                                "--seed", "3", "--prediction_type", "sample", "--validation_steps", "400",
-                                                "--checkpointing_steps", "100"]),
+                           "--seed", "3", "--prediction_type", "sample", "--validation_steps", "400",
+                           "--checkpointing_steps", "100"]),
     # stage 4 + 600 steps (2026-11-25): samples 12.79 dB / SSIM 0.378 (shuffled 10.30 / 0.246, mean 13.23 / 0.443);
     # seam score still 3.99 with halos vs 3.08 --no-halo, so not shipped either
     ("stage5", 0.5, 600, ["--learning_rate", "3e-4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "20",
