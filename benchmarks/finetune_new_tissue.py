@@ -19,22 +19,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-RENAMES = {"Slc17a7": "Vglut1", "Gad2": "Gad65"}
-DROPPED = ("Pvalb", "Mog")
-
 
 def new_tissue_store(path: Path, seed: int, size: int, slices: int) -> Path:
     from teramind_hf import DEFAULT_MODEL_UM_PER_PX
-    from teramind_hf.data import GenePanel, SpatialVolume, make_phantom
+    from teramind_hf.data import make_phantom, with_panel_changes
     from teramind_hf.data.datasets import write_training_store
 
     if (path / "zarr.json").is_file():
         return path
     phantom = make_phantom(size, size, num_slices=slices, seed=seed, um_per_px=DEFAULT_MODEL_UM_PER_PX)
-    keep = [i for i, g in enumerate(phantom.panel.genes) if g not in DROPPED]
-    names = [RENAMES.get(phantom.panel.genes[i], phantom.panel.genes[i]) for i in keep]
-    volume = SpatialVolume(genes=phantom.genes[keep], panel=GenePanel(names), gene_bin=16, images=phantom.images, um_per_px=DEFAULT_MODEL_UM_PER_PX)
-    return write_training_store(volume, path)
+    return write_training_store(with_panel_changes(phantom), path)
 
 
 def main(argv: list[str] | None = None) -> int:

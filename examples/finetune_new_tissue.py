@@ -29,12 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DEFAULT_MODEL_UM_PER_PX, save_panels, subprocess_env  # noqa: E402
 
 from teramind_hf import TeraMindPipeline, default_model_path  # noqa: E402
-from teramind_hf.data import GenePanel, SpatialVolume, make_phantom  # noqa: E402
+from teramind_hf.data import SpatialVolume, make_phantom, with_panel_changes  # noqa: E402
+from teramind_hf.data.phantom import NEW_TISSUE_DROPPED as DROPPED  # noqa: E402
+from teramind_hf.data.phantom import NEW_TISSUE_RENAMES as RENAMES  # noqa: E402
 from teramind_hf.data.datasets import write_training_store  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-RENAMES = {"Slc17a7": "Vglut1", "Gad2": "Gad65"}
-DROPPED = ("Pvalb", "Mog")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -57,13 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def new_tissue(size: int, sections: int, seed: int = 3) -> SpatialVolume:
     """Phantom tissue with a renamed / reduced gene panel, standing in for a new lab's data."""
-    phantom = make_phantom(size, size, num_slices=sections, seed=seed, um_per_px=DEFAULT_MODEL_UM_PER_PX)
-    keep = [i for i, g in enumerate(phantom.panel.genes) if g not in DROPPED]
-    names = [RENAMES.get(phantom.panel.genes[i], phantom.panel.genes[i]) for i in keep]
-    return SpatialVolume(
-        genes=phantom.genes[keep], panel=GenePanel(names), gene_bin=phantom.gene_bin, images=phantom.images,
-        um_per_px=DEFAULT_MODEL_UM_PER_PX,
-    )  # fmt: skip
+    return with_panel_changes(make_phantom(size, size, num_slices=sections, seed=seed, um_per_px=DEFAULT_MODEL_UM_PER_PX))
 
 
 def training_command(args: argparse.Namespace, store: Path, output_dir: Path, pretrained: str) -> list[str]:

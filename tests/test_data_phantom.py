@@ -95,3 +95,18 @@ def test_bad_size_is_named_error():
     with pytest.raises(ValueError, match="multiples of gene_bin=16"):
         make_phantom(100, 128, 2)
     assert cli_main(["phantom", "/tmp/never", "--size", "1x2"]) == 2
+
+
+def test_with_panel_changes_renames_and_drops_genes_keeping_their_maps():
+    from teramind_hf.data import with_panel_changes
+
+    phantom = make_phantom(64, 64, num_slices=1, seed=2, um_per_px=1.0)
+    volume = with_panel_changes(phantom, renames={"Slc17a7": "Vglut1"}, drop=("Mog",))
+    genes = list(volume.panel.genes)
+    assert "Mog" not in genes and "Slc17a7" not in genes and len(genes) == len(phantom.panel) - 1
+    old = list(phantom.panel.genes)
+    np.testing.assert_array_equal(volume.genes[genes.index("Vglut1")], phantom.genes[old.index("Slc17a7")])
+    np.testing.assert_array_equal(volume.genes[genes.index("Gad2")], phantom.genes[old.index("Gad2")])
+    assert volume.um_per_px == 1.0 and volume.images is phantom.images
+    with pytest.raises(ValueError, match=r"\['Nope'\].*not in the phantom's panel"):
+        with_panel_changes(phantom, renames={"Nope": "X"}, drop=())

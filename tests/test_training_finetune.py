@@ -13,8 +13,8 @@ from teramind_hf import DEFAULT_MODEL_UM_PER_PX, GeneMorphUNet3DModel
 from teramind_hf.training.panel import extend_gene_panel, gene_axes
 
 TINY = dict(block_out_channels=(4, 8, 8, 8), gene_map_channels=(8, 8, 4), time_embed_dim=16, dropout=0.0)
-RENAMES = {"Slc17a7": "Vglut1", "Gad2": "Gad65"}  # the new tissue names two genes differently
-DROPPED = ("Pvalb", "Mog")  # and lacks two genes
+from teramind_hf.data.phantom import NEW_TISSUE_DROPPED as DROPPED  # the new tissue lacks two genes
+from teramind_hf.data.phantom import NEW_TISSUE_RENAMES as RENAMES  # and names two differently
 
 
 def _tiny(genes: list[str]) -> GeneMorphUNet3DModel:
@@ -28,14 +28,11 @@ def _tiny(genes: list[str]) -> GeneMorphUNet3DModel:
 
 def new_tissue_store(path: Path, seed: int, size: int = 256, slices: int = 3) -> Path:
     """A phantom whose panel renames two genes and drops two: 15 genes shared with the default model, 2 new."""
-    from teramind_hf.data import GenePanel, SpatialVolume, make_phantom
+    from teramind_hf.data import make_phantom, with_panel_changes
     from teramind_hf.data.datasets import write_training_store
 
     phantom = make_phantom(size, size, num_slices=slices, seed=seed, um_per_px=DEFAULT_MODEL_UM_PER_PX)
-    keep = [i for i, g in enumerate(phantom.panel.genes) if g not in DROPPED]
-    names = [RENAMES.get(phantom.panel.genes[i], phantom.panel.genes[i]) for i in keep]
-    volume = SpatialVolume(genes=phantom.genes[keep], panel=GenePanel(names), gene_bin=16, images=phantom.images, um_per_px=DEFAULT_MODEL_UM_PER_PX)
-    return write_training_store(volume, path)
+    return write_training_store(with_panel_changes(phantom), path)
 
 
 def test_gene_axes_cover_every_gene_dependent_tensor():

@@ -6,7 +6,7 @@ returns), `make_phantom`, the readers in `teramind_hf.data.readers` and the trai
 """
 
 from .panel import GenePanel, PanelAlignment, PanelOverlapError, apply_alignment
-from .phantom import Phantom, make_phantom, write_phantom
+from .phantom import Phantom, make_phantom, with_panel_changes, write_phantom
 from .volume import SpatialVolume
 
 __all__ = [
@@ -17,5 +17,6 @@ __all__ = [
     "SpatialVolume",
     "apply_alignment",
     "make_phantom",
+    "with_panel_changes",
     "write_phantom",
 ]

@@ -310,6 +310,30 @@ def _section_transcripts(
     return table[["x", "y", "z", "gene"]]
 
 
+# A "new lab's tissue" for fine-tuning demos and tests: two genes named differently, two absent.
+NEW_TISSUE_RENAMES = {"Slc17a7": "Vglut1", "Gad2": "Gad65"}
+NEW_TISSUE_DROPPED = ("Pvalb", "Mog")
+
+
+def with_panel_changes(
+    phantom: Phantom, renames: dict[str, str] = NEW_TISSUE_RENAMES, drop: tuple[str, ...] = NEW_TISSUE_DROPPED
+) -> SpatialVolume:
+    """The phantom as a volume whose panel lacks the `drop` genes and calls some genes by other names.
+
+    Stands in for another lab's data when trying fine-tuning (`teramind train --pretrained ... --extend_panel`):
+    a model aligned by name sees zeros for renamed and dropped genes.
+    """
+    unknown = sorted((set(renames) | set(drop)) - set(phantom.panel.genes))
+    if unknown:
+        raise ValueError(f"with_panel_changes: genes {unknown} are not in the phantom's panel ({len(phantom.panel)} genes)")
+    keep = [i for i, g in enumerate(phantom.panel.genes) if g not in drop]
+    names = [renames.get(phantom.panel.genes[i], phantom.panel.genes[i]) for i in keep]
+    return SpatialVolume(
+        genes=phantom.genes[keep], panel=GenePanel(names), gene_bin=phantom.gene_bin, images=phantom.images,
+        um_per_px=phantom.um_per_px,
+    )
+
+
 # --- writing ------------------------------------------------------------------------------
 
 PHANTOM_FORMATS = ("table", "official", "store")

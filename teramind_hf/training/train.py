@@ -76,6 +76,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     a("--ema_decay", type=float, default=0.9999)
     a("--ema_power", type=float, default=0.75)
     a("--crop_size", type=int, default=256, help="training sample size in px (official 256)")
+    a("--no_channels_last", action="store_true",
+      help="keep the default memory layout (channels_last_3d makes the 3D convolutions' backward ~1.5x faster on CPU)")
     a("--dataloader_num_workers", type=int, default=0)
     # checkpoints / logging / validation
     a("--checkpointing_steps", type=int, default=500)
@@ -231,6 +233,12 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, unet, args: argpar
     return path
 
 
+def training_memory_format(args: argparse.Namespace) -> torch.memory_format:
+    """channels_last_3d unless --no_channels_last: the same math, a faster convolution backward on CPU
+    (oneDNN; measured 1.8 s vs 2.7 s per forward+backward of a batch of 4 windows on 2 threads)."""
+    return torch.contiguous_format if getattr(args, "no_channels_last", False) else torch.channels_last_3d
+
+
 # ---------------------------------------------------------------------------------------------- pipeline
 def build_pipeline(unet, scheduler):
     from ..pipelines.pipeline_teramind import TeraMindPipeline
@@ -253,9 +261,10 @@ def save_pipeline(unet, scheduler, args: argparse.Namespace, output_dir: Path, s
     """Save the complete pipeline (safetensors, --save_dtype) and its model card."""
     from .card import training_model_card
 
-    to_save = unet.to(torch.float16) if args.save_dtype == "fp16" else unet
+    # safetensors stores contiguous tensors only: save in the default layout, then train on in the fast one
+    to_save = unet.to(dtype=torch.float16 if args.save_dtype == "fp16" else torch.float32, memory_format=torch.contiguous_format)
     build_pipeline(to_save, scheduler).save_pretrained(str(output_dir), safe_serialization=True)
-    unet.to(torch.float32)
+    unet.to(dtype=torch.float32, memory_format=training_memory_format(args))
     training_model_card(args, unet.config, summary).save(str(output_dir / "README.md"))
     return output_dir
 
@@ -302,6 +311,7 @@ def train(args: argparse.Namespace) -> dict:
         check_checkpoint_config(resume, unet)
 
     unet.train()
+    unet.to(memory_format=training_memory_format(args))  # before the optimizer and EMA copy the parameters
     optimizer = torch.optim.Adam(
         unet.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
         weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
