@@ -66,7 +66,9 @@ STAGES = [
     # stage 5 + 3000 steps in channels_last_3d (1.9-2.3 s/step on 2 threads, 101 min; 2026-11-25): samples beat both
     # controls (15 steps 14.22 dB / SSIM 0.460 vs shuffled 10.12 / 0.238, mean 13.23 / 0.443; 1 step 16.72 / 0.475),
     # but its 64-px collage-patch grid keeps the halo seam score above --no-halo (2.85 vs 2.44), so not shipped;
-    # weights: git ref refs/weights/stage6 (`git fetch origin refs/weights/stage6`)
+    # weights: git ref refs/weights/stage6 (`git fetch origin refs/weights/stage6`). Fine-tuned on the renamed-panel
+    # tissue (`benchmarks/finetune_new_tissue.py --model ... --um_per_px 0.5`): 60 steps 13.91 -> 14.22 dB,
+    # SSIM 0.457 -> 0.458; 120 steps 13.91 -> 14.04 dB, SSIM 0.457 -> 0.443 (not yet a robust gain)
     ("stage6", 0.5, 3000, ["--learning_rate", "5e-4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "20",
                            "--seed", "5", "--prediction_type", "sample", "--validation_steps", "0",
                            "--checkpointing_steps", "100"]),
