@@ -175,3 +175,20 @@ def test_bf16_mixed_precision_and_ema_run(store, tmp_path):
     assert any(p.name.startswith("custom_checkpoint") for p in (out / "checkpoint-2").iterdir())  # EMA state
     card = (out / "README.md").read_text()
     assert card.startswith("---\n") and "pipeline_tag:" in card and "EMA: yes" in card
+
+
+def test_channels_last_training_matches_default_layout(store, tmp_path):
+    """The fast channels_last_3d layout is the same math: losses and saved weights match the default layout."""
+    steps = ["--train_batch_size", "2", "--max_train_steps", "3", "--checkpointing_steps", "100", "--use_ema"]
+    fast, plain = tmp_path / "fast", tmp_path / "plain"
+    subprocess.run(_train_cmd(store, fast, *steps), check=True, env=ENV, timeout=120)
+    subprocess.run(_train_cmd(store, plain, *steps, "--no_channels_last"), check=True, env=ENV, timeout=120)
+    a, b = _losses(fast), _losses(plain)
+    assert sorted(a) == [1, 2, 3] and sorted(b) == [1, 2, 3]
+    for step in a:
+        assert a[step] == pytest.approx(b[step], rel=1e-4, abs=1e-6), (step, a, b)
+    wa, wb = _weights(fast), _weights(plain)
+    assert wa.keys() == wb.keys()
+    for key in wa:  # saved in the default layout (safetensors), equal to float tolerance
+        assert wa[key].is_contiguous()
+        torch.testing.assert_close(wa[key], wb[key], rtol=1e-3, atol=1e-5, msg=key)
