@@ -92,3 +92,34 @@ def test_sample_prediction_loss_is_zero_for_a_model_that_returns_x0(official_io)
     out = boundary_aware_loss(PerfectX0(), windows, abar, prediction_type="sample")
     assert float(out.loss) == 0.0
     assert float(boundary_aware_loss(PerfectX0(), windows, abar, prediction_type="epsilon").loss) > 0.1
+
+
+def test_collage_edge_weight_weights_the_outer_pixel_ring(official_io):
+    """--collage_edge_weight W: the collage patch's 1-px edge ring counts W times an interior pixel (mean weight 1)."""
+    from teramind_hf.models import GeneMorphUNet3DOutput
+    from teramind_hf.training.losses import collage_edge_weights
+
+    windows = _fixture_windows(official_io, 23)
+    abar = training_alphas_cumprod(BoundaryAwareScheduler())
+    centre = windows.x0[..., 32:-32, 32:-32]
+    ring = torch.zeros(64, 64, dtype=torch.bool)
+    ring[0, :] = ring[-1, :] = ring[:, 0] = ring[:, -1] = True
+
+    class WrongOn(torch.nn.Module):
+        def __init__(self, where):
+            super().__init__()
+            self.where = where
+
+        def forward(self, x_t, t, genes, path):  # x0 everywhere, off by 1 on `where` of the collage patch
+            return GeneMorphUNet3DOutput(sample=centre + self.where.float(), patch_sample=windows.x0)
+
+    f = float(ring.float().mean())  # 252 / 4096
+    for weight in (1.0, 5.0):
+        edge = boundary_aware_loss(WrongOn(ring), windows, abar, prediction_type="sample", collage_edge_weight=weight)
+        inner = boundary_aware_loss(WrongOn(~ring), windows, abar, prediction_type="sample", collage_edge_weight=weight)
+        norm = 1 - f + f * weight
+        assert abs(float(edge.collage) - f * weight / norm) < 1e-6
+        assert abs(float(inner.collage) - (1 - f) / norm) < 1e-6
+    weights = collage_edge_weights(64, 5.0)
+    assert abs(float(weights.mean()) - 1) < 1e-6 and abs(float(weights[0, 10] / weights[10, 10]) - 5) < 1e-5
+    assert torch.equal(collage_edge_weights(64, 1.0), torch.ones(64, 64))

@@ -142,23 +142,44 @@ def prediction_target(windows: TrainingWindows, alphas_cumprod: torch.Tensor, pr
     raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
 
 
+def collage_edge_weights(patch_size: int, edge_weight: float, edge_width: int = 1) -> torch.Tensor:
+    """``(P, P)`` per-pixel weights of the collage term: ``edge_weight`` on the outer ``edge_width`` rings, 1 inside.
+
+    Normalised to mean 1, so the term keeps its scale whatever the weight.
+    """
+    distance = torch.arange(patch_size).clamp(max=patch_size - 1 - torch.arange(patch_size))  # to the nearest edge
+    ring = torch.minimum(distance[:, None], distance[None, :]) < edge_width
+    weights = torch.where(ring, torch.tensor(float(edge_weight)), torch.tensor(1.0))
+    return weights / weights.mean()
+
+
 def boundary_aware_loss(
     unet: torch.nn.Module,
     windows: TrainingWindows,
     alphas_cumprod: torch.Tensor,
     patch_size: int = 64,
     prediction_type: str = "epsilon",
+    collage_edge_weight: float = 1.0,
 ) -> LossOutput:
     """The official dual loss on a batch of windows (see module doc); ``unet`` may be DDP-wrapped.
 
     With ``prediction_type="epsilon"`` (official) the target is the noise; the same two terms work for the
     other diffusers parameterisations (x0 or v), which a small CPU-trained model learns much faster.
+
+    ``collage_edge_weight`` != 1 (not official) weights the outermost pixel ring of the collage patch: the
+    collage decoder zero-pads each 64-px output patch, so those pixels see one side only and a small model
+    learns them last (held-out x0 error 3.5x the interior's after 4900 steps), which draws a 64-px grid
+    across every generated image, tile borders included.
     """
     x_t = noisy_window(windows.x0, windows.noise, windows.mask, windows.timesteps, alphas_cumprod)
     out = unet(x_t, windows.timesteps, windows.genes, path="both")
     target = prediction_target(windows, alphas_cumprod, prediction_type)
     half = patch_size // 2
     centre_target = target[..., half:-half, half:-half]
-    collage = (centre_target - out.sample.float()).square().mean()
+    collage_error = (centre_target - out.sample.float()).square()
+    if collage_edge_weight == 1.0:
+        collage = collage_error.mean()  # the official term, computed exactly as before
+    else:
+        collage = (collage_error * collage_edge_weights(patch_size, collage_edge_weight).to(collage_error)).mean()
     patch = ((target - out.patch_sample.float()).square() * windows.mask).mean()
     return LossOutput(loss=collage + patch, collage=collage.detach(), patch=patch.detach())

@@ -56,6 +56,9 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     a("--prediction_type", choices=["epsilon", "sample", "v_prediction"], default=None,
       help="what the model predicts (default: epsilon, as official, or --pretrained's); x0 ('sample') learns "
            "much faster for small CPU models")
+    a("--collage_edge_weight", type=float, default=1.0,
+      help="weight of the collage patch's outermost pixel ring in the collage loss (1 = official); > 1 teaches a "
+           "small model the patch edges it otherwise draws as a 64-px grid")
     # optimisation
     a("--seed", type=int, default=0)
     a("--train_batch_size", type=int, default=2, help="samples per process per micro-batch")
@@ -376,7 +379,8 @@ def train(args: argparse.Namespace) -> dict:
             setattr(windows, name, getattr(windows, name).to(accelerator.device))
         with accelerator.accumulate(unet):
             with accelerator.autocast():
-                out = boundary_aware_loss(unet, windows, abar, patch_size=cfg.sample_size, prediction_type=prediction_type)
+                out = boundary_aware_loss(unet, windows, abar, patch_size=cfg.sample_size, prediction_type=prediction_type,
+                                          collage_edge_weight=args.collage_edge_weight)
             accelerator.backward(out.loss)
             finite = True
             if accelerator.sync_gradients and args.max_grad_norm > 0:
