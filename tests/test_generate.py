@@ -241,10 +241,18 @@ def test_seam_score_cli_and_naive_tiling(pipe, gene_store, model_dir, workdir, c
     blocky = smooth + np.kron(rng.integers(0, 150, (2, 2)), np.ones((256, 256), dtype=int))
     assert seam_score_array(smooth, 256).score == pytest.approx(1.0, abs=0.05)
     assert seam_score_array(blocky, 256).score > 2
+    # dark bands along tile borders (what a tile generated alone fades into) leave the score ~1 but not the band ratio
+    faded = np.full((1, 1, 768, 768), 100)
+    offset = np.arange(768) % 256
+    ramp = np.minimum(np.minimum(offset, 255 - offset) / 16, 1.0)  # 1 inside, fading to 0 at every tile border
+    faded = (faded * np.minimum(ramp[:, None], ramp[None, :])).astype(int)
+    assert seam_score_array(faded, 256).score < 1.1 and seam_score_array(faded, 256).band_ratio < 0.6
+    assert seam_score_array(smooth, 256).band_ratio == pytest.approx(1.0, abs=0.02)
 
     out = workdir / "naive.ome.zarr"
     assert cli_main(cli_args(gene_store, out, model_dir, "--no-halo")) == 0
     assert zarr.open_group(str(out), mode="r").attrs["teramind"]["run"]["halo"] is False
     assert cli_main(["eval", "seams", str(out)]) == 0
-    assert "seam score" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "seam score" in printed and "border band ratio" in printed
     assert np.isfinite(seam_score(str(out)).score)
