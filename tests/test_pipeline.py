@@ -239,3 +239,17 @@ def test_official_spacing_gives_exactly_the_requested_steps(steps):
     scheduler.set_timesteps(steps)
     ts = scheduler.timesteps.tolist()
     assert len(ts) == len(set(ts)) == steps and ts == sorted(ts, reverse=True) and 0 <= ts[-1] and ts[0] <= 999
+
+
+def test_a_tile_canvas_predicts_exactly_what_one_whole_region_canvas_does(tiny_pipeline):
+    """Tiles add no seam: every 64-px output patch depends only on the 2x2 model patches around it, so a tile's
+    canvas (tile + 32-px halo, on the region's patch grid) predicts the same pixels as one canvas over the region.
+    The 64-px patch borders inside a tile and at its edges are therefore the same kind of border."""
+    unet = tiny_pipeline.unet
+    generator = torch.Generator().manual_seed(0)
+    region = torch.randn(1, 2, 2, 384, 384, generator=generator)
+    genes = torch.poisson(torch.full((1, unet.config.num_genes, 4, 24, 24), 0.8), generator=generator)
+    with torch.no_grad():
+        whole = unet(region, 500, genes).sample  # (1, 2, 2, 320, 320): region pixels 32..352
+        tile = unet(region[..., 64:320, 128:320], 500, genes[..., 4:20, 8:20]).sample  # pixels 96..288, 160..288
+    torch.testing.assert_close(tile, whole[..., 64:256, 128:256], rtol=0, atol=1e-5)
