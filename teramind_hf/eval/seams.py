@@ -42,8 +42,7 @@ def _near_borders(length: int, tile_size: int, band: int) -> tuple[np.ndarray, n
     after_border = (offset < band) & (position >= tile_size)  # a border lies `offset` px before
     before_border = (tile_size - 1 - offset < band) & (position - offset + tile_size < length)  # ... just after
     edge = (position < band) | (position >= length - band)
-    inner = after_border | before_border
-    return inner & ~edge, edge
+    return (after_border | before_border) & ~edge, edge
 
 
 def _accumulate(diff: np.ndarray, border_index: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> None:
@@ -73,10 +72,10 @@ def seam_score_array(image, tile_size: int, band: int = 8) -> SeamScore:
         rows = slice(y0, y0 + inner.shape[-2])
         near = row_near[rows, None] | col_near[None, :]
         counted = ~(row_edge[rows, None] | col_edge[None, :])
-        per_pixel = inner.reshape(-1, *inner.shape[-2:]).sum(axis=0, dtype=np.float64)
+        per_pixel = inner.reshape(-1, *inner.shape[-2:]).sum(axis=0, dtype=np.int32)  # over stains and sections
         layers = int(np.prod(inner.shape[:-2]))
         for k, where in enumerate((near & counted, ~near & counted)):
-            band_sums[k] += per_pixel[where].sum()
+            band_sums[k] += per_pixel[where].sum(dtype=np.int64)
             band_counts[k] += layers * int(where.sum())
         _accumulate(np.diff(inner, axis=-1), x_borders, sums, counts)
         vertical = np.swapaxes(np.diff(strip, axis=-2), -1, -2)  # pairs along y on the last axis
