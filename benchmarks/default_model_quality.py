@@ -90,7 +90,8 @@ def write_card(
         "  so samples follow the genes only weakly (see the numbers below)."
         if um >= 1.0
         else "- stages 1-3 were trained at 1.0 um/px (16-um bins: the genes say which cell type is in a bin, not where),\n"
-        f"  the last stage at {um:g} um/px starting from stage 3's weights."
+        f"  stages 4-7 at {um:g} um/px, each from the previous stage's weights; the last one weights the 1-px edge ring\n"
+        "  of each 64-px collage patch 5x in the collage loss (`--collage_edge_weight 5`) to fade the patch grid."
     )
     text = f"""---
 {card_data(datasets=[f"synthetic-phantom-{um:g}um-seed0"]).to_yaml()}
@@ -117,7 +118,7 @@ It is *not* a model of real mouse-brain morphology; for that, convert the offici
   dropout {cfg["dropout"]}; weights stored in fp16 ({size_mb:.1f} MB), loaded as float32.
 - {total_steps} Adam steps ({stage_text}, in {sum(int(s.get("stages", 1)) for s in stages)} stages) x batch {summary.get("global_batch", "?")} on
   {summary.get("world", 1)} CPU process (1-2 threads, machine shared with other jobs), {total_min:.0f} min in all; stage 1 lr
-  5e-4 (40 warm-up steps, cosine), later stages continue from the previous pipeline (lr 5e-4 to 8e-4, cosine, new
+  5e-4 (40 warm-up steps, cosine), later stages continue from the previous pipeline (lr 3e-4 to 8e-4, cosine, new
   data seed); grad clip 1.0; EMA (decay up to 0.999, warm-up power 0.75). Exact arguments:
   `scripts/train_default_model.py`.
 - training loss of the last stage (mean of 20 steps): {first:.3f} at its start -> {last:.3f} at its end.

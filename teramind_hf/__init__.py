@@ -13,10 +13,10 @@ from .schedulers import BoundaryAwareScheduler
 __version__ = "0.1.0"
 
 # Pixel size (microns) of the phantom tissue the embedded default model was trained on; everything that makes
-# tissue for the default model (demo, examples, benchmarks, tests) uses this one value. At 1.0 um/px a 16-px
-# gene bin (16 um) holds about one cell, so the genes say which cell type is in a bin but not where in it;
-# scripts/train_default_model.py's stage 4 (0.5 um/px, 8-um bins) is the measured way forward (docs/architecture.md).
-DEFAULT_MODEL_UM_PER_PX = 1.0
+# tissue for the default model (demo, examples, benchmarks, tests) uses this one value. At 0.5 um/px a 16-px
+# gene bin is 8 um, finer than the cells, so the genes say where each cell is, not only which type it is
+# (at 1.0 um/px, stages 1-3 of scripts/train_default_model.py, they could not: docs/architecture.md).
+DEFAULT_MODEL_UM_PER_PX = 0.5
 
 
 def default_model_path() -> Path:

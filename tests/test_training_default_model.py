@@ -72,12 +72,6 @@ def test_default_model_tile_step_is_fast(pipe):
     assert min(times) < 2.0, times
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="the shipped default model (1.0 um/px, 1800 CPU steps) barely follows its genes: its 15-step samples beat "
-    "shuffled genes only narrowly (11.50 vs 11.41 dB) and lose to the mean image (13.77 dB); see its model card. "
-    "The 0.5 um/px candidate (scripts/train_default_model.py --stages 6) beats both but is not shipped (seams)",
-)
 def test_default_model_beats_controls_on_held_out_region(pipe, region):
     from teramind_hf.training.validation import quality_comparison
 

@@ -116,11 +116,6 @@ def test_finetune_default_model_with_new_panel_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="measured with the stage-3 (x0) default model: 60 steps raise held-out SSIM 0.178 -> 0.197 but PSNR "
-    "moves 11.56 -> 11.53 dB (sharper samples); 5 steps gave 11.56 -> 11.83. Open in issue 5.",
-)
 def test_finetuning_improves_validation_psnr(tmp_path):
     """Slow: 60 fine-tuning steps raise held-out PSNR over the un-finetuned default model (benchmarks/finetune_new_tissue.py)."""
     import subprocess

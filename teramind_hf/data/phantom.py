@@ -14,8 +14,8 @@ Planted facts a model or an analysis can be checked against:
 
 Units: transcripts are in **image pixels** (`x` = column, `y` = row, floats; `z` = section
 index). Multiply by `um_per_px` for microns. `um_per_px` defaults to the MERSCOPE mosaic scale
-(0.108); the CPU default model uses a coarser scale (``teramind_hf.DEFAULT_MODEL_UM_PER_PX`` = 1.0 um/px),
-where nuclei are ~6-11 px.
+(0.108); the CPU default model uses a coarser scale (``teramind_hf.DEFAULT_MODEL_UM_PER_PX`` = 0.5 um/px),
+where nuclei are ~12-22 px.
 """
 
 from __future__ import annotations
