@@ -160,6 +160,9 @@ def test_teramind_cli_reports_bad_input(tmp_path, capsys):
     code = main(["train", "--data", str(tmp_path / "missing.zarr"), "--output_dir", str(tmp_path / "o")])
     assert code == 2
     assert "teramind train: error: --data" in capsys.readouterr().err
+    code = main(["train", "--data", str(tmp_path), "--output_dir", str(tmp_path / "o"), "--collage_edge_weight", "-1"])
+    assert code == 2
+    assert "--collage_edge_weight must be a positive number" in capsys.readouterr().err
 
 
 def test_bf16_mixed_precision_and_ema_run(store, tmp_path):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -114,6 +115,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError("--extend_panel needs --pretrained (a model whose panel is extended)")
     if args.crop_size % 64:
         raise ValueError(f"--crop_size must be a multiple of the 64-px patch, got {args.crop_size}")
+    if not math.isfinite(args.collage_edge_weight) or args.collage_edge_weight <= 0:
+        raise ValueError(f"--collage_edge_weight must be a positive number (1 = the official loss), got {args.collage_edge_weight}")
 
 
 # ---------------------------------------------------------------------------------------------- model
