@@ -31,8 +31,8 @@ class SeamScore:
     tile_size: int
     border_pairs: int
     interior_pairs: int
-    band_ratio: float = float("nan")  # mean intensity near inner tile borders / elsewhere (~1: no bands)
-    band: int = 8  # px on each side of a border counted as "near"
+    band_ratio: float  # mean intensity near inner tile borders / elsewhere (~1: no bands)
+    band: int  # px on each side of a border counted as "near"
 
 
 def _near_borders(length: int, tile_size: int, band: int) -> tuple[np.ndarray, np.ndarray]:
