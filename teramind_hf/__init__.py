@@ -1,22 +1,33 @@
-"""teramind-hf: gene-conditioned 3D brain morphology diffusion (Tera-MIND) for diffusers."""
+"""teramind-hf: gene-conditioned 3D brain morphology diffusion (Tera-MIND) for diffusers.
+
+Public names load on first use, so `import teramind_hf` (and the `teramind` command's help) does not import
+torch or diffusers.
+"""
 
 from pathlib import Path
 
-# diffusers resolves pipeline components by importing the module recorded in model_index.json and looking
-# for these base-class names in it, so the package namespace exposes them.
-from diffusers import ConfigMixin, ModelMixin, SchedulerMixin
-
-from .models import GeneMorphUNet3DModel, GeneMorphUNet3DOutput
-from .pipelines import TeraMindPipeline, TeraMindPipelineOutput
-from .schedulers import BoundaryAwareScheduler
+from ._lazy import lazy_attributes
+from .constants import DEFAULT_MODEL_UM_PER_PX
 
 __version__ = "0.1.0"
 
-# Pixel size (microns) of the phantom tissue the embedded default model was trained on; everything that makes
-# tissue for the default model (demo, examples, benchmarks, tests) uses this one value. At 0.5 um/px a 16-px
-# gene bin is 8 um, finer than the cells, so the genes say where each cell is, not only which type it is
-# (at 1.0 um/px, stages 1-3 of scripts/train_default_model.py, they could not: docs/architecture.md).
-DEFAULT_MODEL_UM_PER_PX = 0.5
+# diffusers resolves pipeline components by importing the module recorded in model_index.json and looking
+# for these base-class names in it, so the package namespace exposes them (from diffusers, on first use).
+_ATTRIBUTES = {
+    "ConfigMixin": "diffusers",
+    "ModelMixin": "diffusers",
+    "SchedulerMixin": "diffusers",
+    "GeneMorphUNet3DModel": ".models",
+    "GeneMorphUNet3DOutput": ".models",
+    "TeraMindPipeline": ".pipelines",
+    "TeraMindPipelineOutput": ".pipelines",
+    "BoundaryAwareScheduler": ".schedulers",
+}
+__getattr__, _lazy_dir = lazy_attributes(__name__, _ATTRIBUTES)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_ATTRIBUTES})
 
 
 def default_model_path() -> Path:

@@ -2,21 +2,21 @@
 
 Main entry points: `GenePanel` (+ `apply_alignment`), `SpatialVolume` (what every reader
 returns), `make_phantom`, the readers in `teramind_hf.data.readers` and the training store /
-`PatchDataset` / Hugging Face export in `teramind_hf.data.datasets`.
+`PatchDataset` / Hugging Face export in `teramind_hf.data.datasets`. Names load on first use.
 """
 
-from .panel import GenePanel, PanelAlignment, PanelOverlapError, apply_alignment
-from .phantom import Phantom, make_phantom, with_panel_changes, write_phantom
-from .volume import SpatialVolume
+from .._lazy import lazy_attributes
 
-__all__ = [
-    "GenePanel",
-    "PanelAlignment",
-    "PanelOverlapError",
-    "Phantom",
-    "SpatialVolume",
-    "apply_alignment",
-    "make_phantom",
-    "with_panel_changes",
-    "write_phantom",
-]
+_ATTRIBUTES = {
+    "GenePanel": ".panel",
+    "PanelAlignment": ".panel",
+    "PanelOverlapError": ".panel",
+    "apply_alignment": ".panel",
+    "Phantom": ".phantom",
+    "make_phantom": ".phantom",
+    "with_panel_changes": ".phantom",
+    "write_phantom": ".phantom",
+    "SpatialVolume": ".volume",
+}
+__getattr__, __dir__ = lazy_attributes(__name__, _ATTRIBUTES)
+__all__ = sorted(_ATTRIBUTES)

@@ -20,7 +20,6 @@ where nuclei are ~12-22 px.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 from dataclasses import dataclass
@@ -29,10 +28,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..constants import MERSCOPE_UM_PER_PX, PHANTOM_FORMATS
 from .panel import GenePanel
 from .volume import SpatialVolume, bin_transcripts
 
-MERSCOPE_UM_PER_PX = 0.108
 NULL_GENE = "Serpine2"
 PLANTED_PAIRS = (("Slc17a6", "Slc17a7"), ("Nr4a2", "Th"))
 
@@ -336,7 +335,6 @@ def with_panel_changes(
 
 # --- writing ------------------------------------------------------------------------------
 
-PHANTOM_FORMATS = ("table", "official", "store")
 
 
 def write_phantom(phantom: Phantom, out_dir: str | Path, formats: tuple[str, ...] = ("table", "official")) -> Path:
@@ -399,38 +397,3 @@ def array_digest(phantom: Phantom) -> str:
 # --- CLI ----------------------------------------------------------------------------------
 
 
-def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        parts = [int(p) for p in text.split(",")]
-    except ValueError:
-        raise ValueError(f"--size: expected H or H,W as integers, got {text!r}") from None
-    if len(parts) not in (1, 2):
-        raise ValueError(f"--size: expected H or H,W, got {text!r}")
-    return parts[0], parts[-1]
-
-
-def _run_cli(args: argparse.Namespace) -> int:
-    height, width = _parse_size(args.size)
-    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
-    phantom = make_phantom(
-        height, width, args.slices, args.seed, um_per_px=args.um_per_px, gene_bin=args.gene_bin
-    )
-    out = write_phantom(phantom, args.out, formats)
-    print(
-        f"phantom {args.slices}x{height}x{width} px at {args.um_per_px} um/px, {len(phantom.cells)} cells, "
-        f"{len(phantom.transcripts)} transcripts, {len(phantom.panel)} genes -> {out}"
-    )
-    return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `teramind phantom OUT --size H[,W] --slices Z --seed S [--um-per-px X]`."""
-    p = subparsers.add_parser("phantom", help="write a synthetic phantom tissue with ground truth")
-    p.add_argument("out", help="output folder")
-    p.add_argument("--size", default="512", help="section size in pixels: H or H,W (multiples of --gene-bin)")
-    p.add_argument("--slices", type=int, default=4, help="number of sections (Z)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--um-per-px", type=float, default=MERSCOPE_UM_PER_PX, help="pixel size in microns")
-    p.add_argument("--gene-bin", type=int, default=16, help="gene grid bin size in pixels")
-    p.add_argument("--formats", default="table,official", help=f"comma list of {','.join(PHANTOM_FORMATS)}")
-    p.set_defaults(func=_run_cli)

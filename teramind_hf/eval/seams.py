@@ -17,7 +17,6 @@ Read band by band (one row of tiles at a time), so memory does not grow with the
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 
 import numpy as np
@@ -116,31 +115,3 @@ def seam_score(path: str, tile_size: int | None = None) -> SeamScore:
     return seam_score_array(group[multiscales[0]["datasets"][0]["path"]], tile_size)
 
 
-def _run_cli(args: argparse.Namespace) -> int:
-    result = seam_score(args.out, args.tile_size)
-    print(
-        f"seam score {result.score:.4f} (border |grad| {result.border_gradient:.3f} / interior |grad| "
-        f"{result.interior_gradient:.3f}, tile {result.tile_size} px, {result.border_pairs:,} border pairs)"
-    )
-    print(
-        f"border band ratio {result.band_ratio:.4f} (mean intensity within {result.band} px of inner tile borders / "
-        "elsewhere; dark bands lower it: compare runs on the same genes)"
-    )
-    return 0
-
-
-def _eval_subparsers(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:
-    """The `teramind eval` group's own sub-commands (created here unless another eval module did)."""
-    parser = subparsers.choices.get("eval")
-    if parser is None:
-        parser = subparsers.add_parser("eval", help="evaluate generated morphology")
-        parser.add_subparsers(dest="eval_command", required=True)
-    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `teramind eval seams OUT [--tile-size N]`."""
-    p = _eval_subparsers(subparsers).add_parser("seams", help="seam score of an OME-Zarr output (lower is more seamless)")
-    p.add_argument("out", help="OME-Zarr folder written by `teramind generate`")
-    p.add_argument("--tile-size", type=int, default=None, help="tile edge in px (default: from the run record, else 256)")
-    p.set_defaults(func=_run_cli)

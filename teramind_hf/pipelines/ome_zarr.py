@@ -14,8 +14,8 @@ import numpy as np
 
 STAIN_NAMES = ("DAPI", "PolyT")
 NGFF_VERSION = "0.5"
-DEFAULT_UM_PER_PX = 0.108  # MERSCOPE mosaic pixel
-DEFAULT_SECTION_SPACING_UM = 150.0  # sections of a brain are 100-200 um apart
+from ..constants import DEFAULT_SECTION_SPACING_UM
+from ..constants import MERSCOPE_UM_PER_PX as DEFAULT_UM_PER_PX
 
 
 @dataclass(frozen=True)

@@ -24,14 +24,13 @@ DDIM update is elementwise.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
 import resource
 import socket
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..constants import DEFAULT_STEP_BUFFER_LIMIT as DEFAULT_MEMORY_LIMIT
 from .gene_source import GeneSource, RegionGenes, open_gene_source
 from .ome_zarr import (
     DEFAULT_SECTION_SPACING_UM,
@@ -52,7 +52,6 @@ from .pipeline_teramind import TeraMindPipeline, _draw_seed, _to_output_type, z_
 
 RECORD_FORMAT = "teramind-generate/1"
 STEP_STORE = "_teramind_steps"  # child of the output group holding step buffers and progress
-DEFAULT_MEMORY_LIMIT = 64 * 2**20  # bytes of the two step buffers kept in memory; above it they go to disk
 STATELESS_SCHEDULERS = ("DDIMScheduler",)
 
 
@@ -559,16 +558,6 @@ def _build_pyramid(group, levels: list, levels_done: int, state) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-def _int_tuple(text: str, n: int, name: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError as err:
-        raise ValueError(f"--{name} must be {n} comma-separated integers, got {text!r}") from err
-    if len(values) != n:
-        raise ValueError(f"--{name} must be {n} comma-separated integers, got {text!r}")
-    return values
-
-
 def load_pipeline(model: str | None, scheduler: str = "ddim") -> TeraMindPipeline:
     """The pipeline from a folder / Hub repo (default: the embedded model), with the requested scheduler."""
     pipe = TeraMindPipeline.from_pretrained(model)
@@ -581,54 +570,3 @@ def load_pipeline(model: str | None, scheduler: str = "ddim") -> TeraMindPipelin
     return pipe
 
 
-def _run_cli(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    pipe = load_pipeline(args.model, args.scheduler)
-    report = generate_to_zarr(
-        pipe,
-        args.genes,
-        args.out,
-        region=_int_tuple(args.region, 4, "region") if args.region else None,
-        slices=_int_tuple(args.slices, 2, "slices") if args.slices else None,
-        num_inference_steps=args.steps,
-        generator=args.seed,
-        batch_size=args.batch_size,
-        halo=not args.no_halo,
-        overwrite=args.overwrite,
-        memory_limit_bytes=int(args.memory_limit_mb * 2**20),
-        um_per_px=args.um_per_px,
-        section_spacing_um=args.section_spacing_um,
-        progress_bar=not args.quiet,
-    )
-    if distributed_state().is_main_process:
-        print(report.summary())
-        if args.report_json:
-            Path(args.report_json).write_text(json.dumps({**asdict(report), "voxels_per_second": report.voxels_per_second}))
-    return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `teramind generate --genes STORE --out OUT.ome.zarr ...`."""
-    p = subparsers.add_parser(
-        "generate",
-        help="generate morphology from a gene store into a resumable OME-Zarr image (multi-process with accelerate)",
-    )
-    p.add_argument("--genes", required=True, help="gene source: zarr group with 'genes' (G,Z,Hb,Wb) + gene_names, .npy or .npz")
-    p.add_argument("--out", required=True, help="output OME-Zarr folder (path or fsspec URL)")
-    p.add_argument("--model", default=None, help="pipeline folder or Hub repo id (default: the embedded model)")
-    p.add_argument("--region", default=None, help="y0,x0,h,w in image px, whole tiles (default: everything)")
-    p.add_argument("--slices", default=None, help="a,b image sections [a, b) (default: all)")
-    p.add_argument("--steps", type=int, default=15, help="denoising steps (15 official)")
-    p.add_argument("--scheduler", default="ddim", choices=("ddim", "dpm"), help="ddim (dpm is refused: see docs)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=4, help="tile canvases per model call")
-    p.add_argument("--overwrite", action="store_true", help="replace an output from a different run")
-    p.add_argument("--no-halo", action="store_true", help="naive tiling baseline: each tile alone, no neighbour halo")
-    p.add_argument("--um-per-px", type=float, default=None, help=f"pixel size (default: gene store attribute, else {DEFAULT_UM_PER_PX})")
-    p.add_argument("--section-spacing-um", type=float, default=None, help=f"z spacing (default: attribute, else {DEFAULT_SECTION_SPACING_UM})")
-    p.add_argument("--memory-limit-mb", type=float, default=DEFAULT_MEMORY_LIMIT / 2**20, help="step buffers above this go to disk")
-    p.add_argument("--threads", type=int, default=0, help="torch threads per process (0: torch default)")
-    p.add_argument("--report-json", default=None, help="also write the run summary as JSON here")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_run_cli)

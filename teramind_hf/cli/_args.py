@@ -1,0 +1,25 @@
+"""Argument parsing helpers shared by the sub-commands."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def int_tuple(text: str, n: int, name: str) -> tuple[int, ...]:
+    """``"a,b,c"`` -> ``(a, b, c)``: exactly ``n`` integers, else a ValueError naming ``--name``."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError as err:
+        raise ValueError(f"--{name} must be {n} comma-separated integers, got {text!r}") from err
+    if len(values) != n:
+        raise ValueError(f"--{name} must be {n} comma-separated integers, got {text!r}")
+    return values
+
+
+def eval_subparsers(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """The `teramind eval` group's own sub-commands (created on first use)."""
+    parser = subparsers.choices.get("eval")
+    if parser is None:
+        parser = subparsers.add_parser("eval", help="evaluate generated morphology")
+        parser.add_subparsers(dest="eval_command", required=True)
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
