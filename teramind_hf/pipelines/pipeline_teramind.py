@@ -138,6 +138,7 @@ class TeraMindPipeline(DiffusionPipeline):
         batch_size: int = 4,
         tile_order: str = "raster",
         min_gene_overlap: float = 0.5,
+        perturb: dict[str, float] | None = None,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
         return_dict: bool = True,
@@ -159,6 +160,8 @@ class TeraMindPipeline(DiffusionPipeline):
             batch_size: tile canvases per model call.
             tile_order: ``"raster"`` or ``"reverse"``: the order tiles are visited in a step (no effect on
                 the result; sampling is synchronous over the tile grid).
+            perturb: ``{gene: factor}`` in the model panel: multiply those genes' counts (0 = knockout) before
+                sampling; with the same seed the result differs from the unperturbed one only by these genes.
             callback_on_step_end: ``fn(pipe, step_index, timestep, callback_kwargs) -> dict`` after each step;
                 may replace ``latents``.
         """
@@ -175,6 +178,10 @@ class TeraMindPipeline(DiffusionPipeline):
         cfg = self.unet.config
         scheduler: BoundaryAwareScheduler = self.scheduler
         gene_tensor, alignment = self._prepare_genes(genes, gene_names, min_gene_overlap)
+        if perturb:
+            from ..eval.perturb import perturb_genes
+
+            gene_tensor = perturb_genes(gene_tensor, cfg.gene_names, perturb)
         _, sections, bins_h, bins_w = gene_tensor.shape
         height, width = bins_h * cfg.gene_bin, bins_w * cfg.gene_bin
         rows, cols = scheduler.tile_grid(height, width)
