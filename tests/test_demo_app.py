@@ -243,3 +243,33 @@ def test_knockout_with_dpm_solver_and_refusals(app):
     if missing is not None:  # a model gene the phantom lacks: knocking it out would change nothing
         message = app.ui_generate(*args, missing, progress=no_progress)[-1]
         assert "not in the data" in message
+
+
+def test_far_away_point_in_a_tiny_upload_is_refused_before_binning(app, tmp_path):
+    """A 41-byte CSV with one transcript at 10^5 px would need a ~0.5 GB grid: refused, with memory kept small."""
+    import tracemalloc
+
+    gene = app.load_pipeline().unet.config.gene_names[0]
+    table = tmp_path / "far.csv"
+    table.write_text(f"x,y,z,gene\n100000,100000,0,{gene}\n")
+    assert len(table.read_bytes()) < 50
+    tracemalloc.start()
+    try:
+        with pytest.raises(app.DemoError, match=r"far\.csv.*needs a dense .* array of .*more than the limit"):
+            app.read_upload(table)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < app.MAX_UPLOAD_GRID_BYTES / 4, peak
+
+
+def test_gradio_refuses_uploads_over_the_size_limit(app, server):
+    """Gradio's own max_file_size is set: an upload over it is refused by the server (413), not read by the app."""
+    import httpx
+
+    assert app.launch_options()["max_file_size"] == app.MAX_UPLOAD_BYTES
+    big = b"x,y,z,gene\n" + b"0,0,0,Gad2\n" * (app.MAX_UPLOAD_BYTES // 11 + 1)
+    response = httpx.post(f"{server}gradio_api/upload", files={"files": ("big.csv", big, "text/csv")}, timeout=60)
+    assert response.status_code == 413, (response.status_code, response.text[:200])
+    small = httpx.post(f"{server}gradio_api/upload", files={"files": ("small.csv", b"x,y,z,gene\n0,0,0,Gad2\n", "text/csv")}, timeout=60)
+    assert small.status_code == 200, small.text[:200]
