@@ -30,7 +30,7 @@ import pandas as pd
 
 from ..constants import MERSCOPE_UM_PER_PX, PHANTOM_FORMATS
 from .panel import GenePanel
-from .volume import SpatialVolume, bin_transcripts
+from .volume import SpatialVolume, bin_transcripts, check_dense_size, check_gene_bin
 
 NULL_GENE = "Serpine2"
 PLANTED_PAIRS = (("Slc17a6", "Slc17a7"), ("Nr4a2", "Th"))
@@ -169,6 +169,7 @@ def make_phantom(
 
 
 def _check_size(height: int, width: int, num_slices: int, gene_bin: int, um_per_px: float) -> None:
+    check_gene_bin(gene_bin)
     if height < gene_bin or width < gene_bin or height % gene_bin or width % gene_bin:
         raise ValueError(
             f"phantom size {height}x{width}: height and width must be positive multiples of gene_bin={gene_bin}"
@@ -177,6 +178,8 @@ def _check_size(height: int, width: int, num_slices: int, gene_bin: int, um_per_
         raise ValueError(f"phantom num_slices must be >= 1, got {num_slices}")
     if not um_per_px > 0:
         raise ValueError(f"phantom um_per_px must be > 0, got {um_per_px}")
+    # images, labels and the float fields they are drawn from: well over 16 bytes per voxel
+    check_dense_size((num_slices, height, width), 16, f"phantom {num_slices}x{height}x{width} px")
 
 
 def _region_boundaries(rng: np.random.Generator) -> np.ndarray:

@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 
 from ..panel import GenePanel
-from ..volume import SpatialVolume, bin_transcripts, panel_for_transcripts
+from ..volume import SpatialVolume, bin_transcripts, check_gene_bin, panel_for_transcripts
+from .images import read_image
 
 TRANSCRIPTS_FILE = "detected_transcripts.csv"
 TRANSFORM_FILE = "images/micron_to_mosaic_pixel_transform.csv"
@@ -78,17 +79,18 @@ def read_section_image(
     run: str | Path, stain: str, plane: int | None = None, rescale: Literal["full", "percentile"] = "full"
 ) -> np.ndarray:
     """One stain of a run as an (H, W) uint8 section image (max projection or plane `plane`)."""
-    import tifffile
-
     planes = _mosaic_planes(Path(run), stain)
     if plane is not None:
         if not 0 <= plane < len(planes):
             raise ValueError(f"{run}: plane={plane} out of range, the run has {len(planes)} {stain} planes")
-        image = tifffile.imread(planes[plane])
+        image = read_image(planes[plane])
     else:
-        image = tifffile.imread(planes[0])
+        image = read_image(planes[0])
         for path in planes[1:]:
-            np.maximum(image, tifffile.imread(path), out=image)
+            other = read_image(path)
+            if other.shape != image.shape:
+                raise ValueError(f"{path}: shape {other.shape} differs from {planes[0].name} {image.shape}")
+            np.maximum(image, other, out=image)
     if image.ndim != 2:
         raise ValueError(f"{planes[0]}: expected a 2-D mosaic, got shape {image.shape}")
     return to_uint8(image, rescale)
@@ -126,6 +128,7 @@ def read_merscope(
     `um_per_px` defaults to 1 / the transform's x scale.
     """
     runs = [Path(r) for r in runs]
+    check_gene_bin(gene_bin)
     if not runs:
         raise ValueError("read_merscope: runs is empty (expected one run folder per section)")
     sections, tables, transforms = [], [], []
