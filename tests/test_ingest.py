@@ -50,9 +50,13 @@ def test_merscope_counts_equal_direct_computation(phantom, written, tmp_path):
     store = zarr.open_group(str(tmp_path / "genes.zarr"), mode="r")
     names = list(store.attrs["gene_names"])
     assert names == sorted(phantom.panel.genes)
-    np.testing.assert_array_equal(store["genes"][...], direct_counts(runs, names, (96, 128)))
-    # the DAPI/PolyT truth: max projection of uint16 planes = the phantom's images
-    np.testing.assert_array_equal(store["images"][...], phantom.images)
+    # padded to whole 256-px tiles; the data's own extent is recorded
+    assert store["genes"].shape == (len(names), 2, 16, 16) and store.attrs["data_shape_px"] == [96, 128]
+    np.testing.assert_array_equal(store["genes"][...], direct_counts(runs, names, (256, 256)))
+    # the DAPI/PolyT truth: max projection of uint16 planes = the phantom's images (black padding)
+    images = store["images"][...]
+    np.testing.assert_array_equal(images[:, :, :96, :128], phantom.images)
+    assert not images[:, :, 96:].any() and not images[:, :, :, 128:].any()
     assert store.attrs["um_per_px"] == pytest.approx(UM)
     assert store.attrs["gene_bin"] == 16 and store.attrs["section_spacing_um"] == 150.0
     # pixel (0, 0) back in the runs' global microns
@@ -71,24 +75,27 @@ def test_table_chunked_equals_one_batch_and_batch_bounds_what_is_held(phantom, w
     np.testing.assert_array_equal(a, b)
     # same as the in-memory phantom binning (same transcripts, pixel coordinates)
     order = [list(phantom.panel.genes).index(name) for name in sorted(phantom.panel.genes)]
-    np.testing.assert_array_equal(b, phantom.genes[order])
+    np.testing.assert_array_equal(b[:, :, :6, :8], phantom.genes[order])
+    assert b.sum() == phantom.genes.sum()
     assert whole.batches == 1 and small.batches == -(-len(phantom.transcripts) // 100)
     assert small.max_batch_rows == 100  # the reader's own accounting: never more rows than one batch
     assert small.max_pending_bins <= 150 + 100 and small.flushes > 1
     assert "images" not in zarr.open_group(str(tmp_path / "small.zarr"), mode="r")
 
 
-def test_csv_and_column_mapping_and_microns(phantom, tmp_path):
+def test_csv_and_column_mapping_and_microns(phantom, written, tmp_path):
     table = phantom.transcripts.rename(columns={"x": "gx", "y": "gy", "z": "section", "gene": "target"})
     table = table.assign(gx=table.gx * UM, gy=table.gy * UM)
     table.to_csv(tmp_path / "t.csv", index=False)
     report = ingest_table(
         tmp_path / "t.csv", tmp_path / "g.zarr", um_per_px=UM, units="um", batch_rows=1000, progress_bar=False,
-        columns={"x": "gx", "y": "gy", "z": "section", "gene": "target"},
+        columns={"x": "gx", "y": "gy", "z": "section", "gene": "target"}, images=written / "images.tif",
     )  # fmt: skip
-    genes = zarr.open_group(str(tmp_path / "g.zarr"), mode="r")["genes"][...]
+    group = zarr.open_group(str(tmp_path / "g.zarr"), mode="r")
+    genes = group["genes"][...]
+    np.testing.assert_array_equal(group["images"][:, :, :96, :128], phantom.images)
     assert genes.sum() == len(phantom.transcripts) == report.rows_binned
-    assert genes.shape[1:] == phantom.genes.shape[1:]
+    assert genes.shape[1:] == (2, 16, 16)
 
 
 def _csv(tmp_path: Path, text: str) -> Path:

@@ -30,6 +30,7 @@ def _common(args: argparse.Namespace) -> dict:
         "overwrite": args.overwrite,
         "progress_bar": not args.quiet,
         "batch_rows": args.batch_rows,
+        "pad_to": args.pad_to,
     }
 
 
@@ -73,6 +74,7 @@ def _add_common(p: argparse.ArgumentParser, um_required: bool) -> None:
     p.add_argument("--batch-rows", type=int, default=500_000, help="rows read per batch (bounds memory)")
     p.add_argument("--buffer-bins", type=int, default=4_000_000, help="(bin, count) pairs summed in memory before a flush")
     p.add_argument("--max-store-gib", type=float, default=1024.0, help="refuse a dense gene grid larger than this")
+    p.add_argument("--pad-to", type=int, default=256, help="pad the canvas to a multiple of this (the model's tile size)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)

@@ -100,8 +100,8 @@ def write_spatialdata_points(
     path: str | Path, transcripts: pd.DataFrame, um_per_px: float, *, name: str = "transcripts",
     coordinate_system: str = "global", offset_um: tuple[float, float] = (0.0, 0.0),
 ) -> Path:  # fmt: skip
-    """A transcripts table (x, y px, z section, gene) as a SpatialData points element in microns (x, y, z,
-    `feature_name`), placed at `offset_um` (x, y) by an identity-scaled translation."""
+    """A transcripts table (x, y px, z section, gene) as a 2-D SpatialData points element in microns (x, y,
+    `section`, `feature_name`), placed at `offset_um` (x, y) by a translation."""
     spatialdata = _require("spatialdata")
     from spatialdata.models import PointsModel
     from spatialdata.transformations import Translation
@@ -110,7 +110,7 @@ def write_spatialdata_points(
         {
             "x": transcripts["x"].to_numpy() * um_per_px,
             "y": transcripts["y"].to_numpy() * um_per_px,
-            "z": transcripts["z"].to_numpy().astype(np.int64),
+            "section": transcripts["z"].to_numpy().astype(np.int64),
             "feature_name": pd.Categorical(transcripts["gene"].astype(str)),
         }
     )

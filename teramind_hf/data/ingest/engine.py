@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -36,6 +36,7 @@ from ..volume import panel_for_transcripts
 DEFAULT_BATCH_ROWS = 500_000
 DEFAULT_BUFFER_BINS = 4_000_000  # (bin, count) pairs summed in memory before a flush: 4M x 16 B = 64 MB
 DEFAULT_MAX_STORE_BYTES = 2**40  # dense float32 genes larger than 1 TiB are refused (raise it for whole brains)
+DEFAULT_PAD_TO = 256  # canvases are padded (zero counts, black images) to whole tiles of the embedded model
 ORIGINS = ("zero", "extent")
 
 
@@ -328,11 +329,14 @@ def ingest_batches(
     progress_bar: bool = True,
     batch_rows: int = DEFAULT_BATCH_ROWS,
     chunk: int = 256,
+    pad_to: int = DEFAULT_PAD_TO,
 ) -> IngestReport:
     """The engine under every `ingest_*`: scan `batches()`, check, then bin a second `batches()` into `out`.
 
     `canvas` (MERSCOPE: the mosaics) fixes the grid instead of the scan's extent; `images(group, canvas)`
     writes the `images` array of the new store; `origin_um` defaults to the canvas origin times `um_per_px`.
+    The canvas is padded to a multiple of `pad_to` px (`teramind generate` works on whole tiles); the data's own
+    extent is the `data_shape_px` attribute.
     """
     from tqdm.auto import tqdm
 
@@ -354,6 +358,10 @@ def ingest_batches(
         canvas = canvas_from_scan(scan, gene_bin, origin, source, num_slices)
     elif scan.section_max >= canvas.num_slices:
         raise ValueError(f"z mismatch: {source} has transcripts in section z={scan.section_max} but Z={canvas.num_slices}")
+    if pad_to < 1 or pad_to % gene_bin:
+        raise ValueError(f"pad_to must be a positive multiple of gene_bin={gene_bin}, got {pad_to}")
+    data_shape = [canvas.height, canvas.width]
+    canvas = replace(canvas, height=-(-canvas.height // pad_to) * pad_to, width=-(-canvas.width // pad_to) * pad_to)
     # the data's genes, sorted, or `panel` (unknown genes refused here, before the store exists)
     panel, _ = panel_for_transcripts(pd.Series(sorted(scan.genes), dtype=object), panel, source, drop_unknown)
     shape = (len(panel), canvas.num_slices, canvas.height // gene_bin, canvas.width // gene_bin)
@@ -364,6 +372,7 @@ def ingest_batches(
         "section_spacing_um": float(section_spacing_um),
         "coordinate_system": coordinate_system,
         "origin_um": [float(v) for v in origin_um],
+        "data_shape_px": data_shape,
         "ingest": {"source": source, **(provenance or {})},
     }
     with StoreWriter(out, overwrite) as partial:

@@ -1,6 +1,7 @@
 """SpatialData points and AnnData (`.h5ad`) bins -> gene store (the `spatialdata` extra provides both).
 
-* **SpatialData**: a points element (dask DataFrame x, y [, z], gene column `feature_name` by default) is read
+* **SpatialData**: a points element (dask DataFrame x, y, gene column `feature_name`, section column `z` or
+  `section`; none = all in section 0; other names through `columns`) is read
   one dask partition at a time and placed in a micron coordinate system through the element's own
   transformation; `um_per_px` turns microns into the store's pixels.
 * **AnnData**: observations are bins (or cells) with `obsm["spatial"]` (x, y) coordinates and an optional
@@ -74,7 +75,10 @@ def ingest_spatialdata(
         raise ValueError(f"{path}: no points element {points!r}; found {names}")
     element = sdata.points[points]
     source = f"{path}/points/{points}"
-    mapping = resolve_columns(list(element.columns), columns, source, SPATIALDATA_COLUMNS, require_z=False)
+    found = list(element.columns)
+    # 2-D points keep the section in a column of its own ("z" is a coordinate to spatialdata)
+    defaults = {**SPATIALDATA_COLUMNS, **({"z": "section"} if "z" not in found and "section" in found else {})}
+    mapping = resolve_columns(found, columns, source, defaults, require_z=False)
     affine = points_affine(element, coordinate_system, source)
     scale = 1.0 / um_per_px
 

@@ -134,14 +134,15 @@ def ingest_table(
     batches = table_batches(path, columns=columns, units=units, um_per_px=um_per_px, batch_rows=batch_rows)
     write_images, canvas = None, None
     if images is not None:
-        from .readers.table import load_images
+        from ..readers.table import load_images
 
         stack = load_images(images)
         gene_bin = kwargs.get("gene_bin", 16)
         canvas = Canvas(0, 0, stack.shape[2] // gene_bin * gene_bin, stack.shape[3] // gene_bin * gene_bin, stack.shape[1])
 
         def write_images(group, canvas: Canvas) -> None:
-            group["images"][...] = stack[:, :, : canvas.height, : canvas.width]
+            h, w = stack.shape[2] // gene_bin * gene_bin, stack.shape[3] // gene_bin * gene_bin
+            group["images"][:, :, :h, :w] = stack[:, :, :h, :w]
 
     provenance = {"format": "table", "inputs": [str(path)], "units": units, "columns": columns or {}}
     return ingest_batches(
