@@ -346,7 +346,8 @@ def write_phantom(phantom: Phantom, out_dir: str | Path, formats: tuple[str, ...
     Layout: `transcripts.parquet` (x, y in pixels, z section, gene) + `images.tif` ((2, Z, H, W)
     uint8) + `panel.txt` ["table"]; `official/gene/*.npz` + `official/img/*.zip` (official tile
     format, gene slots of the official 229 panel) ["official"]; `store.zarr` (training store)
-    ["store"]; always `ground_truth/labels.tif`, `cell_types.tif`, `regions.tif`, `cells.csv`
+    ["store"]; `merscope/section_ZZ/` one MERSCOPE run folder per section (`readers.merscope.write_merscope_runs`)
+    ["merscope"]; always `ground_truth/labels.tif`, `cell_types.tif`, `regions.tif`, `cells.csv`
     and `phantom.json` (parameters, cell types, planted pairs, null gene).
     """
     import tifffile
@@ -368,6 +369,10 @@ def write_phantom(phantom: Phantom, out_dir: str | Path, formats: tuple[str, ...
         from .datasets import write_training_store
 
         write_training_store(phantom.to_volume(), out / "store.zarr")
+    if "merscope" in formats:
+        from .readers.merscope import write_merscope_runs
+
+        write_merscope_runs(out / "merscope", phantom.images, phantom.transcripts, phantom.um_per_px)
     tifffile.imwrite(out / "ground_truth" / "labels.tif", phantom.labels)
     tifffile.imwrite(out / "ground_truth" / "cell_types.tif", phantom.cell_types)
     tifffile.imwrite(out / "ground_truth" / "regions.tif", phantom.regions)
