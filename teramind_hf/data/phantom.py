@@ -35,7 +35,7 @@ import pandas as pd
 
 from ..constants import MERSCOPE_UM_PER_PX, PHANTOM_FORMATS
 from .panel import GenePanel
-from .volume import SpatialVolume, bin_transcripts
+from .volume import SpatialVolume, bin_transcripts, check_dense_size, check_gene_bin
 
 NULL_GENE = "Serpine2"
 PLANTED_PAIRS = (("Slc17a6", "Slc17a7"), ("Nr4a2", "Th"))
@@ -192,6 +192,7 @@ def make_phantom(
 
 
 def _check_size(height: int, width: int, num_slices: int, gene_bin: int, um_per_px: float) -> None:
+    check_gene_bin(gene_bin)
     if height < gene_bin or width < gene_bin or height % gene_bin or width % gene_bin:
         raise ValueError(
             f"phantom size {height}x{width}: height and width must be positive multiples of gene_bin={gene_bin}"
@@ -200,6 +201,8 @@ def _check_size(height: int, width: int, num_slices: int, gene_bin: int, um_per_
         raise ValueError(f"phantom num_slices must be >= 1, got {num_slices}")
     if not um_per_px > 0:
         raise ValueError(f"phantom um_per_px must be > 0, got {um_per_px}")
+    # images, labels and the float fields they are drawn from: well over 16 bytes per voxel
+    check_dense_size((num_slices, height, width), 16, f"phantom {num_slices}x{height}x{width} px")
 
 
 def _region_boundaries(rng: np.random.Generator) -> np.ndarray:
@@ -406,7 +409,8 @@ def write_phantom(phantom: Phantom, out_dir: str | Path, formats: tuple[str, ...
     Layout: `transcripts.parquet` (x, y in pixels, z section, gene) + `images.tif` ((2, Z, H, W)
     uint8) + `panel.txt` ["table"]; `official/gene/*.npz` + `official/img/*.zip` (official tile
     format, gene slots of the official 229 panel) ["official"]; `store.zarr` (training store)
-    ["store"]; always `ground_truth/labels.tif`, `cell_types.tif`, `regions.tif`, `cells.csv`
+    ["store"]; `merscope/section_ZZ/` one MERSCOPE run folder per section (`readers.merscope.write_merscope_runs`)
+    ["merscope"]; always `ground_truth/labels.tif`, `cell_types.tif`, `regions.tif`, `cells.csv`
     and `phantom.json` (parameters, cell types, planted pairs, null gene).
     """
     import tifffile
@@ -428,6 +432,10 @@ def write_phantom(phantom: Phantom, out_dir: str | Path, formats: tuple[str, ...
         from .datasets import write_training_store
 
         write_training_store(phantom.to_volume(), out / "store.zarr")
+    if "merscope" in formats:
+        from .readers.merscope import write_merscope_runs
+
+        write_merscope_runs(out / "merscope", phantom.images, phantom.transcripts, phantom.um_per_px)
     tifffile.imwrite(out / "ground_truth" / "labels.tif", phantom.labels)
     tifffile.imwrite(out / "ground_truth" / "cell_types.tif", phantom.cell_types)
     tifffile.imwrite(out / "ground_truth" / "regions.tif", phantom.regions)

@@ -111,6 +111,8 @@ class TeraMindPipeline(DiffusionPipeline):
         if not (path / "model_index.json").is_file():
             raise FileNotFoundError(f"{path} has no model_index.json: not a TeraMindPipeline folder")
         kwargs.setdefault("use_safetensors", True)
+        if "torch_dtype" in kwargs:  # the diffusers spelling users know; diffusers now warns for it and wants `dtype`
+            kwargs.setdefault("dtype", kwargs.pop("torch_dtype"))
         return super().from_pretrained(str(path), **kwargs)
 
     # ------------------------------------------------------------------ inputs

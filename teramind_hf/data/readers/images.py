@@ -1,0 +1,26 @@
+"""Read one image file (TIFF or .npy) with errors that name the file.
+
+tifffile and numpy raise many exception types for a damaged file (``TiffFileError``, ``ValueError``, ``OSError``,
+``struct.error``, ...); all become one ``ValueError`` naming the file, so the CLI prints a line, not a traceback.
+``.npy`` files are read with ``allow_pickle=False``: an object array is refused, never unpickled.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: image file not found")
+    try:
+        if path.suffix.lower() == ".npy":
+            return np.load(path, allow_pickle=False)
+        import tifffile
+
+        return tifffile.imread(path)
+    except Exception as err:  # a corrupt, truncated or mislabelled file: any reader error names the file
+        raise ValueError(f"{path}: not a readable {'.npy' if path.suffix.lower() == '.npy' else 'TIFF'} image ({type(err).__name__}: {err})") from err
