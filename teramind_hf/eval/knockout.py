@@ -181,6 +181,8 @@ def knockout_report(
     region_names: Sequence[str] = (),
     um_per_px: float | None = None,
     morphology: bool = True,
+    original: np.ndarray | None = None,
+    other_seed: np.ndarray | None = None,
     **pipe_kwargs: Any,
 ) -> KnockoutReport:
     """Sample original (``seed``), perturbed (``seed``) and other-seed (``noise_seed``) images and compare.
@@ -189,7 +191,9 @@ def knockout_report(
     background; regions 0..R-1 named ``region_names``) of the generated sections. ``targeted`` names the cell
     types the perturbation aims at: the table then also has ``inside_targeted`` and ``outside_targeted``.
     ``um_per_px`` is needed for the nuclei (default: `teramind_hf.DEFAULT_MODEL_UM_PER_PX`). Extra keyword
-    arguments (``num_inference_steps``, ``slices`` ...) go to the pipeline.
+    arguments (``num_inference_steps``, ``slices`` ...) go to the pipeline. ``original`` / ``other_seed``
+    (float ``(Z, 2, H, W)`` results of the same calls with ``seed`` / ``noise_seed``) skip those samples when
+    several perturbations of one region are compared.
     """
     from ..constants import DEFAULT_MODEL_UM_PER_PX
 
@@ -200,9 +204,12 @@ def knockout_report(
         raise ValueError(f"targeted cell type(s) {unknown} not among the label image's types {list(type_names)}")
     kwargs = {**pipe_kwargs, "output_type": "np"}
     names = None if gene_names is None else list(gene_names)
-    original = np.asarray(pipe(genes, gene_names=names, generator=seed, **kwargs).images)
+    if original is None:
+        original = np.asarray(pipe(genes, gene_names=names, generator=seed, **kwargs).images)
     perturbed = np.asarray(pipe(genes, gene_names=names, generator=seed, perturb=perturb, **kwargs).images)
-    other = np.asarray(pipe(genes, gene_names=names, generator=noise_seed, **kwargs).images)
+    if other_seed is None:
+        other_seed = np.asarray(pipe(genes, gene_names=names, generator=noise_seed, **kwargs).images)
+    other = other_seed
     z, _, h, w = original.shape
     for label, what in ((cell_types, "cell_types"), (regions, "regions")):
         if label is not None and label.shape != (z, h, w):
