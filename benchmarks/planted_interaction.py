@@ -184,7 +184,8 @@ def evaluate(finetuned: Path, pretrained: str, um_per_px: float, null_models: in
         "-".join(s.pair): s.to_dict()
         for s in pair_significance(pipe, tissue.genes, names, named, random_models=null_models, permutations=5)
     }
-    result["top_pairs_by_specificity"] = [("-".join(s.pair), round(s.specificity, 3)) for s in sorted(scores, key=lambda s: s.rank)[:5]]
+    ranked = sorted((s for s in scores if s.rank > 0), key=lambda s: s.rank)
+    result["top_pairs_by_specificity"] = [("-".join(s.pair), round(s.specificity, 3)) for s in ranked[:5]]
     for key, row in result["nuclei"].items():
         print(key, {g: (v["found"], round(v["median_area_um2"], 1), round(v["median_brightness"], 3)) for g, v in row.items()})
     for key, row in result["attention_named_pairs"].items():
