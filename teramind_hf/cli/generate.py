@@ -16,18 +16,30 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from ..pipelines.gene_source import open_gene_source
+    from ..pipelines.preflight import check_generate_arguments, check_output_path, check_report_location
     from ..pipelines.streaming import distributed_state, generate_to_zarr, load_pipeline
 
+    # what can be checked without the model, before loading it (the rest: generate_to_zarr, before any write)
+    region = int_tuple(args.region, 4, "region") if args.region else None
+    slices = int_tuple(args.slices, 2, "slices") if args.slices else None
+    check_generate_arguments(
+        num_inference_steps=args.steps, batch_size=args.batch_size, memory_limit_bytes=args.memory_limit_mb * 2**20,
+        um_per_px=args.um_per_px, section_spacing_um=args.section_spacing_um, seed=args.seed, threads=args.threads,
+    )  # fmt: skip
+    check_output_path(args.out)
+    check_report_location(args.report_json)
+    genes, truth = _gene_input(args)
+    open_gene_source(genes)
     if args.threads:
         torch.set_num_threads(args.threads)
-    genes, truth = _gene_input(args)
-    pipe = load_pipeline(args.model, args.scheduler)
+    pipe = _load_quietly(args) if args.quiet else load_pipeline(args.model, args.scheduler)
     report = generate_to_zarr(
         pipe,
         genes,
         args.out,
-        region=int_tuple(args.region, 4, "region") if args.region else None,
-        slices=int_tuple(args.slices, 2, "slices") if args.slices else None,
+        region=region,
+        slices=slices,
         num_inference_steps=args.steps,
         generator=args.seed,
         batch_size=args.batch_size,
@@ -88,6 +100,21 @@ def _after_generate(args: argparse.Namespace, genes: str, truth: str | None) -> 
         print(f"SpatialData: image element(s) {', '.join(names)} in {args.spatialdata}")
 
 
+def _load_quietly(args: argparse.Namespace):
+    """The pipeline, without diffusers' "Loading pipeline components" bar (--quiet)."""
+    from diffusers.utils import logging as diffusers_logging
+
+    from ..pipelines.streaming import load_pipeline
+
+    enabled = diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
+    try:
+        return load_pipeline(args.model, args.scheduler)
+    finally:
+        if enabled:
+            diffusers_logging.enable_progress_bar()
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "generate",
@@ -100,7 +127,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--out", required=True, help="output OME-Zarr folder (path or fsspec URL)")
     p.add_argument("--model", default=None, help="pipeline folder or Hub repo id (default: the embedded model)")
-    p.add_argument("--region", default=None, help="y0,x0,h,w in image px, whole tiles (default: everything)")
+    p.add_argument("--region", default=None, help="y0,x0,h,w in image px, whole tiles (default: everything); a negative "
+                   "first value needs no quoting (--region -256,0,...)")
     p.add_argument("--slices", default=None, help="a,b image sections [a, b) (default: all)")
     p.add_argument("--steps", type=int, default=15, help="denoising steps (15 official)")
     p.add_argument("--scheduler", default="ddim", choices=("ddim", "dpm"), help="ddim (dpm is refused: see docs)")
