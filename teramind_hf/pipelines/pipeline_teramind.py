@@ -142,6 +142,7 @@ class TeraMindPipeline(DiffusionPipeline):
         tile_order: str = "raster",
         min_gene_overlap: float = 0.5,
         um_per_px: float | None = None,
+        perturb: dict[str, float] | None = None,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
         return_dict: bool = True,
@@ -166,6 +167,8 @@ class TeraMindPipeline(DiffusionPipeline):
             um_per_px: pixel size for a points DataFrame ``genes`` (ignored otherwise).
             tile_order: ``"raster"`` or ``"reverse"``: the order tiles are visited in a step (no effect on
                 the result; sampling is synchronous over the tile grid).
+            perturb: ``{gene: factor}`` in the model panel: multiply those genes' counts (0 = knockout) before
+                sampling; with the same seed the result differs from the unperturbed one only by these genes.
             callback_on_step_end: ``fn(pipe, step_index, timestep, callback_kwargs) -> dict`` after each step;
                 may replace ``latents``.
         """
@@ -183,6 +186,10 @@ class TeraMindPipeline(DiffusionPipeline):
         scheduler: BoundaryAwareScheduler = self.scheduler
         genes, gene_names = as_gene_input(genes, gene_names, um_per_px, cfg.gene_bin, scheduler.config.tile_size)
         gene_tensor, alignment = self._prepare_genes(genes, gene_names, min_gene_overlap)
+        if perturb:
+            from ..eval.perturb import perturb_genes
+
+            gene_tensor = perturb_genes(gene_tensor, cfg.gene_names, perturb)
         _, sections, bins_h, bins_w = gene_tensor.shape
         height, width = bins_h * cfg.gene_bin, bins_w * cfg.gene_bin
         rows, cols = scheduler.tile_grid(height, width)
