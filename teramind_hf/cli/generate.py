@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    pipe = load_pipeline(args.model, args.scheduler)
+    pipe = load_pipeline(args.model, args.scheduler, dtype=args.dtype, compile=args.compile)
     report = generate_to_zarr(
         pipe,
         args.genes,
@@ -62,6 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--um-per-px", type=float, default=None, help=f"pixel size (default: gene store attribute, else {MERSCOPE_UM_PER_PX})")
     p.add_argument("--section-spacing-um", type=float, default=None, help=f"z spacing (default: attribute, else {DEFAULT_SECTION_SPACING_UM})")
     p.add_argument("--memory-limit-mb", type=float, default=DEFAULT_STEP_BUFFER_LIMIT / 2**20, help="step buffers above this go to disk")
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"),
+                   help="model precision (state, step buffers and scheduler stay float32); changes the bytes")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (first tile-steps compile)")
     p.add_argument("--threads", type=int, default=0, help="torch threads per process (0: torch default)")
     p.add_argument("--report-json", default=None, help="also write the run summary as JSON here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
