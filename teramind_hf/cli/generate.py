@@ -18,7 +18,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..pipelines.gene_source import open_gene_source
     from ..pipelines.preflight import check_generate_arguments, check_output_path, check_report_location
-    from ..pipelines.streaming import distributed_state, generate_to_zarr, load_pipeline
+    from ..pipelines.streaming import distributed_state, generate_to_zarr
 
     # what can be checked without the model, before loading it (the rest: generate_to_zarr, before any write)
     region = int_tuple(args.region, 4, "region") if args.region else None
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     open_gene_source(genes)
     if args.threads:
         torch.set_num_threads(args.threads)
-    pipe = _load_quietly(args) if args.quiet else load_pipeline(args.model, args.scheduler)
+    pipe = _load_pipeline(args)
     report = generate_to_zarr(
         pipe,
         genes,
@@ -100,16 +100,18 @@ def _after_generate(args: argparse.Namespace, genes: str, truth: str | None) -> 
         print(f"SpatialData: image element(s) {', '.join(names)} in {args.spatialdata}")
 
 
-def _load_quietly(args: argparse.Namespace):
-    """The pipeline, without diffusers' "Loading pipeline components" bar (--quiet)."""
+def _load_pipeline(args: argparse.Namespace):
+    """The pipeline with the requested scheduler, precision and compilation; --quiet hides diffusers'
+    "Loading pipeline components" bar."""
     from diffusers.utils import logging as diffusers_logging
 
     from ..pipelines.streaming import load_pipeline
 
     enabled = diffusers_logging.is_progress_bar_enabled()
-    diffusers_logging.disable_progress_bar()
+    if args.quiet:
+        diffusers_logging.disable_progress_bar()
     try:
-        return load_pipeline(args.model, args.scheduler)
+        return load_pipeline(args.model, args.scheduler, dtype=args.dtype, compile=args.compile)
     finally:
         if enabled:
             diffusers_logging.enable_progress_bar()
@@ -139,6 +141,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--um-per-px", type=float, default=None, help=f"pixel size (default: gene store attribute, else {MERSCOPE_UM_PER_PX})")
     p.add_argument("--section-spacing-um", type=float, default=None, help=f"z spacing (default: attribute, else {DEFAULT_SECTION_SPACING_UM})")
     p.add_argument("--memory-limit-mb", type=float, default=DEFAULT_STEP_BUFFER_LIMIT / 2**20, help="step buffers above this go to disk")
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"),
+                   help="model precision (state, step buffers and scheduler stay float32); changes the bytes")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (first tile-steps compile)")
     p.add_argument("--threads", type=int, default=0, help="torch threads per process (0: torch default)")
     p.add_argument("--report-json", default=None, help="also write the run summary as JSON here")
     p.add_argument("--min-gene-overlap", type=float, default=0.5, help="least fraction of the model panel the genes must cover")

@@ -116,6 +116,15 @@ class TeraMindPipeline(DiffusionPipeline):
             kwargs.setdefault("dtype", kwargs.pop("torch_dtype"))
         return super().from_pretrained(str(path), **kwargs)
 
+    # ------------------------------------------------------------------ acceleration
+    def enable_compile(self, **compile_kwargs) -> "TeraMindPipeline":
+        """``torch.compile`` the denoiser in place (optional; kwargs go to ``torch.compile``). Outputs change by
+        float rounding only (fused kernels); see docs/performance.md for the measured speed-up and difference."""
+        from .acceleration import compile_unet
+
+        compile_unet(self.unet, **compile_kwargs)
+        return self
+
     # ------------------------------------------------------------------ inputs
     def _prepare_genes(
         self, genes: Any, gene_names: list[str] | None, min_gene_overlap: float
