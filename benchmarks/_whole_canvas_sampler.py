@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 PATCH, HALO, GENE_BIN, FILL = 64, 32, 16, -1.0
 BLEND_OFFSETS = ((0, 0), (0, 16), (16, 0), (16, 16))
+DIAGONAL_OFFSETS = ((0, 0), (16, 16))
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class StepGrid:
     """Grids of one denoising step: ``offsets`` (dy, dx) in px, blended with ``weights`` if several."""
 
     offsets: tuple[tuple[int, int], ...] = ((0, 0),)
-    weights: str = "tent"  # "tent" (triangle) or "cos2" (raised cosine); both of period 32
+    weights: str = "tent"  # "tent" (triangle) or "cos2" (raised cosine), period 32; "distance" (2 diagonal grids)
 
     @property
     def calls(self) -> int:
@@ -43,14 +44,15 @@ BLEND4 = StepGrid(BLEND_OFFSETS)
 
 def grid_plan(steps: int, blend_last: int = 0, shift: str = "none", weights: str = "tent") -> tuple[StepGrid, ...]:
     """Per-step grids: ``shift`` moves the single grid between the unblended steps; the last
-    ``blend_last`` steps blend the four offsets {0, 16}^2.
+    ``blend_last`` steps blend the four offsets {0, 16}^2 (``weights="distance"``: the two offsets (0, 0) and
+    (16, 16)).
 
     shift: "none" (official grid), "half" (0 / 32 px diagonally, alternating), "cycle16" (16 i mod 64 diagonally).
     """
     plan = []
     for i in range(steps):
         if i >= steps - blend_last:
-            plan.append(StepGrid(BLEND_OFFSETS, weights))
+            plan.append(StepGrid(DIAGONAL_OFFSETS if weights == "distance" else BLEND_OFFSETS, weights))
         elif shift == "half":
             plan.append(StepGrid((((32 * i) % 64,) * 2,)))
         elif shift == "cycle16":
@@ -114,12 +116,33 @@ def step_output(unet, sample, t, genes, grid: StepGrid) -> torch.Tensor:
     if grid.calls == 1:
         return model_x0(unet, sample, t, genes, grid.offsets[0])
     h, w = sample.shape[-2:]
+    if grid.weights == "distance":
+        return _distance_blend(unet, sample, t, genes, grid.offsets)
     total = 0
     for dy, dx in grid.offsets:
         # a grid at offset d has output borders at d and input borders at d + 32: both at d (mod 32)
         weight = blend_weight(h, dy, grid.weights)[:, None] * blend_weight(w, dx, grid.weights)[None, :]
         total = total + weight * model_x0(unet, sample, t, genes, (dy, dx))
     return total
+
+
+def line_distance(h: int, w: int, offset: tuple[int, int]) -> torch.Tensor:
+    """Distance (px) from each pixel centre to the nearest input/output patch border of the grid at ``offset``."""
+
+    def along(length, d):
+        u = (torch.arange(length, dtype=torch.float64) + 0.5 - d) % 32
+        return torch.minimum(u, 32 - u)
+
+    return torch.minimum(along(h, offset[0])[:, None], along(w, offset[1])[None, :])
+
+
+def _distance_blend(unet, sample, t, genes, offsets) -> torch.Tensor:
+    """Two grids whose lines never coincide, each weighted by its distance to its own borders over the sum:
+    a grid's weight is 0 on its lines except where the other grid's lines cross them (half each there)."""
+    h, w = sample.shape[-2:]
+    dist = [line_distance(h, w, o) for o in offsets]
+    total = dist[0] + dist[1]
+    return sum((d / total).float() * model_x0(unet, sample, t, genes, o) for d, o in zip(dist, offsets))
 
 
 def calls_per_tile(plan: tuple[StepGrid, ...]) -> int:

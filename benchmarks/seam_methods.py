@@ -36,6 +36,10 @@ METHODS = {
     "shift16_blend1": (1, "cycle16", "tent"),
     "shift16_blend2": (2, "cycle16", "tent"),
     "blend_all": (None, "none", "tent"),
+    "diag1": (1, "none", "distance"),
+    "diag2": (2, "none", "distance"),
+    "diag3": (3, "none", "distance"),
+    "shift16_diag2": (2, "cycle16", "distance"),
 }
 
 
