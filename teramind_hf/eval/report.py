@@ -31,22 +31,22 @@ from .nuclei import MATCH_DISTANCE_UM, MIN_AREA_UM2, SMOOTHING_UM, SPLIT_DEPTH_U
 CONTROLS = ("shuffled_genes", "second_seed", "mean_image")
 SHUFFLE_SEED = 0
 
-# the columns of the printed table and the PNG's bars: (key, label, ideal value or None)
+# the printed table's columns: (key, label, ideal value or the key holding the truth's value, PNG bar title)
 TABLE_COLUMNS = (
-    ("nuclei_f1", "nuclei F1", 1.0),
-    ("nuclei_count_error", "count err", 0.0),
-    ("nuclei_area_wasserstein_um2", "area W um2", 0.0),
-    ("nuclei_merged_rate", "merged", 0.0),
-    ("dapi_hf_ratio", "DAPI HF", 1.0),
-    ("polyt_hf_ratio", "PolyT HF", 1.0),
-    ("dapi_spectrum_distance", "DAPI spec", 0.0),
-    ("dapi_histogram_distance", "DAPI hist", 0.0),
-    ("polyt_histogram_distance", "PolyT hist", 0.0),
-    ("dapi_psnr", "DAPI PSNR", None),
-    ("dapi_ssim", "DAPI SSIM", None),
-    ("polyt_ms_ssim", "PolyT MSSSIM", None),
-    ("border_64", "border 64", "border_64_truth"),
-    ("border_256", "border 256", "border_256_truth"),
+    ("nuclei_f1", "nuclei F1", 1.0, "nuclei F1 (1 = ideal)"),
+    ("nuclei_count_error", "count err", 0.0, "nuclei count error"),
+    ("nuclei_area_wasserstein_um2", "area W um2", 0.0, "nucleus area W (um²)"),
+    ("nuclei_merged_rate", "merged", 0.0, None),
+    ("dapi_hf_ratio", "DAPI HF", 1.0, "DAPI HF power ratio"),
+    ("polyt_hf_ratio", "PolyT HF", 1.0, None),
+    ("dapi_spectrum_distance", "DAPI spec", 0.0, "DAPI spectrum distance"),
+    ("dapi_histogram_distance", "DAPI hist", 0.0, None),
+    ("polyt_histogram_distance", "PolyT hist", 0.0, "PolyT histogram W"),
+    ("dapi_psnr", "DAPI PSNR", None, "DAPI PSNR (dB; favours blur)"),
+    ("dapi_ssim", "DAPI SSIM", None, "DAPI SSIM"),
+    ("polyt_ms_ssim", "PolyT MSSSIM", None, None),
+    ("border_64", "border 64", "border_64_truth", "worst-phase border, 64 px"),
+    ("border_256", "border 256", "border_256_truth", None),
 )
 
 
@@ -66,11 +66,11 @@ class EvalReport:
     def table(self) -> str:
         """The main metrics of every row as an aligned text table (model: mean +- spread over seeds)."""
         columns = [c for c in TABLE_COLUMNS if c[0] in self.row("model")]
-        lines = [f"{'':16s}" + "".join(f"{label:>13s}" for _, label, _ in columns)]
+        lines = [f"{'':16s}" + "".join(f"{c[1]:>13s}" for c in columns)]
         for name in self.rows:
             row = self.data["rows"][name]
             cells = []
-            for key, _, _ in columns:
+            for key, *_ in columns:
                 value, spread = row["all"].get(key), (row.get("std") or {}).get(key)
                 text = "-" if value is None else f"{value:.3f}"
                 if spread is not None and row.get("num_seeds", 1) > 1:

@@ -9,17 +9,6 @@ import numpy as np
 from ._image import as_unit_float
 
 VIEW_PX = 384  # at most this many px of the section are shown (centre crop), so cells stay visible
-BAR_COLUMNS = (
-    ("nuclei_f1", "nuclei F1 (1 = ideal)", 1.0),
-    ("nuclei_count_error", "nuclei count error", 0.0),
-    ("nuclei_area_wasserstein_um2", "nucleus area W (um²)", 0.0),
-    ("dapi_hf_ratio", "DAPI HF power ratio", 1.0),
-    ("dapi_spectrum_distance", "DAPI spectrum distance", 0.0),
-    ("polyt_histogram_distance", "PolyT histogram W", 0.0),
-    ("dapi_psnr", "DAPI PSNR (dB; favours blur)", None),
-    ("dapi_ssim", "DAPI SSIM (favours blur)", None),
-    ("border_64", "worst-phase border, 64 px", "border_64_truth"),
-)
 COLOURS = {"model": "#2a7ab0", "shuffled_genes": "#d08a2a", "mean_image": "#8a8a8a"}
 
 
@@ -43,7 +32,9 @@ def save_report_figure(report, samples: dict, truth, path: Path) -> Path:
             label = name if len(volumes) == 1 else f"{name} seed {report.data['rows'][name]['seeds'][i]['seed']}"
             panels.append((label, volume))
     panels = panels[:6]
-    bars = [c for c in BAR_COLUMNS if c[0] in report.row("model")]
+    from .report import TABLE_COLUMNS
+
+    bars = [(key, title, ideal) for key, _, ideal, title in TABLE_COLUMNS if title and key in report.row("model")]
     n_cols = max(len(panels), 5)
     fig = plt.figure(figsize=(2.6 * n_cols, 2.6 * 2 + 2.4 * int(np.ceil(len(bars) / n_cols)) + 0.6))
     grid = fig.add_gridspec(2 + int(np.ceil(len(bars) / n_cols)), n_cols, hspace=0.45, wspace=0.25)
