@@ -19,6 +19,12 @@ _ATTRIBUTES = {
     "EvalReport": ".report",
     "seam_score": ".seams",
     "seam_score_array": ".seams",
+    "pair_significance": ".attention_null",
+    "expressed_pair_attention": ".attention_null",
+    "pathway_map": ".maps",
+    "perturb_genes": ".perturb",
+    "cell_type_markers": ".perturb",
+    "knockout_report": ".knockout",
 }
 __getattr__, __dir__ = lazy_attributes(__name__, _ATTRIBUTES)
 __all__ = sorted(_ATTRIBUTES)

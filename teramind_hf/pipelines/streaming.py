@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from ..constants import DEFAULT_STEP_BUFFER_LIMIT as DEFAULT_MEMORY_LIMIT
+from .acceleration import is_compiled
 from .gene_source import GeneSource, RegionGenes, open_gene_source
 from .ome_zarr import (
     DEFAULT_SECTION_SPACING_UM,
@@ -49,6 +50,7 @@ from .ome_zarr import (
     level_chunks,
 )
 from .pipeline_teramind import TeraMindPipeline, _draw_seed, _to_output_type, z_chunks
+from .preflight import check_region, preflight_generate
 
 RECORD_FORMAT = "teramind-generate/1"
 STEP_STORE = "_teramind_steps"  # child of the output group holding step buffers and progress
@@ -110,21 +112,7 @@ def resolve_region(
     slices: tuple[int, int] | None,
 ) -> Region:  # fmt: skip
     """Check the requested region against the gene data (named errors) and fill defaults (everything)."""
-    _, sections, bins_h, bins_w = source.shape
-    full_h, full_w = bins_h * gene_bin, bins_w * gene_bin
-    y0, x0, h, w = region if region is not None else (0, 0, full_h, full_w)
-    if h <= 0 or w <= 0 or y0 < 0 or x0 < 0 or y0 + h > full_h or x0 + w > full_w:
-        raise ValueError(
-            f"region y0,x0,h,w = {y0},{x0},{h},{w} px lies outside the gene data ({full_h} x {full_w} px = "
-            f"{bins_h} x {bins_w} bins of {gene_bin} px in {source.location})"
-        )
-    for name, value in (("y0", y0), ("x0", x0), ("h", h), ("w", w)):
-        if value % tile_size:
-            raise ValueError(f"region {name}={value} px must be a multiple of the tile size ({tile_size} px)")
-    start, stop = slices if slices is not None else (0, sections)
-    if not 0 <= start < stop <= sections:
-        raise ValueError(f"slices {start},{stop} must satisfy 0 <= start < stop <= {sections} (sections in the gene data)")
-    return Region(y0, x0, h, w, start, stop)
+    return Region(*check_region(source.shape, gene_bin, tile_size, region, slices, source.location))
 
 
 def check_streamable_scheduler(pipe: TeraMindPipeline) -> None:
@@ -157,6 +145,8 @@ def run_record(
         "format": RECORD_FORMAT,
         "model_sha256": model_fingerprint(pipe.unet),
         "model_config": dict(pipe.unet.config),
+        "model_dtype": str(pipe.unet.dtype).removeprefix("torch."),  # the bytes depend on it (and on compiling)
+        "model_compiled": is_compiled(pipe.unet),
         "scheduler_config": dict(pipe.scheduler.config),
         "num_inference_steps": steps,
         "seed": seed,
@@ -431,7 +421,7 @@ def generate_to_zarr(
     check_streamable_scheduler(pipe)
     cfg, sched = pipe.unet.config, pipe.scheduler
     source = open_gene_source(genes)
-    reg = resolve_region(source, cfg.gene_bin, sched.config.tile_size, region, slices)
+    reg = Region(*preflight_generate(pipe, source, out, region, slices, num_inference_steps, batch_size, memory_limit_bytes, um_per_px, section_spacing_um, generator, min_gene_overlap, progress_bar))
     region_genes = RegionGenes(
         source, cfg, (reg.y0 // cfg.gene_bin, reg.x0 // cfg.gene_bin),
         (reg.height // cfg.gene_bin, reg.width // cfg.gene_bin), min_gene_overlap,
@@ -558,9 +548,17 @@ def _build_pyramid(group, levels: list, levels_done: int, state) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-def load_pipeline(model: str | None, scheduler: str = "ddim") -> TeraMindPipeline:
-    """The pipeline from a folder / Hub repo (default: the embedded model), with the requested scheduler."""
+def load_pipeline(
+    model: str | None, scheduler: str = "ddim", dtype: str | torch.dtype | None = None, compile: bool = False
+) -> TeraMindPipeline:
+    """The pipeline from a folder / Hub repo (default: the embedded model), with the requested scheduler, the
+    model in ``dtype`` (fp32, bf16, fp16; state and scheduler stay float32) and optionally compiled."""
+    from .acceleration import cast_unet
+
     pipe = TeraMindPipeline.from_pretrained(model)
+    cast_unet(pipe.unet, dtype)  # (from_pretrained's keyword for it differs across diffusers versions)
+    if compile:
+        pipe.enable_compile()
     if scheduler == "dpm":
         from diffusers import DPMSolverMultistepScheduler
 
