@@ -19,7 +19,8 @@ def _table_reader(path: Path, columns: list[str], batch_rows: int) -> Callable[[
         import pyarrow.parquet as pq
 
         def parquet() -> Iterator[pd.DataFrame]:
-            with pq.ParquetFile(path) as file:
+            # pre_buffer (pyarrow's default) would hold every row group's column chunks of the file in memory
+            with pq.ParquetFile(path, memory_map=False, pre_buffer=False) as file:
                 for record_batch in file.iter_batches(batch_size=batch_rows, columns=columns):
                     yield record_batch.to_pandas()
 
