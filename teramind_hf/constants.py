@@ -10,4 +10,4 @@ DEFAULT_MODEL_UM_PER_PX = 0.5
 MERSCOPE_UM_PER_PX = 0.108  # MERSCOPE mosaic pixel; the default physical scale of real data
 DEFAULT_SECTION_SPACING_UM = 150.0  # sections of a brain are 100-200 um apart
 DEFAULT_STEP_BUFFER_LIMIT = 64 * 2**20  # bytes of step buffers kept in memory; above it they go to disk
-PHANTOM_FORMATS = ("table", "official", "store")
+PHANTOM_FORMATS = ("table", "official", "store", "merscope")

@@ -39,13 +39,14 @@ def test_quickstart(tmp_path):
 
 
 def test_attention_and_knockout(tmp_path):
-    assert run_example("attention_and_knockout", "--steps", "1", "--out", str(tmp_path)) == 0
+    assert run_example("attention_and_knockout", "--steps", "1", "--random-models", "3", "--out", str(tmp_path)) == 0
     for name in ("attention_matrix.png", "pair_map.png", "knockout.png"):
         assert (tmp_path / name).stat().st_size > 2_000, name
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["knockout"]["gene"] and summary["planted_pairs"]
+    assert "inside_targeted" in summary["knockout"]["changes"]
     for pair in summary["planted_pairs"].values():
-        assert 1 <= pair["rank"] <= pair["of"]
+        assert 1 <= pair["rank"] <= pair["of"] and pair["random_weights"]["n"] == 3
 
 
 def test_finetune_new_tissue(tmp_path):

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from ..constants import DEFAULT_STEP_BUFFER_LIMIT as DEFAULT_MEMORY_LIMIT
+from .acceleration import is_compiled
 from .gene_source import GeneSource, RegionGenes, open_gene_source
 from .ome_zarr import (
     DEFAULT_SECTION_SPACING_UM,
@@ -144,6 +145,8 @@ def run_record(
         "format": RECORD_FORMAT,
         "model_sha256": model_fingerprint(pipe.unet),
         "model_config": dict(pipe.unet.config),
+        "model_dtype": str(pipe.unet.dtype).removeprefix("torch."),  # the bytes depend on it (and on compiling)
+        "model_compiled": is_compiled(pipe.unet),
         "scheduler_config": dict(pipe.scheduler.config),
         "num_inference_steps": steps,
         "seed": seed,
@@ -545,9 +548,17 @@ def _build_pyramid(group, levels: list, levels_done: int, state) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-def load_pipeline(model: str | None, scheduler: str = "ddim") -> TeraMindPipeline:
-    """The pipeline from a folder / Hub repo (default: the embedded model), with the requested scheduler."""
+def load_pipeline(
+    model: str | None, scheduler: str = "ddim", dtype: str | torch.dtype | None = None, compile: bool = False
+) -> TeraMindPipeline:
+    """The pipeline from a folder / Hub repo (default: the embedded model), with the requested scheduler, the
+    model in ``dtype`` (fp32, bf16, fp16; state and scheduler stay float32) and optionally compiled."""
+    from .acceleration import cast_unet
+
     pipe = TeraMindPipeline.from_pretrained(model)
+    cast_unet(pipe.unet, dtype)  # (from_pretrained's keyword for it differs across diffusers versions)
+    if compile:
+        pipe.enable_compile()
     if scheduler == "dpm":
         from diffusers import DPMSolverMultistepScheduler
 
