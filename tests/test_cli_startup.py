@@ -69,3 +69,14 @@ def test_normal_path_emits_no_warnings():
     """)
     assert done.returncode == 0, done.stderr
     assert done.stderr == "", done.stderr
+
+
+def test_a_sub_command_that_fails_to_import_is_an_error_not_a_missing_command(monkeypatch):
+    """The parser imports every sub-command module; one that fails to import must fail loudly, not vanish."""
+    import pytest
+
+    import teramind_hf.cli as cli
+
+    monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", (*cli.SUBCOMMAND_MODULES, "no_such_subcommand"))
+    with pytest.raises(ModuleNotFoundError, match="no_such_subcommand"):
+        cli.build_parser()
