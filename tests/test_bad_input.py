@@ -250,6 +250,10 @@ def test_sweep_of_bad_arguments_over_every_sub_command(work, tmp_path, capsys):
     (tmp_path / "junk.ckpt").write_bytes(b"junk")
     a_file = tmp_path / "a_file"
     a_file.write_text("keep")
+    table, bad_csv, bad_tif = tmp_path / "t.csv", tmp_path / "bad.csv", tmp_path / "bad.tif"
+    table.write_text("x,y,z,gene\n1,1,0,Gad2\n20,30,0,Th\n")
+    bad_csv.write_text('x,y,z,gene\n"unterminated\n')
+    bad_tif.write_bytes(b"II*\x00garbage")
     cases = [
         ["phantom", str(a_file), "--size", "256", "--slices", "1"], ["phantom", str(a_file / "sub"), "--slices", "1"],
         ["convert-official", str(tmp_path / "junk.ckpt"), str(a_file)],
@@ -266,6 +270,12 @@ def test_sweep_of_bad_arguments_over_every_sub_command(work, tmp_path, capsys):
         ["train", "--data", str(tmp_path / "missing.zarr"), "--output_dir", str(out)],
         ["train", "--data", str(work / "genes.npz"), "--output_dir", str(out), "--crop_size", "100"],
         ["train", "--data", str(work / "genes.npz"), "--output_dir", str(out), "--train_batch_size", "0"],
+        ["ingest", "table", str(table), "--out", str(out), "--um-per-px", "0.5", "--gene-bin", "0"],
+        ["ingest", "table", str(table), "--out", str(out), "--um-per-px", "nan"],
+        ["ingest", "table", str(table), "--out", str(out), "--um-per-px", "0.5", "--section-spacing-um", "0"],
+        ["ingest", "table", str(bad_csv), "--out", str(out), "--um-per-px", "0.5"],
+        ["ingest", "table", str(table), "--out", str(out), "--um-per-px", "0.5", "--images", str(bad_tif)],
+        ["ingest", "table", str(table), "--out", str(a_file), "--um-per-px", "0.5"],
         ["generate", "--genes", str(work / "genes.npz"), "--out", str(out), "--region", "-1,-2,-3,-4"],
         ["generate", "--genes", str(work / "genes.npz"), "--out", str(out), "--steps", "-3"],
         ["generate", "--genes", str(work / "genes.npz"), "--out", str(out), "--steps", "abc"],
