@@ -26,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
     check_generate_arguments(
         num_inference_steps=args.steps, batch_size=args.batch_size, memory_limit_bytes=args.memory_limit_mb * 2**20,
         um_per_px=args.um_per_px, section_spacing_um=args.section_spacing_um, seed=args.seed, threads=args.threads,
+        min_gene_overlap=args.min_gene_overlap,
     )  # fmt: skip
     check_output_path(args.out)
     check_report_location(args.report_json)

@@ -365,6 +365,8 @@ def ingest_batches(
     from ..store import create_training_store
 
     _check_common(gene_bin, um_per_px, batch_rows, buffer_bins, origin)
+    if not (np.isfinite(section_spacing_um) and section_spacing_um > 0):
+        raise ValueError(f"section_spacing_um (--section-spacing-um) must be a positive number, got {section_spacing_um}")
     if um_per_px is None:
         raise ValueError(f"{source}: um_per_px is required (microns per image pixel; --um-per-px)")
     if chunk % gene_bin:
