@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..constants import DEFAULT_SECTION_SPACING_UM, DEFAULT_STEP_BUFFER_LIMIT, MERSCOPE_UM_PER_PX
+from ..constants import DEFAULT_SECTION_SPACING_UM, DEFAULT_SHARD_TILES, DEFAULT_STEP_BUFFER_LIMIT, MERSCOPE_UM_PER_PX
 from ._args import int_tuple
 
 
@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         section_spacing_um=args.section_spacing_um,
         progress_bar=not args.quiet,
         min_gene_overlap=args.min_gene_overlap,
+        shard_tiles=args.shard_tiles or None,
     )
     if distributed_state().is_main_process:
         print(report.summary())
@@ -142,6 +143,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--um-per-px", type=float, default=None, help=f"pixel size (default: gene store attribute, else {MERSCOPE_UM_PER_PX})")
     p.add_argument("--section-spacing-um", type=float, default=None, help=f"z spacing (default: attribute, else {DEFAULT_SECTION_SPACING_UM})")
     p.add_argument("--memory-limit-mb", type=float, default=DEFAULT_STEP_BUFFER_LIMIT / 2**20, help="step buffers above this go to disk")
+    p.add_argument("--shard-tiles", type=int, default=DEFAULT_SHARD_TILES,
+                   help="level-0 zarr shard = work unit of N x N tiles (one writer each); 0: unsharded, tiles split one by one")
     p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"),
                    help="model precision (state, step buffers and scheduler stay float32); changes the bytes")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (first tile-steps compile)")

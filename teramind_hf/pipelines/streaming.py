@@ -38,6 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..constants import DEFAULT_SHARD_TILES
 from ..constants import DEFAULT_STEP_BUFFER_LIMIT as DEFAULT_MEMORY_LIMIT
 from .acceleration import is_compiled
 from .gene_source import GeneSource, RegionGenes, open_gene_source
@@ -47,7 +48,7 @@ from .ome_zarr import (
     PhysicalScale,
     build_level,
     create_image,
-    level_chunks,
+    level_blocks,
 )
 from .pipeline_teramind import TeraMindPipeline, _draw_seed, _to_output_type, z_chunks
 from .preflight import check_region, preflight_generate
@@ -225,7 +226,7 @@ class StreamingTileSampler:
 
     def __init__(
         self, pipe: TeraMindPipeline, genes: RegionGenes, region: Region, seed: int, steps: int, halo: bool,
-        batch_size: int, step_group, image, state, progress_bar: bool,
+        batch_size: int, step_group, image, state, progress_bar: bool, unit_tiles: int = 1,
     ):  # fmt: skip
         cfg, sched = pipe.unet.config, pipe.scheduler
         self.pipe, self.genes, self.region, self.seed, self.steps, self.halo = pipe, genes, region, seed, steps, halo
@@ -238,6 +239,7 @@ class StreamingTileSampler:
         self.step_buffers = (step_group["x_a"], step_group["x_b"])
         self.progress = step_group["progress"]
         self.image = image
+        self.unit_tiles = unit_tiles
 
     @property
     def tiles(self) -> int:
@@ -277,10 +279,20 @@ class StreamingTileSampler:
         return canvas
 
     # -- stages
+    def work_units(self) -> list[list[tuple[int, int]]]:
+        """Blocks of ``unit_tiles x unit_tiles`` tiles (raster order, clipped at the region edge): the unit split
+        across processes, and the level-0 shard its owner alone writes."""
+        u = self.unit_tiles
+        return [
+            [(r, c) for r in range(r0, min(r0 + u, self.rows)) for c in range(c0, min(c0 + u, self.cols))]
+            for r0 in range(0, self.rows, u)
+            for c0 in range(0, self.cols, u)
+        ]
+
     def stage_jobs(self, k: int, stage: int, snapshot: np.ndarray | None) -> list[tuple[int, int, int]]:
         """This process's tiles of z chunk ``k`` at a stage, without those the snapshot (rows, cols) records done."""
-        with distributed_state().split_between_processes(torch.arange(self.rows * self.cols)) as mine:
-            tiles = [(k, int(i) // self.cols, int(i) % self.cols) for i in mine.tolist()]
+        with distributed_state().split_between_processes(self.work_units()) as mine:
+            tiles = [(k, r, c) for unit in mine for r, c in unit]
         if snapshot is not None:
             tiles = [(k, r, c) for k, r, c in tiles if snapshot[r, c] < stage + 1]
         return tiles
@@ -389,6 +401,7 @@ def generate_to_zarr(
     section_spacing_um: float | None = None,
     min_gene_overlap: float = 0.5,
     progress_bar: bool = True,
+    shard_tiles: int | None = DEFAULT_SHARD_TILES,
 ) -> GenerateReport:
     """Generate the morphology of a region of a gene source into an OME-Zarr image at ``out``, resumably.
 
@@ -406,6 +419,9 @@ def generate_to_zarr(
         memory_limit_bytes: step buffers up to this size stay in memory (single process only), else on disk.
         um_per_px, section_spacing_um: physical scale; default from the gene source attributes, else
             0.108 um/px and 150 um.
+        shard_tiles: level 0 (and the pyramid) in zarr v3 shards of ``shard_tiles x shard_tiles`` tiles x 2
+            sections x all stains; the tiles are split across processes in these blocks (work units), so each
+            shard has one writer. None: unsharded, tiles split one by one. No effect on the pixel bytes.
     Returns:
         a :class:`GenerateReport` (voxels, time, voxels/s, peak RSS).
     """
@@ -432,7 +448,9 @@ def generate_to_zarr(
         origin_px=(reg.start, reg.y0, reg.x0),
     )
     seed = _draw_seed(generator)
-    record = run_record(pipe, source, reg, seed, num_inference_steps, halo, scale)
+    if shard_tiles is not None and shard_tiles < 1:
+        raise ValueError(f"shard_tiles must be >= 1 or None (unsharded), got {shard_tiles}")
+    record = {**run_record(pipe, source, reg, seed, num_inference_steps, halo, scale), "shard_tiles": shard_tiles}
 
     # decide what to do with the output folder: every process decides the same, only the main one mutates
     exists, previous = read_existing_record(out)
@@ -457,7 +475,7 @@ def generate_to_zarr(
             fs, path = _filesystem(out)
             fs.rm(path, recursive=True)
         group = zarr.open_group(out, mode="w")
-        create_image(group, shape, sched.config.tile_size, scale)
+        create_image(group, shape, sched.config.tile_size, scale, shard_tiles, shard_slices=cfg.num_slices)
         group.attrs["teramind"] = {"run": record, "complete": False, "pyramid_levels_done": 0}
     state.wait_for_everyone()
     group = zarr.open_group(out, mode="r+")
@@ -476,7 +494,7 @@ def generate_to_zarr(
         state.wait_for_everyone()  # everyone has its snapshot before anyone writes progress
         sampler = StreamingTileSampler(
             pipe, region_genes, reg, seed, num_inference_steps, halo, batch_size, step_group, levels[0],
-            state, progress_bar and state.is_local_main_process,
+            state, progress_bar and state.is_local_main_process, shard_tiles or 1,
         )  # fmt: skip
         sampling_started = time.perf_counter()
         computed, resumed_from = sampler.run(snapshot)
@@ -538,7 +556,7 @@ def _build_pyramid(group, levels: list, levels_done: int, state) -> None:
     """Levels 1.. as 2x2 means of the previous one, chunks split across processes, a barrier per level."""
     for level in range(max(levels_done, 1), len(levels)):
         target = levels[level]
-        jobs = level_chunks(target.shape, target.chunks[2:])
+        jobs = level_blocks(target)  # one writer per shard (or chunk)
         with state.split_between_processes(jobs) as mine:
             build_level(levels[level - 1], target, mine)
         state.wait_for_everyone()
