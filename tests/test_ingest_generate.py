@@ -17,7 +17,7 @@ COMMON = ["--steps", "1", "--threads", "1", "--quiet"]
 def phantom_dir(tmp_path_factory):
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("real_route") / "ph"
-    assert cli_main(["phantom", str(out), "--size", "256", "--slices", "2", "--seed", "3", "--um-per-px", "0.5",
+    assert cli_main(["phantom", str(out), "--size", "256,512", "--slices", "2", "--seed", "3", "--um-per-px", "0.5",
                      "--formats", "merscope"]) == 0  # fmt: skip
     return out
 
@@ -30,7 +30,7 @@ def test_merscope_in_three_commands_and_on_the_fly(phantom_dir, tmp_path, capsys
     text = capsys.readouterr().out
     assert "seam score" in text and f"output: {out}" in text
     first = zarr.open_group(str(out), mode="r")["0"][...]
-    assert first.shape == (2, 2, 256, 256) and first.std() > 0
+    assert first.shape == (2, 2, 256, 512) and first.std() > 0
     # the same MERSCOPE folder straight into generate: ingested beside the output, same bytes
     direct = tmp_path / "b.ome.zarr"
     assert cli_main(["generate", "--genes", str(phantom_dir / "merscope"), "--out", str(direct), *COMMON]) == 0

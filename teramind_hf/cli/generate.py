@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..constants import DEFAULT_SECTION_SPACING_UM, DEFAULT_STEP_BUFFER_LIMIT, MERSCOPE_UM_PER_PX
+from ..constants import DEFAULT_SECTION_SPACING_UM, DEFAULT_SHARD_TILES, DEFAULT_STEP_BUFFER_LIMIT, MERSCOPE_UM_PER_PX
 from ._args import int_tuple
 
 
@@ -16,18 +16,31 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ..pipelines.streaming import distributed_state, generate_to_zarr, load_pipeline
+    from ..pipelines.gene_source import open_gene_source
+    from ..pipelines.preflight import check_generate_arguments, check_output_path, check_report_location
+    from ..pipelines.streaming import distributed_state, generate_to_zarr
 
+    # what can be checked without the model, before loading it (the rest: generate_to_zarr, before any write)
+    region = int_tuple(args.region, 4, "region") if args.region else None
+    slices = int_tuple(args.slices, 2, "slices") if args.slices else None
+    check_generate_arguments(
+        num_inference_steps=args.steps, batch_size=args.batch_size, memory_limit_bytes=args.memory_limit_mb * 2**20,
+        um_per_px=args.um_per_px, section_spacing_um=args.section_spacing_um, seed=args.seed, threads=args.threads,
+        min_gene_overlap=args.min_gene_overlap,
+    )  # fmt: skip
+    check_output_path(args.out)
+    check_report_location(args.report_json)
+    genes, truth = _gene_input(args)
+    open_gene_source(genes)
     if args.threads:
         torch.set_num_threads(args.threads)
-    genes, truth = _gene_input(args)
-    pipe = load_pipeline(args.model, args.scheduler)
+    pipe = _load_pipeline(args)
     report = generate_to_zarr(
         pipe,
         genes,
         args.out,
-        region=int_tuple(args.region, 4, "region") if args.region else None,
-        slices=int_tuple(args.slices, 2, "slices") if args.slices else None,
+        region=region,
+        slices=slices,
         num_inference_steps=args.steps,
         generator=args.seed,
         batch_size=args.batch_size,
@@ -38,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         section_spacing_um=args.section_spacing_um,
         progress_bar=not args.quiet,
         min_gene_overlap=args.min_gene_overlap,
+        shard_tiles=args.shard_tiles or None,
     )
     if distributed_state().is_main_process:
         print(report.summary())
@@ -88,6 +102,23 @@ def _after_generate(args: argparse.Namespace, genes: str, truth: str | None) -> 
         print(f"SpatialData: image element(s) {', '.join(names)} in {args.spatialdata}")
 
 
+def _load_pipeline(args: argparse.Namespace):
+    """The pipeline with the requested scheduler, precision and compilation; --quiet hides diffusers'
+    "Loading pipeline components" bar."""
+    from diffusers.utils import logging as diffusers_logging
+
+    from ..pipelines.streaming import load_pipeline
+
+    enabled = diffusers_logging.is_progress_bar_enabled()
+    if args.quiet:
+        diffusers_logging.disable_progress_bar()
+    try:
+        return load_pipeline(args.model, args.scheduler, dtype=args.dtype, compile=args.compile)
+    finally:
+        if enabled:
+            diffusers_logging.enable_progress_bar()
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "generate",
@@ -100,7 +131,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--out", required=True, help="output OME-Zarr folder (path or fsspec URL)")
     p.add_argument("--model", default=None, help="pipeline folder or Hub repo id (default: the embedded model)")
-    p.add_argument("--region", default=None, help="y0,x0,h,w in image px, whole tiles (default: everything)")
+    p.add_argument("--region", default=None, help="y0,x0,h,w in image px, whole tiles (default: everything); a negative "
+                   "first value needs no quoting (--region -256,0,...)")
     p.add_argument("--slices", default=None, help="a,b image sections [a, b) (default: all)")
     p.add_argument("--steps", type=int, default=15, help="denoising steps (15 official)")
     p.add_argument("--scheduler", default="ddim", choices=("ddim", "dpm"), help="ddim (dpm is refused: see docs)")
@@ -111,6 +143,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--um-per-px", type=float, default=None, help=f"pixel size (default: gene store attribute, else {MERSCOPE_UM_PER_PX})")
     p.add_argument("--section-spacing-um", type=float, default=None, help=f"z spacing (default: attribute, else {DEFAULT_SECTION_SPACING_UM})")
     p.add_argument("--memory-limit-mb", type=float, default=DEFAULT_STEP_BUFFER_LIMIT / 2**20, help="step buffers above this go to disk")
+    p.add_argument("--shard-tiles", type=int, default=DEFAULT_SHARD_TILES,
+                   help="level-0 zarr shard = work unit of N x N tiles (one writer each); 0: unsharded, tiles split one by one")
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"),
+                   help="model precision (state, step buffers and scheduler stay float32); changes the bytes")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (first tile-steps compile)")
     p.add_argument("--threads", type=int, default=0, help="torch threads per process (0: torch default)")
     p.add_argument("--report-json", default=None, help="also write the run summary as JSON here")
     p.add_argument("--min-gene-overlap", type=float, default=0.5, help="least fraction of the model panel the genes must cover")

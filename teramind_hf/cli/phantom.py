@@ -19,7 +19,9 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 def run(args: argparse.Namespace) -> int:
     from ..data.phantom import make_phantom, write_phantom
+    from ..pipelines.preflight import check_output_path
 
+    check_output_path(args.out, "OUT", "a folder")
     height, width = _parse_size(args.size)
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     phantom = make_phantom(

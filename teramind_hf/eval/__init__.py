@@ -15,6 +15,8 @@ _ATTRIBUTES = {
     "step_profile": ".grid",
     "fidelity_metrics": ".fidelity",
     "realism_metrics": ".metrics",
+    "evaluation_report": ".report",
+    "EvalReport": ".report",
     "seam_score": ".seams",
     "seam_score_array": ".seams",
     "pair_significance": ".attention_null",

@@ -5,8 +5,9 @@ different place costs twice (once where it is, once where it should be), while a
 loses little, so blur *wins* on all three (see docs/evaluation.md). Read them next to the realism metrics.
 Images are compared as [0, 1] floats (data range 1). SSIM is scikit-image's (7-px window); MS-SSIM is
 torchmetrics' (11-px Gaussian window, the five weights of Wang et al. 2003, negative contrast terms clipped by
-``normalize="relu"``); an image too small for five scales (side <= 160 px, e.g. 128 px after 4x4 pooling) uses
-as many scales as fit, with their weights renormalised to sum to 1, and ``ms_ssim`` is nan below two scales.
+``normalize="relu"``). An image too small for five scales (torchmetrics needs side // (scales - 1)^2 > 10,
+so 5 scales need > 160 px; 128 px after 4x4 pooling gets 4) uses as many scales as fit, with their weights
+renormalised to sum to 1; ``ms_ssim`` is nan below two scales.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def ms_ssim(generated: np.ndarray, truth: np.ndarray) -> float:
 
     side = min(generated.shape)
     scales = len(MS_SSIM_BETAS)
-    while scales > 1 and side <= (MS_SSIM_KERNEL - 1) * 2 ** (scales - 1):
+    # torchmetrics' size rule: side // (scales - 1)^2 > kernel - 1, and side >= 2^scales
+    while scales > 1 and (side // max(1, scales - 1) ** 2 <= MS_SSIM_KERNEL - 1 or side < 2**scales):
         scales -= 1
     if scales < 2:
         return float("nan")

@@ -91,7 +91,8 @@ def step_profile(image, block: int = DEFAULT_BLOCK) -> StepProfile:
         rows = min(block, height - y0)
         for x0 in range(0, width, block):
             cols = min(block, width - x0)
-            profile.add_block(image[..., y0 : min(y0 + rows + 1, height), x0 : min(x0 + cols + 1, width)], y0, x0, rows, cols)
+            grown = image[..., y0 : min(y0 + rows + 1, height), x0 : min(x0 + cols + 1, width)]  # + 1 row, 1 column
+            profile.add_block(grown, y0, x0, rows, cols)
     return profile
 
 

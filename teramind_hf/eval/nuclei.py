@@ -34,12 +34,15 @@ def segment_nuclei(
     smoothing_um: float = SMOOTHING_UM,
     min_area_um2: float = MIN_AREA_UM2,
     split_depth_um: float = SPLIT_DEPTH_UM,
+    threshold: float | None = None,
 ) -> np.ndarray:
     """Label image ``(H, W)`` int32 of the nuclei in a DAPI image (0 = background, 1..N nuclei).
 
     ``method="watershed"``: Otsu threshold of the smoothed image, holes filled, then a distance-transform
     watershed seeded by the h-maxima of the distance (see the module docstring for the physical parameters).
     ``method="cellpose"``: Cellpose's nuclei model (``pip install cellpose``; it needs its weights locally).
+    ``threshold``: a fixed threshold of the smoothed [0, 1] image instead of this image's Otsu threshold (the
+    block-wise report uses one threshold per section, found from the section's histogram).
     """
     if not um_per_px > 0:
         raise ValueError(f"um_per_px must be > 0, got {um_per_px}")
@@ -53,11 +56,11 @@ def segment_nuclei(
     from scipy import ndimage as ndi
     from skimage import filters, morphology, segmentation
 
-    smooth = ndi.gaussian_filter(image, smoothing_um / um_per_px) if smoothing_um > 0 else image
-    if float(smooth.max() - smooth.min()) < 1e-4:  # a flat image has no nuclei (and no Otsu threshold)
+    smooth = smoothed(image, um_per_px, smoothing_um)
+    if threshold is None and float(smooth.max() - smooth.min()) < 1e-4:  # flat: no nuclei (and no Otsu threshold)
         return np.zeros(image.shape, dtype=np.int32)
     min_area_px = max(int(round(min_area_um2 / um_per_px**2)), 1)
-    mask = smooth > filters.threshold_otsu(smooth)
+    mask = smooth > (filters.threshold_otsu(smooth) if threshold is None else threshold)
     mask = ndi.binary_fill_holes(morphology.remove_small_objects(mask, max_size=min_area_px - 1))
     if not mask.any():
         return np.zeros(image.shape, dtype=np.int32)
@@ -75,6 +78,23 @@ def segment_nuclei(
     labels = morphology.remove_small_objects(labels, max_size=min_area_px - 1)
     relabelled, _, _ = segmentation.relabel_sequential(labels)
     return relabelled.astype(np.int32)
+
+
+def smoothed(unit: np.ndarray, um_per_px: float, smoothing_um: float = SMOOTHING_UM) -> np.ndarray:
+    """The [0, 1] DAPI image as the watershed segmentation thresholds it (Gaussian, sigma in um)."""
+    from scipy import ndimage as ndi
+
+    return ndi.gaussian_filter(unit, smoothing_um / um_per_px) if smoothing_um > 0 else unit
+
+
+def otsu_from_histogram(counts: np.ndarray) -> float | None:
+    """Otsu's threshold of a histogram of [0, 1] values in ``len(counts)`` equal bins (None when flat)."""
+    from skimage.filters import threshold_otsu
+
+    if np.count_nonzero(counts) < 2:
+        return None
+    centres = (np.arange(len(counts)) + 0.5) / len(counts)
+    return float(threshold_otsu(hist=(counts, centres)))
 
 
 def _segment_cellpose(image: np.ndarray, um_per_px: float) -> np.ndarray:

@@ -50,6 +50,10 @@ def _near_borders(length: int, tile_size: int, band: int) -> tuple[np.ndarray, n
 def seam_score_array(image, tile_size: int, band: int = 8) -> SeamScore:
     """Seam score and border-band ratio of a ``(..., H, W)`` array-like (zarr or numpy), read one tile row at a time."""
     height, width = image.shape[-2], image.shape[-1]
+    if isinstance(tile_size, bool) or not isinstance(tile_size, (int, np.integer)) or tile_size < 2:
+        raise ValueError(f"tile_size (--tile-size) must be a whole number of px >= 2, got {tile_size!r}")
+    if tile_size >= height and tile_size >= width:
+        raise ValueError(f"tile_size (--tile-size) {tile_size} px leaves no inner tile border in a {height} x {width} px image")
     steps = StepProfile.empty(tuple(image.shape))
     row_near, row_edge = _near_borders(height, tile_size, band)
     col_near, col_edge = _near_borders(width, tile_size, band)

@@ -42,7 +42,11 @@ def radial_power_spectrum(image) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _radial_spectrum(unit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    power = _windowed_power(unit)
+    return ring_means(_windowed_power(unit))
+
+
+def ring_means(power: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(freq, mean power)`` of a 2-D ``|FFT|^2`` in rings of width ``1 / min(H, W)``, DC ring left out."""
     height, width = power.shape
     step = 1.0 / min(height, width)
     ring = np.floor(_radius(height, width) / step + 0.5).astype(np.int64)  # ring k holds |f| in [(k-.5)s, (k+.5)s)
@@ -54,12 +58,22 @@ def _radial_spectrum(unit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.arange(rings)[keep] * step, sums[keep] / np.maximum(counts[keep], 1)
 
 
+def spectrum_of_block(unit: np.ndarray, cutoff: float = HIGH_FREQUENCY_CUTOFF) -> tuple[np.ndarray, float]:
+    """Ring-mean power and power above ``cutoff`` of one [0, 1] block: what the block-wise report sums
+    (Welch's estimate: the spectrum of a large image as the mean of its blocks' spectra)."""
+    power = _windowed_power(unit)
+    return ring_means(power)[1], float(power[_radius(*power.shape) > cutoff].sum())
+
+
+def log_spectrum_distance(power_a: np.ndarray, power_b: np.ndarray, eps: float = 1e-12) -> float:
+    """Mean over rings of ``|log10(power_a / power_b)|``."""
+    return float(np.mean(np.abs(np.log10((power_a + eps) / (power_b + eps)))))
+
+
 def power_spectrum_distance(generated, truth, eps: float = 1e-12) -> float:
     """Mean over frequency rings of ``|log10(P_generated / P_truth)|``: 0 for equal spectra, 1 for a 10x gap."""
     generated, truth = check_pair(generated, truth, ndim=None)
-    _, p_gen = _radial_spectrum(generated)
-    _, p_truth = _radial_spectrum(truth)
-    return float(np.mean(np.abs(np.log10((p_gen + eps) / (p_truth + eps)))))
+    return log_spectrum_distance(_radial_spectrum(generated)[1], _radial_spectrum(truth)[1], eps)
 
 
 def high_frequency_power(image, cutoff: float = HIGH_FREQUENCY_CUTOFF) -> float:
