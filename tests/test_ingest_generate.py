@@ -59,7 +59,9 @@ def test_main_job_one_command(tmp_path, capsys):
     assert cli_main(["generate", "--out", str(out), *COMMON]) == 0
     text = capsys.readouterr().out
     truth = tmp_path / "out" / "region.truth.zarr"
-    assert f"output: {out}" in text and "scores against the phantom's truth: seam_score" in text and "dapi_ssim" in text
+    assert f"output: {out}" in text and "scores against the phantom's truth: seam_score" in text
+    assert "nuclei_f1" in text and "mean_image" in text  # the report's table, with the mean-image control
+    assert (tmp_path / "out" / "region.eval" / "report.json").is_file()
     group = zarr.open_group(str(truth), mode="r")
     assert group["images"].shape == (2, 2, 256, 512) and zarr.open_group(str(out), mode="r")["0"].shape == (2, 2, 256, 512)
     # a folder of that name that is not the phantom truth is never overwritten
