@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import resource
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +49,7 @@ from .ome_zarr import (
     level_blocks,
 )
 from .pipeline_teramind import TeraMindPipeline, _draw_seed, _to_output_type, z_chunks
-from .preflight import check_region, preflight_generate
+from .preflight import check_region, preflight_generate, probe_writable
 
 RECORD_FORMAT = "teramind-generate/1"
 STEP_STORE = "_teramind_steps"  # child of the output group holding step buffers and progress
@@ -182,12 +180,7 @@ def check_writable(out: str) -> None:
         probe_dir = probe_dir.parent
     if not probe_dir.is_dir():
         raise FileExistsError(f"{probe_dir} exists and is not a folder: cannot write {out}")
-    probe = probe_dir / f".teramind-write-probe-{socket.gethostname()}-{os.getpid()}"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise PermissionError(f"output location {probe_dir} is not writable ({err.strerror}): cannot write {out}") from err
+    probe_writable(probe_dir, f"cannot write {out}: output location")
 
 
 def read_existing_record(out: str) -> tuple[bool, dict | None]:
