@@ -170,3 +170,13 @@ def test_readme_set_up_is_what_ci_runs():
     install_and_run, tests = block.strip().splitlines()
     assert "teramind generate --out" in install_and_run and install_and_run in ci.splitlines()
     assert tests in ci.splitlines()
+
+
+def test_memory_budget_sets_batch_and_buffer_sizes(written, tmp_path, capsys):
+    from teramind_hf.data.ingest.engine import sizes_for_memory
+
+    small, large = sizes_for_memory(300 * 2**20), sizes_for_memory(3000 * 2**20)
+    assert small[0] < large[0] and small[1] < large[1]
+    table = str(written / "transcripts.parquet")
+    assert cli_main(["ingest", "table", table, "--out", str(tmp_path / "g.zarr"), "--um-per-px", "0.5", "--memory-mb", "100", "--quiet"]) == 2
+    assert "at least 200 MB" in capsys.readouterr().err and not (tmp_path / "g.zarr").exists()

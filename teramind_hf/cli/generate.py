@@ -30,6 +30,10 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     check_output_path(args.out)
     check_report_location(args.report_json)
+    if args.spatialdata:
+        from ..data.export import check_export_target
+
+        check_export_target(args.spatialdata, "teramind", args.overwrite)
     genes, truth = _gene_input(args)
     open_gene_source(genes)
     if args.threads:
