@@ -145,26 +145,26 @@ def test_missing_local_folder_is_named(tmp_path):
 def test_dpm_solver_swap_via_from_config(tiny_pipeline, tiny_genes, tmp_path):
     ddim = _run(tiny_pipeline, tiny_genes)
     tiny_pipeline.scheduler = DPMSolverMultistepScheduler.from_config(
-        tiny_pipeline.scheduler.inner.config, algorithm_type="dpmsolver++"
+        tiny_pipeline.scheduler.config, algorithm_type="dpmsolver++"
     )
-    assert isinstance(tiny_pipeline.scheduler, BoundaryAwareScheduler)
-    assert isinstance(tiny_pipeline.scheduler.inner, DPMSolverMultistepScheduler)
+    assert isinstance(tiny_pipeline.scheduler, DPMSolverMultistepScheduler)  # as assigned: no attribute override
     dpm = _run(tiny_pipeline, tiny_genes)
     assert np.isfinite(dpm).all() and not np.array_equal(dpm, ddim)
     # the swap round-trips through save/load
     tiny_pipeline.save_pretrained(tmp_path / "pipe")
     loaded = TeraMindPipeline.from_pretrained(tmp_path / "pipe")
     loaded.set_progress_bar_config(disable=True)
-    assert isinstance(loaded.scheduler.inner, DPMSolverMultistepScheduler)
-    assert loaded.scheduler.inner.config.algorithm_type == "dpmsolver++"
+    assert isinstance(loaded.scheduler, DPMSolverMultistepScheduler)
+    assert loaded.scheduler.config.algorithm_type == "dpmsolver++"
     assert np.array_equal(_run(loaded, tiny_genes), dpm)
 
 
 def test_scheduler_save_load_round_trip(tmp_path):
-    scheduler = BoundaryAwareScheduler(inner_config={"beta_end": 0.012})
+    scheduler = BoundaryAwareScheduler(inner_config={"beta_end": 0.012})  # an old-style config: lifted to the top
     scheduler.save_pretrained(tmp_path)
     loaded = BoundaryAwareScheduler.from_pretrained(tmp_path)
-    assert loaded.inner.config.beta_end == 0.012 and isinstance(loaded.inner, DDIMScheduler)
+    assert loaded.config.beta_end == 0.012 and loaded.config.inner_scheduler == "DDIMScheduler"
+    assert isinstance(DDIMScheduler.from_config(loaded.config), DDIMScheduler)
     loaded.set_timesteps(15)
     assert loaded.timesteps[0] == 938 and loaded.timesteps[-1] == 0
 

@@ -17,9 +17,20 @@ def run(args: argparse.Namespace) -> int:
 
     from ..pipelines.streaming import distributed_state, generate_to_zarr, load_pipeline
 
+    from ..sampling.schedule import GridSchedule, resolve_grid
+
     if args.threads:
         torch.set_num_threads(args.threads)
-    pipe = load_pipeline(args.model, args.scheduler)
+    if args.exact and not args.region:
+        raise ValueError("--exact needs --region (the sub-region to generate exactly as in the full run)")
+    grid = resolve_grid(args.grid) if args.grid else None
+    if args.blend_offsets or args.blend_steps:
+        if not (args.blend_offsets and args.blend_steps):
+            raise ValueError("--blend-offsets and --blend-steps go together (e.g. '0,0;0,16;16,0;16,16' and 1)")
+        offsets = tuple(int_tuple(o, 2, "blend-offsets") for o in args.blend_offsets.split(";"))
+        base = grid or resolve_grid(None)
+        grid = GridSchedule(shifts=base.shifts, blend_offsets=offsets, blend_steps=args.blend_steps)
+    pipe = load_pipeline(args.model, args.scheduler or "ddim")
     report = generate_to_zarr(
         pipe,
         args.genes,
@@ -29,7 +40,11 @@ def run(args: argparse.Namespace) -> int:
         num_inference_steps=args.steps,
         generator=args.seed,
         batch_size=args.batch_size,
+        tile_order=args.tile_order,
         halo=not args.no_halo,
+        exact=args.exact,
+        grid=grid,
+        preset=args.preset,
         overwrite=args.overwrite,
         memory_limit_bytes=int(args.memory_limit_mb * 2**20),
         um_per_px=args.um_per_px,
@@ -53,8 +68,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="pipeline folder or Hub repo id (default: the embedded model)")
     p.add_argument("--region", default=None, help="y0,x0,h,w in image px, whole tiles (default: everything)")
     p.add_argument("--slices", default=None, help="a,b image sections [a, b) (default: all)")
-    p.add_argument("--steps", type=int, default=15, help="denoising steps (15 official)")
-    p.add_argument("--scheduler", default="ddim", choices=("ddim", "dpm"), help="ddim (dpm is refused: see docs)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the preset's, else 15 official)")
+    p.add_argument("--scheduler", default=None,
+                   help="ddim (official), dpm (DPM-Solver++ multistep), unipc, euler, or a diffusers scheduler class name")
+    p.add_argument("--preset", default=None, help="official (DDIM 15 steps) or fast: scheduler, steps and grid schedule")
+    p.add_argument("--exact", action="store_true",
+                   help="with --region: add the margin the steps' dependency cone needs, so the region equals the same pixels of the full run")
+    p.add_argument("--grid", default=None, help="grid schedule name (official, blend4; default: the preset's, else official)")
+    p.add_argument("--blend-offsets", default=None, help="grid offsets y,x px blended at the last --blend-steps steps, ';'-separated")
+    p.add_argument("--blend-steps", type=int, default=0, help="number of last steps that blend --blend-offsets")
+    p.add_argument("--tile-order", default="raster", choices=("raster", "reverse"), help="tile visiting order (no effect on bytes)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=4, help="tile canvases per model call")
     p.add_argument("--overwrite", action="store_true", help="replace an output from a different run")

@@ -163,6 +163,7 @@ class TileSampler:
         for k, r, c in jobs:
             state.write_x(0, k, r, c, self.initial_noise(k, r, c, latents))
             state.mark(k, r, c, 0)
+        self.tile_steps_run += len(jobs)
 
     def run_step(self, state: TileState, step: int, jobs, write_final: Callable | None, model_outputs: dict | None) -> None:
         parity, last = step % 2, step == self.solver.num_steps - 1
