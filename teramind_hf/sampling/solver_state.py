@@ -68,15 +68,16 @@ class TileSolver:
         """Whether ``step`` uses its generator (two dry runs with different generators differ)."""
         if "generator" not in _step_params(stepper):
             return False
-        runs = []
+        runs = []  # every intermediate sample (a last step may not depend on the noise: DDPM's x0 at t = 0)
         for seed in (0, 1):
-            work, sample = copy.deepcopy(stepper), torch.full(_DUMMY_SHAPE, 0.1)
+            work, sample, trace = copy.deepcopy(stepper), torch.full(_DUMMY_SHAPE, 0.1), []
             if hasattr(work, "is_scale_input_called"):
                 work.is_scale_input_called = True
             for i, t in enumerate(self.timesteps):
                 output = torch.full(_DUMMY_SHAPE, 0.05 * (i + 1))
                 sample = self.scheduler.solver_step(work, output, t, sample, torch.Generator().manual_seed(seed)).prev_sample
-            runs.append(sample)
+                trace.append(sample)
+            runs.append(torch.cat(trace))
         return not torch.equal(*runs)
 
     def _replay(self, stepper):
