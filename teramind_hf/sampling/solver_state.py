@@ -113,10 +113,10 @@ class TileSolver:
             for item in items:
                 if torch.is_tensor(item) and item.ndim == len(_DUMMY_SHAPE) and item.shape[-1] == _DUMMY_SHAPE[-1]:
                     raise ValueError(f"{kind} keeps per-sample state in {name!r} in a form that cannot be kept per tile")
-        first = values[0]
-        if not isinstance(first, (*_PLAIN, torch.Tensor, list, tuple, dict)) and any(v is not first for v in values):
+        odd = [v for v in values if not isinstance(v, (*_PLAIN, torch.Tensor, list, tuple, dict))]
+        if odd and any(v is not values[0] for v in values):
             raise ValueError(
-                f"{kind} keeps state in {name!r} ({type(first).__name__}) that changes while sampling and cannot be "
+                f"{kind} keeps state in {name!r} ({type(odd[0]).__name__}) that changes while sampling and cannot be "
                 "kept per tile; use a scheduler whose history is tensors of the sample's shape (DDIM, DPM-Solver++, "
                 "UniPC, Euler, ...)"
             )
