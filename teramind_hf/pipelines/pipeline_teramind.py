@@ -16,7 +16,7 @@ from diffusers.utils import BaseOutput
 from ..data.panel import PanelAlignment
 from ..models.unet_genemorph_3d import GeneMorphUNet3DModel
 from ..sampling.gene_canvas import GeneCanvases
-from ..sampling.grid import TileGrid, exact_region, gene_window, gene_window_range, z_chunks  # noqa: F401 (re-exported)
+from ..sampling.grid import TileGrid, exact_region, gene_window, gene_window_range, z_chunks  # noqa: F401 (old import path)
 from ..sampling.presets import Preset, resolve_preset, scheduler_from_name
 from ..sampling.sampler import TILE_ORDERS, TileSampler, tile_noise
 from ..sampling.schedule import GridSchedule, resolve_grid
@@ -25,6 +25,7 @@ from ..sampling.state import MemoryState
 from ..schedulers.scheduling_boundary_aware import BoundaryAwareScheduler
 from .gene_source import GeneSource, RegionGenes
 from .genes import align_genes_to_model, as_dense_genes, check_counts
+from .inputs import as_gene_input
 
 OUTPUT_TYPES = ("np", "pt", "uint8")
 DEFAULT_GEOMETRY = {"tile_size": 256, "halo": 32, "fill_value": -1.0}
@@ -112,7 +113,18 @@ class TeraMindPipeline(DiffusionPipeline):
         if not (path / "model_index.json").is_file():
             raise FileNotFoundError(f"{path} has no model_index.json: not a TeraMindPipeline folder")
         kwargs.setdefault("use_safetensors", True)
+        if "torch_dtype" in kwargs:  # the diffusers spelling users know; diffusers now warns for it and wants `dtype`
+            kwargs.setdefault("dtype", kwargs.pop("torch_dtype"))
         return super().from_pretrained(str(path), **kwargs)
+
+    # ------------------------------------------------------------------ acceleration
+    def enable_compile(self, **compile_kwargs) -> "TeraMindPipeline":
+        """``torch.compile`` the denoiser in place (optional; kwargs go to ``torch.compile``). Outputs change by
+        float rounding only (fused kernels); see docs/performance.md for the measured speed-up and difference."""
+        from .acceleration import compile_unet
+
+        compile_unet(self.unet, **compile_kwargs)
+        return self
 
     # ------------------------------------------------------------------ inputs
     def _prepare_genes(
@@ -193,6 +205,8 @@ class TeraMindPipeline(DiffusionPipeline):
         batch_size: int = 4,
         tile_order: str = "raster",
         min_gene_overlap: float = 0.5,
+        um_per_px: float | None = None,
+        perturb: dict[str, float] | None = None,
         latents: torch.Tensor | None = None,
         region: tuple[int, int, int, int] | None = None,
         exact: bool = False,
@@ -208,6 +222,8 @@ class TeraMindPipeline(DiffusionPipeline):
         Args:
             genes: transcript counts ``(G, Z, H/gene_bin, W/gene_bin)``, one gene map per section (numpy, torch,
                 torch sparse or ``sparse.COO``). H and W must be whole tiles (``config.tile_size``).
+                Also a ``SpatialVolume`` (genes and names from it) or a points DataFrame (x, y in microns, gene or
+                feature_name, z or section; needs ``um_per_px``), binned on the model's grid and padded to tiles.
             gene_names: names of the G genes; aligned to the model panel by name (missing genes are zero).
                 Without names, G must equal the model's panel size.
             num_inference_steps: denoising steps (default: the preset's, else 15 official).
@@ -218,8 +234,11 @@ class TeraMindPipeline(DiffusionPipeline):
                 start at ``start``; each is conditioned on 4 gene sections around it.
             output_type: ``"np"`` / ``"pt"`` (float in [-1, 1]) or ``"uint8"``.
             batch_size: tile canvases per model call.
+            um_per_px: pixel size for a points DataFrame ``genes`` (ignored otherwise).
             tile_order: ``"raster"`` or ``"reverse"``: the order tiles are visited in a step (no effect on
                 the result; sampling is synchronous over the tile grid).
+            perturb: ``{gene: factor}`` in the model panel: multiply those genes' counts (0 = knockout) before
+                sampling; with the same seed the result differs from the unperturbed one only by these genes.
             latents: initial noise ``(z chunks, stains, 2, H, W)`` for the whole genes (default: seeded per tile).
             region: ``(y0, x0, h, w)`` px (whole tiles) of the genes to generate (default: all). Alone it
                 generates that sub-region as a region of its own (fill outside it).
@@ -237,7 +256,12 @@ class TeraMindPipeline(DiffusionPipeline):
         if num_inference_steps is None:
             num_inference_steps = chosen.num_inference_steps if chosen else 15
         schedule = resolve_grid(grid if grid is not None else (chosen.grid if chosen else None))
+        genes, gene_names = as_gene_input(genes, gene_names, um_per_px, self.unet.config.gene_bin, self.config.tile_size)
         gene_tensor, alignment = self._prepare_genes(genes, gene_names, min_gene_overlap)
+        if perturb:
+            from ..eval.perturb import perturb_genes
+
+            gene_tensor = perturb_genes(gene_tensor, self.unet.config.gene_names, perturb)
         tile_grid, wanted, _ = self.check_inputs(
             tuple(gene_tensor.shape), slices, output_type, batch_size, tile_order, callback_on_step_end_tensor_inputs,
             region, exact, latents, num_inference_steps,

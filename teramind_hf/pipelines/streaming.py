@@ -29,7 +29,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..constants import DEFAULT_SHARD_TILES
 from ..constants import DEFAULT_STEP_BUFFER_LIMIT as DEFAULT_MEMORY_LIMIT
+from .acceleration import is_compiled
 from .gene_source import GeneSource, RegionGenes, open_gene_source
 from .ome_zarr import (
     DEFAULT_SECTION_SPACING_UM,
@@ -37,7 +39,7 @@ from .ome_zarr import (
     PhysicalScale,
     build_level,
     create_image,
-    level_chunks,
+    level_blocks,
 )
 from ..sampling.gene_canvas import GeneCanvases
 from ..sampling.grid import TileGrid, exact_region
@@ -48,6 +50,7 @@ from ..sampling.solver_state import TileSolver
 from ..sampling.state import open_zarr_state
 from ..schedulers.scheduling_boundary_aware import BoundaryAwareScheduler
 from .pipeline_teramind import TeraMindPipeline, _draw_seed, _to_output_type
+from .preflight import check_region, preflight_generate
 
 RECORD_FORMAT = "teramind-generate/1"
 STEP_STORE = "_teramind_steps"  # child of the output group holding step buffers and progress
@@ -108,21 +111,7 @@ def resolve_region(
     slices: tuple[int, int] | None,
 ) -> Region:  # fmt: skip
     """Check the requested region against the gene data (named errors) and fill defaults (everything)."""
-    _, sections, bins_h, bins_w = source.shape
-    full_h, full_w = bins_h * gene_bin, bins_w * gene_bin
-    y0, x0, h, w = region if region is not None else (0, 0, full_h, full_w)
-    if h <= 0 or w <= 0 or y0 < 0 or x0 < 0 or y0 + h > full_h or x0 + w > full_w:
-        raise ValueError(
-            f"region y0,x0,h,w = {y0},{x0},{h},{w} px lies outside the gene data ({full_h} x {full_w} px = "
-            f"{bins_h} x {bins_w} bins of {gene_bin} px in {source.location})"
-        )
-    for name, value in (("y0", y0), ("x0", x0), ("h", h), ("w", w)):
-        if value % tile_size:
-            raise ValueError(f"region {name}={value} px must be a multiple of the tile size ({tile_size} px)")
-    start, stop = slices if slices is not None else (0, sections)
-    if not 0 <= start < stop <= sections:
-        raise ValueError(f"slices {start},{stop} must satisfy 0 <= start < stop <= {sections} (sections in the gene data)")
-    return Region(y0, x0, h, w, start, stop)
+    return Region(*check_region(source.shape, gene_bin, tile_size, region, slices, source.location))
 
 
 def model_fingerprint(unet: torch.nn.Module) -> str:
@@ -143,6 +132,8 @@ def run_record(
         "format": RECORD_FORMAT,
         "model_sha256": model_fingerprint(pipe.unet),
         "model_config": dict(pipe.unet.config),
+        "model_dtype": str(pipe.unet.dtype).removeprefix("torch."),  # the bytes depend on it (and on compiling)
+        "model_compiled": is_compiled(pipe.unet),
         "scheduler_class": type(scheduler).__name__,
         "scheduler_config": {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")},
         "tile_size": pipe.config.tile_size,
@@ -244,6 +235,7 @@ def generate_to_zarr(
     min_gene_overlap: float = 0.5,
     callback_on_step_end: Callable | None = None,
     progress_bar: bool = True,
+    shard_tiles: int | None = DEFAULT_SHARD_TILES,
 ) -> GenerateReport:
     """Generate the morphology of a region of a gene source into an OME-Zarr image at ``out``, resumably.
 
@@ -266,6 +258,10 @@ def generate_to_zarr(
             0.108 um/px and 150 um.
         callback_on_step_end: ``fn(pipe, step_index, timestep, {"latents": ...})`` after each step of each z
             chunk, as in the pipeline (latents ``(1, stains, 2, h, w)`` of the computed region: small regions).
+        shard_tiles: level 0 (and the pyramid) in zarr v3 shards of ``shard_tiles x shard_tiles`` tiles x 2
+            sections x all stains; the tiles are split across processes in these blocks (work units,
+            ``TileGrid.unit_tiles``), so each shard has one writer. None: unsharded, tiles split one by one. No
+            effect on the pixel bytes.
     Returns:
         a :class:`GenerateReport` (voxels, time, voxels/s, peak RSS).
     """
@@ -275,27 +271,28 @@ def generate_to_zarr(
     started = time.perf_counter()
     state = distributed_state()
     out = str(out)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if tile_order not in TILE_ORDERS:
         raise ValueError(f"tile_order must be one of {TILE_ORDERS}, got {tile_order!r}")
     chosen = resolve_preset(preset) if preset is not None else None
     steps = num_inference_steps if num_inference_steps is not None else (chosen.num_inference_steps if chosen else 15)
-    if steps < 1:
-        raise ValueError(f"num_inference_steps must be >= 1, got {steps}")
     schedule = resolve_grid(grid if grid is not None else (chosen.grid if chosen else None))
-    scheduler = pipe.sampling_scheduler(chosen)
     cfg = pipe.unet.config
     tile = pipe.config.tile_size
     source = open_gene_source(genes)
-    reg = resolve_region(source, cfg.gene_bin, tile, region, slices)
+    reg = Region(*preflight_generate(pipe, source, out, region, slices, steps, batch_size, memory_limit_bytes, um_per_px, section_spacing_um, generator, min_gene_overlap, progress_bar))
+    if shard_tiles is not None and shard_tiles < 1:
+        raise ValueError(f"shard_tiles must be >= 1 or None (unsharded), got {shard_tiles}")
     computed = reg
     if exact:
         full = (source.shape[2] * cfg.gene_bin, source.shape[3] * cfg.gene_bin)
         probe = pipe.tile_grid(reg.height, reg.width)
         y0, x0, h, w = exact_region((reg.y0, reg.x0, reg.height, reg.width), full, probe.margin_tiles(steps) * tile, tile)
         computed = Region(y0, x0, h, w, reg.start, reg.stop)
-    tile_grid = pipe.tile_grid(computed.height, computed.width, origin=(computed.y0, computed.x0), start=reg.start, stop=reg.stop)
+    # work units = output shards: aligned to the requested region (exact mode computes a margin around it)
+    tile_grid = pipe.tile_grid(
+        computed.height, computed.width, origin=(computed.y0, computed.x0), start=reg.start, stop=reg.stop,
+        unit_tiles=shard_tiles or 1, unit_origin=((reg.y0 - computed.y0) // tile, (reg.x0 - computed.x0) // tile),
+    )  # fmt: skip
     region_genes = RegionGenes(
         source, cfg, (computed.y0 // cfg.gene_bin, computed.x0 // cfg.gene_bin),
         (computed.height // cfg.gene_bin, computed.width // cfg.gene_bin), min_gene_overlap,
@@ -306,12 +303,13 @@ def generate_to_zarr(
         origin_px=(reg.start, reg.y0, reg.x0),
     )
     seed = _draw_seed(generator)
+    scheduler = pipe.sampling_scheduler(chosen)
     solver = TileSolver(scheduler, steps, seed)  # named error for a scheduler whose state cannot be kept per tile
     sampler = TileSampler(
         pipe.unet, solver, tile_grid, GeneCanvases(region_genes, tile_grid, schedule.all_offsets(steps), halo=halo),
         grid_schedule=schedule, batch_size=batch_size, tile_order=tile_order, halo=halo, device=pipe._execution_device,
     )  # fmt: skip
-    record = run_record(pipe, scheduler, source, reg, seed, steps, halo, scale, schedule, exact)
+    record = {**run_record(pipe, scheduler, source, reg, seed, steps, halo, scale, schedule, exact), "shard_tiles": shard_tiles}
 
     # decide what to do with the output folder: every process decides the same, only the main one mutates
     exists, previous = read_existing_record(out)
@@ -335,7 +333,7 @@ def generate_to_zarr(
             fs, path = _filesystem(out)
             fs.rm(path, recursive=True)
         group = zarr.open_group(out, mode="w")
-        create_image(group, shape, tile, scale)
+        create_image(group, shape, tile, scale, shard_tiles, shard_slices=cfg.num_slices)
         group.attrs["teramind"] = {"run": record, "complete": False, "pyramid_levels_done": 0}
     state.wait_for_everyone()
     group = zarr.open_group(out, mode="r+")
@@ -425,7 +423,7 @@ def _build_pyramid(group, levels: list, levels_done: int, state) -> None:
     """Levels 1.. as 2x2 means of the previous one, chunks split across processes, a barrier per level."""
     for level in range(max(levels_done, 1), len(levels)):
         target = levels[level]
-        jobs = level_chunks(target.shape, target.chunks[2:])
+        jobs = level_blocks(target)  # one writer per shard (or chunk)
         with state.split_between_processes(jobs) as mine:
             build_level(levels[level - 1], target, mine)
         state.wait_for_everyone()
@@ -435,10 +433,18 @@ def _build_pyramid(group, levels: list, levels_done: int, state) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-def load_pipeline(model: str | None, scheduler: str = "ddim") -> TeraMindPipeline:
-    """The pipeline from a folder / Hub repo (default: the embedded model), with the named scheduler
-    (``ddim``, ``dpm``, ``unipc``, ``euler`` or a diffusers scheduler class name)."""
+def load_pipeline(
+    model: str | None, scheduler: str = "ddim", dtype: str | torch.dtype | None = None, compile: bool = False
+) -> TeraMindPipeline:
+    """The pipeline from a folder / Hub repo (default: the embedded model), with the named scheduler (``ddim``,
+    ``dpm``, ``unipc``, ``euler`` or a diffusers scheduler class name), the model in ``dtype`` (fp32, bf16,
+    fp16; state and scheduler stay float32) and optionally compiled."""
+    from .acceleration import cast_unet
+
     pipe = TeraMindPipeline.from_pretrained(model)
+    cast_unet(pipe.unet, dtype)  # (from_pretrained's keyword for it differs across diffusers versions)
+    if compile:
+        pipe.enable_compile()
     if scheduler != "ddim" or not isinstance(pipe.scheduler, BoundaryAwareScheduler):
         pipe.scheduler = scheduler_from_name(scheduler, pipe.scheduler)
     return pipe

@@ -70,6 +70,7 @@ class TileGrid:
     num_slices: int = 2
     gene_slices: int = 4
     unit_tiles: int = 1
+    unit_origin: tuple[int, int] = (0, 0)  # a tile (row, col) where units start (shard alignment)
 
     def __post_init__(self) -> None:
         if self.tile % self.patch or self.tile <= 0:
@@ -126,12 +127,18 @@ class TileGrid:
         return self.origin[0] // self.tile + row, self.origin[1] // self.tile + col
 
     def work_units(self) -> list[list[tuple[int, int]]]:
-        """Blocks of ``unit_tiles x unit_tiles`` tiles (raster order, clipped at the region edge)."""
+        """Blocks of ``unit_tiles x unit_tiles`` tiles with borders at ``unit_origin`` + multiples of
+        ``unit_tiles`` (raster order, clipped at the region edge): the unit split across processes."""
         u = self.unit_tiles
+
+        def spans(n: int, origin: int) -> list[tuple[int, int]]:
+            starts = sorted({0, *range(origin % u, n, u)})
+            return list(zip(starts, starts[1:] + [n]))
+
         return [
-            [(r, c) for r in range(r0, min(r0 + u, self.rows)) for c in range(c0, min(c0 + u, self.cols))]
-            for r0 in range(0, self.rows, u)
-            for c0 in range(0, self.cols, u)
+            [(r, c) for r in range(r0, r1) for c in range(c0, c1)]
+            for r0, r1 in spans(self.rows, self.unit_origin[0])
+            for c0, c1 in spans(self.cols, self.unit_origin[1])
         ]
 
     # ------------------------------------------------------------------ canvases
