@@ -20,6 +20,7 @@ def run(args: argparse.Namespace) -> int:
     from ..pipelines.preflight import check_generate_arguments, check_output_path, check_report_location
     from ..pipelines.streaming import distributed_state, generate_to_zarr
 
+    from ..sampling.presets import resolve_preset
     from ..sampling.schedule import GridSchedule, resolve_grid
 
     # what can be checked without the model, before loading it (the rest: generate_to_zarr, before any write)
@@ -34,8 +35,9 @@ def run(args: argparse.Namespace) -> int:
         offsets = tuple(int_tuple(o, 2, "blend-offsets") for o in args.blend_offsets.split(";"))
         base = grid or resolve_grid(None)
         grid = GridSchedule(shifts=base.shifts, blend_offsets=offsets, blend_steps=args.blend_steps)
+    steps = args.steps if args.steps is not None else (resolve_preset(args.preset).num_inference_steps if args.preset else 15)
     check_generate_arguments(
-        num_inference_steps=args.steps, batch_size=args.batch_size, memory_limit_bytes=args.memory_limit_mb * 2**20,
+        num_inference_steps=steps, batch_size=args.batch_size, memory_limit_bytes=args.memory_limit_mb * 2**20,
         um_per_px=args.um_per_px, section_spacing_um=args.section_spacing_um, seed=args.seed, threads=args.threads,
         min_gene_overlap=args.min_gene_overlap,
     )  # fmt: skip
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         region=region,
         slices=slices,
-        num_inference_steps=args.steps,
+        num_inference_steps=steps,
         generator=args.seed,
         batch_size=args.batch_size,
         tile_order=args.tile_order,
