@@ -257,12 +257,13 @@ def make_scheduler(pipe, solver: str = "DDIMScheduler", spacing: str = "official
     from teramind_hf.schedulers.scheduling_boundary_aware import BoundaryAwareScheduler
 
     base = dict(pipe.scheduler.config)
-    config = {**base["inner_config"], **inner}
+    # (the schedule now sits at the top of the config; older configs kept prediction_type in inner_config)
+    config = {**(base.get("inner_config") or {}), "prediction_type": base["prediction_type"], **inner}
     if spacing == "official" and solver != "DDIMScheduler":
         return RespacedScheduler(solver, config)
     return BoundaryAwareScheduler(
         inner_scheduler=solver, inner_config=config, timestep_spacing_mode=spacing,
-        **{k: base[k] for k in ("tile_size", "halo", "patch_size", "fill_value")},
+        **{k: base.get(k) for k in ("tile_size", "halo", "patch_size", "fill_value")},
     )
 
 

@@ -110,8 +110,9 @@ def _pipeline_with_sampler(sampler: str) -> TeraMindPipeline:
         raise DemoError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     from diffusers import DPMSolverMultistepScheduler
 
-    twin = TeraMindPipeline(unet=pipe.unet, scheduler=pipe.scheduler)
-    twin.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.inner.config, algorithm_type="dpmsolver++")
+    geometry = {k: pipe.config[k] for k in ("tile_size", "halo", "fill_value")}
+    twin = TeraMindPipeline(unet=pipe.unet, scheduler=pipe.scheduler, **geometry)
+    twin.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="dpmsolver++")
     twin.set_progress_bar_config(disable=True)
     return twin
 
@@ -156,7 +157,7 @@ def read_upload(path: str | os.PathLike) -> Source:
         ) from None
     if volume.num_slices > MAX_UPLOAD_SECTIONS:
         raise DemoError(f"Refused: the table has {volume.num_slices} sections; this demo accepts up to {MAX_UPLOAD_SECTIONS}.")
-    tile = load_pipeline().scheduler.config.tile_size
+    tile = load_pipeline().config.tile_size
     genes = _pad_to_tiles(volume.genes, tile // volume.gene_bin)
     return Source(genes, list(volume.panel), None, f"uploaded table {path.name}")
 
@@ -180,7 +181,7 @@ def resolve_source(upload: str | None, source_choice: str = SOURCE_PHANTOM) -> S
 # ---------------------------------------------------------------------------------------------- requests
 def check_request(request: Request, source: Source) -> None:
     """Refuse requests beyond the caps or outside the data, with a message that says what to change."""
-    tile = load_pipeline().scheduler.config.tile_size
+    tile = load_pipeline().config.tile_size
     gene_bin = load_pipeline().unet.config.gene_bin
     sections, hb, wb = source.genes.shape[1:]
     height, width = hb * gene_bin, wb * gene_bin
@@ -326,7 +327,7 @@ def write_ome_zarr_zip(volume: np.ndarray, path: Path, request: Request, um_per_
 
     from teramind_hf.pipelines.ome_zarr import PhysicalScale, build_level, create_image, level_blocks
 
-    tile = load_pipeline().scheduler.config.tile_size
+    tile = load_pipeline().config.tile_size
     folder = path.with_suffix("")  # *.ome.zarr
     if folder.exists():
         shutil.rmtree(folder)
@@ -452,7 +453,7 @@ def build_demo() -> gr.Blocks:
     pipe = load_pipeline()
     bundled_phantom()  # build the tissue at start-up, not on the first click
     names = list(pipe.unet.config.gene_names)
-    tile = pipe.scheduler.config.tile_size
+    tile = pipe.config.tile_size
     gene_a, gene_b = _default_pair(names)
     with gr.Blocks(title="Tera-MIND: genes to brain morphology", analytics_enabled=False) as demo:
         gr.Markdown(

@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     pipe.set_progress_bar_config(disable=True)
     print(f"fine-tuned panel: {pipe.unet.config.num_genes} genes (added: "
           f"{', '.join(g for g in pipe.unet.config.gene_names if g in RENAMES.values()) or 'none'})")
-    tile = pipe.scheduler.config.tile_size
+    tile = pipe.config.tile_size
     images = pipe(
         tissue.genes[:, :, : tile // tissue.gene_bin, : tile // tissue.gene_bin], gene_names=list(tissue.panel),
         num_inference_steps=args.steps, generator=0, output_type="uint8",

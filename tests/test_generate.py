@@ -217,8 +217,8 @@ def test_bad_inputs_are_named_and_destroy_nothing(pipe, gene_store, model_dir, g
     assert cli_main(cli_args(gene_store, out, model_dir)[:-1] + ["--seed", "7", "--quiet"]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert cli_main(["generate", "--genes", str(workdir / "missing.zarr"), "--out", str(out), "--model", str(model_dir)]) == 2
-    assert cli_main(cli_args(gene_store, out, model_dir, "--scheduler", "dpm", "--overwrite")) == 2
-    assert "DDIM" in capsys.readouterr().err
+    assert cli_main(cli_args(gene_store, out, model_dir, "--scheduler", "NoSuchScheduler", "--overwrite")) == 2
+    assert "NoSuchScheduler" in capsys.readouterr().err
     assert _snapshot(out) == before
 
 

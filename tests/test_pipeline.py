@@ -145,26 +145,26 @@ def test_missing_local_folder_is_named(tmp_path):
 def test_dpm_solver_swap_via_from_config(tiny_pipeline, tiny_genes, tmp_path):
     ddim = _run(tiny_pipeline, tiny_genes)
     tiny_pipeline.scheduler = DPMSolverMultistepScheduler.from_config(
-        tiny_pipeline.scheduler.inner.config, algorithm_type="dpmsolver++"
+        tiny_pipeline.scheduler.config, algorithm_type="dpmsolver++"
     )
-    assert isinstance(tiny_pipeline.scheduler, BoundaryAwareScheduler)
-    assert isinstance(tiny_pipeline.scheduler.inner, DPMSolverMultistepScheduler)
+    assert isinstance(tiny_pipeline.scheduler, DPMSolverMultistepScheduler)  # as assigned: no attribute override
     dpm = _run(tiny_pipeline, tiny_genes)
     assert np.isfinite(dpm).all() and not np.array_equal(dpm, ddim)
     # the swap round-trips through save/load
     tiny_pipeline.save_pretrained(tmp_path / "pipe")
     loaded = TeraMindPipeline.from_pretrained(tmp_path / "pipe")
     loaded.set_progress_bar_config(disable=True)
-    assert isinstance(loaded.scheduler.inner, DPMSolverMultistepScheduler)
-    assert loaded.scheduler.inner.config.algorithm_type == "dpmsolver++"
+    assert isinstance(loaded.scheduler, DPMSolverMultistepScheduler)
+    assert loaded.scheduler.config.algorithm_type == "dpmsolver++"
     assert np.array_equal(_run(loaded, tiny_genes), dpm)
 
 
 def test_scheduler_save_load_round_trip(tmp_path):
-    scheduler = BoundaryAwareScheduler(inner_config={"beta_end": 0.012})
+    scheduler = BoundaryAwareScheduler(inner_config={"beta_end": 0.012})  # an old-style config: lifted to the top
     scheduler.save_pretrained(tmp_path)
     loaded = BoundaryAwareScheduler.from_pretrained(tmp_path)
-    assert loaded.inner.config.beta_end == 0.012 and isinstance(loaded.inner, DDIMScheduler)
+    assert loaded.config.beta_end == 0.012 and loaded.config.inner_scheduler == "DDIMScheduler"
+    assert isinstance(DDIMScheduler.from_config(loaded.config), DDIMScheduler)
     loaded.set_timesteps(15)
     assert loaded.timesteps[0] == 938 and loaded.timesteps[-1] == 0
 
@@ -253,3 +253,37 @@ def test_a_tile_canvas_predicts_exactly_what_one_whole_region_canvas_does(tiny_p
         whole = unet(region, 500, genes).sample  # (1, 2, 2, 320, 320): region pixels 32..352
         tile = unet(region[..., 64:320, 128:320], 500, genes[..., 4:20, 8:20]).sample  # pixels 96..288, 160..288
     torch.testing.assert_close(tile, whole[..., 64:256, 128:256], rtol=0, atol=1e-5)
+
+
+def test_latents_argument_is_the_initial_noise(tiny_pipeline, tiny_genes):
+    grid = tiny_pipeline.tile_grid(512, 512, stop=2)
+    noise = tiny_pipeline.prepare_latents(grid, 5, 1.0)
+    assert noise.shape == (1, 2, 2, 512, 512)
+    seeded = tiny_pipeline(tiny_genes, num_inference_steps=1, generator=5).images
+    given = tiny_pipeline(tiny_genes, num_inference_steps=1, generator=99, latents=noise).images
+    assert np.array_equal(seeded, given)
+    with pytest.raises(ValueError, match="latents must have shape"):
+        tiny_pipeline(tiny_genes, num_inference_steps=1, latents=noise[..., :256])
+
+
+class _Tracker:  # an object that changes while sampling
+    pass
+
+
+class TrackingScheduler(DDIMScheduler):
+    """A diffusers scheduler keeping state that is neither scalar nor a per-sample tensor."""
+
+    def step(self, *args, **kwargs):
+        self.tracker = _Tracker()
+        return super().step(*args, **kwargs)
+
+
+def test_scheduler_state_that_cannot_be_kept_per_tile_is_named(monkeypatch):
+    import diffusers
+
+    from teramind_hf.sampling.solver_state import TileSolver
+
+    monkeypatch.setattr(diffusers, "TrackingScheduler", TrackingScheduler, raising=False)
+    scheduler = BoundaryAwareScheduler(inner_scheduler="TrackingScheduler")
+    with pytest.raises(ValueError, match="'tracker'.*cannot be kept per tile"):
+        TileSolver(scheduler, 3)

@@ -8,7 +8,8 @@ import pytest
 import zarr
 
 from teramind_hf.pipelines.ome_zarr import PhysicalScale, build_level, create_image, downsample_2x, level_blocks
-from teramind_hf.pipelines.streaming import StreamingTileSampler, generate_to_zarr
+from teramind_hf.pipelines.streaming import generate_to_zarr
+from teramind_hf.sampling import TileGrid
 
 from .test_generate import REGION, STEPS, level0
 from .test_generate import gene_store, genes, pipe, reference, workdir  # noqa: F401 (fixtures)
@@ -38,9 +39,7 @@ def test_sharded_level0_equals_unsharded_and_has_one_object_per_work_unit(pipe, 
 
 
 def test_work_units_match_shards_and_cover_every_tile_once(pipe, gene_store):  # noqa: F811
-    sampler = StreamingTileSampler.__new__(StreamingTileSampler)
-    sampler.rows, sampler.cols, sampler.unit_tiles = 5, 3, 2
-    units = sampler.work_units()
+    units = TileGrid(height=5 * 256, width=3 * 256, unit_tiles=2).work_units()
     assert units[0] == [(0, 0), (0, 1), (1, 0), (1, 1)] and units[-1] == [(4, 2)]  # clipped at the region edge
     tiles = [t for unit in units for t in unit]
     assert sorted(tiles) == [(r, c) for r in range(5) for c in range(3)] and len(set(tiles)) == len(tiles)

@@ -20,11 +20,24 @@ def run(args: argparse.Namespace) -> int:
     from ..pipelines.preflight import check_generate_arguments, check_output_path, check_report_location
     from ..pipelines.streaming import distributed_state, generate_to_zarr
 
+    from ..sampling.presets import resolve_preset
+    from ..sampling.schedule import GridSchedule, resolve_grid
+
     # what can be checked without the model, before loading it (the rest: generate_to_zarr, before any write)
     region = int_tuple(args.region, 4, "region") if args.region else None
     slices = int_tuple(args.slices, 2, "slices") if args.slices else None
+    if args.exact and not args.region:
+        raise ValueError("--exact needs --region (the sub-region to generate exactly as in the full run)")
+    grid = resolve_grid(args.grid) if args.grid else None
+    if args.blend_offsets or args.blend_steps:
+        if not (args.blend_offsets and args.blend_steps):
+            raise ValueError("--blend-offsets and --blend-steps go together (e.g. '0,0;0,16;16,0;16,16' and 1)")
+        offsets = tuple(int_tuple(o, 2, "blend-offsets") for o in args.blend_offsets.split(";"))
+        base = grid or resolve_grid(None)
+        grid = GridSchedule(shifts=base.shifts, blend_offsets=offsets, blend_steps=args.blend_steps)
+    steps = args.steps if args.steps is not None else (resolve_preset(args.preset).num_inference_steps if args.preset else 15)
     check_generate_arguments(
-        num_inference_steps=args.steps, batch_size=args.batch_size, memory_limit_bytes=args.memory_limit_mb * 2**20,
+        num_inference_steps=steps, batch_size=args.batch_size, memory_limit_bytes=args.memory_limit_mb * 2**20,
         um_per_px=args.um_per_px, section_spacing_um=args.section_spacing_um, seed=args.seed, threads=args.threads,
         min_gene_overlap=args.min_gene_overlap,
     )  # fmt: skip
@@ -45,10 +58,14 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         region=region,
         slices=slices,
-        num_inference_steps=args.steps,
+        num_inference_steps=steps,
         generator=args.seed,
         batch_size=args.batch_size,
+        tile_order=args.tile_order,
         halo=not args.no_halo,
+        exact=args.exact,
+        grid=grid,
+        preset=args.preset,
         overwrite=args.overwrite,
         memory_limit_bytes=int(args.memory_limit_mb * 2**20),
         um_per_px=args.um_per_px,
@@ -117,7 +134,7 @@ def _load_pipeline(args: argparse.Namespace):
     if args.quiet:
         diffusers_logging.disable_progress_bar()
     try:
-        return load_pipeline(args.model, args.scheduler, dtype=args.dtype, compile=args.compile)
+        return load_pipeline(args.model, args.scheduler or "ddim", dtype=args.dtype, compile=args.compile)
     finally:
         if enabled:
             diffusers_logging.enable_progress_bar()
@@ -138,8 +155,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--region", default=None, help="y0,x0,h,w in image px, whole tiles (default: everything); a negative "
                    "first value needs no quoting (--region -256,0,...)")
     p.add_argument("--slices", default=None, help="a,b image sections [a, b) (default: all)")
-    p.add_argument("--steps", type=int, default=15, help="denoising steps (15 official)")
-    p.add_argument("--scheduler", default="ddim", choices=("ddim", "dpm"), help="ddim (dpm is refused: see docs)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the preset's, else 15 official)")
+    p.add_argument("--scheduler", default=None,
+                   help="ddim (official), dpm (DPM-Solver++ multistep), unipc, euler, or a diffusers scheduler class name")
+    p.add_argument("--preset", default=None, help="official (DDIM 15 steps) or fast: scheduler, steps and grid schedule")
+    p.add_argument("--exact", action="store_true",
+                   help="with --region: add the margin the steps' dependency cone needs, so the region equals the same pixels of the full run")
+    p.add_argument("--grid", default=None, help="grid schedule name (official, blend4; default: the preset's, else official)")
+    p.add_argument("--blend-offsets", default=None, help="grid offsets y,x px blended at the last --blend-steps steps, ';'-separated")
+    p.add_argument("--blend-steps", type=int, default=0, help="number of last steps that blend --blend-offsets")
+    p.add_argument("--tile-order", default="raster", choices=("raster", "reverse"), help="tile visiting order (no effect on bytes)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=4, help="tile canvases per model call")
     p.add_argument("--overwrite", action="store_true", help="replace an output from a different run")

@@ -151,6 +151,7 @@ def _generate(pipe, genes, out: Path, run: dict, seed: int, region=None, progres
     generate_to_zarr(
         pipe, genes, out, region=region or (y0, x0, h, w), slices=tuple(run["slices"]),
         num_inference_steps=int(run["num_inference_steps"]), generator=int(seed), halo=bool(run.get("halo", True)),
+        grid=run.get("grid_schedule"),
         um_per_px=run.get("um_per_px"), section_spacing_um=run.get("section_spacing_um"), progress_bar=progress,
     )  # fmt: skip
     volume = open_volume(str(out), "control")

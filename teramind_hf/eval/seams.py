@@ -102,7 +102,7 @@ def seam_score(path: str, tile_size: int | None = None) -> SeamScore:
         raise ValueError(f"{path}: not an OME-Zarr image (no multiscales metadata)")
     if tile_size is None:
         run = (group.attrs.get("teramind") or {}).get("run") or {}
-        tile_size = int((run.get("scheduler_config") or {}).get("tile_size", 256))
+        tile_size = int(run.get("tile_size") or (run.get("scheduler_config") or {}).get("tile_size") or 256)
     return seam_score_array(group[multiscales[0]["datasets"][0]["path"]], tile_size)
 
 

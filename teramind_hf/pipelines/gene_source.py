@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .genes import align_genes_to_model, check_counts
-from .pipeline_teramind import gene_window_range
+from ..sampling.grid import gene_window_range
 
 
 @dataclass
@@ -126,18 +126,19 @@ class RegionGenes:
         probe = torch.zeros(self.source.shape[0], 1, 1, 1)
         _, self.alignment = align_genes_to_model(probe, self.source.gene_names, self.model_config, self.min_gene_overlap)
 
-    def canvas(self, chunk_start: int, y_bins: int, x_bins: int, size_bins: int) -> torch.Tensor:
-        """Aligned counts ``(G_model, gene_slices, size, size)`` of the canvas whose top-left bin is
-        ``(y_bins, x_bins)`` in region coordinates (may reach outside the region)."""
+    def canvas(self, chunk_start: int, y_bins: int, x_bins: int, size_bins: int, width_bins: int | None = None) -> torch.Tensor:
+        """Aligned counts ``(G_model, gene_slices, size, width)`` of the box whose top-left bin is
+        ``(y_bins, x_bins)`` in region coordinates (may reach outside the region; square if no width)."""
         cfg = self.model_config
+        width_bins = size_bins if width_bins is None else width_bins
         lo, hi = gene_window_range(chunk_start, cfg.num_slices, cfg.gene_slices)
         z = self.source.num_sections
         (oy, ox), (hb, wb) = self.origin_bins, self.size_bins
         y0, y1 = max(y_bins, 0), min(y_bins + size_bins, hb)
-        x0, x1 = max(x_bins, 0), min(x_bins + size_bins, wb)
+        x0, x1 = max(x_bins, 0), min(x_bins + width_bins, wb)
         z0, z1 = max(lo, 0), min(hi, z)
         block = self.source.read((z0, z1), (oy + y0, oy + y1), (ox + x0, ox + x1))
         check_counts(block, argument=f"genes in {self.source.location}")
         block, _ = align_genes_to_model(block, self.source.gene_names, cfg, self.min_gene_overlap)
-        pad = (x0 - x_bins, x_bins + size_bins - x1, y0 - y_bins, y_bins + size_bins - y1, z0 - lo, hi - z1)
+        pad = (x0 - x_bins, x_bins + width_bins - x1, y0 - y_bins, y_bins + size_bins - y1, z0 - lo, hi - z1)
         return F.pad(block, pad)

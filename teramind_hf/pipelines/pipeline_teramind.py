@@ -9,19 +9,26 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import DiffusionPipeline
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 
-from ..models.unet_genemorph_3d import GeneMorphUNet3DModel
-from ..schedulers.scheduling_boundary_aware import BoundaryAwareScheduler
 from ..data.panel import PanelAlignment
+from ..models.unet_genemorph_3d import GeneMorphUNet3DModel
+from ..sampling.gene_canvas import GeneCanvases
+from ..sampling.grid import TileGrid, exact_region, gene_window, gene_window_range, z_chunks  # noqa: F401 (old import path)
+from ..sampling.presets import Preset, resolve_preset, scheduler_from_name
+from ..sampling.sampler import TILE_ORDERS, TileSampler, tile_noise
+from ..sampling.schedule import GridSchedule, resolve_grid
+from ..sampling.solver_state import TileSolver
+from ..sampling.state import MemoryState
+from ..schedulers.scheduling_boundary_aware import BoundaryAwareScheduler
+from .gene_source import GeneSource, RegionGenes
 from .genes import align_genes_to_model, as_dense_genes, check_counts
 from .inputs import as_gene_input
 
 OUTPUT_TYPES = ("np", "pt", "uint8")
-TILE_ORDERS = ("raster", "reverse")
+DEFAULT_GEOMETRY = {"tile_size": 256, "halo": 32, "fill_value": -1.0}
 
 
 @dataclass
@@ -38,52 +45,46 @@ class TeraMindPipelineOutput(BaseOutput):
     gene_alignment: PanelAlignment | None = field(default=None)
 
 
-def z_chunks(start: int, stop: int, num_slices: int = 2) -> list[int]:
-    """First image slice of each chunk: 2-slice chunks from ``start`` moving by 2 (the last may overhang)."""
-    return list(range(start, stop, num_slices))
-
-
-def gene_window_range(chunk_start: int, num_slices: int = 2, gene_slices: int = 4) -> tuple[int, int]:
-    """Gene sections ``[lo, hi)`` conditioning the chunk starting at ``chunk_start`` (may reach past either end)."""
-    margin = (gene_slices - num_slices) // 2
-    return chunk_start - margin, chunk_start + num_slices + margin
-
-
-def gene_window(genes: torch.Tensor, chunk_start: int, num_slices: int = 2, gene_slices: int = 4) -> torch.Tensor:
-    """Gene slices conditioning a chunk: the chunk's slices plus one section on each side, zero-padded.
-
-    ``genes`` is ``(G, Z, Hb, Wb)``, one gene map per section; returns ``(G, gene_slices, Hb, Wb)``.
-    """
-    lo, hi = gene_window_range(chunk_start, num_slices, gene_slices)
-    z = genes.shape[1]
-    window = genes[:, max(lo, 0) : min(hi, z)]
-    return F.pad(window, (0, 0, 0, 0, max(0, -lo), max(0, hi - z)))
-
-
 class TeraMindPipeline(DiffusionPipeline):
     r"""Generate morphology (DAPI + PolyT) from spatial gene expression with Tera-MIND.
 
     Components:
         unet: :class:`GeneMorphUNet3DModel`.
-        scheduler: :class:`BoundaryAwareScheduler`, or any diffusers scheduler (it is wrapped automatically).
+        scheduler: :class:`BoundaryAwareScheduler` (official DDIM), or any diffusers scheduler: it is sampled
+            through the official spacing/clip wrapper (``pipe.scheduler = X.from_config(pipe.scheduler.config)``).
+    Config:
+        tile_size, halo, fill_value: the tile grid (256 px tiles, a 32-px halo, -1 outside the region, official);
+            old pipelines kept them in the scheduler config, from where they are read.
+
+    Sampling runs in :class:`teramind_hf.sampling.TileSampler`, the same loop ``teramind generate`` streams.
     """
 
     model_cpu_offload_seq = "unet"
     _callback_tensor_inputs = ["latents", "noise_pred"]
 
-    def __init__(self, unet: GeneMorphUNet3DModel, scheduler: SchedulerMixin):
+    def __init__(
+        self, unet: GeneMorphUNet3DModel, scheduler: SchedulerMixin, tile_size: int | None = None,
+        halo: int | None = None, fill_value: float | None = None,
+    ):  # fmt: skip
         super().__init__()
-        self.register_modules(unet=unet, scheduler=BoundaryAwareScheduler.wrap(scheduler))
+        self.register_modules(unet=unet, scheduler=scheduler)
+        legacy = scheduler.geometry if isinstance(scheduler, BoundaryAwareScheduler) else {}
+        given = {"tile_size": tile_size, "halo": halo, "fill_value": fill_value}
+        self.register_to_config(**{k: v if v is not None else legacy.get(k, DEFAULT_GEOMETRY[k]) for k, v in given.items()})
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        # `pipe.scheduler = DPMSolverMultistepScheduler.from_config(...)` keeps the tile/halo sampling
-        if name == "scheduler" and isinstance(value, SchedulerMixin) and not isinstance(value, BoundaryAwareScheduler):
-            previous = self.__dict__.get("scheduler")
-            geometry = {}
-            if isinstance(previous, BoundaryAwareScheduler):
-                geometry = {k: previous.config[k] for k in ("tile_size", "halo", "patch_size", "fill_value")}
-            value = BoundaryAwareScheduler.wrap(value, **geometry)
-        super().__setattr__(name, value)
+    def tile_grid(self, height: int, width: int, **kwargs) -> TileGrid:
+        """The :class:`TileGrid` of a ``height x width``-px region with this pipeline's geometry."""
+        cfg = self.config
+        return TileGrid.for_model(self.unet.config, height, width, tile=cfg.tile_size, halo=cfg.halo,
+                                  fill_value=cfg.fill_value, **kwargs)  # fmt: skip
+
+    def sampling_scheduler(self, preset: Preset | None = None) -> BoundaryAwareScheduler:
+        """The scheduler sampling runs with: the preset's, else ``self.scheduler``, wrapped in the official
+        spacing/clip rule (a :class:`BoundaryAwareScheduler` is used as is)."""
+        scheduler = self.scheduler
+        if preset is not None:
+            scheduler = scheduler_from_name(preset.scheduler, scheduler, **preset.scheduler_config)
+        return BoundaryAwareScheduler.wrap(scheduler)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -140,12 +141,66 @@ class TeraMindPipeline(DiffusionPipeline):
         return align_genes_to_model(dense, gene_names, self.unet.config, min_gene_overlap)
 
     # ------------------------------------------------------------------ sampling
+    def check_inputs(
+        self, gene_shape: tuple[int, ...], slices, output_type: str, batch_size: int, tile_order: str,
+        callback_on_step_end_tensor_inputs: list[str], region, exact: bool, latents: torch.Tensor | None,
+        num_inference_steps: int,
+    ) -> tuple[TileGrid, tuple[int, int, int, int], tuple[int, int]]:  # fmt: skip
+        """Check the arguments (named errors before any work); returns (grid to compute, requested region
+        ``(y0, x0, h, w)`` in px, section range)."""
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if tile_order not in TILE_ORDERS:
+            raise ValueError(f"tile_order must be one of {TILE_ORDERS}, got {tile_order!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        bad = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
+        if bad:
+            raise ValueError(f"callback_on_step_end_tensor_inputs {sorted(bad)} not in {self._callback_tensor_inputs}")
+        _, sections, bins_h, bins_w = gene_shape
+        gene_bin = self.unet.config.gene_bin
+        full = (bins_h * gene_bin, bins_w * gene_bin)
+        start, stop = _slice_range(slices, sections)
+        self.tile_grid(*full)  # named error if the genes are not whole tiles
+        wanted = tuple(region) if region is not None else (0, 0, *full)
+        y0, x0, h, w = wanted
+        if h <= 0 or w <= 0 or y0 < 0 or x0 < 0 or y0 + h > full[0] or x0 + w > full[1]:
+            raise ValueError(f"region y0,x0,h,w = {wanted} px lies outside the genes ({full[0]} x {full[1]} px)")
+        if exact and region is None:
+            raise ValueError("exact=True needs a region (the sub-region of the genes to generate exactly)")
+        probe = self.tile_grid(h, w, origin=(y0, x0), start=start, stop=stop)
+        computed = wanted
+        if exact:
+            computed = exact_region(wanted, full, probe.margin_tiles(num_inference_steps) * probe.tile, probe.tile)
+        grid = self.tile_grid(computed[2], computed[3], origin=computed[:2], start=start, stop=stop)
+        if latents is not None:
+            expected = (len(grid.chunk_starts), self.unet.config.out_channels, grid.num_slices, *full)
+            if tuple(latents.shape) != expected:
+                raise ValueError(f"latents must have shape {expected} (z chunks, stains, slices, H, W), got {tuple(latents.shape)}")
+        return grid, wanted, (start, stop)
+
+    def prepare_latents(self, grid: TileGrid, seed: int, init_noise_sigma: float, latents: torch.Tensor | None = None) -> torch.Tensor:
+        """Initial noise of the grid's region ``(z chunks, stains, slices, h, w)``: the given ``latents``
+        (whole-genes layout, cropped to the region) or per-tile noise seeded by global tile coordinates."""
+        (y0, x0), h, w = grid.origin, grid.height, grid.width
+        if latents is not None:
+            return latents[..., y0 : y0 + h, x0 : x0 + w].float().cpu()
+        stains = self.unet.config.out_channels
+        noise = torch.empty(len(grid.chunk_starts), stains, grid.num_slices, h, w)
+        for k in range(len(grid.chunk_starts)):
+            for r, c in grid.tiles():
+                ys, xs = grid.tile_slices(r, c)
+                noise[k, :, :, ys, xs] = tile_noise(grid, seed, k, r, c, stains, init_noise_sigma)
+        return noise
+
     @torch.no_grad()
     def __call__(
         self,
         genes: Any,
         gene_names: list[str] | None = None,
-        num_inference_steps: int = 15,
+        num_inference_steps: int | None = None,
         generator: torch.Generator | int | None = None,
         slices: tuple[int, int] | range | None = None,
         output_type: str = "np",
@@ -154,6 +209,12 @@ class TeraMindPipeline(DiffusionPipeline):
         min_gene_overlap: float = 0.5,
         um_per_px: float | None = None,
         perturb: dict[str, float] | None = None,
+        latents: torch.Tensor | None = None,
+        region: tuple[int, int, int, int] | None = None,
+        exact: bool = False,
+        halo: bool = True,
+        grid: GridSchedule | str | None = None,
+        preset: Preset | str | None = None,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
         return_dict: bool = True,
@@ -162,15 +223,15 @@ class TeraMindPipeline(DiffusionPipeline):
 
         Args:
             genes: transcript counts ``(G, Z, H/gene_bin, W/gene_bin)``, one gene map per section (numpy, torch,
-                torch sparse or ``sparse.COO``). H and W must be whole tiles (``scheduler.config.tile_size``).
+                torch sparse or ``sparse.COO``). H and W must be whole tiles (``config.tile_size``).
                 Also a ``SpatialVolume`` (genes and names from it) or a points DataFrame (x, y in microns, gene or
                 feature_name, z or section; needs ``um_per_px``), binned on the model's grid and padded to tiles.
             gene_names: names of the G genes; aligned to the model panel by name (missing genes are zero).
                 Without names, G must equal the model's panel size.
-            num_inference_steps: denoising steps (15 official).
+            num_inference_steps: denoising steps (default: the preset's, else 15 official).
             generator: a ``torch.Generator`` (one seed is drawn from it) or an int seed. Each tile's initial
-                noise comes from ``(seed, z chunk, row, col)``, so the result does not depend on tile order
-                or batch size.
+                noise comes from ``(seed, z chunk, global row, global col)``, so the result does not depend on
+                tile order or batch size, and a sub-region draws the noise the whole run draws there.
             slices: ``(start, stop)`` image slices to generate (default: all sections). Chunks of 2 slices
                 start at ``start``; each is conditioned on 4 gene sections around it.
             output_type: ``"np"`` / ``"pt"`` (float in [-1, 1]) or ``"uint8"``.
@@ -180,83 +241,70 @@ class TeraMindPipeline(DiffusionPipeline):
                 the result; sampling is synchronous over the tile grid).
             perturb: ``{gene: factor}`` in the model panel: multiply those genes' counts (0 = knockout) before
                 sampling; with the same seed the result differs from the unperturbed one only by these genes.
+            latents: initial noise ``(z chunks, stains, 2, H, W)`` for the whole genes (default: seeded per tile).
+            region: ``(y0, x0, h, w)`` px (whole tiles) of the genes to generate (default: all). Alone it
+                generates that sub-region as a region of its own (fill outside it).
+            exact: with ``region``, compute the region plus the margin the dependency cone of the steps needs
+                (``TileGrid.margin_tiles``), so the output equals the same pixels of the run over all the genes.
+            halo: False for the naive-tiling baseline (each tile alone).
+            grid: grid schedule (name in ``teramind_hf.sampling.GRID_SCHEDULES`` or a ``GridSchedule``;
+                default the preset's, else ``"official"``).
+            preset: a name in ``teramind_hf.sampling.PRESETS`` (``"official"``, ``"fast"``): scheduler, steps
+                and grid schedule for this call (explicit ``num_inference_steps`` / ``grid`` win).
             callback_on_step_end: ``fn(pipe, step_index, timestep, callback_kwargs) -> dict`` after each step;
-                may replace ``latents``.
+                may replace ``latents`` (``(z chunks, stains, 2, h, w)`` of the computed region).
         """
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        if tile_order not in TILE_ORDERS:
-            raise ValueError(f"tile_order must be one of {TILE_ORDERS}, got {tile_order!r}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        bad = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
-        if bad:
-            raise ValueError(f"callback_on_step_end_tensor_inputs {sorted(bad)} not in {self._callback_tensor_inputs}")
-
-        cfg = self.unet.config
-        scheduler: BoundaryAwareScheduler = self.scheduler
-        genes, gene_names = as_gene_input(genes, gene_names, um_per_px, cfg.gene_bin, scheduler.config.tile_size)
+        chosen = resolve_preset(preset) if preset is not None else None
+        if num_inference_steps is None:
+            num_inference_steps = chosen.num_inference_steps if chosen else 15
+        schedule = resolve_grid(grid if grid is not None else (chosen.grid if chosen else None))
+        genes, gene_names = as_gene_input(genes, gene_names, um_per_px, self.unet.config.gene_bin, self.config.tile_size)
         gene_tensor, alignment = self._prepare_genes(genes, gene_names, min_gene_overlap)
         if perturb:
             from ..eval.perturb import perturb_genes
 
-            gene_tensor = perturb_genes(gene_tensor, cfg.gene_names, perturb)
-        _, sections, bins_h, bins_w = gene_tensor.shape
-        height, width = bins_h * cfg.gene_bin, bins_w * cfg.gene_bin
-        rows, cols = scheduler.tile_grid(height, width)
-        start, stop = _slice_range(slices, sections)
-        chunk_starts = z_chunks(start, stop, cfg.num_slices)
+            gene_tensor = perturb_genes(gene_tensor, self.unet.config.gene_names, perturb)
+        tile_grid, wanted, _ = self.check_inputs(
+            tuple(gene_tensor.shape), slices, output_type, batch_size, tile_order, callback_on_step_end_tensor_inputs,
+            region, exact, latents, num_inference_steps,
+        )  # fmt: skip
         seed = _draw_seed(generator)
+        solver = TileSolver(self.sampling_scheduler(chosen), num_inference_steps, seed)
 
-        device, dtype = self._execution_device, self.unet.dtype
-        tile, halo, bin_ = scheduler.config.tile_size, scheduler.config.halo, cfg.gene_bin
-        halo_bins, tile_bins, canvas_bins = halo // bin_, tile // bin_, scheduler.canvas_size // bin_
-        # per chunk: its 4 gene sections, padded by the halo so each tile's gene canvas is a slice
-        gene_canvases = torch.stack(
-            [F.pad(gene_window(gene_tensor, s, cfg.num_slices, cfg.gene_slices), (halo_bins,) * 4) for s in chunk_starts]
-        ).to(device=device, dtype=dtype)
+        gene_bin = tile_grid.gene_bin
+        bins = (tile_grid.origin[0] // gene_bin, tile_grid.origin[1] // gene_bin)
+        size = (tile_grid.height // gene_bin, tile_grid.width // gene_bin)
+        reader = RegionGenes(GeneSource(gene_tensor, None, "genes"), self.unet.config, bins, size)
+        gene_canvases = GeneCanvases(reader, tile_grid, schedule.all_offsets(num_inference_steps), halo=halo)
+        sampler = TileSampler(
+            self.unet, solver, tile_grid, gene_canvases, grid_schedule=schedule, batch_size=batch_size,
+            tile_order=tile_order, halo=halo, device=self._execution_device,
+        )  # fmt: skip
+        state = MemoryState(tile_grid, solver.slots, self.unet.config.out_channels)
+        noise = self.prepare_latents(tile_grid, seed, solver.init_noise_sigma, latents)
 
-        stains, zc = cfg.out_channels, cfg.num_slices
-        latents = torch.empty(len(chunk_starts), stains, zc, height, width, dtype=torch.float32)
-        for k in range(len(chunk_starts)):
-            for r in range(rows):
-                for c in range(cols):
-                    latents[k, :, :, r * tile : (r + 1) * tile, c * tile : (c + 1) * tile] = scheduler.initial_noise(
-                        seed, (chunk_starts[k], r, c), (stains, zc, tile, tile)
-                    )
-        latents = latents.to(device)
+        callback = None
+        if callback_on_step_end is not None:
+            def callback(step, timestep, latents_fn, model_output_fn):
+                local = {}
+                if "latents" in callback_on_step_end_tensor_inputs:
+                    local["latents"] = latents_fn()
+                if "noise_pred" in callback_on_step_end_tensor_inputs:
+                    local["noise_pred"] = model_output_fn()
+                out = callback_on_step_end(self, step, timestep, local) or {}
+                return out.get("latents")
 
-        scheduler.set_timesteps(num_inference_steps, device=device)
-        jobs = [(k, r, c) for k in range(len(chunk_starts)) for r in range(rows) for c in range(cols)]
-        if tile_order == "reverse":
-            jobs = jobs[::-1]
-        noise_pred = torch.empty_like(latents)
-        was_training = self.unet.training
-        self.unet.eval()  # dropout off while sampling; the mode is restored below (training validation)
-        with self.progress_bar(total=len(scheduler.timesteps) * len(jobs)) as progress:
-            for i, t in enumerate(scheduler.timesteps):
-                padded = scheduler.pad_region(scheduler.scale_model_input(latents, t))
-                for b in range(0, len(jobs), batch_size):
-                    batch = jobs[b : b + batch_size]
-                    canvases = torch.stack([scheduler.tile_canvas(padded[k], r, c) for k, r, c in batch])
-                    gene_batch = torch.stack(
-                        [gene_canvases[k, ..., r * tile_bins : r * tile_bins + canvas_bins, c * tile_bins : c * tile_bins + canvas_bins] for k, r, c in batch]
-                    )
-                    eps = self.unet(canvases.to(dtype), t, gene_batch, path="collage").sample.float()
-                    for (k, r, c), e in zip(batch, eps):
-                        noise_pred[k, :, :, r * tile : (r + 1) * tile, c * tile : (c + 1) * tile] = e
-                    progress.update(len(batch))
-                latents = scheduler.step(noise_pred, t, latents).prev_sample
-                if callback_on_step_end is not None:
-                    local = {"latents": latents, "noise_pred": noise_pred}
-                    out = callback_on_step_end(self, i, t, {k: local[k] for k in callback_on_step_end_tensor_inputs})
-                    latents = out.pop("latents", latents)
+        sampler.run(state, chunks_together=True, latents=noise, callback=callback,
+                    progress_bar=lambda total: self.progress_bar(total=total))  # fmt: skip
 
-        self.unet.train(was_training)
-        # (chunks, stains, 2, H, W) -> (Z, stains, H, W), trimming a chunk that overhangs `stop`
-        volume = latents.permute(0, 2, 1, 3, 4).reshape(-1, stains, height, width)[: stop - start].clamp(-1, 1)
+        # (chunks, stains, 2, h, w) -> (Z, stains, H, W) of the requested region, trimming an overhanging chunk
+        y, x = wanted[0] - tile_grid.origin[0], wanted[1] - tile_grid.origin[1]
+        final = state.x[num_inference_steps % 2][..., y : y + wanted[2], x : x + wanted[3]]
+        stains = final.shape[1]
+        volume = final.permute(0, 2, 1, 3, 4).reshape(-1, stains, wanted[2], wanted[3])
+        volume = volume[: tile_grid.stop - tile_grid.start].clamp(-1, 1)
         self.maybe_free_model_hooks()
-        images = _to_output_type(volume.cpu(), output_type)
+        images = _to_output_type(volume, output_type)
         if not return_dict:
             return (images, alignment)
         return TeraMindPipelineOutput(images=images, gene_alignment=alignment)

@@ -69,19 +69,18 @@ def check_geometry(model_config, scheduler_config) -> None:
         raise ValueError(f"the model's gene_bin must be a positive number of px, got {gene_bin!r}")
     tile, halo, patch = (scheduler_config.get(k) for k in ("tile_size", "halo", "patch_size"))
     if not isinstance(tile, int) or tile < 1:
-        raise ValueError(f"the scheduler's tile_size must be a positive number of px, got {tile!r}")
+        raise ValueError(f"the tile_size must be a positive number of px, got {tile!r}")
     if not isinstance(halo, int) or halo < 0:
-        raise ValueError(f"the scheduler's halo must be >= 0 px, got {halo!r}")
+        raise ValueError(f"the halo must be >= 0 px, got {halo!r}")
     if tile % gene_bin or halo % gene_bin:
-        raise ValueError(f"the scheduler's tile_size ({tile}) and halo ({halo}) must be multiples of the model's gene_bin ({gene_bin})")
+        raise ValueError(f"the tile_size ({tile}) and halo ({halo}) must be multiples of the model's gene_bin ({gene_bin})")
     if patch is not None and (not isinstance(patch, int) or patch < 1 or tile % patch):
-        raise ValueError(f"the scheduler's tile_size ({tile}) must be a multiple of its patch_size ({patch!r})")
+        raise ValueError(f"the tile_size ({tile}) must be a multiple of the patch_size ({patch!r})")
 
 
 def check_steps_against_schedule(num_inference_steps: int, scheduler) -> None:
     """DDIM and friends pick ``num_inference_steps`` of the training timesteps: there cannot be more."""
-    inner = getattr(scheduler, "inner", scheduler)
-    total = getattr(inner, "config", {}).get("num_train_timesteps")
+    total = getattr(scheduler, "config", {}).get("num_train_timesteps")
     if total is not None and num_inference_steps > total:
         raise ValueError(
             f"num_inference_steps (--steps) = {num_inference_steps} exceeds the {total} timesteps of the model's "
@@ -239,10 +238,10 @@ def preflight_generate(
         num_inference_steps=num_inference_steps, batch_size=batch_size, memory_limit_bytes=memory_limit_bytes,
         um_per_px=um_per_px, section_spacing_um=section_spacing_um, seed=generator, min_gene_overlap=min_gene_overlap,
     )  # fmt: skip
-    check_geometry(cfg, pipe.scheduler.config)
+    check_geometry(cfg, {**pipe.config, "patch_size": cfg.sample_size})  # the tile grid lives in the pipeline config
     check_steps_against_schedule(num_inference_steps, pipe.scheduler)
     check_output_path(out)
-    y0, x0, h, w, start, stop = check_region(source.shape, cfg.gene_bin, pipe.scheduler.config["tile_size"], region, slices, source.location)
+    y0, x0, h, w, start, stop = check_region(source.shape, cfg.gene_bin, pipe.config["tile_size"], region, slices, source.location)
     check_panel(source, cfg, min_gene_overlap)
     starts = z_chunks(start, stop, cfg.num_slices)
     lo = gene_window_range(starts[0], cfg.num_slices, cfg.gene_slices)[0]

@@ -1,25 +1,17 @@
-"""Tera-scale generation: stream the synchronous tile-grid sampling of Tera-MIND into an OME-Zarr image.
+"""Tera-scale generation: stream the tile sampler of Tera-MIND into a resumable OME-Zarr image.
 
-The in-memory :class:`TeraMindPipeline` holds a whole region; this module produces the same bytes for regions
-of any size with memory independent of the region:
+The sampling itself is :class:`teramind_hf.sampling.TileSampler`, the loop the in-memory
+:class:`TeraMindPipeline` runs too; this module gives it a zarr state backend and an output:
 
-* **Step buffers.** Only two states are alive: ``x_t`` (read) and ``x_{t-1}`` (written), each a zarr array
-  ``(1, stains, 2 slices, H, W)`` float32 with one chunk per tile. The independent 2-slice z chunks are
-  generated one after another, so the buffers hold one z chunk whatever the number of sections. Small regions keep them in a zarr
-  ``MemoryStore``; larger ones (or several processes) in a chunked store inside the output folder.
-* **One read per tile and step.** A tile's canvas (tile + halo from its 8 neighbours, ``fill_value`` outside
-  the region) is one slice of ``x_t``; its gene canvas is read lazily from the gene source.
-* **Resume.** ``progress[z chunk, row, col]`` holds how many stages a tile has completed (0: initial noise
-  written, i + 1: step i written). A tile's record is written after its data chunk; zarr writes each chunk
-  object atomically (local: temp file + rename), so a half-written chunk is never taken as done and is simply
-  redone. The last step writes uint8 straight into level 0 of the output.
-* **Scale-out.** Under ``accelerate launch`` each stage's tiles are split across processes with
-  ``PartialState().split_between_processes``, with a barrier between stages (every canvas of step i reads the
-  state all tiles reached after step i - 1).
-
-Results do not depend on batch size, number of processes, tile order or interruption: each tile's initial
-noise is seeded by ``(seed, z chunk, row, col)``, the model is batch-invariant for a scalar timestep, and the
-DDIM update is elementwise.
+* **Step buffers.** x_t / x_{t-1} (and each tile's solver history for multistep solvers) as zarr arrays of one
+  z chunk (chunks run one after another), one zarr chunk per tile: a zarr ``MemoryStore`` for small regions,
+  a chunked store inside the output folder for larger ones or several processes.
+* **Output.** The last step writes uint8 straight into level 0 of an OME-Zarr image; the pyramid follows.
+* **Resume.** The run record (model hash, scheduler, steps, seed, region, grid schedule, ...) is stored in the
+  output; an unfinished output with the same record continues from the progress record of the step store.
+* **Scale-out.** Under ``accelerate launch`` the work units are split across processes, with a barrier per step.
+* **Exact sub-regions.** ``exact=True`` computes the region plus the dependency-cone margin and writes only the
+  region: its bytes equal the same pixels of a run over all the gene data.
 """
 
 from __future__ import annotations
@@ -30,11 +22,10 @@ import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..constants import DEFAULT_SHARD_TILES
 from ..constants import DEFAULT_STEP_BUFFER_LIMIT as DEFAULT_MEMORY_LIMIT
@@ -48,12 +39,19 @@ from .ome_zarr import (
     create_image,
     level_blocks,
 )
-from .pipeline_teramind import TeraMindPipeline, _draw_seed, _to_output_type, z_chunks
+from ..sampling.gene_canvas import GeneCanvases
+from ..sampling.grid import TileGrid, exact_region
+from ..sampling.presets import resolve_preset, scheduler_from_name
+from ..sampling.sampler import TILE_ORDERS, Processes, TileSampler
+from ..sampling.schedule import GridSchedule, resolve_grid
+from ..sampling.solver_state import TileSolver
+from ..sampling.state import open_zarr_state
+from ..schedulers.scheduling_boundary_aware import BoundaryAwareScheduler
+from .pipeline_teramind import TeraMindPipeline, _draw_seed, _to_output_type
 from .preflight import check_region, preflight_generate, probe_writable
 
 RECORD_FORMAT = "teramind-generate/1"
 STEP_STORE = "_teramind_steps"  # child of the output group holding step buffers and progress
-STATELESS_SCHEDULERS = ("DDIMScheduler",)
 
 
 @dataclass
@@ -114,18 +112,6 @@ def resolve_region(
     return Region(*check_region(source.shape, gene_bin, tile_size, region, slices, source.location))
 
 
-def check_streamable_scheduler(pipe: TeraMindPipeline) -> None:
-    """Streaming steps tiles independently, which needs a stateless elementwise update (DDIM)."""
-    inner = type(pipe.scheduler.inner).__name__
-    if inner not in STATELESS_SCHEDULERS:
-        raise ValueError(
-            f"streaming generation supports the stateless DDIM update only, not {inner}: multistep schedulers "
-            "(DPM-Solver, UniPC, ...) keep per-sample history and a step counter inside the scheduler object, "
-            "which tiles stepped in separate batches and processes would corrupt. Use --scheduler ddim, or the "
-            "in-memory TeraMindPipeline for small regions."
-        )
-
-
 def model_fingerprint(unet: torch.nn.Module) -> str:
     """sha256 of the weights (sorted names, raw bytes): a resumed run must use the very same model."""
     digest = hashlib.sha256()
@@ -136,8 +122,8 @@ def model_fingerprint(unet: torch.nn.Module) -> str:
 
 
 def run_record(
-    pipe: TeraMindPipeline, source: GeneSource, region: Region, seed: int, steps: int, halo: bool,
-    scale: PhysicalScale,
+    pipe: TeraMindPipeline, scheduler, source: GeneSource, region: Region, seed: int, steps: int, halo: bool,
+    scale: PhysicalScale, grid: GridSchedule, exact: bool = False,
 ) -> dict:  # fmt: skip
     """What determines the output bytes; stored in the output and compared on resume."""
     record = {
@@ -146,12 +132,18 @@ def run_record(
         "model_config": dict(pipe.unet.config),
         "model_dtype": str(pipe.unet.dtype).removeprefix("torch."),  # the bytes depend on it (and on compiling)
         "model_compiled": is_compiled(pipe.unet),
-        "scheduler_config": dict(pipe.scheduler.config),
+        "scheduler_class": type(scheduler).__name__,
+        "scheduler_config": {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")},
+        "tile_size": pipe.config.tile_size,
+        "halo_px": pipe.config.halo,
+        "fill_value": pipe.config.fill_value,
+        "grid_schedule": grid.to_dict(),
         "num_inference_steps": steps,
         "seed": seed,
         "region_yxhw": [region.y0, region.x0, region.height, region.width],
         "slices": [region.start, region.stop],
         "halo": halo,
+        "exact": exact,
         "genes": {"location": source.location, "shape": list(source.shape), "gene_names": source.gene_names},
         "um_per_px": scale.um_per_px,
         "section_spacing_um": scale.section_spacing_um,
@@ -213,169 +205,6 @@ def describe_difference(old: dict, new: dict) -> str:
     return ", ".join(parts)
 
 
-# ---------------------------------------------------------------------------------------------- sampler
-class StreamingTileSampler:
-    """Run the stages (initial noise, then each denoising step) of one region into an output group."""
-
-    def __init__(
-        self, pipe: TeraMindPipeline, genes: RegionGenes, region: Region, seed: int, steps: int, halo: bool,
-        batch_size: int, step_group, image, state, progress_bar: bool, unit_tiles: int = 1,
-    ):  # fmt: skip
-        cfg, sched = pipe.unet.config, pipe.scheduler
-        self.pipe, self.genes, self.region, self.seed, self.steps, self.halo = pipe, genes, region, seed, steps, halo
-        self.batch_size, self.state, self.show_progress = batch_size, state, progress_bar
-        self.tile, self.halo_px, self.fill = sched.config.tile_size, sched.config.halo, sched.config.fill_value
-        self.gene_bin = cfg.gene_bin
-        self.rows, self.cols = sched.tile_grid(region.height, region.width)
-        self.chunk_starts = z_chunks(region.start, region.stop, cfg.num_slices)
-        self.stains, self.slices_per_chunk = cfg.out_channels, cfg.num_slices
-        self.step_buffers = (step_group["x_a"], step_group["x_b"])
-        self.progress = step_group["progress"]
-        self.image = image
-        self.unit_tiles = unit_tiles
-
-    @property
-    def tiles(self) -> int:
-        return len(self.chunk_starts) * self.rows * self.cols
-
-    # -- geometry
-    def _tile_slices(self, row: int, col: int) -> tuple[slice, slice]:
-        t = self.tile
-        return slice(row * t, (row + 1) * t), slice(col * t, (col + 1) * t)
-
-    def read_canvas(self, buffer, k: int, row: int, col: int, timestep) -> tuple[torch.Tensor, torch.Tensor]:
-        """(model input canvas (stains, 2, canvas, canvas), current tile state (stains, 2, tile, tile))."""
-        t, h = self.tile, self.halo_px
-        if not self.halo:
-            ys, xs = self._tile_slices(row, col)
-            x_tile = torch.from_numpy(np.asarray(buffer[0, :, :, ys, xs]))
-            scaled = self.pipe.scheduler.scale_model_input(x_tile, timestep)
-            return F.pad(scaled, (h, h, h, h), value=self.fill), x_tile
-        y0, x0 = row * t - h, col * t - h
-        ya, yb = max(y0, 0), min(y0 + t + 2 * h, self.region.height)
-        xa, xb = max(x0, 0), min(x0 + t + 2 * h, self.region.width)
-        window = torch.from_numpy(np.asarray(buffer[0, :, :, ya:yb, xa:xb]))
-        x_tile = window[..., row * t - ya : row * t - ya + t, col * t - xa : col * t - xa + t]
-        scaled = self.pipe.scheduler.scale_model_input(window, timestep)
-        pad = (xa - x0, x0 + t + 2 * h - xb, ya - y0, y0 + t + 2 * h - yb)
-        return F.pad(scaled, pad, value=self.fill), x_tile
-
-    def gene_canvas(self, k: int, row: int, col: int) -> torch.Tensor:
-        tile_bins, halo_bins = self.tile // self.gene_bin, self.halo_px // self.gene_bin
-        canvas = self.genes.canvas(
-            self.chunk_starts[k], row * tile_bins - halo_bins, col * tile_bins - halo_bins, tile_bins + 2 * halo_bins
-        )
-        if not self.halo:  # naive tiling: the tile alone, as if it were a one-tile region
-            inside = torch.zeros_like(canvas)
-            inside[..., halo_bins:-halo_bins, halo_bins:-halo_bins] = 1
-            canvas = canvas * inside
-        return canvas
-
-    # -- stages
-    def work_units(self) -> list[list[tuple[int, int]]]:
-        """Blocks of ``unit_tiles x unit_tiles`` tiles (raster order, clipped at the region edge): the unit split
-        across processes, and the level-0 shard its owner alone writes."""
-        u = self.unit_tiles
-        return [
-            [(r, c) for r in range(r0, min(r0 + u, self.rows)) for c in range(c0, min(c0 + u, self.cols))]
-            for r0 in range(0, self.rows, u)
-            for c0 in range(0, self.cols, u)
-        ]
-
-    def stage_jobs(self, k: int, stage: int, snapshot: np.ndarray | None) -> list[tuple[int, int, int]]:
-        """This process's tiles of z chunk ``k`` at a stage, without those the snapshot (rows, cols) records done."""
-        with distributed_state().split_between_processes(self.work_units()) as mine:
-            tiles = [(k, r, c) for unit in mine for r, c in unit]
-        if snapshot is not None:
-            tiles = [(k, r, c) for k, r, c in tiles if snapshot[r, c] < stage + 1]
-        return tiles
-
-    def chunk_plan(self, snapshot: np.ndarray | None) -> list[tuple[int, int]]:
-        """(z chunk, first stage to run) of the chunks not finished; chunks run one after another, so the step
-        buffers hold one z chunk and their size does not grow with the number of sections."""
-        plan = []
-        for k in range(len(self.chunk_starts)):
-            first = -1 if snapshot is None else int(snapshot[k].min())
-            if first < self.steps:
-                plan.append((k, first))
-        return plan
-
-    def run_initial_noise(self, jobs: list[tuple[int, int, int]], bar) -> None:
-        scheduler = self.pipe.scheduler
-        for k, r, c in jobs:
-            noise = scheduler.initial_noise(
-                self.seed, (self.chunk_starts[k], r, c), (self.stains, self.slices_per_chunk, self.tile, self.tile)
-            )
-            ys, xs = self._tile_slices(r, c)
-            self.step_buffers[0][0, :, :, ys, xs] = noise.numpy()
-            self.progress[k, r, c] = 0
-            bar.update(1)
-
-    def run_step(self, step: int, jobs: list[tuple[int, int, int]], bar) -> None:
-        scheduler, unet = self.pipe.scheduler, self.pipe.unet
-        t = scheduler.timesteps[step]
-        source = self.step_buffers[step % 2]
-        last = step == self.steps - 1
-        for b in range(0, len(jobs), self.batch_size):
-            batch = jobs[b : b + self.batch_size]
-            canvases, states = zip(*(self.read_canvas(source, k, r, c, t) for k, r, c in batch))
-            gene_batch = torch.stack([self.gene_canvas(k, r, c) for k, r, c in batch])
-            device, dtype = self.pipe._execution_device, unet.dtype
-            eps = unet(
-                torch.stack(canvases).to(device=device, dtype=dtype), t, gene_batch.to(device=device, dtype=dtype),
-                path="collage",
-            ).sample.float().cpu()  # fmt: skip
-            prev = scheduler.step(eps, t, torch.stack(states)).prev_sample
-            for (k, r, c), tile_state in zip(batch, prev):
-                if last:
-                    self._write_output_tile(k, r, c, tile_state)
-                else:
-                    ys, xs = self._tile_slices(r, c)
-                    self.step_buffers[(step + 1) % 2][0, :, :, ys, xs] = tile_state.numpy()
-                self.progress[k, r, c] = step + 1
-            bar.update(len(batch))
-
-    def _write_output_tile(self, k: int, row: int, col: int, tile_state: torch.Tensor) -> None:
-        """uint8 of the final state into level 0 (c, z, y, x), trimming a chunk that overhangs the stop."""
-        z_out = self.chunk_starts[k] - self.region.start
-        keep = min(self.slices_per_chunk, self.region.stop - self.region.start - z_out)
-        pixels = _to_output_type(tile_state[:, :keep].clamp(-1, 1), "uint8")
-        ys, xs = self._tile_slices(row, col)
-        self.image[:, z_out : z_out + keep, ys, xs] = pixels
-
-    def run(self, snapshot: np.ndarray | None) -> tuple[int, int | None]:
-        """All stages not yet done; returns (tile-stages computed here, first stage that had work if resumed)."""
-        from tqdm.auto import tqdm
-
-        state = distributed_state()
-        plan = self.chunk_plan(snapshot)
-        resumed = None
-        if snapshot is not None and snapshot.max() >= 0 and plan:
-            resumed = plan[0][1]
-        total = sum(
-            len(self.stage_jobs(k, first, None if snapshot is None else snapshot[k])) + (self.steps - 1 - first) * len(self.stage_jobs(k, 0, None))
-            for k, first in plan
-        )
-        bar = tqdm(total=total, desc="teramind generate (stage x tile)", unit="tile", disable=not self.show_progress)
-        self.pipe.scheduler.set_timesteps(self.steps)
-        was_training = self.pipe.unet.training
-        self.pipe.unet.eval()
-        done = 0
-        with torch.no_grad():
-            for k, first in plan:
-                for stage in range(first, self.steps):
-                    jobs = self.stage_jobs(k, stage, snapshot[k] if snapshot is not None and stage == first else None)
-                    if stage == -1:
-                        self.run_initial_noise(jobs, bar)
-                    else:
-                        self.run_step(stage, jobs, bar)
-                    done += len(jobs)
-                    state.wait_for_everyone()  # step i + 1 reads what every process wrote at step i
-        bar.close()
-        self.pipe.unet.train(was_training)
-        return done, resumed
-
-
 # ---------------------------------------------------------------------------------------------- entry point
 def generate_to_zarr(
     pipe: TeraMindPipeline,
@@ -384,56 +213,82 @@ def generate_to_zarr(
     *,
     region: tuple[int, int, int, int] | None = None,
     slices: tuple[int, int] | None = None,
-    num_inference_steps: int = 15,
+    num_inference_steps: int | None = None,
     generator: torch.Generator | int = 0,
     batch_size: int = 4,
+    tile_order: str = "raster",
     halo: bool = True,
+    exact: bool = False,
+    grid: GridSchedule | str | None = None,
+    preset: str | None = None,
     overwrite: bool = False,
     memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT,
     um_per_px: float | None = None,
     section_spacing_um: float | None = None,
     min_gene_overlap: float = 0.5,
+    callback_on_step_end: Callable | None = None,
     progress_bar: bool = True,
     shard_tiles: int | None = DEFAULT_SHARD_TILES,
 ) -> GenerateReport:
     """Generate the morphology of a region of a gene source into an OME-Zarr image at ``out``, resumably.
 
     Args:
-        pipe: a loaded :class:`TeraMindPipeline` with a DDIM scheduler.
+        pipe: a loaded :class:`TeraMindPipeline` (any scheduler whose history can be kept per tile).
         genes: gene source (zarr group with ``genes`` + ``gene_names``, ``.npy``, ``.npz``, or a 4-D array).
         out: output folder (local path or fsspec URL), e.g. ``brain.ome.zarr``. If it holds an unfinished run
             with the same model, config, seed and region, that run continues; a different run is refused unless
             ``overwrite`` (which always starts afresh).
         region: ``(y0, x0, h, w)`` in image px, whole tiles (default: all of the gene data).
         slices: ``(start, stop)`` image sections (default: all).
+        num_inference_steps: steps (default: the preset's, else 15).
         generator: int seed or ``torch.Generator`` (one seed is drawn, as in the pipeline).
-        batch_size: tile canvases per model call (no effect on the bytes).
+        batch_size, tile_order: tile canvases per model call and visiting order (no effect on the bytes).
         halo: False for the naive-tiling baseline (each tile alone, no neighbour halo).
+        exact: compute ``region`` plus the dependency-cone margin, so its bytes equal the run over all the genes.
+        grid, preset: grid schedule and preset, as in :meth:`TeraMindPipeline.__call__`.
         memory_limit_bytes: step buffers up to this size stay in memory (single process only), else on disk.
         um_per_px, section_spacing_um: physical scale; default from the gene source attributes, else
             0.108 um/px and 150 um.
+        callback_on_step_end: ``fn(pipe, step_index, timestep, {"latents": ...})`` after each step of each z
+            chunk, as in the pipeline (latents ``(1, stains, 2, h, w)`` of the computed region: small regions).
         shard_tiles: level 0 (and the pyramid) in zarr v3 shards of ``shard_tiles x shard_tiles`` tiles x 2
-            sections x all stains; the tiles are split across processes in these blocks (work units), so each
-            shard has one writer. None: unsharded, tiles split one by one. No effect on the pixel bytes.
+            sections x all stains; the tiles are split across processes in these blocks (work units,
+            ``TileGrid.unit_tiles``), so each shard has one writer. None: unsharded, tiles split one by one. No
+            effect on the pixel bytes.
     Returns:
         a :class:`GenerateReport` (voxels, time, voxels/s, peak RSS).
     """
     import zarr
+    from tqdm.auto import tqdm
 
     started = time.perf_counter()
     state = distributed_state()
     out = str(out)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if num_inference_steps < 1:
-        raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-    check_streamable_scheduler(pipe)
-    cfg, sched = pipe.unet.config, pipe.scheduler
+    if tile_order not in TILE_ORDERS:
+        raise ValueError(f"tile_order must be one of {TILE_ORDERS}, got {tile_order!r}")
+    chosen = resolve_preset(preset) if preset is not None else None
+    steps = num_inference_steps if num_inference_steps is not None else (chosen.num_inference_steps if chosen else 15)
+    schedule = resolve_grid(grid if grid is not None else (chosen.grid if chosen else None))
+    cfg = pipe.unet.config
+    tile = pipe.config.tile_size
     source = open_gene_source(genes)
-    reg = Region(*preflight_generate(pipe, source, out, region, slices, num_inference_steps, batch_size, memory_limit_bytes, um_per_px, section_spacing_um, generator, min_gene_overlap, progress_bar))
+    reg = Region(*preflight_generate(pipe, source, out, region, slices, steps, batch_size, memory_limit_bytes, um_per_px, section_spacing_um, generator, min_gene_overlap, progress_bar))
+    if shard_tiles is not None and shard_tiles < 1:
+        raise ValueError(f"shard_tiles must be >= 1 or None (unsharded), got {shard_tiles}")
+    computed = reg
+    if exact:
+        full = (source.shape[2] * cfg.gene_bin, source.shape[3] * cfg.gene_bin)
+        probe = pipe.tile_grid(reg.height, reg.width)
+        y0, x0, h, w = exact_region((reg.y0, reg.x0, reg.height, reg.width), full, probe.margin_tiles(steps) * tile, tile)
+        computed = Region(y0, x0, h, w, reg.start, reg.stop)
+    # work units = output shards: aligned to the requested region (exact mode computes a margin around it)
+    tile_grid = pipe.tile_grid(
+        computed.height, computed.width, origin=(computed.y0, computed.x0), start=reg.start, stop=reg.stop,
+        unit_tiles=shard_tiles or 1, unit_origin=((reg.y0 - computed.y0) // tile, (reg.x0 - computed.x0) // tile),
+    )  # fmt: skip
     region_genes = RegionGenes(
-        source, cfg, (reg.y0 // cfg.gene_bin, reg.x0 // cfg.gene_bin),
-        (reg.height // cfg.gene_bin, reg.width // cfg.gene_bin), min_gene_overlap,
+        source, cfg, (computed.y0 // cfg.gene_bin, computed.x0 // cfg.gene_bin),
+        (computed.height // cfg.gene_bin, computed.width // cfg.gene_bin), min_gene_overlap,
     )  # fmt: skip
     scale = PhysicalScale(
         um_per_px=float(um_per_px or source.attrs.get("um_per_px") or DEFAULT_UM_PER_PX),
@@ -441,9 +296,13 @@ def generate_to_zarr(
         origin_px=(reg.start, reg.y0, reg.x0),
     )
     seed = _draw_seed(generator)
-    if shard_tiles is not None and shard_tiles < 1:
-        raise ValueError(f"shard_tiles must be >= 1 or None (unsharded), got {shard_tiles}")
-    record = {**run_record(pipe, source, reg, seed, num_inference_steps, halo, scale), "shard_tiles": shard_tiles}
+    scheduler = pipe.sampling_scheduler(chosen)
+    solver = TileSolver(scheduler, steps, seed)  # named error for a scheduler whose state cannot be kept per tile
+    sampler = TileSampler(
+        pipe.unet, solver, tile_grid, GeneCanvases(region_genes, tile_grid, schedule.all_offsets(steps), halo=halo),
+        grid_schedule=schedule, batch_size=batch_size, tile_order=tile_order, halo=halo, device=pipe._execution_device,
+    )  # fmt: skip
+    record = {**run_record(pipe, scheduler, source, reg, seed, steps, halo, scale, schedule, exact), "shard_tiles": shard_tiles}
 
     # decide what to do with the output folder: every process decides the same, only the main one mutates
     exists, previous = read_existing_record(out)
@@ -457,9 +316,8 @@ def generate_to_zarr(
     state.wait_for_everyone()  # all have decided before the main process touches the folder
 
     shape = (cfg.out_channels, reg.stop - reg.start, reg.height, reg.width)
-    chunks = len(z_chunks(reg.start, reg.stop, cfg.num_slices))
-    buffer_shape = (1, cfg.out_channels, cfg.num_slices, reg.height, reg.width)  # one z chunk at a time
-    buffer_bytes = 2 * 4 * int(np.prod(buffer_shape))
+    buffers = 2 * (1 + len(solver.slots))  # two parities of x_t and of each history slot
+    buffer_bytes = buffers * 4 * cfg.out_channels * cfg.num_slices * computed.height * computed.width
     # a step store left by an interrupted run is resumed whatever the memory limit says now
     on_disk = state.num_processes > 1 or buffer_bytes > memory_limit_bytes or (resume and _step_store_exists(out))
 
@@ -468,29 +326,36 @@ def generate_to_zarr(
             fs, path = _filesystem(out)
             fs.rm(path, recursive=True)
         group = zarr.open_group(out, mode="w")
-        create_image(group, shape, sched.config.tile_size, scale, shard_tiles, shard_slices=cfg.num_slices)
+        create_image(group, shape, tile, scale, shard_tiles, shard_slices=cfg.num_slices)
         group.attrs["teramind"] = {"run": record, "complete": False, "pyramid_levels_done": 0}
     state.wait_for_everyone()
     group = zarr.open_group(out, mode="r+")
     teramind_state = dict(group.attrs["teramind"])
     levels = [group[d["path"]] for d in group.attrs["ome"]["multiscales"][0]["datasets"]]
 
-    tiles = chunks * (reg.height // sched.config.tile_size) * (reg.width // sched.config.tile_size)
-    computed, resumed_from, sampling_seconds = 0, None, 0.0
+    tiles = len(tile_grid.chunk_starts) * tile_grid.rows * tile_grid.cols
+    resumed_from, sampling_seconds = None, 0.0
     if not teramind_state["complete"]:
-        step_group = _open_step_store(out, buffer_shape, chunks, sched.config.tile_size, on_disk, state, shard_tiles)
-        snapshot = None
-        if on_disk and "progress" in step_group:
-            snapshot = np.asarray(step_group["progress"][...])
-            if snapshot.min() < 0 and snapshot.max() < 0:
-                snapshot = None
+        if on_disk:
+            location = f"{out.rstrip('/')}/{STEP_STORE}"
+            if state.is_main_process:
+                open_zarr_state(location, tile_grid, solver.slots, cfg.out_channels, create=True)
+            state.wait_for_everyone()
+            store = open_zarr_state(location, tile_grid, solver.slots, cfg.out_channels, create=False)
+        else:
+            store = open_zarr_state(zarr.storage.MemoryStore(), tile_grid, solver.slots, cfg.out_channels, create=True)
+        snapshot = store.snapshot() if on_disk else None
         state.wait_for_everyone()  # everyone has its snapshot before anyone writes progress
-        sampler = StreamingTileSampler(
-            pipe, region_genes, reg, seed, num_inference_steps, halo, batch_size, step_group, levels[0],
-            state, progress_bar and state.is_local_main_process, shard_tiles or 1,
-        )  # fmt: skip
+        if on_disk:
+            sampler.processes = Processes(state)
+        write_final = _output_writer(levels[0], tile_grid, reg)
+        show = progress_bar and state.is_local_main_process
         sampling_started = time.perf_counter()
-        computed, resumed_from = sampler.run(snapshot)
+        resumed_from = sampler.run(
+            store, snapshot=snapshot, chunks_together=False, write_final=write_final,
+            progress_bar=lambda total: tqdm(total=total, desc="teramind generate (z chunk x step)", unit="step", disable=not show),
+            callback=_stream_callback(pipe, callback_on_step_end),
+        )  # fmt: skip
         sampling_seconds = time.perf_counter() - sampling_started
         _build_pyramid(group, levels, teramind_state.get("pyramid_levels_done", 0), state)
         if state.is_main_process:
@@ -500,42 +365,39 @@ def generate_to_zarr(
 
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return GenerateReport(
-        out=out, voxels=int(np.prod(shape)), tiles=tiles, steps=num_inference_steps, tile_steps_run=computed,
-        seconds=time.perf_counter() - started, sampling_seconds=sampling_seconds, peak_rss_mb=peak_mb, step_buffers="disk" if on_disk else "memory",
-        resumed_from_stage=resumed_from, num_processes=state.num_processes,
+        out=out, voxels=int(np.prod(shape)), tiles=tiles, steps=steps, tile_steps_run=sampler.tile_steps_run,
+        seconds=time.perf_counter() - started, sampling_seconds=sampling_seconds, peak_rss_mb=peak_mb,
+        step_buffers="disk" if on_disk else "memory", resumed_from_stage=resumed_from, num_processes=state.num_processes,
     )  # fmt: skip
 
 
-def _open_step_store(out: str, buffer_shape: tuple, num_chunks: int, tile: int, on_disk: bool, state, unit_tiles=None):
-    """The two step buffers and the progress record (created once; reopened on resume)."""
-    import zarr
+def _output_writer(image, grid: TileGrid, region: Region) -> Callable:
+    """Write a tile's final state as uint8 into level 0 (c, z, y, x): only tiles inside the requested region
+    (exact mode computes a margin around it), trimming a z chunk that overhangs the stop."""
+    dy, dx = region.y0 - grid.origin[0], region.x0 - grid.origin[1]
 
-    chunk = (1, buffer_shape[1], buffer_shape[2], tile, tile)
-    progress_shape = (num_chunks, buffer_shape[3] // tile, buffer_shape[4] // tile)
-    if not on_disk:
-        group = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
-    else:
-        location = f"{out.rstrip('/')}/{STEP_STORE}"
-        if state.is_main_process:
-            group = zarr.open_group(location, mode="a")
-            if "progress" not in group:
-                _create_step_arrays(group, buffer_shape, chunk, progress_shape, unit_tiles)
-        state.wait_for_everyone()
-        return zarr.open_group(location, mode="r+")
-    _create_step_arrays(group, buffer_shape, chunk, progress_shape, unit_tiles)
-    return group
+    def write(k: int, row: int, col: int, tile_state: torch.Tensor) -> None:
+        ys, xs = grid.tile_slices(row, col)
+        y, x = ys.start - dy, xs.start - dx
+        if not (0 <= y < region.height and 0 <= x < region.width):
+            return
+        z_out = grid.chunk_starts[k] - region.start
+        keep = min(grid.num_slices, region.stop - region.start - z_out)
+        pixels = _to_output_type(tile_state[:, :keep].clamp(-1, 1), "uint8")
+        image[:, z_out : z_out + keep, y : y + grid.tile, x : x + grid.tile] = pixels
+
+    return write
 
 
-def _create_step_arrays(group, buffer_shape, chunk, progress_shape, unit_tiles=None) -> None:
-    for name in ("x_a", "x_b"):
-        group.create_array(name, shape=buffer_shape, chunks=chunk, dtype="float32", fill_value=0.0, compressors=None)
-    # progress last: its presence means the buffers exist
-    # one record per tile; sharded by work unit (its owner is the only writer), ~190 k objects for a whole brain
-    # instead of ~3 M. The step buffers stay one object per tile: a sharded buffer would rewrite its whole
-    # shard for every tile written, at every step.
-    shards = None if unit_tiles is None else (1, min(unit_tiles, progress_shape[1]), min(unit_tiles, progress_shape[2]))
-    group.create_array("progress", shape=progress_shape, chunks=(1, 1, 1), shards=shards, dtype="int32", fill_value=-1,
-                       compressors=None)  # fmt: skip
+def _stream_callback(pipe: TeraMindPipeline, callback_on_step_end: Callable | None) -> Callable | None:
+    if callback_on_step_end is None:
+        return None
+
+    def callback(step, timestep, latents_fn, model_output_fn):
+        out = callback_on_step_end(pipe, step, timestep, {"latents": latents_fn()}) or {}
+        return out.get("latents")
+
+    return callback
 
 
 def _step_store_exists(out: str) -> bool:
@@ -567,20 +429,15 @@ def _build_pyramid(group, levels: list, levels_done: int, state) -> None:
 def load_pipeline(
     model: str | None, scheduler: str = "ddim", dtype: str | torch.dtype | None = None, compile: bool = False
 ) -> TeraMindPipeline:
-    """The pipeline from a folder / Hub repo (default: the embedded model), with the requested scheduler, the
-    model in ``dtype`` (fp32, bf16, fp16; state and scheduler stay float32) and optionally compiled."""
+    """The pipeline from a folder / Hub repo (default: the embedded model), with the named scheduler (``ddim``,
+    ``dpm``, ``unipc``, ``euler`` or a diffusers scheduler class name), the model in ``dtype`` (fp32, bf16,
+    fp16; state and scheduler stay float32) and optionally compiled."""
     from .acceleration import cast_unet
 
     pipe = TeraMindPipeline.from_pretrained(model)
     cast_unet(pipe.unet, dtype)  # (from_pretrained's keyword for it differs across diffusers versions)
     if compile:
         pipe.enable_compile()
-    if scheduler == "dpm":
-        from diffusers import DPMSolverMultistepScheduler
-
-        pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.inner.config)
-    elif scheduler != "ddim":
-        raise ValueError(f"--scheduler must be ddim or dpm, got {scheduler!r}")
+    if scheduler != "ddim" or not isinstance(pipe.scheduler, BoundaryAwareScheduler):
+        pipe.scheduler = scheduler_from_name(scheduler, pipe.scheduler)
     return pipe
-
-

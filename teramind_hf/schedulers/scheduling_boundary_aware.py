@@ -1,39 +1,51 @@
-"""BoundaryAwareScheduler: tile-grid, halo-aware sampling around any diffusers scheduler.
+"""BoundaryAwareScheduler: the official Tera-MIND timestep spacing and clip rule around any diffusers scheduler.
 
-Tera-MIND generates a region tile by tile. Every denoising step is synchronous over the tile grid: a tile's
-input canvas is the tile plus a halo (half a patch) taken from its 8 neighbours *at the same step*, the model
-predicts the noise of the tile alone (its collage path), and the inner scheduler updates the tile. Outside
-the region the canvas holds ``fill_value`` (-1, empty background), as the official inference does.
+The official sampler is DDIM on linear betas 1e-4..0.02 over 1000 training steps, 15 steps, eta 0, with the
+predicted x0 clipped to [-1, 1] and the noise re-derived from the clipped x0. Its 15 timesteps are not those of
+any diffusers spacing: the official ``space_timesteps(T, "ddimN")`` takes the smallest integer stride giving
+exactly N steps (0, 67, ..., 938 for 15) and *re-spaces* the schedule (an N-step schedule whose alpha-bars are
+the training alpha-bars at the kept timesteps). This scheduler does exactly that around a solver -- DDIM by
+default, or any diffusers scheduler (DPM-Solver++, UniPC, Euler, ...) -- and is otherwise a plain diffusers
+scheduler (``set_timesteps``, ``scale_model_input``, ``step``, ``add_noise``).
 
-The noise update itself is delegated to an inner diffusers scheduler (DDIM by default, as official: linear
-betas 1e-4..0.02 over 1000 steps, epsilon prediction, 15 steps, eta 0, x0 clipped to [-1, 1]). Any other
-diffusers scheduler (DPMSolverMultistep, Euler, ...) can be swapped in.
+Its config holds the training schedule at the top level (``num_train_timesteps``, ``beta_*``,
+``prediction_type``, ...), so ``DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)`` works as for
+any diffusers scheduler. Tile geometry is not a scheduler concern: it lives in
+:class:`teramind_hf.sampling.TileGrid` and the pipeline config. Old configs that still carry ``tile_size``,
+``halo``, ``patch_size`` or ``fill_value`` load without a warning; the pipeline reads those keys into its grid.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 from dataclasses import dataclass
 
 import diffusers
 import numpy as np
 import torch
-import torch.nn.functional as F
-from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.configuration_utils import ConfigMixin, FrozenDict, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 
-DEFAULT_INNER_CONFIG = {
+# the training schedule: top-level config keys shared with the diffusers schedulers (official values)
+SCHEDULE_DEFAULTS = {
     "num_train_timesteps": 1000,
     "beta_start": 1e-4,
     "beta_end": 0.02,
     "beta_schedule": "linear",
+    "trained_betas": None,
     "prediction_type": "epsilon",
     "clip_sample": True,
     "clip_sample_range": 1.0,
     "set_alpha_to_one": True,
     "steps_offset": 0,
 }
+# this wrapper's own keys: hidden from other schedulers' from_config (see `config`)
+OWN_KEYS = ("inner_scheduler", "inner_config", "timestep_spacing_mode", "tile_size", "halo", "patch_size", "fill_value")
+LEGACY_GEOMETRY_KEYS = ("tile_size", "halo", "patch_size", "fill_value")
+# kept for code that imported it: the official DDIM settings as one dict
+DEFAULT_INNER_CONFIG = {k: v for k, v in SCHEDULE_DEFAULTS.items() if k != "trained_betas"}
 
 
 @dataclass
@@ -58,7 +70,7 @@ def official_timesteps(num_train_timesteps: int, num_inference_steps: int) -> li
 
 
 def tile_seed(seed: int, *index: int) -> int:
-    """A 63-bit seed for one tile's initial noise, from the run seed and the tile index (z chunk, row, col).
+    """A 63-bit seed from the run seed and an index (e.g. z chunk start, global tile row, global tile col).
 
     A hash (not a sum) so neighbouring tiles and runs never share noise streams.
     """
@@ -66,7 +78,8 @@ def tile_seed(seed: int, *index: int) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-def _inner_class(name: str) -> type:
+def solver_class(name: str) -> type:
+    """A diffusers scheduler class by name (named error listing the known ones)."""
     cls = getattr(diffusers, name, None)
     if not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)):
         known = sorted(n for n in dir(diffusers) if n.endswith("Scheduler") and n != "BoundaryAwareScheduler")
@@ -74,19 +87,27 @@ def _inner_class(name: str) -> type:
     return cls
 
 
+_inner_class = solver_class  # old name
+
+
 class BoundaryAwareScheduler(SchedulerMixin, ConfigMixin):
-    r"""Synchronous tile-grid sampling with halos, wrapping an inner diffusers scheduler.
+    r"""Official timestep spacing and x0 clip around a diffusers solver.
 
     Parameters:
-        inner_scheduler: class name of the diffusers scheduler doing the noise update.
-        inner_config: its config (betas, prediction type, ...); defaults to the official DDIM settings.
-        timestep_spacing_mode: ``"official"`` uses the official DDIM spacing (stride ``s`` with exactly N
-            steps: 0, 67, ..., 938 for 15) by re-spacing the schedule as the official sampler does;
-            ``"inner"`` uses the inner scheduler's own ``set_timesteps``.
-        tile_size: kept tile edge in px (256 official).
-        halo: canvas margin taken from neighbours, half a patch (32 official).
-        patch_size: model patch edge (64 official); ``tile_size + 2*halo`` must be a multiple of it.
-        fill_value: canvas value outside the region (-1, empty background, as official).
+        num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, prediction_type, clip_sample,
+            clip_sample_range, set_alpha_to_one, steps_offset: the training schedule and DDIM options
+            (official defaults), passed to the solver.
+        inner_scheduler: class name of the diffusers solver doing the update (``"DDIMScheduler"`` official).
+        inner_config: solver-only options (e.g. ``{"algorithm_type": "dpmsolver++"}``).
+        timestep_spacing_mode: ``"official"``: the official spacing by re-spacing the schedule (above);
+            ``"inner"``: the solver's own ``set_timesteps`` on the 1000-step schedule.
+        tile_size, halo, patch_size, fill_value: legacy geometry keys of old configs (unused here; the pipeline
+            reads them into its tile grid).
+
+    The clip rule: with ``clip_sample``, x0 is clipped to ``[-clip_sample_range, clip_sample_range]``. DDIM and
+    DDPM do it themselves (DDIM then re-derives the noise from the clipped x0, as official). For other solvers
+    the model output is converted to x0 (epsilon or sample prediction, on the solver's alpha-bar or sigma at
+    that step), clipped, and converted back before the solver sees it; for v-prediction nothing is clipped.
     """
 
     order = 1
@@ -102,42 +123,83 @@ class BoundaryAwareScheduler(SchedulerMixin, ConfigMixin):
     @register_to_config
     def __init__(
         self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: list[float] | None = None,
+        prediction_type: str = "epsilon",
+        clip_sample: bool = True,
+        clip_sample_range: float = 1.0,
+        set_alpha_to_one: bool = True,
+        steps_offset: int = 0,
         inner_scheduler: str = "DDIMScheduler",
         inner_config: dict | None = None,
         timestep_spacing_mode: str = "official",
-        tile_size: int = 256,
-        halo: int = 32,
-        patch_size: int = 64,
-        fill_value: float = -1.0,
+        tile_size: int | None = None,
+        halo: int | None = None,
+        patch_size: int | None = None,
+        fill_value: float | None = None,
     ):
         if timestep_spacing_mode not in ("official", "inner"):
             raise ValueError(f"timestep_spacing_mode must be 'official' or 'inner', got {timestep_spacing_mode!r}")
-        if (tile_size + 2 * halo) % patch_size or tile_size % patch_size:
-            raise ValueError(
-                f"tile_size ({tile_size}) and tile_size + 2*halo ({tile_size + 2 * halo}) must be multiples of patch_size ({patch_size})"
-            )
-        if 2 * halo != patch_size:
-            raise ValueError(f"halo must be half a patch ({patch_size // 2}) for the collage path, got {halo}")
-        self._inner_cls = _inner_class(inner_scheduler)
-        self.inner = self._inner_cls.from_config({**DEFAULT_INNER_CONFIG, **(inner_config or {})})
+        # old configs kept the schedule inside inner_config: lift those keys to the top level
+        extra = dict(inner_config or {})
+        lifted = {k: extra.pop(k) for k in list(extra) if k in SCHEDULE_DEFAULTS}
+        if lifted:
+            self.register_to_config(**lifted, inner_config=extra or None)
+        self._solver_cls = solver_class(inner_scheduler)
         self.timesteps = torch.tensor([], dtype=torch.long)
         self.num_inference_steps = None
-        self._stepper = self.inner
+        self._stepper = self._solver_cls.from_config(self.solver_config())
         self._model_to_inner: dict[int, int] = {}
 
-    # ------------------------------------------------------------------ construction helpers
+    # ------------------------------------------------------------------ config
+    @property
+    def config(self) -> FrozenDict:
+        # `_use_default_values` is how diffusers marks keys another class's from_config must skip: listing this
+        # wrapper's own keys there lets `X.from_config(pipe.scheduler.config)` take the schedule without an
+        # "ignored config attributes" warning (`extract_init_dict` below keeps them for this class itself)
+        # (schedule keys are never listed there: they are what other schedulers must take, even when an old
+        # config carried them inside inner_config)
+        config = self._internal_dict
+        skipped = sorted((set(config.get("_use_default_values", [])) - set(SCHEDULE_DEFAULTS)) | set(OWN_KEYS))
+        return FrozenDict({**config, "_use_default_values": skipped})
+
     @classmethod
-    def wrap(cls, inner: SchedulerMixin, **kwargs) -> "BoundaryAwareScheduler":
-        """Wrap an existing diffusers scheduler (e.g. ``DPMSolverMultistepScheduler.from_config(...)``)."""
-        if isinstance(inner, BoundaryAwareScheduler):
-            return inner
-        config = {k: v for k, v in dict(inner.config).items() if not k.startswith("_")}
-        spacing = kwargs.pop("timestep_spacing_mode", "official" if type(inner).__name__ == "DDIMScheduler" else "inner")
-        return cls(inner_scheduler=type(inner).__name__, inner_config=config, timestep_spacing_mode=spacing, **kwargs)
+    def extract_init_dict(cls, config_dict, **kwargs):
+        used = [k for k in config_dict.get("_use_default_values", []) if k not in OWN_KEYS and k not in SCHEDULE_DEFAULTS]
+        return super().extract_init_dict({**config_dict, "_use_default_values": used}, **kwargs)
+
+    def solver_config(self) -> dict:
+        """The config the solver is built from: the schedule plus its own options."""
+        cfg = self._internal_dict
+        schedule = {k: cfg[k] for k in SCHEDULE_DEFAULTS}
+        return {**schedule, **dict(cfg.get("inner_config") or {})}
 
     @property
-    def canvas_size(self) -> int:
-        return self.config.tile_size + 2 * self.config.halo
+    def inner(self) -> SchedulerMixin:
+        """The solver on the 1000-step training schedule (kept for old code; not needed by the package)."""
+        return self._solver_cls.from_config(self.solver_config())
+
+    @property
+    def geometry(self) -> dict:
+        """Legacy geometry keys present in this config (read into the pipeline's tile grid)."""
+        return {k: self._internal_dict[k] for k in LEGACY_GEOMETRY_KEYS if self._internal_dict.get(k) is not None}
+
+    @classmethod
+    def wrap(cls, solver: SchedulerMixin, **kwargs) -> "BoundaryAwareScheduler":
+        """Wrap a diffusers scheduler (e.g. ``DPMSolverMultistepScheduler.from_config(...)``); DDIM keeps the
+        official spacing, others their own. A :class:`BoundaryAwareScheduler` is returned as is."""
+        if isinstance(solver, BoundaryAwareScheduler):
+            return solver
+        config = {k: v for k, v in dict(solver.config).items() if not k.startswith("_")}
+        schedule = {k: config.pop(k) for k in list(config) if k in SCHEDULE_DEFAULTS}
+        if type(solver).__name__ != "DDIMScheduler":
+            schedule.setdefault("clip_sample", True)  # the official clip rule applies to every solver
+        spacing = kwargs.pop("timestep_spacing_mode", "official" if type(solver).__name__ == "DDIMScheduler" else "inner")
+        return cls(**schedule, inner_scheduler=type(solver).__name__, inner_config=config or None,
+                   timestep_spacing_mode=spacing, **kwargs)  # fmt: skip
 
     @property
     def init_noise_sigma(self) -> float:
@@ -146,40 +208,43 @@ class BoundaryAwareScheduler(SchedulerMixin, ConfigMixin):
     # ------------------------------------------------------------------ timesteps
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         """Set the model timesteps (descending, on the 0..T-1 training scale)."""
+        self._stepper, self._model_to_inner, self.timesteps = self.new_stepper(num_inference_steps, device)
+        self.num_inference_steps = num_inference_steps
+
+    def new_stepper(self, num_inference_steps: int, device=None) -> tuple[SchedulerMixin, dict[int, int], torch.Tensor]:
+        """A fresh solver set to ``num_inference_steps``: (solver, model -> solver timestep map, model timesteps).
+
+        The tile sampler keeps one such solver as the template of every tile's step (see
+        ``teramind_hf.sampling.solver_state``).
+        """
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-        self.num_inference_steps = num_inference_steps
-        inner_cfg = self.inner.config
-        if self.config.timestep_spacing_mode == "official":
-            model_steps = official_timesteps(inner_cfg.num_train_timesteps, num_inference_steps)
-            # Re-space the schedule as the official SpacedDiffusion does: the inner scheduler runs on an
-            # N-step schedule whose alpha-bars are the training alpha-bars at the kept timesteps.
-            full = _training_alphas_cumprod(inner_cfg)
-            kept = full[model_steps]
-            betas = 1 - kept / np.concatenate([[1.0], kept[:-1]])
-            spaced_cfg = {**dict(inner_cfg), "num_train_timesteps": num_inference_steps, "trained_betas": betas.tolist()}
-            spaced_cfg = {k: v for k, v in spaced_cfg.items() if not k.startswith("_")}
-            if "timestep_spacing" in spaced_cfg:
-                spaced_cfg["timestep_spacing"] = "leading"
-            if "steps_offset" in spaced_cfg:
-                spaced_cfg["steps_offset"] = 0
-            stepper = self._inner_cls.from_config(spaced_cfg)
-            if hasattr(stepper, "alphas_cumprod"):
-                # float64 alpha-bars cast once to float32, as official (not a float32 cumprod)
-                stepper.alphas_cumprod = torch.from_numpy(kept).float()
+        solver_cfg = self.solver_config()
+        if self.config.timestep_spacing_mode != "official":
+            stepper = self._solver_cls.from_config(solver_cfg)
             stepper.set_timesteps(num_inference_steps, device=device)
-            self._stepper = stepper
-            self._model_to_inner = {model_steps[i]: i for i in range(num_inference_steps)}
-            inner_ts = stepper.timesteps.tolist()
-            self.timesteps = torch.tensor([model_steps[int(i)] for i in inner_ts], dtype=torch.long, device=device)
-        else:
-            self.inner.set_timesteps(num_inference_steps, device=device)
-            self._stepper = self.inner
-            self._model_to_inner = {}
-            self.timesteps = self.inner.timesteps.clone()
+            return stepper, {}, stepper.timesteps.clone()
+        model_steps = official_timesteps(solver_cfg["num_train_timesteps"], num_inference_steps)
+        # Re-space the schedule as the official SpacedDiffusion does: the solver runs on an N-step schedule whose
+        # alpha-bars are the training alpha-bars at the kept timesteps.
+        full = _training_alphas_cumprod(solver_cfg)
+        kept = full[model_steps]
+        betas = 1 - kept / np.concatenate([[1.0], kept[:-1]])
+        spaced = {**solver_cfg, "num_train_timesteps": num_inference_steps, "trained_betas": betas.tolist()}
+        if "timestep_spacing" in self._solver_cls._get_init_keys(self._solver_cls):
+            spaced["timestep_spacing"] = "leading"
+        spaced["steps_offset"] = 0
+        stepper = self._solver_cls.from_config(spaced)
+        if hasattr(stepper, "alphas_cumprod"):
+            # float64 alpha-bars cast once to float32, as official (not a float32 cumprod)
+            stepper.alphas_cumprod = torch.from_numpy(kept).float()
+        stepper.set_timesteps(num_inference_steps, device=device)
+        mapping = {model_steps[i]: i for i in range(num_inference_steps)}
+        timesteps = torch.tensor([model_steps[int(i)] for i in stepper.timesteps.tolist()], dtype=torch.long, device=device)
+        return stepper, mapping, timesteps
 
     def inner_timestep(self, timestep: int | torch.Tensor):
-        """The inner scheduler's timestep for a model timestep."""
+        """The solver's timestep for a model timestep."""
         if not self._model_to_inner:
             return timestep
         return self._model_to_inner[int(timestep)]
@@ -187,6 +252,7 @@ class BoundaryAwareScheduler(SchedulerMixin, ConfigMixin):
     def scale_model_input(self, sample: torch.Tensor, timestep: int | torch.Tensor | None = None) -> torch.Tensor:
         return self._stepper.scale_model_input(sample, self.inner_timestep(timestep))
 
+    # ------------------------------------------------------------------ update
     def step(
         self,
         model_output: torch.Tensor,
@@ -195,42 +261,28 @@ class BoundaryAwareScheduler(SchedulerMixin, ConfigMixin):
         generator: torch.Generator | None = None,
         return_dict: bool = True,
     ) -> BoundaryAwareSchedulerOutput | tuple:
-        """One inner-scheduler update of a whole region (elementwise, so tile order never matters)."""
-        kwargs = {"generator": generator} if generator is not None else {}
-        params = _step_params(self._stepper)
+        """One solver update of ``sample`` with the official clip rule."""
+        result = self.solver_step(self._stepper, model_output, timestep, sample, generator)
+        return result if return_dict else (result.prev_sample,)
+
+    def solver_step(self, stepper, model_output, timestep, sample, generator=None) -> BoundaryAwareSchedulerOutput:
+        """``stepper.step`` at model timestep ``timestep`` with the clip rule (used for whole regions and tiles)."""
+        params = _step_params(stepper)
+        kwargs = {"generator": generator} if generator is not None and "generator" in params else {}
         if "eta" in params:
             kwargs["eta"] = 0.0
         if "use_clipped_model_output" in params:
             # official DDIM re-derives the noise from the clipped x0 before stepping
             kwargs["use_clipped_model_output"] = True
-        out = self._stepper.step(model_output, self.inner_timestep(timestep), sample, return_dict=True, **kwargs)
-        result = BoundaryAwareSchedulerOutput(out.prev_sample, getattr(out, "pred_original_sample", None))
-        return result if return_dict else (result.prev_sample,)
+        inner_t = self.inner_timestep(timestep)
+        if self.config.clip_sample and "clip_sample" not in stepper.config:
+            model_output = clip_model_output(stepper, model_output, sample, inner_t, self.config.clip_sample_range)
+        out = stepper.step(model_output, inner_t, sample, return_dict=True, **kwargs)
+        return BoundaryAwareSchedulerOutput(out.prev_sample, getattr(out, "pred_original_sample", None))
 
     def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """Forward diffusion on the 1000-step training schedule (for training and img2img-like use)."""
         return self.inner.add_noise(original, noise, timesteps)
-
-    # ------------------------------------------------------------------ tile geometry
-    def tile_grid(self, height: int, width: int) -> tuple[int, int]:
-        """Rows and columns of tiles of a region; the region must be a whole number of tiles."""
-        tile = self.config.tile_size
-        if height % tile or width % tile or height <= 0 or width <= 0:
-            raise ValueError(
-                f"region {height}x{width} px is not a whole number of {tile}-px tiles "
-                f"(gene grid {height}/{width} px must be multiples of tile_size={tile})"
-            )
-        return height // tile, width // tile
-
-    def pad_region(self, region: torch.Tensor) -> torch.Tensor:
-        """Pad a region ``(..., H, W)`` by the halo with ``fill_value`` so every tile's canvas is a plain slice."""
-        halo = self.config.halo
-        return F.pad(region, (halo, halo, halo, halo), value=self.config.fill_value)
-
-    def tile_canvas(self, padded_region: torch.Tensor, row: int, col: int) -> torch.Tensor:
-        """Canvas of tile (row, col): the tile plus the halo from its 8 neighbours, from a padded region."""
-        tile, size = self.config.tile_size, self.canvas_size
-        return padded_region[..., row * tile : row * tile + size, col * tile : col * tile + size]
 
     def initial_noise(
         self, seed: int, index: tuple[int, ...], shape: tuple[int, ...], dtype: torch.dtype = torch.float32
@@ -240,26 +292,56 @@ class BoundaryAwareScheduler(SchedulerMixin, ConfigMixin):
         return torch.randn(shape, generator=generator, dtype=dtype) * self.init_noise_sigma
 
     def __len__(self) -> int:
-        return self.inner.config.num_train_timesteps
+        return self.config.num_train_timesteps
+
+
+def clip_model_output(stepper, model_output: torch.Tensor, sample: torch.Tensor, timestep, bound: float) -> torch.Tensor:
+    """Clip the x0 implied by ``model_output`` to ``[-bound, bound]`` and return the model output implying it.
+
+    Variance-preserving solvers (``init_noise_sigma == 1``): ``x = sqrt(ab) x0 + sqrt(1 - ab) eps`` at the
+    step's alpha-bar. Sigma-parameterised solvers (Euler, ...): ``x = x0 + sigma eps`` at the step's sigma.
+    v-prediction (and anything else) is returned unchanged.
+    """
+    prediction = stepper.config.get("prediction_type", "epsilon")
+    if prediction == "sample":
+        return model_output.clamp(-bound, bound)
+    if prediction != "epsilon":
+        return model_output
+    if float(stepper.init_noise_sigma) == 1.0 and hasattr(stepper, "alphas_cumprod"):
+        abar = stepper.alphas_cumprod[int(timestep)].to(sample.dtype)
+        a, s = abar.sqrt(), (1 - abar).sqrt()
+        x0 = ((sample - s * model_output) / a).clamp(-bound, bound)
+        return (sample - a * x0) / s
+    sigmas = getattr(stepper, "sigmas", None)
+    index = getattr(stepper, "step_index", None)
+    if sigmas is None:
+        return model_output
+    if index is None:
+        stepper._init_step_index(timestep)
+        index = stepper.step_index
+    sigma = sigmas[index].to(sample.dtype)
+    if float(sigma) == 0:
+        return model_output
+    x0 = (sample - sigma * model_output).clamp(-bound, bound)
+    return (sample - x0) / sigma
 
 
 def _step_params(scheduler: SchedulerMixin) -> set[str]:
-    import inspect
-
     return set(inspect.signature(scheduler.step).parameters)
 
 
 def _training_alphas_cumprod(config) -> np.ndarray:
     """Float64 alpha-bar of the training schedule (the official code builds it in float64)."""
+    config = dict(config)
     if config.get("trained_betas") is not None:
         betas = np.asarray(config["trained_betas"], dtype=np.float64)
-    elif config.beta_schedule == "linear":
-        betas = np.linspace(config.beta_start, config.beta_end, config.num_train_timesteps, dtype=np.float64)
-    elif config.beta_schedule == "scaled_linear":
-        betas = np.linspace(config.beta_start**0.5, config.beta_end**0.5, config.num_train_timesteps, dtype=np.float64) ** 2
+    elif config["beta_schedule"] == "linear":
+        betas = np.linspace(config["beta_start"], config["beta_end"], config["num_train_timesteps"], dtype=np.float64)
+    elif config["beta_schedule"] == "scaled_linear":
+        betas = np.linspace(config["beta_start"] ** 0.5, config["beta_end"] ** 0.5, config["num_train_timesteps"], dtype=np.float64) ** 2
     else:
         raise ValueError(
-            f"timestep_spacing_mode='official' supports linear/scaled_linear betas, got {config.beta_schedule!r}; "
+            f"timestep_spacing_mode='official' supports linear/scaled_linear betas, got {config['beta_schedule']!r}; "
             "use timestep_spacing_mode='inner'"
         )
     return np.cumprod(1.0 - betas)

@@ -38,8 +38,7 @@ def sample_seed(seed: int, step: int, index: int, stream: str = "noise") -> int:
 
 def training_alphas_cumprod(scheduler) -> torch.Tensor:
     """Float64 alpha-bar of the 1000-step training schedule of a (wrapped) scheduler, as the official code."""
-    inner = getattr(scheduler, "inner", scheduler)
-    return torch.from_numpy(np.asarray(_training_alphas_cumprod(inner.config), dtype=np.float64))
+    return torch.from_numpy(np.asarray(_training_alphas_cumprod(scheduler.config), dtype=np.float64))
 
 
 @dataclass

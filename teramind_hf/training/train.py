@@ -81,7 +81,7 @@ def build_unet(args: argparse.Namespace, data_panel, log=logger.info):
             layers_per_block=args.layers_per_block,
             dropout=args.dropout,
         )
-        return unet, data_panel, None, BoundaryAwareScheduler(inner_config={"prediction_type": args.prediction_type or "epsilon"})
+        return unet, data_panel, None, BoundaryAwareScheduler(prediction_type=args.prediction_type or "epsilon")
 
     from ..pipelines.pipeline_teramind import TeraMindPipeline
 
@@ -90,10 +90,9 @@ def build_unet(args: argparse.Namespace, data_panel, log=logger.info):
     except (OSError, ValueError) as err:
         raise type(err)(f"--pretrained {args.pretrained}: cannot load a TeraMindPipeline ({err})") from err
     unet = pipe.unet.to(torch.float32)
-    if args.prediction_type and args.prediction_type != pipe.scheduler.inner.config.prediction_type:
-        log(f"switching prediction_type {pipe.scheduler.inner.config.prediction_type} -> {args.prediction_type}")
-        inner = {**dict(pipe.scheduler.config.inner_config or {}), "prediction_type": args.prediction_type}
-        pipe.scheduler = BoundaryAwareScheduler.from_config(pipe.scheduler.config, inner_config=inner)
+    if args.prediction_type and args.prediction_type != pipe.scheduler.config.prediction_type:
+        log(f"switching prediction_type {pipe.scheduler.config.prediction_type} -> {args.prediction_type}")
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=args.prediction_type)
     names = unet.config.gene_names
     if not names:
         if len(data_panel) != unet.config.num_genes:
@@ -226,7 +225,7 @@ def train(args: argparse.Namespace) -> dict:
                           accumulation=args.gradient_accumulation_steps, rank=rank, world=world)  # fmt: skip
     loader = DataLoader(samples, batch_size=args.train_batch_size, sampler=sampler, num_workers=args.dataloader_num_workers)
     abar = training_alphas_cumprod(scheduler)
-    prediction_type = scheduler.inner.config.prediction_type
+    prediction_type = scheduler.config.prediction_type
     cfg = accelerator.unwrap_model(unet).config
 
     region = None

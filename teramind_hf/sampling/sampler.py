@@ -1,0 +1,250 @@
+"""TileSampler: THE region / step / tile loop of Tera-MIND sampling (in memory and streamed alike).
+
+One reusable object with explicit geometry (:class:`TileGrid`), state (:mod:`.state`), solver
+(:class:`TileSolver`), gene canvases and grid schedule. A run, for each group of z chunks (all chunks at once
+in memory; one after another when streaming, so the buffers hold one chunk):
+
+1. *initial noise* per tile from a generator seeded by ``(seed, z chunk start, global row, global col)``
+   (or the ``latents`` given), written to parity 0;
+2. for each step ``i``, for each batch of tiles (in the requested order): each tile's canvas is read from
+   parity ``i % 2`` (tile + halo, ``fill_value`` outside the region; larger under a grid offset), the model
+   runs on the batch at every offset of the step (outputs blended per pixel if several), the solver steps each
+   tile with that tile's history, and x_{t-1}, the history and the progress record are written to parity
+   ``(i + 1) % 2`` (the last step goes to ``write_final`` if given);
+3. a barrier between steps when several processes share the state (work units are split across processes
+   with accelerate's ``split_between_processes``).
+
+Nothing in a step depends on which tiles ran before it in the same step, so the result is independent of
+tile order, batch size, number of processes and interruption (resume continues from the progress record).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..schedulers.scheduling_boundary_aware import tile_seed
+from .gene_canvas import GeneCanvases
+from .grid import TileGrid
+from .schedule import GridSchedule, blend_weights
+from .solver_state import TileSolver
+from .state import TileState
+
+TILE_ORDERS = ("raster", "reverse")
+
+
+def tile_noise(grid: TileGrid, seed: int, k: int, row: int, col: int, stains: int, sigma: float = 1.0) -> torch.Tensor:
+    """Initial noise ``(stains, slices, tile, tile)`` of one tile, seeded by ``(seed, z chunk start, global row,
+    global col)`` alone (so a sub-region of a larger run draws the same noise there)."""
+    generator = torch.Generator(device="cpu").manual_seed(tile_seed(seed, grid.chunk_starts[k], *grid.global_index(row, col)))
+    return torch.randn((stains, grid.num_slices, grid.tile, grid.tile), generator=generator, dtype=torch.float32) * sigma
+
+
+class Processes:
+    """The processes sharing a run: accelerate's ``PartialState`` (or one process if None)."""
+
+    def __init__(self, state=None):
+        self.state = state
+
+    @property
+    def num_processes(self) -> int:
+        return 1 if self.state is None else self.state.num_processes
+
+    def split(self, items: list) -> list:
+        if self.num_processes == 1:
+            return list(items)
+        with self.state.split_between_processes(list(items)) as mine:
+            return list(mine)
+
+    def wait(self) -> None:
+        if self.num_processes > 1:
+            self.state.wait_for_everyone()
+
+
+class TileSampler:
+    """Sample a region tile by tile (see module doc).
+
+    Args:
+        unet: the :class:`GeneMorphUNet3DModel` (collage path).
+        solver: a :class:`TileSolver` (scheduler, steps, seed).
+        grid: the region's :class:`TileGrid`.
+        genes: :class:`GeneCanvases` of the region.
+        grid_schedule: offsets and blending per step (:class:`GridSchedule`; default official).
+        batch_size: canvases per model call; tile_order: ``"raster"`` or ``"reverse"`` (no effect on bytes).
+        halo: False for the naive-tiling baseline (each tile alone, no neighbour halo; official grid only).
+        processes: :class:`Processes` sharing a persistent state (default: this process alone).
+        device, dtype: where and in which dtype the model runs (state and solver stay float32 on the CPU).
+    """
+
+    def __init__(
+        self, unet, solver: TileSolver, grid: TileGrid, genes: GeneCanvases, *, grid_schedule: GridSchedule | None = None,
+        batch_size: int = 4, tile_order: str = "raster", halo: bool = True, processes: Processes | None = None,
+        device=None, dtype=None,
+    ):  # fmt: skip
+        if tile_order not in TILE_ORDERS:
+            raise ValueError(f"tile_order must be one of {TILE_ORDERS}, got {tile_order!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.grid_schedule = grid_schedule or GridSchedule()
+        if not halo and not self.grid_schedule.is_official:
+            raise ValueError("the naive-tiling baseline (no halo) runs on the official grid only")
+        self.unet, self.solver, self.grid, self.genes = unet, solver, grid, genes
+        self.batch_size, self.tile_order, self.halo = batch_size, tile_order, halo
+        self.processes = processes or Processes()
+        self.device = device if device is not None else unet.device
+        self.dtype = dtype if dtype is not None else unet.dtype
+        self.stains = unet.config.out_channels
+        period = self.grid_schedule.blend_period or grid.patch // 2
+        self._weights = {}
+        for step in range(solver.num_steps):
+            offsets = tuple(grid.check_offset(o) for o in self.grid_schedule.offsets_at(step, solver.num_steps))
+            if len(offsets) > 1 and offsets not in self._weights:
+                self._weights[offsets] = blend_weights(offsets, grid.tile, period)
+        self.tile_steps_run = 0
+
+    # ------------------------------------------------------------------ jobs
+    def my_tiles(self) -> list[tuple[int, int]]:
+        """This process's tiles: its share of the work units, in raster order."""
+        return [tile for unit in self.processes.split(self.grid.work_units()) for tile in unit]
+
+    def _jobs(self, chunks: list[int], stage: int, snapshot: np.ndarray | None) -> list[tuple[int, int, int]]:
+        jobs = [(k, r, c) for k in chunks for r, c in self.my_tiles()]
+        if snapshot is not None:
+            jobs = [(k, r, c) for k, r, c in jobs if snapshot[k, r, c] < stage + 1]
+        return jobs[::-1] if self.tile_order == "reverse" else jobs
+
+    def chunk_groups(self, together: bool) -> list[list[int]]:
+        ks = list(range(len(self.grid.chunk_starts)))
+        return [ks] if together else [[k] for k in ks]
+
+    # ------------------------------------------------------------------ canvases
+    def read_canvas(self, state: TileState, parity: int, k: int, row: int, col: int, step: int, offset) -> torch.Tensor:
+        """The model input canvas of a tile at a step under an offset (scaled, ``fill_value`` outside)."""
+        grid = self.grid
+        box = grid.canvas_box(row, col, offset)
+        if not self.halo:
+            ys, xs = grid.tile_slices(row, col)
+            scaled = self.solver.scale_model_input(state.read_x(parity, k, ys, xs), step)
+            return F.pad(scaled, (grid.halo,) * 4, value=grid.fill_value)
+        ys, xs, pad = grid.inside(box)
+        scaled = self.solver.scale_model_input(state.read_x(parity, k, ys, xs), step)
+        return F.pad(scaled, pad, value=grid.fill_value)
+
+    def model_output(self, state: TileState, parity: int, batch, step: int) -> torch.Tensor:
+        """The (blended) model output of a batch of tiles at a step: ``(B, stains, slices, tile, tile)``."""
+        grid, t = self.grid, self.solver.timesteps[step]
+        offsets = tuple(grid.check_offset(o) for o in self.grid_schedule.offsets_at(step, self.solver.num_steps))
+        weights = self._weights.get(offsets)
+        combined = None
+        for j, offset in enumerate(offsets):
+            canvases = torch.stack([self.read_canvas(state, parity, k, r, c, step, offset) for k, r, c in batch])
+            genes = torch.stack([self.genes.canvas(k, r, c, offset) for k, r, c in batch])
+            out = self.unet(canvases.to(device=self.device, dtype=self.dtype), t,
+                            genes.to(device=self.device, dtype=self.dtype), path="collage").sample.float().cpu()  # fmt: skip
+            box = grid.canvas_box(0, 0, offset)
+            out = out[..., box.crop_y : box.crop_y + grid.tile, box.crop_x : box.crop_x + grid.tile]
+            if weights is None:
+                return out
+            combined = out * weights[j] if combined is None else combined + out * weights[j]
+        return combined
+
+    # ------------------------------------------------------------------ stages
+    def initial_noise(self, k: int, row: int, col: int, latents: torch.Tensor | None) -> torch.Tensor:
+        if latents is not None:
+            ys, xs = self.grid.tile_slices(row, col)
+            return latents[k, :, :, ys, xs].float().cpu()
+        return tile_noise(self.grid, self.solver.seed, k, row, col, self.stains, self.solver.init_noise_sigma)
+
+    def run_noise(self, state: TileState, jobs, latents) -> None:
+        for k, r, c in jobs:
+            state.write_x(0, k, r, c, self.initial_noise(k, r, c, latents))
+            state.mark(k, r, c, 0)
+        self.tile_steps_run += len(jobs)
+
+    def run_step(self, state: TileState, step: int, jobs, write_final: Callable | None, model_outputs: dict | None) -> None:
+        parity, last = step % 2, step == self.solver.num_steps - 1
+        needed = self.solver.needed_at(step)
+        for b in range(0, len(jobs), self.batch_size):
+            batch = jobs[b : b + self.batch_size]
+            output = self.model_output(state, parity, batch, step)
+            ys_xs = [self.grid.tile_slices(r, c) for _, r, c in batch]
+            x = torch.stack([state.read_x(parity, k, ys, xs) for (k, _, _), (ys, xs) in zip(batch, ys_xs)])
+            histories = [state.read_history(parity, k, r, c, needed) for k, r, c in batch]
+            history = {s: torch.stack([h[s] for h in histories]) for s in needed}
+            keys = [(self.grid.chunk_starts[k], *self.grid.global_index(r, c)) for k, r, c in batch]
+            prev, after = self.solver.step(step, output, x, history, keys)
+            for j, (k, r, c) in enumerate(batch):
+                if model_outputs is not None:
+                    model_outputs.setdefault(k, {})[(r, c)] = output[j]
+                if last and write_final is not None:
+                    write_final(k, r, c, prev[j])
+                else:
+                    state.write_x(1 - parity, k, r, c, prev[j])
+                    if not last:
+                        state.write_history(1 - parity, k, r, c, {s: v[j] for s, v in after.items()})
+                state.mark(k, r, c, step + 1)  # after the data: a recorded tile is complete
+            self.tile_steps_run += len(batch)
+
+    def run(
+        self, state: TileState, *, snapshot: np.ndarray | None = None, chunks_together: bool = True,
+        latents: torch.Tensor | None = None, write_final: Callable | None = None, progress_bar: Callable | None = None,
+        callback: Callable | None = None,
+    ) -> int | None:  # fmt: skip
+        """All stages not yet done (per ``snapshot``); returns the first stage that had work if resumed.
+
+        ``callback(step, timestep, latents_fn, model_output_fn) -> latents or None`` runs after each step (the
+        pipeline's ``callback_on_step_end``); ``progress_bar(total)`` is a context manager with ``update``.
+        """
+        steps = self.solver.num_steps
+        plan = []
+        for chunks in self.chunk_groups(chunks_together):
+            first = -1 if snapshot is None else int(min(snapshot[k].min() for k in chunks))
+            if first < steps:
+                plan.append((chunks, first))
+        resumed = plan[0][1] if snapshot is not None and snapshot.max() >= 0 and plan else None
+        total = sum(steps - max(first, 0) for _, first in plan)
+        was_training = self.unet.training
+        self.unet.eval()  # dropout off while sampling; restored after (training validation)
+        try:
+            with (progress_bar(total) if progress_bar else nullcontext()) as bar, torch.no_grad():
+                for chunks, first in plan:
+                    for k in chunks:
+                        self.genes.load(k, self.my_tiles())  # once per z chunk, for all its steps
+                    for stage in range(first, steps):
+                        jobs = self._jobs(chunks, stage, snapshot if stage == first else None)
+                        outputs = {} if callback is not None else None
+                        if stage == -1:
+                            self.run_noise(state, jobs, latents)
+                        else:
+                            self.run_step(state, stage, jobs, write_final, outputs)
+                        self.processes.wait()  # step i + 1 reads what every process wrote at step i
+                        if stage >= 0:
+                            if callback is not None:
+                                self._callback(callback, state, stage, chunks, outputs)
+                            if bar is not None:
+                                bar.update(1)
+                    for k in chunks:
+                        self.genes.release(k)
+        finally:
+            self.unet.train(was_training)
+        return resumed
+
+    def _callback(self, callback, state: TileState, step: int, chunks: list[int], outputs: dict) -> None:
+        parity = (step + 1) % 2
+
+        def model_output() -> torch.Tensor:
+            grid = self.grid
+            full = torch.zeros(len(chunks), self.stains, grid.num_slices, grid.height, grid.width)
+            for i, k in enumerate(chunks):
+                for (r, c), value in outputs.get(k, {}).items():
+                    ys, xs = grid.tile_slices(r, c)
+                    full[i, :, :, ys, xs] = value
+            return full
+
+        replaced = callback(step, self.solver.timesteps[step], lambda: state.latents(parity, chunks), model_output)
+        if replaced is not None:
+            state.set_latents(parity, chunks, replaced)

@@ -1,0 +1,106 @@
+"""Grid schedules: at which patch-grid offsets the model is evaluated at each step, and how outputs combine.
+
+The model's 64-px patch grid shows in its samples (its output-patch borders, and its input-patch borders half a
+patch away). A :class:`GridSchedule` says, per step index, which offsets ``(dy, dx)`` px of that grid the model
+runs at:
+
+* ``shifts``: the grid at step ``i`` moves by ``shifts[i % len(shifts)]`` (a function of the step index only,
+  so every step stays synchronous over the tile grid and all determinism properties hold);
+* ``blend_offsets`` at the last ``blend_steps`` steps: the model runs at each offset and the outputs are
+  combined per pixel with separable tent weights of period ``blend_period`` (default half a patch) that are
+  smallest next to each grid's patch borders (input and output borders are half a patch apart, so both lie
+  on the period) and are normalised to sum to 1 at every pixel.
+
+``GridSchedule()`` (alias ``"official"``) is the official geometry: no shift, no blend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+Offset = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class GridSchedule:
+    """Per-step grid offsets and blending (see module doc)."""
+
+    shifts: tuple[Offset, ...] = ((0, 0),)
+    blend_offsets: tuple[Offset, ...] = ()
+    blend_steps: int = 0
+    blend_period: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shifts", tuple((int(a), int(b)) for a, b in self.shifts))
+        object.__setattr__(self, "blend_offsets", tuple((int(a), int(b)) for a, b in self.blend_offsets))
+        if not self.shifts:
+            raise ValueError("grid schedule: shifts must hold at least one offset (use ((0, 0),) for none)")
+        if self.blend_steps < 0:
+            raise ValueError(f"grid schedule: blend_steps must be >= 0, got {self.blend_steps}")
+        if self.blend_steps and len(self.blend_offsets) < 2:
+            raise ValueError("grid schedule: blending needs at least two blend_offsets")
+        if self.blend_period is not None and self.blend_period < 2:
+            raise ValueError(f"grid schedule: blend_period must be >= 2 px, got {self.blend_period}")
+
+    @property
+    def is_official(self) -> bool:
+        return self.shifts == ((0, 0),) and not self.blend_steps
+
+    def offsets_at(self, step: int, num_steps: int) -> tuple[Offset, ...]:
+        """The offsets the model runs at in step ``step`` of ``num_steps``."""
+        if self.blend_steps and step >= num_steps - self.blend_steps:
+            return self.blend_offsets
+        return (self.shifts[step % len(self.shifts)],)
+
+    def all_offsets(self, num_steps: int) -> set[Offset]:
+        return {o for i in range(num_steps) for o in self.offsets_at(i, num_steps)}
+
+    def to_dict(self) -> dict:
+        return {k: ([list(o) for o in v] if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "GridSchedule":
+        return cls(**{**data, "shifts": tuple(map(tuple, data.get("shifts", ((0, 0),)))),
+                      "blend_offsets": tuple(map(tuple, data.get("blend_offsets", ())))})  # fmt: skip
+
+
+GRID_SCHEDULES: dict[str, GridSchedule] = {
+    "official": GridSchedule(),
+    # a four-offset blend at the last step (the direction measured in issue 12; defaults are set from the
+    # seams research, this entry only names the mechanism)
+    "blend4": GridSchedule(blend_offsets=((0, 0), (0, 16), (16, 0), (16, 16)), blend_steps=1),
+}
+
+
+def resolve_grid(grid: "GridSchedule | str | dict | None") -> GridSchedule:
+    """A schedule from a name in :data:`GRID_SCHEDULES`, a dict (run record) or a schedule."""
+    if grid is None:
+        return GRID_SCHEDULES["official"]
+    if isinstance(grid, GridSchedule):
+        return grid
+    if isinstance(grid, dict):
+        return GridSchedule.from_dict(grid)
+    if grid not in GRID_SCHEDULES:
+        raise ValueError(f"unknown grid schedule {grid!r}; known: {', '.join(GRID_SCHEDULES)} (or a GridSchedule)")
+    return GRID_SCHEDULES[grid]
+
+
+def tent(length: int, offset: int, period: int) -> torch.Tensor:
+    """Weights of ``length`` pixels: a tent of period ``period`` that is smallest next to the borders at
+    ``offset + k * period`` and largest between them (pixel centres, so two tents half a period apart sum to 1)."""
+    u = (torch.arange(length, dtype=torch.float64) - offset) % period
+    return torch.minimum(u + 0.5, period - u - 0.5) / (period / 2)
+
+
+def blend_weights(offsets: tuple[Offset, ...], tile: int, period: int) -> torch.Tensor:
+    """``(len(offsets), tile, tile)`` float32 weights summing to 1 per pixel (tile-periodic: tiles start on the
+    period because ``tile`` is a multiple of it)."""
+    if tile % period:
+        raise ValueError(f"blend_period ({period} px) must divide the tile ({tile} px)")
+    raw = torch.stack([tent(tile, dy, period)[:, None] * tent(tile, dx, period)[None, :] for dy, dx in offsets])
+    total = raw.sum(0)
+    if not bool((total > 0).all()):
+        raise ValueError(f"blend offsets {offsets} leave pixels with zero total weight")
+    return (raw / total).float()

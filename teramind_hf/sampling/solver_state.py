@@ -1,0 +1,177 @@
+"""Per-tile solver history: any diffusers scheduler stepped tile by tile, in any order, batch or process.
+
+A diffusers scheduler keeps two kinds of state between ``step`` calls:
+
+* *scalar* state (``step_index``, ``lower_order_nums``, ``this_order``, the timestep list, ...): the same for
+  every tile and a deterministic function of the step index. :class:`TileSolver` obtains it by replaying
+  the steps on a 1-element dummy sample once (cheap, and equally right after a resume);
+* *per-sample* tensors (DPM-Solver's ``model_outputs``, UniPC's ``last_sample``; nothing for DDIM or Euler):
+  found generically as the attributes holding tensors (or lists of tensors) of the sample's shape. These are
+  the *history slots* each tile keeps in the state store; before a batch of tiles is stepped they are swapped
+  into a copy of the scalar template, and read back after.
+
+Tiles at one step share the scalar state, so a batch of tiles is stepped in one call with their histories
+stacked (the updates are per pixel, so the result does not depend on the batch). A scheduler that keeps state
+of another kind (a noise sampler object, a stacked history) is refused by name. Stochastic solvers (those whose
+``step`` draws noise: two dry runs with different generators differ) are stepped one tile at a time with a generator seeded by the run
+seed, the step and the tile's global index.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from ..schedulers.scheduling_boundary_aware import BoundaryAwareScheduler, _step_params, tile_seed
+
+_DUMMY_SHAPE = (1, 1, 1, 1, 7)  # a shape no schedule tensor has
+_PLAIN = (type(None), bool, int, float, str)
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One per-sample tensor of the solver: ``attribute`` or ``attribute[index]`` of a list."""
+
+    attribute: str
+    index: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.attribute if self.index is None else f"{self.attribute}.{self.index}"
+
+
+def _copy_state(state: dict) -> dict:
+    return {k: (list(v) if isinstance(v, list) else v) for k, v in state.items()}
+
+
+def _is_sample(value, shape) -> bool:
+    return torch.is_tensor(value) and tuple(value.shape) == tuple(shape)
+
+
+class TileSolver:
+    """Step tiles of a region with ``scheduler``'s solver over ``num_steps`` steps (see module doc)."""
+
+    def __init__(self, scheduler: BoundaryAwareScheduler, num_steps: int, seed: int = 0):
+        self.scheduler, self.num_steps, self.seed = scheduler, num_steps, seed
+        scheduler.set_timesteps(num_steps)
+        self.timesteps = list(scheduler.timesteps)  # 0-d tensors, as the solver expects them (Euler: float)
+        self.init_noise_sigma = scheduler.init_noise_sigma
+        base = copy.deepcopy(scheduler._stepper)
+        self._base = base
+        self.stochastic = self._draws_noise(base)
+        self._before, self.slots, self._present = self._replay(base)
+
+    # ------------------------------------------------------------------ template
+    def _draws_noise(self, stepper) -> bool:
+        """Whether ``step`` uses its generator (two dry runs with different generators differ)."""
+        if "generator" not in _step_params(stepper):
+            return False
+        runs = []  # every intermediate sample (a last step may not depend on the noise: DDPM's x0 at t = 0)
+        for seed in (0, 1):
+            work, sample, trace = copy.deepcopy(stepper), torch.full(_DUMMY_SHAPE, 0.1), []
+            if hasattr(work, "is_scale_input_called"):
+                work.is_scale_input_called = True
+            for i, t in enumerate(self.timesteps):
+                output = torch.full(_DUMMY_SHAPE, 0.05 * (i + 1))
+                sample = self.scheduler.solver_step(work, output, t, sample, torch.Generator().manual_seed(seed)).prev_sample
+                trace.append(sample)
+            runs.append(torch.cat(trace))
+        return not torch.equal(*runs)
+
+    def _replay(self, stepper):
+        """(scalar state before each step, history slots, slots holding a tensor after each step)."""
+        work = copy.deepcopy(stepper)
+        if hasattr(work, "is_scale_input_called"):
+            work.is_scale_input_called = True
+        states = [_copy_state(vars(work))]
+        sample = torch.full(_DUMMY_SHAPE, 0.1)
+        for i, t in enumerate(self.timesteps):
+            output = torch.full(_DUMMY_SHAPE, 0.05 * (i + 1))
+            generator = torch.Generator().manual_seed(0) if self.stochastic else None
+            sample = self.scheduler.solver_step(work, output, t, sample, generator).prev_sample
+            states.append(_copy_state(vars(work)))
+        slots = []
+        for name in sorted({k for state in states for k in state}):
+            values = [s.get(name) for s in states]
+            if any(_is_sample(v, _DUMMY_SHAPE) for v in values):
+                slots.append(Slot(name))
+            elif any(isinstance(v, (list, tuple)) and any(_is_sample(x, _DUMMY_SHAPE) for x in v) for v in values):
+                length = max(len(v) for v in values if isinstance(v, (list, tuple)))
+                slots.extend(Slot(name, j) for j in range(length))
+            else:
+                self._check_supported(name, values)
+        present = [[self._get(state, slot) is not None for slot in slots] for state in states[1:]]
+        scalars = [{k: v for k, v in state.items() if k not in {s.attribute for s in slots}} for state in states]
+        return scalars, slots, present
+
+    def _check_supported(self, name: str, values: list) -> None:
+        kind = type(self._base).__name__
+        for value in values:
+            items = value if isinstance(value, (list, tuple)) else [value]
+            for item in items:
+                if torch.is_tensor(item) and item.ndim == len(_DUMMY_SHAPE) and item.shape[-1] == _DUMMY_SHAPE[-1]:
+                    raise ValueError(f"{kind} keeps per-sample state in {name!r} in a form that cannot be kept per tile")
+        odd = [v for v in values if not isinstance(v, (*_PLAIN, torch.Tensor, list, tuple, dict))]
+        if odd and any(v is not values[0] for v in values):
+            raise ValueError(
+                f"{kind} keeps state in {name!r} ({type(odd[0]).__name__}) that changes while sampling and cannot be "
+                "kept per tile; use a scheduler whose history is tensors of the sample's shape (DDIM, DPM-Solver++, "
+                "UniPC, Euler, ...)"
+            )
+
+    @staticmethod
+    def _get(state: dict, slot: Slot):
+        value = state.get(slot.attribute)
+        if slot.index is None:
+            return value
+        return value[slot.index] if isinstance(value, (list, tuple)) and slot.index < len(value) else None
+
+    def present_after(self, step: int) -> list[Slot]:
+        """The slots holding a tensor after step ``step`` (to be saved; the others stay empty)."""
+        return [s for s, p in zip(self.slots, self._present[step]) if p]
+
+    def needed_at(self, step: int) -> list[Slot]:
+        """The slots step ``step`` reads (what the previous step saved)."""
+        return [] if step == 0 else self.present_after(step - 1)
+
+    # ------------------------------------------------------------------ stepping
+    def scale_model_input(self, sample: torch.Tensor, step: int) -> torch.Tensor:
+        stepper = self._work(step, {})
+        return stepper.scale_model_input(sample, self.scheduler.inner_timestep(self.timesteps[step]))
+
+    def _work(self, step: int, history: dict[Slot, torch.Tensor]):
+        work = copy.copy(self._base)
+        work.__dict__.update(_copy_state(self._before[step]))
+        if hasattr(work, "is_scale_input_called"):
+            work.is_scale_input_called = True  # the sampler scales every canvas (on its own copy)
+        for attribute in {s.attribute for s in self.slots}:
+            listed = [s for s in self.slots if s.attribute == attribute and s.index is not None]
+            if listed:
+                setattr(work, attribute, [history.get(s) for s in listed])
+            else:
+                setattr(work, attribute, history.get(Slot(attribute)))
+        return work
+
+    def step(
+        self, step: int, model_output: torch.Tensor, sample: torch.Tensor, history: dict[Slot, torch.Tensor],
+        tile_keys: list[tuple[int, ...]] | None = None,
+    ) -> tuple[torch.Tensor, dict[Slot, torch.Tensor]]:  # fmt: skip
+        """Step a batch of tiles at ``step``: ``(x_{t-1}, history after the step)`` (history stacked like the
+        batch, holding the slots of :meth:`needed_at`)."""
+        if self.stochastic and sample.shape[0] > 1:  # one tile per call, each with its own noise stream
+            parts = [
+                self.step(step, model_output[j : j + 1], sample[j : j + 1], {s: v[j : j + 1] for s, v in history.items()},
+                          [tile_keys[j]])  # fmt: skip
+                for j in range(sample.shape[0])
+            ]
+            return torch.cat([p[0] for p in parts]), {s: torch.cat([p[1][s] for p in parts]) for s in self.present_after(step)}
+        t = self.timesteps[step]
+        work = self._work(step, history)
+        generator = None
+        if self.stochastic:
+            generator = torch.Generator().manual_seed(tile_seed(self.seed, 1, step, *tile_keys[0]))
+        prev = self.scheduler.solver_step(work, model_output, t, sample, generator).prev_sample
+        state = vars(work)
+        return prev, {s: self._get(state, s) for s in self.present_after(step)}

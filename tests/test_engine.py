@@ -1,0 +1,264 @@
+"""The tile-sampling engine: every solver gives the same bytes in memory, streamed, in any batch/order, on 2
+processes and after SIGKILL + resume; genes are read once per z chunk; exact sub-regions; grid schedules."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from diffusers import DPMSolverMultistepScheduler
+
+from teramind_hf import BoundaryAwareScheduler, TeraMindPipeline
+from teramind_hf.cli import main as cli_main
+from teramind_hf.pipelines.streaming import generate_to_zarr, load_pipeline
+from teramind_hf.sampling import PRESETS, GridSchedule, TileGrid
+from teramind_hf.sampling.schedule import blend_weights
+
+from .conftest import TINY_GENES, make_tiny_unet
+from .test_generate import accelerate_launch
+
+TILE = 256  # (the tiny model is not bit-batch-invariant on 192-px canvases of 128-px tiles: oneDNN kernels)
+STEPS = 3
+REGION = (0, 0, 2 * TILE, 2 * TILE)  # 2 x 2 tiles
+SOLVERS = ["ddim", "dpm", "unipc"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("engine")
+
+
+@pytest.fixture(scope="module")
+def model_dir(workdir) -> Path:
+    pipe = TeraMindPipeline(unet=make_tiny_unet(), scheduler=BoundaryAwareScheduler(), tile_size=TILE)
+    pipe.save_pretrained(workdir / "tiny")
+    return workdir / "tiny"
+
+
+@pytest.fixture(scope="module")
+def genes() -> np.ndarray:
+    return np.random.default_rng(0).poisson(1.0, (len(TINY_GENES), 2, 2 * TILE // 16, 2 * TILE // 16)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def gene_store(genes, workdir) -> Path:
+    path = workdir / "genes.zarr"
+    group = zarr.open_group(str(path), mode="w")
+    group.create_array("genes", data=genes, chunks=(len(TINY_GENES), 1, 16, 16))
+    group.attrs.update({"gene_names": TINY_GENES, "um_per_px": 0.5})
+    return path
+
+
+def _pipe(model_dir: Path, solver: str) -> TeraMindPipeline:
+    pipe = load_pipeline(str(model_dir), solver)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def in_memory(model_dir, genes) -> dict[str, np.ndarray]:
+    """The in-memory pipeline's uint8 output per solver, as (c, z, y, x)."""
+    out = {}
+    for solver in SOLVERS:
+        pipe = _pipe(model_dir, solver)
+        images = pipe(genes, gene_names=TINY_GENES, num_inference_steps=STEPS, generator=0, output_type="uint8").images
+        out[solver] = images.transpose(1, 0, 2, 3)
+    return out
+
+
+def level0(out: Path) -> np.ndarray:
+    return zarr.open_group(str(out), mode="r")["0"][...]
+
+
+def cli_args(gene_store: Path, out: Path, model_dir: Path, solver: str, *extra: str) -> list[str]:
+    return [
+        "generate", "--genes", str(gene_store), "--out", str(out), "--model", str(model_dir), "--scheduler", solver,
+        "--region", ",".join(map(str, REGION)), "--steps", str(STEPS), "--seed", "0", "--quiet", "--threads", "1", *extra,
+    ]  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------- determinism per solver
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_batch_order_and_streaming_give_the_same_bytes(solver, model_dir, genes, gene_store, in_memory, workdir):
+    reference = in_memory[solver]
+    assert reference.std() > 1  # not a constant image
+    pipe = _pipe(model_dir, solver)
+    other = pipe(genes, gene_names=TINY_GENES, num_inference_steps=STEPS, generator=0, output_type="uint8",
+                 batch_size=1, tile_order="reverse").images  # fmt: skip
+    np.testing.assert_array_equal(other.transpose(1, 0, 2, 3), reference)
+    out = workdir / f"stream_{solver}.ome.zarr"
+    report = generate_to_zarr(pipe, gene_store, out, region=REGION, num_inference_steps=STEPS, generator=0,
+                              batch_size=1, tile_order="reverse", memory_limit_bytes=0, progress_bar=False)  # fmt: skip
+    assert report.step_buffers == "disk"
+    np.testing.assert_array_equal(level0(out), reference)
+    if solver != "ddim":
+        assert not np.array_equal(reference, in_memory["ddim"])  # the solver is really used
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_two_processes_with_accelerate(solver, model_dir, gene_store, in_memory, workdir):
+    out = workdir / f"two_{solver}.ome.zarr"
+    result = subprocess.run([*accelerate_launch(2), *cli_args(gene_store, out, model_dir, solver, "--batch-size", "2")],
+                            env=ENV, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 process(es)" in result.stdout
+    np.testing.assert_array_equal(level0(out), in_memory[solver])
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_sigkill_then_resume_gives_identical_bytes(solver, model_dir, gene_store, in_memory, workdir):
+    out = workdir / f"killed_{solver}.ome.zarr"
+    args = cli_args(gene_store, out, model_dir, solver, "--batch-size", "1", "--memory-limit-mb", "0")
+    proc = subprocess.Popen([sys.executable, "-m", "teramind_hf.cli", *args], env=ENV, stderr=subprocess.PIPE)
+    deadline, killed = time.time() + 600, None
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            progress = zarr.open_group(str(out / "_teramind_steps"), mode="r")["progress"][...]
+        except Exception:  # not created yet
+            time.sleep(0.05)
+            continue
+        if progress.max() >= 2 and progress.min() < 2:  # inside step 1: multistep history is in use
+            proc.send_signal(signal.SIGKILL)
+            killed = progress.copy()
+            break
+        time.sleep(0.02)
+    proc.wait(timeout=60)
+    assert killed is not None, f"run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+    assert cli_main(args) == 0
+    np.testing.assert_array_equal(level0(out), in_memory[solver])
+
+
+# ---------------------------------------------------------------------------------- genes read once
+class CountingArray:
+    """A real zarr array whose reads are recorded (bins of each read)."""
+
+    def __init__(self, array):
+        self.array, self.reads = array, []
+
+    shape = property(lambda self: self.array.shape)
+    ndim = property(lambda self: self.array.ndim)
+
+    def __getitem__(self, key):
+        self.reads.append(key)
+        return self.array[key]
+
+
+def test_each_gene_chunk_is_read_once_per_z_chunk(model_dir, genes, workdir):
+    store = zarr.open_group(str(workdir / "genes3.zarr"), mode="w")
+    three = np.concatenate([genes, genes[:, :1]], axis=1)  # 3 sections: z chunks at 0 and 2
+    array = store.create_array("genes", data=three, chunks=(len(TINY_GENES), 1, 16, 16))
+    counting = CountingArray(array)
+    pipe = _pipe(model_dir, "ddim")
+    generate_to_zarr(pipe, counting, workdir / "counted.ome.zarr", num_inference_steps=STEPS, generator=0, progress_bar=False)
+    reads_per_chunk: dict[tuple, int] = {}
+    for key in counting.reads:
+        z, y, x = key[1:]
+        for section in range(z.start, z.stop):
+            for cy in range(y.start // 16, -(-y.stop // 16)):
+                for cx in range(x.start // 16, -(-x.stop // 16)):
+                    reads_per_chunk[(section, cy, cx)] = reads_per_chunk.get((section, cy, cx), 0) + 1
+    assert len(counting.reads) == 2  # one read per z chunk, whatever the number of steps
+    # sections 0-2 feed z chunk 0 (window -1..3), sections 1-2 also z chunk 2 (window 1..5): once per z chunk
+    expected = {0: 1, 1: 2, 2: 2}
+    assert {k: v for k, v in reads_per_chunk.items()} == {(s, cy, cx): expected[s] for s in range(3) for cy in range(2) for cx in range(2)}
+
+
+# ---------------------------------------------------------------------------------- exact sub-regions
+def test_exact_sub_region_equals_the_full_run_there(model_dir):
+    """A 2 x 2-tile sub-region of a 6 x 6-tile run (2 steps: a 1-tile margin) regenerated alone."""
+    pipe = _pipe(model_dir, "ddim")
+    grid = pipe.tile_grid(6 * TILE, 6 * TILE)
+    assert grid.margin_tiles(2) == 1 and grid.margin_tiles(15) == 6 and grid.reach_per_step() == 96
+    genes = np.random.default_rng(1).poisson(1.0, (len(TINY_GENES), 2, 6 * TILE // 16, 6 * TILE // 16)).astype(np.float32)
+    full = pipe(genes, gene_names=TINY_GENES, num_inference_steps=2, generator=3, output_type="uint8").images
+    y0 = x0 = 2 * TILE
+    sub = (y0, x0, 2 * TILE, 2 * TILE)
+    exact = pipe(genes, gene_names=TINY_GENES, num_inference_steps=2, generator=3, output_type="uint8", region=sub, exact=True).images
+    np.testing.assert_array_equal(exact, full[..., y0 : y0 + 2 * TILE, x0 : x0 + 2 * TILE])
+    alone = pipe(genes, gene_names=TINY_GENES, num_inference_steps=2, generator=3, output_type="uint8", region=sub).images
+    assert not np.array_equal(alone, exact)  # without the margin the sub-region's borders differ
+
+
+# ---------------------------------------------------------------------------------- grid schedules and API
+def test_blend_weights_sum_to_one_and_are_smallest_at_patch_borders():
+    offsets = ((0, 0), (0, 16), (16, 0), (16, 16))
+    weights = blend_weights(offsets, 128, 32)
+    torch.testing.assert_close(weights.sum(0), torch.ones(128, 128))
+    row = weights[0, 16]  # offset (0, 0) along x: smallest next to its borders at multiples of 32
+    assert row[31] < row[16] and row[32] < row[16] and row[63] < row[48]
+
+
+def test_blended_grid_schedule_keeps_streaming_equal_to_memory(model_dir, genes, gene_store, in_memory, workdir):
+    pipe = _pipe(model_dir, "ddim")
+    schedule = GridSchedule(shifts=((0, 0), (32, 32)), blend_offsets=((0, 0), (0, 16), (16, 0), (16, 16)), blend_steps=1)
+    memory = pipe(genes, gene_names=TINY_GENES, num_inference_steps=STEPS, generator=0, output_type="uint8", grid=schedule).images
+    assert not np.array_equal(memory.transpose(1, 0, 2, 3), in_memory["ddim"])
+    out = workdir / "blend.ome.zarr"
+    generate_to_zarr(pipe, gene_store, out, region=REGION, num_inference_steps=STEPS, generator=0, batch_size=3,
+                     grid=schedule, memory_limit_bytes=0, progress_bar=False)  # fmt: skip
+    np.testing.assert_array_equal(level0(out), memory.transpose(1, 0, 2, 3))
+    record = zarr.open_group(str(out), mode="r").attrs["teramind"]["run"]
+    assert GridSchedule.from_dict(record["grid_schedule"]) == schedule
+
+
+def test_scheduler_swap_is_plain_diffusers(model_dir, caplog):
+    import logging
+
+    from diffusers.utils import logging as diffusers_logging
+
+    pipe = _pipe(model_dir, "ddim")
+    assert pipe.config.tile_size == TILE
+    diffusers_logging.enable_propagation()
+    try:
+        with caplog.at_level(logging.WARNING):
+            pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="dpmsolver++")
+            TeraMindPipeline.from_pretrained()
+    finally:
+        diffusers_logging.disable_propagation()
+    assert "ignored" not in caplog.text
+    assert type(pipe.scheduler) is DPMSolverMultistepScheduler  # no attribute override
+    assert pipe.scheduler.config.beta_start == 1e-4 and pipe.scheduler.config.prediction_type == "epsilon"
+    default = TeraMindPipeline.from_pretrained()  # an old config: geometry in the scheduler, prediction in inner_config
+    assert default.config.tile_size == 256 and default.config.halo == 32
+    assert DPMSolverMultistepScheduler.from_config(default.scheduler.config).config.prediction_type == "sample"
+
+
+def test_presets_and_cli_names(model_dir, genes):
+    assert PRESETS["official"].scheduler == "ddim" and PRESETS["official"].num_inference_steps == 15
+    assert PRESETS["fast"].num_inference_steps <= 5
+    pipe = _pipe(model_dir, "ddim")
+    fast = pipe.sampling_scheduler(PRESETS["fast"])
+    assert type(fast._stepper).__name__ == "DPMSolverMultistepScheduler" and fast._stepper.config.algorithm_type == "dpmsolver++"
+    one = pipe(genes, gene_names=TINY_GENES, num_inference_steps=1, generator=0).images
+    assert np.array_equal(one, pipe(genes, gene_names=TINY_GENES, preset="official", num_inference_steps=1, generator=0).images)
+    with pytest.raises(ValueError, match="unknown preset"):
+        pipe(genes, gene_names=TINY_GENES, preset="nope")
+    with pytest.raises(ValueError, match="not one of"):
+        load_pipeline(str(model_dir), "NoSuchScheduler")
+
+
+def test_tile_grid_geometry():
+    grid = TileGrid(height=512, width=768, origin=(256, 512), tile=256, unit_tiles=2)
+    assert (grid.rows, grid.cols) == (2, 3) and grid.global_index(1, 2) == (2, 4)
+    assert grid.work_units() == [[(0, 0), (0, 1), (1, 0), (1, 1)], [(0, 2), (1, 2)]]
+    box = grid.canvas_box(0, 0, (16, 0))
+    assert (box.y0, box.height, box.crop_y, box.x0, box.width, box.crop_x) == (-80, 384, 48, -32, 320, 0)
+    with pytest.raises(ValueError, match="multiple of gene_bin"):
+        grid.canvas_box(0, 0, (8, 0))
