@@ -93,7 +93,7 @@ def test_report_of_arrays_is_blockwise_exact(run):
     assert json.dumps(whole.data, allow_nan=False)  # JSON-safe (non-finite values are null)
 
 
-def test_bad_inputs_are_named(run, tmp_path, capsys):
+def test_bad_inputs_are_named(run, tmp_path, capsys, tiny_pipeline):
     root, _ = run
     gen, store = str(root / "gen.ome.zarr"), str(root / "phantom" / "store.zarr")
 
@@ -114,4 +114,7 @@ def test_bad_inputs_are_named(run, tmp_path, capsys):
     assert "does not cover" in fails(gen, "--truth", store, "--labels", str(tmp_path / "small_labels.tif"), "--no-controls")
     assert "no teramind run record" in fails(store, "--truth", store)  # controls need a generated run
     assert "gene source" in fails(gen, "--truth", store, "--genes", str(tmp_path / "gone.zarr"))
-    assert not (tmp_path / "r" / "report.json").exists()
+    tiny_pipeline.save_pretrained(str(tmp_path / "other_model"))
+    assert "not the model that generated" in fails(gen, "--truth", store, "--model", str(tmp_path / "other_model"))
+    assert "unknown control" in str(pytest.raises(ValueError, evaluation_report, gen, store, controls=("blur",)).value)
+    assert not (tmp_path / "r").exists()  # every check runs before anything is written

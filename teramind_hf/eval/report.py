@@ -27,6 +27,7 @@ import numpy as np
 from .accumulate import DEFAULT_BLOCK, accumulate_section, summarize, summarize_regions
 from .inputs import EvalVolume, align, open_labels, open_volume
 from .nuclei import MATCH_DISTANCE_UM, MIN_AREA_UM2, SMOOTHING_UM, SPLIT_DEPTH_UM
+from .report_figure import save_report_figure
 
 CONTROLS = ("shuffled_genes", "second_seed", "mean_image")
 SHUFFLE_SEED = 0
@@ -58,6 +59,7 @@ class EvalReport:
     json_path: Path | None = None
     png_path: Path | None = None
     rows: list[str] = field(default_factory=list)
+    columns: tuple = TABLE_COLUMNS
 
     def row(self, name: str) -> dict[str, float]:
         """The overall metrics of a row (``model``: mean over seeds)."""
@@ -111,9 +113,13 @@ def truth_means(truth: EvalVolume, block: int) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------- controls
 def _control_pipeline(run: dict, model: str | None):
+    import torch
+
     from ..pipelines.streaming import load_pipeline, model_fingerprint
 
-    pipe = load_pipeline(model)
+    # the same precision and compilation as the run (the bytes, and the weights fingerprint, depend on them)
+    dtype = getattr(torch, str(run.get("model_dtype") or "float32"))
+    pipe = load_pipeline(model, dtype=dtype, compile=bool(run.get("model_compiled")))
     pipe.set_progress_bar_config(disable=True)
     if model_fingerprint(pipe.unet) != run.get("model_sha256"):
         where = model or "the embedded default model"
@@ -210,6 +216,9 @@ def evaluation_report(
             f"generated {gen.source} has no teramind run record, so seeds > 1 and the shuffled-genes control cannot "
             "be generated: pass an OME-Zarr written by `teramind generate`, or --no-controls / --seeds 1"
         )
+    if needs_model:  # checked before anything is written
+        pipe = _control_pipeline(gen.run, model)
+        location = _gene_location(gen.run, genes, gen.source)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -218,8 +227,6 @@ def evaluation_report(
     try:
         samples = {"model": [gen]}
         if needs_model:
-            pipe = _control_pipeline(gen.run, model)
-            location = _gene_location(gen.run, genes, gen.source)
             base_seed = int(gen.run["seed"])
             for extra in range(1, seeds):
                 samples["model"].append(
@@ -253,7 +260,8 @@ def evaluation_report(
             "block_px": block,
             "match_distance_um": match_distance_um,
             "nuclei": {"method": "watershed", "smoothing_um": SMOOTHING_UM, "min_area_um2": MIN_AREA_UM2,
-                       "split_depth_um": SPLIT_DEPTH_UM, "threshold": "Otsu per (haloed) block"},
+                       "split_depth_um": SPLIT_DEPTH_UM,
+                       "threshold": "Otsu per section and image (from block histograms when it spans blocks)"},
             "controls": list(controls),
             "seeds": seeds,
         },  # fmt: skip
@@ -263,8 +271,6 @@ def evaluation_report(
     if out is not None:
         report.json_path = out / "report.json"
         report.json_path.write_text(json.dumps(report.data, indent=1, allow_nan=False) + "\n")
-        from .report_figure import save_report_figure
-
         report.png_path = save_report_figure(report, samples, truth_vol, out / "report.png")
     return report
 

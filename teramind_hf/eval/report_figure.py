@@ -32,9 +32,7 @@ def save_report_figure(report, samples: dict, truth, path: Path) -> Path:
             label = name if len(volumes) == 1 else f"{name} seed {report.data['rows'][name]['seeds'][i]['seed']}"
             panels.append((label, volume))
     panels = panels[:6]
-    from .report import TABLE_COLUMNS
-
-    bars = [(key, title, ideal) for key, _, ideal, title in TABLE_COLUMNS if title and key in report.row("model")]
+    bars = [(key, title, ideal) for key, _, ideal, title in report.columns if title and key in report.row("model")]
     n_cols = max(len(panels), 5)
     fig = plt.figure(figsize=(2.6 * n_cols, 2.6 * 2 + 2.4 * int(np.ceil(len(bars) / n_cols)) + 0.6))
     grid = fig.add_gridspec(2 + int(np.ceil(len(bars) / n_cols)), n_cols, hspace=0.45, wspace=0.25)

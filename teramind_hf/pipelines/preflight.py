@@ -163,7 +163,8 @@ def check_output_path(out: str | Path, argument: str = "--out", kind: str = "an 
             break
 
 
-def _probe_writable(folder: Path, what: str) -> None:
+def probe_writable(folder: Path, what: str) -> None:
+    """Create and remove an empty file in ``folder``: PermissionError naming it if that fails."""
     probe = folder / f".teramind-write-probe-{socket.gethostname()}-{os.getpid()}"
     try:
         probe.write_bytes(b"")
@@ -183,7 +184,7 @@ def check_report_location(report_json: str | None) -> None:
         raise FileNotFoundError(f"--report-json {report_json}: folder {path.parent} does not exist")
     if path.exists() and not os.access(path, os.W_OK):
         raise PermissionError(f"--report-json {report_json}: the existing file is not writable")
-    _probe_writable(path.parent, f"--report-json {report_json}")
+    probe_writable(path.parent, f"--report-json {report_json}")
 
 
 # ---------------------------------------------------------------------------------------------- region
