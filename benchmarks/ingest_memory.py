@@ -103,6 +103,13 @@ def main() -> None:
     if not table.exists():
         print(f"writing {rows:,} rows ({per_row:.0f} B/row in pandas) to {table} ...", flush=True)
         write_table(table, rows, genes, args.side, args.sections)
+    elif args.format == "parquet":  # a table from an earlier run is reused: count its own rows
+        import pyarrow.parquet as pq
+
+        rows = pq.ParquetFile(table).metadata.num_rows
+    else:
+        with open(table, "rb") as file:
+            rows = sum(chunk.count(b"\n") for chunk in iter(lambda: file.read(2**24), b"")) - 1
     in_memory_mb = rows * per_row / 2**20
     # what pandas makes of the file itself (its reader may pick wider dtypes than the sample above)
     if args.format == "csv":
