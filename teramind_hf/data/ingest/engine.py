@@ -32,12 +32,12 @@ import pandas as pd
 from ...constants import DEFAULT_SECTION_SPACING_UM
 from ..panel import GenePanel
 from ..volume import panel_for_transcripts
+from .checks import ORIGINS, _check_common, check_coordinates, check_grid, check_sections  # noqa: F401  (re-exported)
 
 DEFAULT_BATCH_ROWS = 500_000
 DEFAULT_BUFFER_BINS = 4_000_000  # (bin, count) pairs summed in memory before a flush: 4M x 16 B = 64 MB
 DEFAULT_MAX_STORE_BYTES = 2**40  # dense float32 genes larger than 1 TiB are refused (raise it for whole brains)
 DEFAULT_PAD_TO = 256  # canvases are padded (zero counts, black images) to whole tiles of the embedded model
-ORIGINS = ("zero", "extent")
 # measured (benchmarks/ingest_memory.py): what the imports take, and the bytes held per batch row / pending pair
 BASELINE_BYTES = 160 * 2**20
 BYTES_PER_BATCH_ROW = 400
@@ -116,49 +116,6 @@ class _Scan:
             self.col_min, self.col_max = min(self.col_min, batch.cols.min()), max(self.col_max, batch.cols.max())
             self.section_max = max(self.section_max, int(batch.sections.max()))
             self.genes.update(pd.unique(batch.genes.astype(str)))
-
-
-# ----------------------------------------------------------------------------------------------- checks
-def check_coordinates(values: np.ndarray, column: str, source: str) -> np.ndarray:
-    """float64 coordinates; ValueError naming `source` and `column` for missing / NaN / non-numeric values."""
-    numeric = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=np.float64)
-    bad = ~np.isfinite(numeric)
-    if bad.any():
-        raise ValueError(f"{source}: column {column!r} has {int(bad.sum())} missing/non-numeric/NaN/inf values")
-    return numeric
-
-
-def check_sections(values: np.ndarray, column: str, source: str) -> np.ndarray:
-    z = check_coordinates(values, column, source)
-    if (z < 0).any() or (z != np.round(z)).any():
-        raise ValueError(f"{source}: column {column!r} must hold non-negative integer section indices")
-    return z.astype(np.int64)
-
-
-def check_grid(
-    shape: tuple[int, int, int, int], max_store_bytes: int, source: str, why: str
-) -> None:
-    """Refuse, before anything is allocated, a dense gene grid larger than `max_store_bytes`."""
-    nbytes = 4 * int(np.prod([int(n) for n in shape], dtype=object))
-    if nbytes > max_store_bytes:
-        raise ValueError(
-            f"{source}: {why} gives a gene grid of shape (G, Z, Hb, Wb)={tuple(shape)} = {nbytes / 2**40:.3g} TiB of "
-            f"float32, over the {max_store_bytes / 2**40:.3g} TiB limit; check the coordinate units / --um-per-px, "
-            "or raise max_store_bytes (--max-store-gib)"
-        )
-
-
-def _check_common(gene_bin: int, um_per_px: float | None, batch_rows: int, buffer_bins: int, origin: str) -> None:
-    if gene_bin < 1:
-        raise ValueError(f"gene_bin must be >= 1, got {gene_bin}")
-    if um_per_px is not None and not (np.isfinite(um_per_px) and um_per_px > 0):
-        raise ValueError(f"um_per_px must be a positive number, got {um_per_px}")
-    if batch_rows < 1:
-        raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
-    if buffer_bins < 1:
-        raise ValueError(f"buffer_bins must be >= 1, got {buffer_bins}")
-    if origin not in ORIGINS:
-        raise ValueError(f"origin must be one of {ORIGINS}, got {origin!r}")
 
 
 # ----------------------------------------------------------------------------------------------- binning
@@ -365,6 +322,7 @@ def ingest_batches(
     from ..store import create_training_store
 
     _check_common(gene_bin, um_per_px, batch_rows, buffer_bins, origin)
+    writer = StoreWriter(out, overwrite)  # output checks before the (long) scan
     if not (np.isfinite(section_spacing_um) and section_spacing_um > 0):
         raise ValueError(f"section_spacing_um (--section-spacing-um) must be a positive number, got {section_spacing_um}")
     if um_per_px is None:
@@ -399,7 +357,7 @@ def ingest_batches(
         "data_shape_px": data_shape,
         "ingest": {"source": source, **(provenance or {})},
     }
-    with StoreWriter(out, overwrite) as partial:
+    with writer as partial:
         group = create_training_store(
             partial, panel, canvas.num_slices, canvas.height, canvas.width, gene_bin=gene_bin,
             um_per_px=float(um_per_px), chunk=chunk, images=images is not None, attrs=attrs,
