@@ -16,11 +16,13 @@ in each requested dtype:
     python benchmarks/perf_tile_call.py --threads 1                       # paper-size + embedded, fp32
     python benchmarks/perf_tile_call.py --threads 1 --dtypes fp32,bf16    # also bf16 (model in bf16)
     python benchmarks/perf_tile_call.py --threads 1 --models embedded --repeats 5
+    python benchmarks/perf_tile_call.py --threads 1 --models paper --repeats 0     # one call each (slow machine)
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -64,8 +66,8 @@ def inputs(cfg, batch: int, device: str = "cpu") -> tuple[torch.Tensor, torch.Te
     return canvas.to(device), genes.to(device)
 
 
-def count_flops(name: str, batch: int) -> tuple[float, float]:
-    """(counted FLOPs, FLOPs without the z zero-padding taps of the 3-deep convs) of one collage-path call."""
+def count_flops(name: str, batch: int, path: str = "collage") -> tuple[float, float]:
+    """(counted FLOPs, FLOPs without the z zero-padding taps of the 3-deep convs) of one call."""
     model = MODELS[name]("meta")
     canvas, genes = inputs(model.config, batch, "meta")
     padding_taps = []
@@ -77,7 +79,7 @@ def count_flops(name: str, batch: int) -> tuple[float, float]:
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Conv3d)]
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(canvas, TIMESTEP, genes, path="collage")
+        model(canvas, TIMESTEP, genes, path=path)
     for h in handles:
         h.remove()
     total = counter.get_total_flops()
@@ -89,7 +91,8 @@ def main() -> None:
     parser.add_argument("--models", default="paper,embedded", help="comma list of: paper, embedded")
     parser.add_argument("--dtypes", default="fp32", help="comma list of: fp32, bf16, fp16 (model dtype)")
     parser.add_argument("--batch", type=int, default=1, help="canvases per call")
-    parser.add_argument("--repeats", type=int, default=3, help="timed calls per candidate (after one warm-up)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed calls per candidate after one warm-up call each (0: time the warm-up calls)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -101,28 +104,36 @@ def main() -> None:
         print(f"\n[{dtype_name}] matmul 2048^3 in this process: {peak / 1e9:.1f} GFLOP/s")
         for name in args.models.split(","):
             flops, useful = count_flops(name, args.batch)
+            flops_both = count_flops(name, args.batch, "both")[0]
             model = cast_unet(MODELS[name](), dtype)
             canvas, genes = inputs(model.config, args.batch)
             params = sum(p.numel() for p in model.parameters())
             with torch.inference_mode():
+                first = {}
                 with peak_rss() as rss_ours:
+                    started = time.perf_counter()
                     ours = model(canvas, TIMESTEP, genes, path="collage").sample
+                    first["ours"] = time.perf_counter() - started
                 with peak_rss() as rss_both:
+                    started = time.perf_counter()
                     official = model(canvas, TIMESTEP, genes, path="both").sample
+                    first["official"] = time.perf_counter() - started
                 diff = float((ours.float() - official.float()).abs().max())
-                times = interleaved_medians(
-                    {
-                        "ours": lambda: model(canvas, TIMESTEP, genes, path="collage"),
-                        "official": lambda: model(canvas, TIMESTEP, genes, path="both"),
-                    },
-                    args.repeats,
-                    warmup=False,  # the two calls above were the warm-up
-                )
+                times = first  # --repeats 0: the first calls (one each) are the measurement
+                if args.repeats > 0:
+                    times = interleaved_medians(
+                        {
+                            "ours": lambda: model(canvas, TIMESTEP, genes, path="collage"),
+                            "official": lambda: model(canvas, TIMESTEP, genes, path="both"),
+                        },
+                        args.repeats,
+                        warmup=False,  # the two calls above were the warm-up
+                    )
             print(
                 f"{name} model ({params / 1e6:.1f} M parameters, {dtype_name}), {args.batch} canvas(es) of {CANVAS} px:\n"
                 f"  (a) official-equivalent tile-step (both decoder passes) {times['official']:.3f} s, "
                 f"ours (collage only) {times['ours']:.3f} s: ours {times['official'] / times['ours']:.2f}x cheaper; "
-                f"max |kept output difference| {diff:.2e}\n"
+                f"max |kept output difference| {diff:.2e}; FLOP ratio official/ours {flops_both / flops:.2f}\n"
                 f"  (b) {flops / 1e9:,.1f} GFLOP counted ({useful / 1e9:,.1f} without z zero-padding taps): "
                 f"{flops / times['ours'] / 1e9:.1f} GFLOP/s counted = {flops / times['ours'] / peak:.1%} of matmul, "
                 f"{useful / times['ours'] / 1e9:.1f} GFLOP/s useful = {useful / times['ours'] / peak:.1%}\n"

@@ -62,6 +62,25 @@ def fine_tune(work: Path, model: str, steps: int, threads: int, um_per_px: float
     return out
 
 
+def pipeline_from_checkpoint(checkpoint: Path, base_model: str, out: Path) -> Path:
+    """A pipeline folder from a training checkpoint's raw (not EMA) weights, to evaluate a run before it ends."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from teramind_hf import TeraMindPipeline
+    from teramind_hf.models.unet_genemorph_3d import GeneMorphUNet3DModel
+
+    if (out / "model_index.json").is_file():
+        return out
+    config = json.loads((checkpoint / "training_config.json").read_text())["unet"]
+    base = TeraMindPipeline.from_pretrained(base_model)
+    unet = GeneMorphUNet3DModel.from_config({**base.unet.config, **config})
+    unet.load_state_dict(load_file(str(checkpoint / "model.safetensors")))
+    TeraMindPipeline(unet=unet, scheduler=base.scheduler).save_pretrained(str(out))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
 
@@ -73,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--model", default=None, help="pipeline folder to fine-tune (default: the embedded model)")
     parser.add_argument("--evaluate_only", action="store_true")
+    parser.add_argument("--checkpoint", default=None, help="evaluate this training checkpoint (raw weights) instead")
     parser.add_argument("--null_models", type=int, default=39, help="random-weight models in the null")
     parser.add_argument("--sample_steps", type=int, default=4, help="denoising steps of the evaluation samples")
     args = parser.parse_args(argv)
@@ -81,7 +101,13 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     um = DEFAULT_MODEL_UM_PER_PX
     model = args.model or str(default_model_path())
-    out = work / "finetuned" if args.evaluate_only else fine_tune(work, model, args.steps, args.threads, um)
+    if args.checkpoint:
+        checkpoint = Path(args.checkpoint)
+        out = pipeline_from_checkpoint(checkpoint, model, work / f"pipeline_{checkpoint.name}")
+    elif args.evaluate_only:
+        out = work / "finetuned"
+    else:
+        out = fine_tune(work, model, args.steps, args.threads, um)
     result = evaluate(out, model, um, args.null_models, args.sample_steps)
     print(json.dumps(result))
     return 0
@@ -158,7 +184,8 @@ def evaluate(finetuned: Path, pretrained: str, um_per_px: float, null_models: in
         "-".join(s.pair): s.to_dict()
         for s in pair_significance(pipe, tissue.genes, names, named, random_models=null_models, permutations=5)
     }
-    result["top_pairs_by_specificity"] = [("-".join(s.pair), round(s.specificity, 3)) for s in sorted(scores, key=lambda s: s.rank)[:5]]
+    ranked = sorted((s for s in scores if s.rank > 0), key=lambda s: s.rank)
+    result["top_pairs_by_specificity"] = [("-".join(s.pair), round(s.specificity, 3)) for s in ranked[:5]]
     for key, row in result["nuclei"].items():
         print(key, {g: (v["found"], round(v["median_area_um2"], 1), round(v["median_brightness"], 3)) for g, v in row.items()})
     for key, row in result["attention_named_pairs"].items():

@@ -36,6 +36,7 @@ METHODS = {
     "shift16_blend1": (1, "cycle16", "tent"),
     "shift16_blend2": (2, "cycle16", "tent"),
     "blend_all": (None, "none", "tent"),
+    "diag_all": (None, "none", "distance"),
     "diag1": (1, "none", "distance"),
     "diag2": (2, "none", "distance"),
     "diag3": (3, "none", "distance"),
@@ -107,7 +108,8 @@ def print_table(rows: list[dict], truth: dict) -> None:
 
 
 def write_png(samples: dict[str, np.ndarray], names: list[str], path: str, crop: int = 160) -> None:
-    """Rows: full region and a zoomed crop around a grid crossing (DAPI, section 0), truth | methods."""
+    """Rows: full region, a zoomed crop around a tile corner, and the same crop with the dark background
+    stretched 4x (where a patch grid shows first); DAPI, section 0; columns truth | methods."""
     from PIL import Image, ImageDraw
 
     def u8(a):
@@ -118,7 +120,7 @@ def write_png(samples: dict[str, np.ndarray], names: list[str], path: str, crop:
     zoom = 3
     panel = crop * zoom
     scale = panel / size
-    sheet = Image.new("L", (panel * len(cols), 2 * panel + 20), 255)
+    sheet = Image.new("L", (panel * len(cols), 3 * panel + 20), 255)
     draw = ImageDraw.Draw(sheet)
     y0 = x0 = 256 - crop // 2  # the tile corner at (256, 256) with its 64-px patch lines around it
     for j, name in enumerate(cols):
@@ -127,6 +129,8 @@ def write_png(samples: dict[str, np.ndarray], names: list[str], path: str, crop:
         sheet.paste(full, (j * panel, 20))
         part = Image.fromarray(img[y0 : y0 + crop, x0 : x0 + crop]).resize((panel, panel), Image.NEAREST)
         sheet.paste(part, (j * panel, 20 + panel))
+        dark = np.clip(img[y0 : y0 + crop, x0 : x0 + crop].astype(np.int32) * 4, 0, 255).astype(np.uint8)
+        sheet.paste(Image.fromarray(dark).resize((panel, panel), Image.NEAREST), (j * panel, 20 + 2 * panel))
         draw.text((j * panel + 4, 4), name, fill=0)
         draw.rectangle([j * panel + x0 * scale, 20 + y0 * scale, j * panel + (x0 + crop) * scale, 20 + (y0 + crop) * scale], outline=255)
     Path(path).parent.mkdir(parents=True, exist_ok=True)

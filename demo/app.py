@@ -325,7 +325,7 @@ def write_ome_zarr_zip(volume: np.ndarray, path: Path, request: Request, um_per_
     """An NGFF 0.5 image (``c, z, y, x``, with a pyramid) zipped into one downloadable file."""
     import zarr
 
-    from teramind_hf.pipelines.ome_zarr import PhysicalScale, build_level, create_image, level_chunks
+    from teramind_hf.pipelines.ome_zarr import PhysicalScale, build_level, create_image, level_blocks
 
     tile = load_pipeline().scheduler.config.tile_size
     folder = path.with_suffix("")  # *.ome.zarr
@@ -336,7 +336,7 @@ def write_ome_zarr_zip(volume: np.ndarray, path: Path, request: Request, um_per_
     levels = create_image(group, (volume.shape[1], volume.shape[0], volume.shape[2], volume.shape[3]), tile, scale)
     levels[0][:] = volume.transpose(1, 0, 2, 3)
     for finer, coarser in zip(levels, levels[1:]):
-        build_level(finer, coarser, level_chunks(coarser.shape, coarser.chunks[2:]))
+        build_level(finer, coarser, level_blocks(coarser))
     archive = shutil.make_archive(str(folder), "zip", root_dir=folder.parent, base_dir=folder.name)
     shutil.rmtree(folder)
     return Path(shutil.move(archive, path))

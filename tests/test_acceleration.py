@@ -67,14 +67,24 @@ def test_generate_cli_bf16_end_to_end_and_recorded(tmp_path, tiny_pipeline, tiny
     assert np.abs(bf16_pixels.astype(int) - fp32_pixels).mean() < 3  # grey levels
 
 
-def test_compiled_model_matches_eager():
+def _compiled_difference(**compile_kwargs) -> float:
     unet = make_tiny_unet()
     generator = torch.Generator().manual_seed(0)
     canvas = torch.randn(2, 2, 2, 320, 320, generator=generator)
     genes = torch.poisson(torch.full((2, len(TINY_GENES), 4, 20, 20), 0.8), generator=generator)
     with torch.no_grad():
         eager = unet(canvas, torch.tensor(500), genes).sample
-        compile_unet(unet)
+        compile_unet(unet, **compile_kwargs)
         assert is_compiled(unet) and "conv_in.weight" in unet.state_dict()  # same module, same keys
         compiled = unet(canvas, torch.tensor(500), genes).sample
-    assert float((compiled - eager).abs().max()) <= 1e-4
+    return float((compiled - eager).abs().max())
+
+
+def test_model_compiles_as_one_graph():
+    # fullgraph: no graph break anywhere in the collage path, so inductor sees (and can fuse) the whole forward
+    assert _compiled_difference(backend="aot_eager", fullgraph=True) <= 1e-6
+
+
+@pytest.mark.slow  # inductor's C++ compilation: ~1-2 min on an idle 2-core machine; the test above covers tracing
+def test_inductor_compiled_model_matches_eager():
+    assert _compiled_difference(fullgraph=True) <= 1e-4

@@ -24,6 +24,8 @@ from teramind_hf.data.phantom import make_phantom
 from teramind_hf.pipelines.gene_source import open_gene_source
 from teramind_hf.pipelines.preflight import check_gene_values
 
+from .conftest import OFFICIAL_SMALL
+
 READ_ONLY_DIR = Path("/sys")  # not writable even for root (a chmod'ed folder is, for root)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
 
@@ -246,7 +248,16 @@ def test_sweep_of_bad_arguments_over_every_sub_command(work, tmp_path, capsys):
     """Bad values for each sub-command: one line, status 2 (argparse usage errors also 2), nothing created."""
     out = tmp_path / "out"
     (tmp_path / "junk.ckpt").write_bytes(b"junk")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep")
+    table, bad_csv, bad_tif = tmp_path / "t.csv", tmp_path / "bad.csv", tmp_path / "bad.tif"
+    table.write_text("x,y,z,gene\n1,1,0,Gad2\n20,30,0,Th\n")
+    bad_csv.write_text('x,y,z,gene\n"unterminated\n')
+    bad_tif.write_bytes(b"II*\x00garbage")
     cases = [
+        ["phantom", str(a_file), "--size", "256", "--slices", "1"], ["phantom", str(a_file / "sub"), "--slices", "1"],
+        ["convert-official", str(tmp_path / "junk.ckpt"), str(a_file)],
+        ["convert-official", str(OFFICIAL_SMALL / "model.safetensors"), str(a_file), "--overwrite"],
         ["phantom", str(out), "--size", "abc"], ["phantom", str(out), "--size", "0"], ["phantom", str(out), "--slices", "0"],
         ["phantom", str(out), "--size", "99999999"], ["phantom", str(out), "--um-per-px", "nan"],
         ["phantom", str(out), "--formats", "nope"],
@@ -259,6 +270,12 @@ def test_sweep_of_bad_arguments_over_every_sub_command(work, tmp_path, capsys):
         ["train", "--data", str(tmp_path / "missing.zarr"), "--output_dir", str(out)],
         ["train", "--data", str(work / "genes.npz"), "--output_dir", str(out), "--crop_size", "100"],
         ["train", "--data", str(work / "genes.npz"), "--output_dir", str(out), "--train_batch_size", "0"],
+        ["ingest", "table", str(table), "--out", str(out), "--um-per-px", "0.5", "--gene-bin", "0"],
+        ["ingest", "table", str(table), "--out", str(out), "--um-per-px", "nan"],
+        ["ingest", "table", str(table), "--out", str(out), "--um-per-px", "0.5", "--section-spacing-um", "0"],
+        ["ingest", "table", str(bad_csv), "--out", str(out), "--um-per-px", "0.5"],
+        ["ingest", "table", str(table), "--out", str(out), "--um-per-px", "0.5", "--images", str(bad_tif)],
+        ["ingest", "table", str(table), "--out", str(a_file), "--um-per-px", "0.5"],
         ["generate", "--genes", str(work / "genes.npz"), "--out", str(out), "--region", "-1,-2,-3,-4"],
         ["generate", "--genes", str(work / "genes.npz"), "--out", str(out), "--steps", "-3"],
         ["generate", "--genes", str(work / "genes.npz"), "--out", str(out), "--steps", "abc"],
@@ -272,6 +289,7 @@ def test_sweep_of_bad_arguments_over_every_sub_command(work, tmp_path, capsys):
         assert code == 2, (argv, code, err)
         assert "Traceback" not in err and err.strip(), (argv, err)
         assert not out.exists(), argv
+    assert a_file.read_text() == "keep"
 
 
 def test_console_script_prints_no_traceback(work, tmp_path):

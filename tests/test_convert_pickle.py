@@ -150,3 +150,24 @@ def test_from_pretrained_refuses_non_finite_and_integer_weights(tiny_pipeline, t
     save_file(state, str(weights))
     with pytest.raises(WeightsError, match=r"diffusion_pytorch_model\.safetensors: expected floating-point weights.*conv_in\.weight \(I64\)"):
         TeraMindPipeline.from_pretrained(tmp_path / "pipe")
+
+
+def test_pickled_pipeline_weights_are_never_loaded(tiny_pipeline, tmp_path):
+    """A folder with .bin (pickle) weights only is refused, and use_safetensors=False is not an escape hatch."""
+    import shutil
+
+    from teramind_hf import GeneMorphUNet3DModel
+
+    tiny_pipeline.save_pretrained(tmp_path / "pipe")
+    weights = tmp_path / "pipe" / "unet" / "diffusion_pytorch_model.safetensors"
+    marker = tmp_path / "pwned"
+    torch.save({"payload": Payload(marker)}, weights.with_suffix(".bin"))
+    weights.unlink()
+    with pytest.raises(ValueError, match="use_safetensors=False: pickled"):
+        TeraMindPipeline.from_pretrained(tmp_path / "pipe", use_safetensors=False)
+    with pytest.raises(ValueError, match="use_safetensors=False: pickled"):
+        GeneMorphUNet3DModel.from_pretrained(tmp_path / "pipe", subfolder="unet", use_safetensors=False)
+    with pytest.raises(Exception, match="safetensors"):
+        GeneMorphUNet3DModel.from_pretrained(tmp_path / "pipe", subfolder="unet")
+    assert not marker.exists()
+    shutil.rmtree(tmp_path / "pipe")

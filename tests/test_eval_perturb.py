@@ -41,6 +41,7 @@ def test_perturb_errors_name_the_problem():
 def test_pipeline_perturb_equals_perturbed_input_with_the_same_seed(tiny_pipeline):
     from teramind_hf.eval.attention import knock_out
 
+    torch.set_num_threads(1)
     rng = np.random.default_rng(0)
     names = list(tiny_pipeline.unet.config.gene_names)
     genes = rng.poisson(2.0, (len(names), 2, 16, 16)).astype(np.float32)

@@ -142,3 +142,41 @@ def test_cli_ingest_three_commands_and_errors(phantom, written, tmp_path, capsys
     err = capsys.readouterr().err
     assert "missing column(s) ['nope']" in err and "Traceback" not in err
     assert not (tmp_path / "t.zarr").exists()
+
+
+def test_corrupt_mosaic_is_named_and_nothing_is_written(written, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(written / "merscope" / "section_01", run)
+    (run / "images" / "mosaic_PolyT_z1.tif").write_bytes(b"II*\x00garbage")
+    out = tmp_path / "g.zarr"
+    assert cli_main(["ingest", "merscope", str(run), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "mosaic_PolyT_z1.tif: cannot read the TIFF mosaic" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    # a truncated plane whose header reads fine fails while writing: named, and the partial store is removed
+    good = (written / "merscope" / "section_01" / "images" / "mosaic_PolyT_z1.tif").read_bytes()
+    (run / "images" / "mosaic_PolyT_z1.tif").write_bytes(good[: len(good) // 2])
+    assert cli_main(["ingest", "merscope", str(run), "--out", str(out), "--quiet"]) == 2
+    assert "PolyT" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_readme_set_up_is_what_ci_runs():
+    root = Path(__file__).parents[1]
+    readme, ci = (root / "README.md").read_text(), (root / ".ci" / "run").read_text()
+    block = readme.split("## Set-up and the main job (two commands)")[1].split("```bash\n")[1].split("```")[0]
+    install_and_run, tests = block.strip().splitlines()
+    assert "teramind generate --out" in install_and_run and install_and_run in ci.splitlines()
+    assert tests in ci.splitlines()
+
+
+def test_memory_budget_sets_batch_and_buffer_sizes(written, tmp_path, capsys):
+    from teramind_hf.data.ingest.engine import sizes_for_memory
+
+    small, large = sizes_for_memory(300 * 2**20), sizes_for_memory(3000 * 2**20)
+    assert small[0] < large[0] and small[1] < large[1]
+    table = str(written / "transcripts.parquet")
+    assert cli_main(["ingest", "table", table, "--out", str(tmp_path / "g.zarr"), "--um-per-px", "0.5", "--memory-mb", "100", "--quiet"]) == 2
+    assert "at least 200 MB" in capsys.readouterr().err and not (tmp_path / "g.zarr").exists()

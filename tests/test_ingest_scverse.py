@@ -83,6 +83,11 @@ def test_generated_images_land_in_the_input_coordinate_system(sdata_path, tmp_pa
     np.testing.assert_allclose(affine, [[UM, 0, origin_x], [0, UM, origin_y], [0, 0, 1]])
     # the export command adds the elements to an existing store (here: again, refused without --overwrite)
     assert cli_main(["export", "spatialdata", str(out), "--to", str(copy)]) == 2
-    assert "exist; pass overwrite" in capsys.readouterr().err
+    assert "exist; pass --overwrite" in capsys.readouterr().err
+    # and generate refuses that target before generating anything
+    again = tmp_path / "again.ome.zarr"
+    assert cli_main(["generate", "--genes", str(sdata_path), "--out", str(again), "--um-per-px", str(UM),
+                     "--steps", "1", "--quiet", "--spatialdata", str(copy)]) == 2  # fmt: skip
+    assert "exist; pass --overwrite" in capsys.readouterr().err and not again.exists()
     assert cli_main(["export", "spatialdata", str(out), "--to", str(copy), "--name", "again"]) == 0
     assert "again_z1" in spatialdata.read_zarr(copy).images

@@ -28,12 +28,12 @@ def machine_launch(rank: int, port: int) -> list[str]:
 def test_two_machines_give_the_bytes_of_one_process(pipe, gene_store, model_dir, workdir):  # noqa: F811
     one = workdir / "one_process.ome.zarr"
     generate_to_zarr(pipe, gene_store, one, region=REGION, slices=SLICES, num_inference_steps=STEPS, generator=0,
-                     progress_bar=False)  # fmt: skip
+                     shard_tiles=None, progress_bar=False)  # unsharded, one process  # fmt: skip
     out, port = workdir / "two_machines.ome.zarr", free_port()
     cli = [
         "generate", "--genes", str(gene_store), "--out", str(out), "--model", str(model_dir), "--quiet",
         "--region", ",".join(map(str, REGION)), "--slices", ",".join(map(str, SLICES)), "--steps", str(STEPS),
-        "--seed", "0", "--batch-size", "1", "--threads", "1",
+        "--seed", "0", "--batch-size", "1", "--threads", "1", "--shard-tiles", "1",  # 4 work units for 2 machines
     ]  # fmt: skip
     machines = [
         subprocess.Popen([*machine_launch(rank, port), *cli], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

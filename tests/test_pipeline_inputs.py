@@ -29,6 +29,10 @@ def test_volume_and_points_become_the_same_gene_input(tissue):
     # a region that is not whole tiles is padded to them
     small, _ = as_gene_input(points[(points.x < 40) & (points.y < 90)], None, UM, 16, 256)
     assert small.shape[1:] == (2, 16, 16)
+    part = make_phantom(96, 128, num_slices=2, seed=5, um_per_px=UM).to_volume()
+    padded, _ = as_gene_input(part, None, None, 16, 256)
+    assert padded.shape[2:] == (16, 16) and padded.sum() == part.genes.sum()
+    np.testing.assert_array_equal(padded[:, :, :6, :8], part.genes)
 
 
 def test_pipe_takes_a_volume(tiny_pipeline, tissue):

@@ -32,8 +32,9 @@ def run(args: argparse.Namespace) -> int:
     pipe = TeraMindPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
     panel = list(pipe.unet.config.gene_names or [])
+    threshold = args.threshold if args.threshold is not None else DEFAULT_THRESHOLD
     results = pair_significance(
-        pipe, genes, names, pairs, threshold=args.threshold if args.threshold is not None else DEFAULT_THRESHOLD,
+        pipe, genes, names, pairs, threshold=threshold,
         random_models=args.random_models, permutations=args.permutations, alpha=args.alpha, seed=args.seed,
     )  # fmt: skip
     model_genes = model_gene_tensor(pipe, genes, names)
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
               f"vs random weights z {null['z']:.2f}, p {null['p']:.3f} (BH {r.p_adjusted:.3f}, learned={r.learned}); "
               f"vs label permutation p {r.label_permutation['p']:.3f}")  # fmt: skip
     summary = {
-        "genes": str(args.genes), "model": args.model or "embedded default", "threshold": args.threshold,
+        "genes": str(args.genes), "model": args.model or "embedded default", "threshold": threshold,
         "random_models": args.random_models, "permutations": args.permutations, "alpha": args.alpha,
         "region_origin_px": list(attrs["origin_px"]), "shape": list(np.shape(genes)),
         "pairs": [r.to_dict() for r in results],

@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..constants import DEFAULT_SECTION_SPACING_UM, DEFAULT_STEP_BUFFER_LIMIT, MERSCOPE_UM_PER_PX
+from ..constants import DEFAULT_SECTION_SPACING_UM, DEFAULT_SHARD_TILES, DEFAULT_STEP_BUFFER_LIMIT, MERSCOPE_UM_PER_PX
 from ._args import int_tuple
 
 
@@ -26,9 +26,14 @@ def run(args: argparse.Namespace) -> int:
     check_generate_arguments(
         num_inference_steps=args.steps, batch_size=args.batch_size, memory_limit_bytes=args.memory_limit_mb * 2**20,
         um_per_px=args.um_per_px, section_spacing_um=args.section_spacing_um, seed=args.seed, threads=args.threads,
+        min_gene_overlap=args.min_gene_overlap,
     )  # fmt: skip
     check_output_path(args.out)
     check_report_location(args.report_json)
+    if args.spatialdata:
+        from ..data.export import check_export_target
+
+        check_export_target(args.spatialdata, "teramind", args.overwrite)
     genes, truth = _gene_input(args)
     open_gene_source(genes)
     if args.threads:
@@ -50,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         section_spacing_um=args.section_spacing_um,
         progress_bar=not args.quiet,
         min_gene_overlap=args.min_gene_overlap,
+        shard_tiles=args.shard_tiles or None,
     )
     if distributed_state().is_main_process:
         print(report.summary())
@@ -141,6 +147,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--um-per-px", type=float, default=None, help=f"pixel size (default: gene store attribute, else {MERSCOPE_UM_PER_PX})")
     p.add_argument("--section-spacing-um", type=float, default=None, help=f"z spacing (default: attribute, else {DEFAULT_SECTION_SPACING_UM})")
     p.add_argument("--memory-limit-mb", type=float, default=DEFAULT_STEP_BUFFER_LIMIT / 2**20, help="step buffers above this go to disk")
+    p.add_argument("--shard-tiles", type=int, default=DEFAULT_SHARD_TILES,
+                   help="level-0 zarr shard = work unit of N x N tiles (one writer each); 0: unsharded, tiles split one by one")
     p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"),
                    help="model precision (state, step buffers and scheduler stay float32); changes the bytes")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (first tile-steps compile)")

@@ -18,18 +18,21 @@ def _columns(pairs: list[str] | None) -> dict[str, str]:
 
 
 def _common(args: argparse.Namespace) -> dict:
+    from ..data.ingest.engine import sizes_for_memory
     from ..data.panel import GenePanel
+
+    batch_rows, buffer_bins = sizes_for_memory(int(args.memory_mb * 2**20))
 
     return {
         "gene_bin": args.gene_bin,
         "panel": GenePanel.from_file(args.panel) if args.panel else None,
         "drop_unknown": args.drop_unknown,
         "section_spacing_um": args.section_spacing_um,
-        "buffer_bins": args.buffer_bins,
+        "buffer_bins": args.buffer_bins or buffer_bins,
         "max_store_bytes": int(args.max_store_gib * 2**30),
         "overwrite": args.overwrite,
         "progress_bar": not args.quiet,
-        "batch_rows": args.batch_rows,
+        "batch_rows": args.batch_rows or batch_rows,
         "pad_to": args.pad_to,
     }
 
@@ -71,8 +74,9 @@ def _add_common(p: argparse.ArgumentParser, um_required: bool) -> None:
     p.add_argument("--panel", default=None, help="text file of genes (one per line) fixing the gene axis")
     p.add_argument("--drop-unknown", action="store_true", help="ignore transcripts of genes not in --panel")
     p.add_argument("--section-spacing-um", type=float, default=DEFAULT_SECTION_SPACING_UM, help="distance between sections")
-    p.add_argument("--batch-rows", type=int, default=500_000, help="rows read per batch (bounds memory)")
-    p.add_argument("--buffer-bins", type=int, default=4_000_000, help="(bin, count) pairs summed in memory before a flush")
+    p.add_argument("--memory-mb", type=float, default=1024, help="peak memory to stay under (sets the two below)")
+    p.add_argument("--batch-rows", type=int, default=None, help="rows read per batch (default: from --memory-mb)")
+    p.add_argument("--buffer-bins", type=int, default=None, help="(bin, count) pairs held before a flush (default: from --memory-mb)")
     p.add_argument("--max-store-gib", type=float, default=1024.0, help="refuse a dense gene grid larger than this")
     p.add_argument("--pad-to", type=int, default=256, help="pad the canvas to a multiple of this (the model's tile size)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")

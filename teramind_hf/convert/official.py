@@ -238,7 +238,10 @@ def convert_official_checkpoint(
     from ..pipelines.pipeline_teramind import TeraMindPipeline
     from ..schedulers.scheduling_boundary_aware import BoundaryAwareScheduler
 
+    from ..pipelines.preflight import check_output_path
+
     output_dir = Path(output_dir)
+    check_output_path(output_dir, "OUT_DIR", "a pipeline folder")
     if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"output folder {output_dir} exists and is not empty (pass overwrite=True / --overwrite)")
     unet = convert_official_state_dict(load_state_dict(checkpoint), gene_names=gene_names)

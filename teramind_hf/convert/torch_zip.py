@@ -30,8 +30,9 @@ _STORAGE_DTYPES = {
     "ComplexFloatStorage": torch.complex64, "ComplexDoubleStorage": torch.complex128, "UntypedStorage": torch.uint8,
 }  # fmt: skip
 # plain builtins a checkpoint's containers are made of (their constructors take data, not code)
+# (not bytes / bytearray: `bytearray(10**12)` would be a memory bomb; they stay inert)
 _PLAIN_BUILTINS = {"dict": dict, "list": list, "tuple": tuple, "set": set, "frozenset": frozenset, "int": int,
-                   "float": float, "complex": complex, "bool": bool, "str": str, "bytes": bytes, "bytearray": bytearray}  # fmt: skip
+                   "float": float, "complex": complex, "bool": bool, "str": str}  # fmt: skip
 
 
 class Inert:
@@ -137,13 +138,16 @@ class InertUnpickler(pickle.Unpickler):
             dtype = storage_type
         else:
             raise pickle.UnpicklingError(f"{self.source}: storage of unknown type {storage_type!r}")
+        itemsize = torch.empty((), dtype=dtype).element_size()
         try:
-            data = self.archive.read(f"{self.prefix}data/{key}")
+            info = self.archive.getinfo(f"{self.prefix}data/{key}")
         except KeyError:
             raise pickle.UnpicklingError(f"{self.source}: storage record data/{key} is missing") from None
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        if len(data) < numel * itemsize:
+        if info.file_size < numel * itemsize:
             raise pickle.UnpicklingError(f"{self.source}: storage record data/{key} is truncated")
+        if info.file_size > numel * itemsize + 64:  # torch pads nothing: a larger record is not a storage (zip bomb)
+            raise pickle.UnpicklingError(f"{self.source}: storage record data/{key} holds {info.file_size} bytes, not {numel * itemsize}")
+        data = self.archive.read(info)
         if numel == 0:
             return torch.empty(0, dtype=dtype)
         return torch.frombuffer(bytearray(data[: numel * itemsize]), dtype=dtype)

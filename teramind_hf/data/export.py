@@ -43,6 +43,18 @@ def _output_placement(out: str | Path) -> dict:
     }  # fmt: skip
 
 
+def check_export_target(to: str | Path, name: str, overwrite: bool) -> None:
+    """Before generating: refuse a `--spatialdata` target that already holds `{name}_z*` images, or is a file."""
+    to = Path(to)
+    if to.is_file():
+        raise FileExistsError(f"{to} is a file; --spatialdata needs a SpatialData .zarr folder (new or existing)")
+    clash = sorted(p.name for p in (to / "images").glob(f"{name}_z*")) if to.is_dir() else []
+    if clash and not overwrite:
+        raise FileExistsError(f"{to}: image element(s) {clash} exist; pass --overwrite to replace them")
+    if not to.exists() and not to.parent.is_dir():
+        raise FileNotFoundError(f"{to.parent}: folder of the --spatialdata target does not exist")
+
+
 def generated_images(out: str | Path, name: str = "teramind", coordinate_system: str | None = None) -> dict:
     """SpatialData image elements `{name}_z{section}` (c: DAPI, PolyT; y; x) of a generate output."""
     _require("spatialdata")
@@ -76,12 +88,10 @@ def export_spatialdata(
     """
     spatialdata = _require("spatialdata")
     to = Path(to)
+    check_export_target(to, name, overwrite)
     elements = generated_images(out, name, coordinate_system)
     if to.exists():
         sdata = spatialdata.read_zarr(to)
-        clash = [n for n in elements if n in sdata.images]
-        if clash and not overwrite:
-            raise FileExistsError(f"{to}: image element(s) {clash} exist; pass overwrite=True (--overwrite)")
         for element_name, image in elements.items():
             sdata.images[element_name] = image
             sdata.write_element(element_name, overwrite=overwrite)

@@ -2,14 +2,14 @@
 
 `teramind generate --out OUT` with no `--genes` writes `main_job_truth(OUT)` (a held-out phantom region: seed 2,
 at the embedded model's 0.5 um/px, genes + DAPI/PolyT) beside the output, generates from it and prints
-`score_against_truth(OUT, truth)`. Everything scored goes through that one function.
+`score_against_truth(OUT, truth)` (the evaluation report with the mean-image control, written beside the
+output as `region.eval/`). Everything scored goes through that one function.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 
 from ..constants import DEFAULT_MODEL_UM_PER_PX
 from ..data.ingest.auto import sibling
@@ -41,30 +41,27 @@ def main_job_truth(out: str | Path, phantom: dict | None = None) -> Path:
     return path
 
 
-def score_against_truth(out: str | Path, truth: str | Path) -> dict[str, float]:
-    """Scores of a generate output against a store's DAPI/PolyT over the output's region and sections.
+SUMMARY_KEYS = ("nuclei_f1", "dapi_hf_ratio", "dapi_psnr", "dapi_ssim", "polyt_psnr", "polyt_ssim")
 
-    Seam score (no truth needed; lower is more seamless) and PSNR / SSIM per stain (they reward blur: read
-    them next to realism metrics, never alone).
+
+def score_against_truth(out: str | Path, truth: str | Path, report_dir: str | Path | None = None) -> dict:
+    """Scores of a generate output against a store's DAPI/PolyT (the main job's one scoring call).
+
+    Runs `evaluation_report` with the mean-image control (no extra generation) and writes its report.json /
+    report.png to `report_dir` (default: beside `out`, `region.eval/`). Returns the seam score, the model row's
+    main metrics (`SUMMARY_KEYS`), the report folder and the printed table (model vs mean image: PSNR/SSIM
+    favour the blurred mean, nuclei F1 and the high-frequency ratio do not).
     """
-    import zarr
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-
+    from .report import evaluation_report
     from .seams import seam_score
 
-    group = zarr.open_group(str(out), mode="r")
-    run = dict(group.attrs["teramind"])["run"]
-    y0, x0, h, w = run["region_yxhw"]
-    z0, z1 = run["slices"]
-    generated = np.asarray(group["0"][...])  # (c, z, y, x)
-    real = np.asarray(zarr.open_group(str(truth), mode="r")["images"][:, z0:z1, y0 : y0 + h, x0 : x0 + w])
-    scores: dict[str, float] = {"seam_score": float(seam_score(str(out)).score)}
-    for stain, name in enumerate(("dapi", "polyt")):
-        a, b = real[stain].astype(np.float64), generated[stain].astype(np.float64)
-        scores[f"{name}_psnr_db"] = float(peak_signal_noise_ratio(a, b, data_range=255))
-        scores[f"{name}_ssim"] = float(np.mean([structural_similarity(a[k], b[k], data_range=255) for k in range(len(a))]))
-    return scores
+    report_dir = Path(report_dir) if report_dir is not None else sibling(out, ".eval")
+    report = evaluation_report(out, truth, controls=("mean_image",), seeds=1, out_dir=report_dir, progress=False)
+    model = report.row("model")
+    scores = {"seam_score": float(seam_score(str(out)).score), **{k: model[k] for k in SUMMARY_KEYS if k in model}}
+    return {**scores, "report": str(report_dir), "table": report.table()}
 
 
-def format_scores(scores: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:.3f}" for k, v in scores.items())
+def format_scores(scores: dict) -> str:
+    numbers = ", ".join(f"{k} {v:.3f}" for k, v in scores.items() if isinstance(v, float))
+    return f"{numbers}\n{scores['table']}\nreport: {scores['report']}/report.json, report.png"

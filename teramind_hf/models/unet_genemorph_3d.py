@@ -120,11 +120,15 @@ class GeneMorphUNet3DModel(ModelMixin, ConfigMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """diffusers' ``from_pretrained``, refusing integer or non-finite weights (named) instead of casting them."""
+        """diffusers' ``from_pretrained`` from safetensors only (nothing unpickled), refusing integer or non-finite
+        weights (named) instead of casting them."""
         from pathlib import Path
 
         from .weights import check_float_tensors, check_safetensors_dtypes
 
+        if kwargs.get("use_safetensors") is False:
+            raise ValueError("use_safetensors=False: pickled (.bin) weights are never loaded; convert them to safetensors")
+        kwargs["use_safetensors"] = True
         folder = Path(pretrained_model_name_or_path) / (kwargs.get("subfolder") or "")
         for file in sorted(folder.glob("*.safetensors")) if folder.is_dir() else ():
             check_safetensors_dtypes(file)

@@ -15,7 +15,8 @@ def as_gene_input(
 ) -> tuple[Any, list[str] | None]:
     """(gene array, gene names) for the pipeline.
 
-    * a `SpatialVolume`: its binned genes and panel (its `gene_bin` must be the model's);
+    * a `SpatialVolume`: its binned genes (zero-padded at the bottom/right to whole tiles) and panel (its
+      `gene_bin` must be the model's);
     * a points DataFrame (pandas or dask) with x, y in microns, a gene column (`gene` or `feature_name`) and a
       section column (`z` or `section`; none = one section): binned at `um_per_px` on the model's gene grid,
       from coordinate 0, on a canvas padded to whole tiles;
@@ -26,12 +27,18 @@ def as_gene_input(
     if isinstance(genes, SpatialVolume):
         if genes.gene_bin != gene_bin:
             raise ValueError(f"the SpatialVolume has gene_bin={genes.gene_bin} px but the model's gene grid is {gene_bin} px")
-        return genes.genes, list(gene_names) if gene_names is not None else list(genes.panel.genes)
+        return _pad_to_tiles(genes.genes, tile_size // gene_bin), list(gene_names) if gene_names is not None else list(genes.panel.genes)
     frame = genes.compute() if hasattr(genes, "compute") and hasattr(genes, "columns") else genes
     if not hasattr(frame, "columns") or not hasattr(frame, "iloc"):
         return genes, gene_names
     volume = _bin_points(frame, um_per_px, gene_bin, tile_size)
     return volume.genes, list(volume.panel.genes)
+
+
+def _pad_to_tiles(genes: np.ndarray, tile_bins: int) -> np.ndarray:
+    _, _, hb, wb = genes.shape
+    pad_h, pad_w = -hb % tile_bins, -wb % tile_bins
+    return np.pad(genes, ((0, 0), (0, 0), (0, pad_h), (0, pad_w))) if pad_h or pad_w else genes
 
 
 def _bin_points(frame, um_per_px: float | None, gene_bin: int, tile_size: int):

@@ -148,21 +148,23 @@ def _is_local(location: str) -> bool:
     return "://" not in location or location.startswith("file://")
 
 
-def check_output_path(out: str) -> None:
-    """The output is a folder (an OME-Zarr group): an existing file there is never replaced, --overwrite or not."""
+def check_output_path(out: str | Path, argument: str = "--out", kind: str = "an OME-Zarr folder") -> None:
+    """The output is a folder: an existing file there is never replaced, --overwrite or not."""
+    out = str(out)
     if not _is_local(out):
         return
     path = Path(out.removeprefix("file://"))
     if path.exists() and not path.is_dir():
-        raise FileExistsError(f"--out {out} is an existing file, not an OME-Zarr folder: remove it or choose another --out")
+        raise FileExistsError(f"{argument} {out} is an existing file, not {kind}: remove it or choose another {argument}")
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
-                raise FileExistsError(f"--out {out}: {parent} is a file, so no folder can be created below it")
+                raise FileExistsError(f"{argument} {out}: {parent} is a file, so no folder can be created below it")
             break
 
 
-def _probe_writable(folder: Path, what: str) -> None:
+def probe_writable(folder: Path, what: str) -> None:
+    """Create and remove an empty file in ``folder``: PermissionError naming it if that fails."""
     probe = folder / f".teramind-write-probe-{socket.gethostname()}-{os.getpid()}"
     try:
         probe.write_bytes(b"")
@@ -182,7 +184,7 @@ def check_report_location(report_json: str | None) -> None:
         raise FileNotFoundError(f"--report-json {report_json}: folder {path.parent} does not exist")
     if path.exists() and not os.access(path, os.W_OK):
         raise PermissionError(f"--report-json {report_json}: the existing file is not writable")
-    _probe_writable(path.parent, f"--report-json {report_json}")
+    probe_writable(path.parent, f"--report-json {report_json}")
 
 
 # ---------------------------------------------------------------------------------------------- region

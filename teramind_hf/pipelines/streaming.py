@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import resource
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..constants import DEFAULT_SHARD_TILES
 from ..constants import DEFAULT_STEP_BUFFER_LIMIT as DEFAULT_MEMORY_LIMIT
 from .acceleration import is_compiled
 from .gene_source import GeneSource, RegionGenes, open_gene_source
@@ -47,10 +46,10 @@ from .ome_zarr import (
     PhysicalScale,
     build_level,
     create_image,
-    level_chunks,
+    level_blocks,
 )
 from .pipeline_teramind import TeraMindPipeline, _draw_seed, _to_output_type, z_chunks
-from .preflight import check_region, preflight_generate
+from .preflight import check_region, preflight_generate, probe_writable
 
 RECORD_FORMAT = "teramind-generate/1"
 STEP_STORE = "_teramind_steps"  # child of the output group holding step buffers and progress
@@ -181,12 +180,7 @@ def check_writable(out: str) -> None:
         probe_dir = probe_dir.parent
     if not probe_dir.is_dir():
         raise FileExistsError(f"{probe_dir} exists and is not a folder: cannot write {out}")
-    probe = probe_dir / f".teramind-write-probe-{socket.gethostname()}-{os.getpid()}"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise PermissionError(f"output location {probe_dir} is not writable ({err.strerror}): cannot write {out}") from err
+    probe_writable(probe_dir, f"cannot write {out}: output location")
 
 
 def read_existing_record(out: str) -> tuple[bool, dict | None]:
@@ -225,7 +219,7 @@ class StreamingTileSampler:
 
     def __init__(
         self, pipe: TeraMindPipeline, genes: RegionGenes, region: Region, seed: int, steps: int, halo: bool,
-        batch_size: int, step_group, image, state, progress_bar: bool,
+        batch_size: int, step_group, image, state, progress_bar: bool, unit_tiles: int = 1,
     ):  # fmt: skip
         cfg, sched = pipe.unet.config, pipe.scheduler
         self.pipe, self.genes, self.region, self.seed, self.steps, self.halo = pipe, genes, region, seed, steps, halo
@@ -238,6 +232,7 @@ class StreamingTileSampler:
         self.step_buffers = (step_group["x_a"], step_group["x_b"])
         self.progress = step_group["progress"]
         self.image = image
+        self.unit_tiles = unit_tiles
 
     @property
     def tiles(self) -> int:
@@ -277,10 +272,20 @@ class StreamingTileSampler:
         return canvas
 
     # -- stages
+    def work_units(self) -> list[list[tuple[int, int]]]:
+        """Blocks of ``unit_tiles x unit_tiles`` tiles (raster order, clipped at the region edge): the unit split
+        across processes, and the level-0 shard its owner alone writes."""
+        u = self.unit_tiles
+        return [
+            [(r, c) for r in range(r0, min(r0 + u, self.rows)) for c in range(c0, min(c0 + u, self.cols))]
+            for r0 in range(0, self.rows, u)
+            for c0 in range(0, self.cols, u)
+        ]
+
     def stage_jobs(self, k: int, stage: int, snapshot: np.ndarray | None) -> list[tuple[int, int, int]]:
         """This process's tiles of z chunk ``k`` at a stage, without those the snapshot (rows, cols) records done."""
-        with distributed_state().split_between_processes(torch.arange(self.rows * self.cols)) as mine:
-            tiles = [(k, int(i) // self.cols, int(i) % self.cols) for i in mine.tolist()]
+        with distributed_state().split_between_processes(self.work_units()) as mine:
+            tiles = [(k, r, c) for unit in mine for r, c in unit]
         if snapshot is not None:
             tiles = [(k, r, c) for k, r, c in tiles if snapshot[r, c] < stage + 1]
         return tiles
@@ -389,6 +394,7 @@ def generate_to_zarr(
     section_spacing_um: float | None = None,
     min_gene_overlap: float = 0.5,
     progress_bar: bool = True,
+    shard_tiles: int | None = DEFAULT_SHARD_TILES,
 ) -> GenerateReport:
     """Generate the morphology of a region of a gene source into an OME-Zarr image at ``out``, resumably.
 
@@ -406,6 +412,9 @@ def generate_to_zarr(
         memory_limit_bytes: step buffers up to this size stay in memory (single process only), else on disk.
         um_per_px, section_spacing_um: physical scale; default from the gene source attributes, else
             0.108 um/px and 150 um.
+        shard_tiles: level 0 (and the pyramid) in zarr v3 shards of ``shard_tiles x shard_tiles`` tiles x 2
+            sections x all stains; the tiles are split across processes in these blocks (work units), so each
+            shard has one writer. None: unsharded, tiles split one by one. No effect on the pixel bytes.
     Returns:
         a :class:`GenerateReport` (voxels, time, voxels/s, peak RSS).
     """
@@ -432,7 +441,9 @@ def generate_to_zarr(
         origin_px=(reg.start, reg.y0, reg.x0),
     )
     seed = _draw_seed(generator)
-    record = run_record(pipe, source, reg, seed, num_inference_steps, halo, scale)
+    if shard_tiles is not None and shard_tiles < 1:
+        raise ValueError(f"shard_tiles must be >= 1 or None (unsharded), got {shard_tiles}")
+    record = {**run_record(pipe, source, reg, seed, num_inference_steps, halo, scale), "shard_tiles": shard_tiles}
 
     # decide what to do with the output folder: every process decides the same, only the main one mutates
     exists, previous = read_existing_record(out)
@@ -457,7 +468,7 @@ def generate_to_zarr(
             fs, path = _filesystem(out)
             fs.rm(path, recursive=True)
         group = zarr.open_group(out, mode="w")
-        create_image(group, shape, sched.config.tile_size, scale)
+        create_image(group, shape, sched.config.tile_size, scale, shard_tiles, shard_slices=cfg.num_slices)
         group.attrs["teramind"] = {"run": record, "complete": False, "pyramid_levels_done": 0}
     state.wait_for_everyone()
     group = zarr.open_group(out, mode="r+")
@@ -467,7 +478,7 @@ def generate_to_zarr(
     tiles = chunks * (reg.height // sched.config.tile_size) * (reg.width // sched.config.tile_size)
     computed, resumed_from, sampling_seconds = 0, None, 0.0
     if not teramind_state["complete"]:
-        step_group = _open_step_store(out, buffer_shape, chunks, sched.config.tile_size, on_disk, state)
+        step_group = _open_step_store(out, buffer_shape, chunks, sched.config.tile_size, on_disk, state, shard_tiles)
         snapshot = None
         if on_disk and "progress" in step_group:
             snapshot = np.asarray(step_group["progress"][...])
@@ -476,7 +487,7 @@ def generate_to_zarr(
         state.wait_for_everyone()  # everyone has its snapshot before anyone writes progress
         sampler = StreamingTileSampler(
             pipe, region_genes, reg, seed, num_inference_steps, halo, batch_size, step_group, levels[0],
-            state, progress_bar and state.is_local_main_process,
+            state, progress_bar and state.is_local_main_process, shard_tiles or 1,
         )  # fmt: skip
         sampling_started = time.perf_counter()
         computed, resumed_from = sampler.run(snapshot)
@@ -495,7 +506,7 @@ def generate_to_zarr(
     )  # fmt: skip
 
 
-def _open_step_store(out: str, buffer_shape: tuple, num_chunks: int, tile: int, on_disk: bool, state):
+def _open_step_store(out: str, buffer_shape: tuple, num_chunks: int, tile: int, on_disk: bool, state, unit_tiles=None):
     """The two step buffers and the progress record (created once; reopened on resume)."""
     import zarr
 
@@ -508,18 +519,23 @@ def _open_step_store(out: str, buffer_shape: tuple, num_chunks: int, tile: int, 
         if state.is_main_process:
             group = zarr.open_group(location, mode="a")
             if "progress" not in group:
-                _create_step_arrays(group, buffer_shape, chunk, progress_shape)
+                _create_step_arrays(group, buffer_shape, chunk, progress_shape, unit_tiles)
         state.wait_for_everyone()
         return zarr.open_group(location, mode="r+")
-    _create_step_arrays(group, buffer_shape, chunk, progress_shape)
+    _create_step_arrays(group, buffer_shape, chunk, progress_shape, unit_tiles)
     return group
 
 
-def _create_step_arrays(group, buffer_shape, chunk, progress_shape) -> None:
+def _create_step_arrays(group, buffer_shape, chunk, progress_shape, unit_tiles=None) -> None:
     for name in ("x_a", "x_b"):
         group.create_array(name, shape=buffer_shape, chunks=chunk, dtype="float32", fill_value=0.0, compressors=None)
     # progress last: its presence means the buffers exist
-    group.create_array("progress", shape=progress_shape, chunks=(1, 1, 1), dtype="int32", fill_value=-1, compressors=None)
+    # one record per tile; sharded by work unit (its owner is the only writer), ~190 k objects for a whole brain
+    # instead of ~3 M. The step buffers stay one object per tile: a sharded buffer would rewrite its whole
+    # shard for every tile written, at every step.
+    shards = None if unit_tiles is None else (1, min(unit_tiles, progress_shape[1]), min(unit_tiles, progress_shape[2]))
+    group.create_array("progress", shape=progress_shape, chunks=(1, 1, 1), shards=shards, dtype="int32", fill_value=-1,
+                       compressors=None)  # fmt: skip
 
 
 def _step_store_exists(out: str) -> bool:
@@ -538,7 +554,7 @@ def _build_pyramid(group, levels: list, levels_done: int, state) -> None:
     """Levels 1.. as 2x2 means of the previous one, chunks split across processes, a barrier per level."""
     for level in range(max(levels_done, 1), len(levels)):
         target = levels[level]
-        jobs = level_chunks(target.shape, target.chunks[2:])
+        jobs = level_blocks(target)  # one writer per shard (or chunk)
         with state.split_between_processes(jobs) as mine:
             build_level(levels[level - 1], target, mine)
         state.wait_for_everyone()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -196,14 +197,12 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all([s.to(torch.uint8) for s in state["cuda"]])
 
 
-def _expected_files(folder: Path, ema, scaler, world: int) -> set[str]:
-    names = {MODEL_FILE, f"{OPTIMIZER_FILE}.safetensors", f"{OPTIMIZER_FILE}.json", SCHEDULER_FILE, CONFIG_FILE}
-    names |= {f"rng-{r}.{ext}" for r in range(world) for ext in ("safetensors", "json")}
-    if ema is not None:
-        names |= {f"{EMA_FILE}.safetensors", f"{EMA_FILE}.json"}
-    if scaler is not None:
-        names.add(SCALER_FILE)
-    return names
+def _known_files(folder: Path) -> set[str]:
+    """Names a checkpoint may hold (EMA and scaler files are ignored by a run that does not use them)."""
+    names = {MODEL_FILE, SCHEDULER_FILE, SCALER_FILE, CONFIG_FILE}
+    names |= {f"{stem}.{ext}" for stem in (OPTIMIZER_FILE, EMA_FILE) for ext in ("safetensors", "json")}
+    # RNG states of every process that saved (a run may resume with another number of processes)
+    return names | {p.name for p in folder.iterdir() if re.fullmatch(r"rng-\d+\.(safetensors|json)", p.name)}
 
 
 def _like(reference: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -235,7 +234,7 @@ def save_training_state(accelerator, folder: Path, unet, optimizer, lr_scheduler
 def load_training_state(accelerator, folder: Path, unet, optimizer, lr_scheduler, ema=None) -> None:
     """Restore what :func:`save_training_state` wrote, with safetensors and json only (named errors)."""
     present = {p.name for p in folder.iterdir()}
-    unexpected = sorted(present - _expected_files(folder, ema, accelerator.scaler, accelerator.num_processes))
+    unexpected = sorted(present - _known_files(folder))
     if unexpected:
         raise CheckpointFileError(
             f"{folder / unexpected[0]}: unexpected file in a teramind checkpoint ({', '.join(unexpected)}); checkpoints "

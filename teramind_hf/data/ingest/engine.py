@@ -38,6 +38,22 @@ DEFAULT_BUFFER_BINS = 4_000_000  # (bin, count) pairs summed in memory before a 
 DEFAULT_MAX_STORE_BYTES = 2**40  # dense float32 genes larger than 1 TiB are refused (raise it for whole brains)
 DEFAULT_PAD_TO = 256  # canvases are padded (zero counts, black images) to whole tiles of the embedded model
 ORIGINS = ("zero", "extent")
+# measured (benchmarks/ingest_memory.py): what the imports take, and the bytes held per batch row / pending pair
+BASELINE_BYTES = 160 * 2**20
+BYTES_PER_BATCH_ROW = 400
+BYTES_PER_PENDING_BIN = 64
+
+
+def sizes_for_memory(memory_bytes: int) -> tuple[int, int]:
+    """(batch_rows, buffer_bins) keeping peak RSS under `memory_bytes`: a third of what the imports leave goes
+    to a batch, two thirds to the (bin, count) buffer."""
+    free = memory_bytes - BASELINE_BYTES
+    if free < 16 * 2**20:
+        raise ValueError(
+            f"memory budget {memory_bytes / 2**20:.0f} MB leaves too little above the ~{BASELINE_BYTES / 2**20:.0f} MB "
+            "the libraries take: give at least 200 MB"
+        )
+    return max(1000, free // 3 // BYTES_PER_BATCH_ROW), max(1000, free * 2 // 3 // BYTES_PER_PENDING_BIN)
 
 
 @dataclass
@@ -185,9 +201,15 @@ class BinAccumulator:
         return len(keys)
 
     def _compact(self) -> None:
-        keys, inverse = np.unique(np.concatenate(self._keys), return_inverse=True)
-        weights = np.bincount(inverse, weights=np.concatenate(self._weights), minlength=len(keys))
-        self._keys, self._weights, self.pending = [keys], [weights], len(keys)
+        keys = np.concatenate(self._keys)
+        self._keys = []
+        order = np.argsort(keys)
+        keys = keys[order]
+        weights = np.concatenate(self._weights)[order]
+        self._weights, order = [], None
+        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+        self._keys, self._weights = [keys[starts]], [np.add.reduceat(weights, starts)]
+        self.pending = len(starts)
 
     def flush(self) -> None:
         """Add every pending count into the store (each touched chunk once)."""
@@ -343,6 +365,8 @@ def ingest_batches(
     from ..store import create_training_store
 
     _check_common(gene_bin, um_per_px, batch_rows, buffer_bins, origin)
+    if not (np.isfinite(section_spacing_um) and section_spacing_um > 0):
+        raise ValueError(f"section_spacing_um (--section-spacing-um) must be a positive number, got {section_spacing_um}")
     if um_per_px is None:
         raise ValueError(f"{source}: um_per_px is required (microns per image pixel; --um-per-px)")
     if chunk % gene_bin:

@@ -40,17 +40,28 @@ def merscope_runs(location: str | Path) -> list[Path]:
 
 
 def _mosaic_shape(run: Path, stain: str) -> tuple[int, int]:
+    """(H, W) shared by every plane of a stain, from the TIFF headers; errors name the file."""
     import tifffile
 
-    path = _mosaic_planes(run, stain)[0]
+    shapes = {}
+    for path in _mosaic_planes(run, stain):
+        try:
+            with tifffile.TiffFile(path) as tif:
+                shapes[path.name] = tuple(int(n) for n in tif.pages[0].shape)
+        except Exception as err:  # tifffile raises several types for a corrupt file
+            raise ValueError(f"{path}: cannot read the TIFF mosaic ({err})") from err
+        if len(shapes[path.name]) != 2:
+            raise ValueError(f"{path}: expected a 2-D mosaic, got shape {shapes[path.name]}")
+    if len(set(shapes.values())) > 1:
+        raise ValueError(f"{run / 'images'}: the {stain} planes differ in shape: {shapes}")
+    return next(iter(shapes.values()))
+
+
+def _section_image(run: Path, stain: str, plane: int | None, rescale: str):
     try:
-        with tifffile.TiffFile(path) as tif:
-            shape = tif.pages[0].shape
-    except Exception as err:  # tifffile raises several types for a corrupt file
-        raise ValueError(f"{path}: cannot read the TIFF mosaic ({err})") from err
-    if len(shape) != 2:
-        raise ValueError(f"{path}: expected a 2-D mosaic, got shape {shape}")
-    return int(shape[0]), int(shape[1])
+        return read_section_image(run, stain, plane, rescale)
+    except (OSError, ValueError) as err:  # e.g. a truncated TIFF whose header read fine
+        raise ValueError(f"{run / 'images'}: cannot read the {stain} mosaic ({err})") from err
 
 
 def ingest_merscope(
@@ -114,7 +125,7 @@ def ingest_merscope(
     def write_images(group, canvas: Canvas) -> None:
         for z, run in enumerate(runs):
             for stain, name in enumerate(("DAPI", "PolyT")):
-                image = read_section_image(run, name, plane, rescale)
+                image = _section_image(run, name, plane, rescale)
                 h, w = min(image.shape[0], canvas.height), min(image.shape[1], canvas.width)
                 group["images"][stain, z, :h, :w] = image[:h, :w]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -19,7 +20,8 @@ def _table_reader(path: Path, columns: list[str], batch_rows: int) -> Callable[[
         import pyarrow.parquet as pq
 
         def parquet() -> Iterator[pd.DataFrame]:
-            with pq.ParquetFile(path) as file:
+            # pre_buffer (pyarrow's default) would hold every row group's column chunks of the file in memory
+            with _named_errors(path), pq.ParquetFile(path, memory_map=False, pre_buffer=False) as file:
                 for record_batch in file.iter_batches(batch_size=batch_rows, columns=columns):
                     yield record_batch.to_pandas()
 
@@ -28,20 +30,32 @@ def _table_reader(path: Path, columns: list[str], batch_rows: int) -> Callable[[
         sep = "\t" if ".tsv" in path.suffixes else ","
 
         def csv() -> Iterator[pd.DataFrame]:
-            with pd.read_csv(path, sep=sep, usecols=columns, chunksize=batch_rows) as reader:
+            with _named_errors(path), pd.read_csv(path, sep=sep, usecols=columns, chunksize=batch_rows) as reader:
                 yield from reader
 
         return csv
     raise ValueError(f"{path}: unsupported table format {suffix!r} (expected .csv, .tsv or .parquet)")
 
 
-def table_header(path: Path) -> list[str]:
-    if path.suffix.lower() == ".parquet":
-        import pyarrow.parquet as pq
+@contextmanager
+def _named_errors(path: Path):
+    """A table pandas/pyarrow cannot parse (quoting, encoding, truncation) gets an error naming the file."""
+    try:
+        yield
+    except (ValueError, UnicodeDecodeError, OSError, EOFError) as err:  # ParserError, ArrowInvalid are ValueErrors
+        if str(path) in str(err):
+            raise
+        raise ValueError(f"{path}: not a readable table ({type(err).__name__}: {err})") from err
 
-        return list(pq.read_schema(path).names)
-    sep = "\t" if ".tsv" in path.suffixes else ","
-    return list(pd.read_csv(path, sep=sep, nrows=0).columns)
+
+def table_header(path: Path) -> list[str]:
+    with _named_errors(path):
+        if path.suffix.lower() == ".parquet":
+            import pyarrow.parquet as pq
+
+            return list(pq.read_schema(path).names)
+        sep = "\t" if ".tsv" in path.suffixes else ","
+        return list(pd.read_csv(path, sep=sep, nrows=0).columns)
 
 
 def resolve_columns(

@@ -21,9 +21,17 @@ def read_image(path: str | Path) -> np.ndarray:
         if kind == ".npy":
             array = np.load(path, allow_pickle=False)
         else:
+            import logging
+
             import tifffile
 
-            array = tifffile.imread(path)
+            tiff_log = logging.getLogger("tifffile")
+            level = tiff_log.level
+            tiff_log.setLevel(logging.ERROR)  # a damaged file is our error below, not also a stray log line
+            try:
+                array = tifffile.imread(path)
+            finally:
+                tiff_log.setLevel(level)
     except Exception as err:  # a corrupt, truncated or mislabelled file: any reader error names the file
         raise ValueError(f"{path}: not a readable {kind} image ({type(err).__name__}: {err})") from err
     if array.size == 0:  # tifffile reads a TIFF whose pages are missing as an empty array (with a warning)
