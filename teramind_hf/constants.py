@@ -10,4 +10,7 @@ DEFAULT_MODEL_UM_PER_PX = 0.5
 MERSCOPE_UM_PER_PX = 0.108  # MERSCOPE mosaic pixel; the default physical scale of real data
 DEFAULT_SECTION_SPACING_UM = 150.0  # sections of a brain are 100-200 um apart
 DEFAULT_STEP_BUFFER_LIMIT = 64 * 2**20  # bytes of step buffers kept in memory; above it they go to disk
-PHANTOM_FORMATS = ("table", "official", "store")
+# level-0 shard side in tiles (= the work unit of `teramind generate`): 4 x 4 tiles x 2 sections x 2 stains per
+# object, ~190 k objects for a whole brain instead of ~12 M chunk files (docs/tera-scale.md)
+DEFAULT_SHARD_TILES = 4
+PHANTOM_FORMATS = ("table", "official", "store", "merscope")

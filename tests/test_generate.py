@@ -151,7 +151,7 @@ def test_killed_run_resumes_to_identical_bytes(gene_store, model_dir, reference,
 def test_two_processes_with_accelerate(gene_store, model_dir, reference, workdir):
     out = workdir / "two_procs.ome.zarr"
     launch = accelerate_launch(2)
-    result = subprocess.run([*launch, *cli_args(gene_store, out, model_dir, "--batch-size", "2", "--threads", "1")],
+    result = subprocess.run([*launch, *cli_args(gene_store, out, model_dir, "--batch-size", "2", "--threads", "1", "--shard-tiles", "1")],
                             env=ENV, capture_output=True, text=True, timeout=170)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 process(es)" in result.stdout

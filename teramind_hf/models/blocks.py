@@ -51,8 +51,16 @@ def upsample_hw(x: torch.Tensor) -> torch.Tensor:
 
 
 def downsample_hw(x: torch.Tensor) -> torch.Tensor:
-    """Average pool 2x2 in h and w only."""
-    return F.avg_pool3d(x, kernel_size=(1, 2, 2), stride=(1, 2, 2))
+    """Average pool 2x2 in h and w only.
+
+    Written as the sum of the four strided views rather than ``F.avg_pool3d``, which has no bfloat16/float16
+    kernel on CPU. The sum is taken in float32 (at least), in avg_pool3d's order, so float32 results are
+    bit-identical to ``avg_pool3d`` and low-precision ones are rounded once; works for any memory layout.
+    """
+    acc = torch.promote_types(x.dtype, torch.float32)
+    total = x[..., 0::2, 0::2].to(acc) + x[..., 0::2, 1::2].to(acc)
+    total = total + x[..., 1::2, 0::2].to(acc) + x[..., 1::2, 1::2].to(acc)
+    return (total / 4).to(x.dtype)
 
 
 class GeneGeneAttention(nn.Module):

@@ -1,8 +1,13 @@
 """OME-Zarr (NGFF 0.5, zarr v3) output of generated morphology: ``c, z, y, x`` uint8 with a pyramid.
 
-Level 0 is written tile by tile while sampling (one zarr chunk per (stain, section, tile), so processes never
-write the same object); the coarser levels are 2x2 means in y, x (z is kept: sections are 100-200 um apart)
-built after the last step, chunk by chunk, split across processes like the tiles.
+Level 0 is written tile by tile while sampling, one zarr chunk per (stain, section, tile). With ``shard_tiles``
+the chunks are grouped into zarr v3 shards of ``(stains, 2 sections, shard_tiles x shard_tiles tiles)``: one
+object per sampling work unit (a z chunk's block of tiles), so the ~12 M chunk files of a whole brain become
+~190 k shard objects. zarr-python rewrites a whole shard to update one of its chunks (atomically on a local
+store), and concurrent partial writes to one shard lose data, so each shard must have exactly one writer: the
+process that owns the work unit. The coarser levels are 2x2 means in y, x (z is kept: sections are 100-200 um
+apart) built after the last step, one write block (shard, else chunk) at a time from the matching block of
+the finer level (never a whole level in memory), blocks split across processes like the work units.
 """
 
 from __future__ import annotations
@@ -87,16 +92,33 @@ def multiscales_metadata(
     }
 
 
-def create_image(group, shape: tuple[int, int, int, int], tile_size: int, scale: PhysicalScale) -> list:
-    """Create the pyramid arrays (chunks ``(1, 1, tile, tile)``) and the NGFF metadata in ``group``."""
+def create_image(
+    group, shape: tuple[int, int, int, int], tile_size: int, scale: PhysicalScale, shard_tiles: int | None = None,
+    shard_slices: int = 2,
+) -> list:  # fmt: skip
+    """Create the pyramid arrays (chunks ``(1, 1, tile, tile)``, optionally sharded) and the NGFF metadata.
+
+    ``shard_tiles``: shards of ``(all stains, shard_slices sections, shard_tiles * tile px, same)`` at every
+    level (clipped to the level), aligned to the sampling work units (z chunks of ``shard_slices`` sections and
+    blocks of ``shard_tiles x shard_tiles`` tiles). None: unsharded, one object per chunk.
+    """
+    if shard_tiles is not None and shard_tiles < 1:
+        raise ValueError(f"shard_tiles must be >= 1 (tiles per shard side) or None, got {shard_tiles}")
     shapes = pyramid_shapes(shape, tile_size)
     arrays = []
     for level, level_shape in enumerate(shapes):
+        c, z, h, w = level_shape
+        chunks = (1, 1, min(tile_size, h), min(tile_size, w))
+        shards = None
+        if shard_tiles is not None:
+            # whole chunks per shard side, no larger than the level needs
+            shards = (c, min(shard_slices, z), *(min(shard_tiles, -(-n // k)) * k for n, k in zip((h, w), chunks[2:])))
         arrays.append(
             group.create_array(
                 str(level),
                 shape=level_shape,
-                chunks=(1, 1, min(tile_size, level_shape[2]), min(tile_size, level_shape[3])),
+                chunks=chunks,
+                shards=shards,
                 dtype="uint8",
                 fill_value=0,
                 dimension_names=("c", "z", "y", "x"),
@@ -113,18 +135,24 @@ def downsample_2x(block: np.ndarray) -> np.ndarray:
     return ((pairs.sum(axis=(-3, -1)) + 2) // 4).astype(np.uint8)
 
 
-def level_chunks(shape: tuple[int, int, int, int], chunk: tuple[int, int]) -> list[tuple[int, int, int, int]]:
-    """(stain, section, chunk row, chunk col) of every chunk of a level, in raster order."""
-    c, z, h, w = shape
-    rows, cols = -(-h // chunk[0]), -(-w // chunk[1])
-    return [(s, k, r, q) for s in range(c) for k in range(z) for r in range(rows) for q in range(cols)]
+def write_block(array) -> tuple[int, int, int, int]:
+    """The unit one writer owns: the shard of a sharded array, else the chunk."""
+    return tuple(array.shards or array.chunks)
+
+
+def level_blocks(array) -> list[tuple[int, int, int, int]]:
+    """Index (along c, z, y, x) of every write block of a level, in raster order."""
+    counts = [-(-n // b) for n, b in zip(array.shape, write_block(array))]
+    return [tuple(int(i) for i in index) for index in np.ndindex(*counts)]
 
 
 def build_level(source, target, jobs: Iterable[tuple[int, int, int, int]]) -> None:
-    """Write the given chunks of ``target`` as 2x2 means of ``source`` (the next finer level)."""
-    ch, cw = target.chunks[2], target.chunks[3]
-    for s, k, r, q in jobs:
-        y0, x0 = r * ch, q * cw
-        y1, x1 = min(y0 + ch, target.shape[2]), min(x0 + cw, target.shape[3])
-        fine = source[s, k, 2 * y0 : 2 * y1, 2 * x0 : 2 * x1]
-        target[s, k, y0:y1, x0:x1] = downsample_2x(fine)
+    """Write the given write blocks of ``target`` as 2x2 means of ``source`` (the next finer level): each
+    block is read from the matching fine region and written whole (one object write per shard)."""
+    block = write_block(target)
+    for index in jobs:
+        (c0, c1), (z0, z1), (y0, y1), (x0, x1) = (
+            (i * b, min((i + 1) * b, n)) for i, b, n in zip(index, block, target.shape)
+        )
+        fine = source[c0:c1, z0:z1, 2 * y0 : 2 * y1, 2 * x0 : 2 * x1]
+        target[c0:c1, z0:z1, y0:y1, x0:x1] = downsample_2x(fine)

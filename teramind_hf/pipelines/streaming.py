@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import resource
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +36,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..constants import DEFAULT_SHARD_TILES
 from ..constants import DEFAULT_STEP_BUFFER_LIMIT as DEFAULT_MEMORY_LIMIT
+from .acceleration import is_compiled
 from .gene_source import GeneSource, RegionGenes, open_gene_source
 from .ome_zarr import (
     DEFAULT_SECTION_SPACING_UM,
@@ -46,9 +46,10 @@ from .ome_zarr import (
     PhysicalScale,
     build_level,
     create_image,
-    level_chunks,
+    level_blocks,
 )
 from .pipeline_teramind import TeraMindPipeline, _draw_seed, _to_output_type, z_chunks
+from .preflight import check_region, preflight_generate, probe_writable
 
 RECORD_FORMAT = "teramind-generate/1"
 STEP_STORE = "_teramind_steps"  # child of the output group holding step buffers and progress
@@ -110,21 +111,7 @@ def resolve_region(
     slices: tuple[int, int] | None,
 ) -> Region:  # fmt: skip
     """Check the requested region against the gene data (named errors) and fill defaults (everything)."""
-    _, sections, bins_h, bins_w = source.shape
-    full_h, full_w = bins_h * gene_bin, bins_w * gene_bin
-    y0, x0, h, w = region if region is not None else (0, 0, full_h, full_w)
-    if h <= 0 or w <= 0 or y0 < 0 or x0 < 0 or y0 + h > full_h or x0 + w > full_w:
-        raise ValueError(
-            f"region y0,x0,h,w = {y0},{x0},{h},{w} px lies outside the gene data ({full_h} x {full_w} px = "
-            f"{bins_h} x {bins_w} bins of {gene_bin} px in {source.location})"
-        )
-    for name, value in (("y0", y0), ("x0", x0), ("h", h), ("w", w)):
-        if value % tile_size:
-            raise ValueError(f"region {name}={value} px must be a multiple of the tile size ({tile_size} px)")
-    start, stop = slices if slices is not None else (0, sections)
-    if not 0 <= start < stop <= sections:
-        raise ValueError(f"slices {start},{stop} must satisfy 0 <= start < stop <= {sections} (sections in the gene data)")
-    return Region(y0, x0, h, w, start, stop)
+    return Region(*check_region(source.shape, gene_bin, tile_size, region, slices, source.location))
 
 
 def check_streamable_scheduler(pipe: TeraMindPipeline) -> None:
@@ -157,6 +144,8 @@ def run_record(
         "format": RECORD_FORMAT,
         "model_sha256": model_fingerprint(pipe.unet),
         "model_config": dict(pipe.unet.config),
+        "model_dtype": str(pipe.unet.dtype).removeprefix("torch."),  # the bytes depend on it (and on compiling)
+        "model_compiled": is_compiled(pipe.unet),
         "scheduler_config": dict(pipe.scheduler.config),
         "num_inference_steps": steps,
         "seed": seed,
@@ -191,12 +180,7 @@ def check_writable(out: str) -> None:
         probe_dir = probe_dir.parent
     if not probe_dir.is_dir():
         raise FileExistsError(f"{probe_dir} exists and is not a folder: cannot write {out}")
-    probe = probe_dir / f".teramind-write-probe-{socket.gethostname()}-{os.getpid()}"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise PermissionError(f"output location {probe_dir} is not writable ({err.strerror}): cannot write {out}") from err
+    probe_writable(probe_dir, f"cannot write {out}: output location")
 
 
 def read_existing_record(out: str) -> tuple[bool, dict | None]:
@@ -235,7 +219,7 @@ class StreamingTileSampler:
 
     def __init__(
         self, pipe: TeraMindPipeline, genes: RegionGenes, region: Region, seed: int, steps: int, halo: bool,
-        batch_size: int, step_group, image, state, progress_bar: bool,
+        batch_size: int, step_group, image, state, progress_bar: bool, unit_tiles: int = 1,
     ):  # fmt: skip
         cfg, sched = pipe.unet.config, pipe.scheduler
         self.pipe, self.genes, self.region, self.seed, self.steps, self.halo = pipe, genes, region, seed, steps, halo
@@ -248,6 +232,7 @@ class StreamingTileSampler:
         self.step_buffers = (step_group["x_a"], step_group["x_b"])
         self.progress = step_group["progress"]
         self.image = image
+        self.unit_tiles = unit_tiles
 
     @property
     def tiles(self) -> int:
@@ -287,10 +272,20 @@ class StreamingTileSampler:
         return canvas
 
     # -- stages
+    def work_units(self) -> list[list[tuple[int, int]]]:
+        """Blocks of ``unit_tiles x unit_tiles`` tiles (raster order, clipped at the region edge): the unit split
+        across processes, and the level-0 shard its owner alone writes."""
+        u = self.unit_tiles
+        return [
+            [(r, c) for r in range(r0, min(r0 + u, self.rows)) for c in range(c0, min(c0 + u, self.cols))]
+            for r0 in range(0, self.rows, u)
+            for c0 in range(0, self.cols, u)
+        ]
+
     def stage_jobs(self, k: int, stage: int, snapshot: np.ndarray | None) -> list[tuple[int, int, int]]:
         """This process's tiles of z chunk ``k`` at a stage, without those the snapshot (rows, cols) records done."""
-        with distributed_state().split_between_processes(torch.arange(self.rows * self.cols)) as mine:
-            tiles = [(k, int(i) // self.cols, int(i) % self.cols) for i in mine.tolist()]
+        with distributed_state().split_between_processes(self.work_units()) as mine:
+            tiles = [(k, r, c) for unit in mine for r, c in unit]
         if snapshot is not None:
             tiles = [(k, r, c) for k, r, c in tiles if snapshot[r, c] < stage + 1]
         return tiles
@@ -399,6 +394,7 @@ def generate_to_zarr(
     section_spacing_um: float | None = None,
     min_gene_overlap: float = 0.5,
     progress_bar: bool = True,
+    shard_tiles: int | None = DEFAULT_SHARD_TILES,
 ) -> GenerateReport:
     """Generate the morphology of a region of a gene source into an OME-Zarr image at ``out``, resumably.
 
@@ -416,6 +412,9 @@ def generate_to_zarr(
         memory_limit_bytes: step buffers up to this size stay in memory (single process only), else on disk.
         um_per_px, section_spacing_um: physical scale; default from the gene source attributes, else
             0.108 um/px and 150 um.
+        shard_tiles: level 0 (and the pyramid) in zarr v3 shards of ``shard_tiles x shard_tiles`` tiles x 2
+            sections x all stains; the tiles are split across processes in these blocks (work units), so each
+            shard has one writer. None: unsharded, tiles split one by one. No effect on the pixel bytes.
     Returns:
         a :class:`GenerateReport` (voxels, time, voxels/s, peak RSS).
     """
@@ -431,7 +430,7 @@ def generate_to_zarr(
     check_streamable_scheduler(pipe)
     cfg, sched = pipe.unet.config, pipe.scheduler
     source = open_gene_source(genes)
-    reg = resolve_region(source, cfg.gene_bin, sched.config.tile_size, region, slices)
+    reg = Region(*preflight_generate(pipe, source, out, region, slices, num_inference_steps, batch_size, memory_limit_bytes, um_per_px, section_spacing_um, generator, min_gene_overlap, progress_bar))
     region_genes = RegionGenes(
         source, cfg, (reg.y0 // cfg.gene_bin, reg.x0 // cfg.gene_bin),
         (reg.height // cfg.gene_bin, reg.width // cfg.gene_bin), min_gene_overlap,
@@ -442,7 +441,9 @@ def generate_to_zarr(
         origin_px=(reg.start, reg.y0, reg.x0),
     )
     seed = _draw_seed(generator)
-    record = run_record(pipe, source, reg, seed, num_inference_steps, halo, scale)
+    if shard_tiles is not None and shard_tiles < 1:
+        raise ValueError(f"shard_tiles must be >= 1 or None (unsharded), got {shard_tiles}")
+    record = {**run_record(pipe, source, reg, seed, num_inference_steps, halo, scale), "shard_tiles": shard_tiles}
 
     # decide what to do with the output folder: every process decides the same, only the main one mutates
     exists, previous = read_existing_record(out)
@@ -467,7 +468,7 @@ def generate_to_zarr(
             fs, path = _filesystem(out)
             fs.rm(path, recursive=True)
         group = zarr.open_group(out, mode="w")
-        create_image(group, shape, sched.config.tile_size, scale)
+        create_image(group, shape, sched.config.tile_size, scale, shard_tiles, shard_slices=cfg.num_slices)
         group.attrs["teramind"] = {"run": record, "complete": False, "pyramid_levels_done": 0}
     state.wait_for_everyone()
     group = zarr.open_group(out, mode="r+")
@@ -477,7 +478,7 @@ def generate_to_zarr(
     tiles = chunks * (reg.height // sched.config.tile_size) * (reg.width // sched.config.tile_size)
     computed, resumed_from, sampling_seconds = 0, None, 0.0
     if not teramind_state["complete"]:
-        step_group = _open_step_store(out, buffer_shape, chunks, sched.config.tile_size, on_disk, state)
+        step_group = _open_step_store(out, buffer_shape, chunks, sched.config.tile_size, on_disk, state, shard_tiles)
         snapshot = None
         if on_disk and "progress" in step_group:
             snapshot = np.asarray(step_group["progress"][...])
@@ -486,7 +487,7 @@ def generate_to_zarr(
         state.wait_for_everyone()  # everyone has its snapshot before anyone writes progress
         sampler = StreamingTileSampler(
             pipe, region_genes, reg, seed, num_inference_steps, halo, batch_size, step_group, levels[0],
-            state, progress_bar and state.is_local_main_process,
+            state, progress_bar and state.is_local_main_process, shard_tiles or 1,
         )  # fmt: skip
         sampling_started = time.perf_counter()
         computed, resumed_from = sampler.run(snapshot)
@@ -505,7 +506,7 @@ def generate_to_zarr(
     )  # fmt: skip
 
 
-def _open_step_store(out: str, buffer_shape: tuple, num_chunks: int, tile: int, on_disk: bool, state):
+def _open_step_store(out: str, buffer_shape: tuple, num_chunks: int, tile: int, on_disk: bool, state, unit_tiles=None):
     """The two step buffers and the progress record (created once; reopened on resume)."""
     import zarr
 
@@ -518,18 +519,23 @@ def _open_step_store(out: str, buffer_shape: tuple, num_chunks: int, tile: int, 
         if state.is_main_process:
             group = zarr.open_group(location, mode="a")
             if "progress" not in group:
-                _create_step_arrays(group, buffer_shape, chunk, progress_shape)
+                _create_step_arrays(group, buffer_shape, chunk, progress_shape, unit_tiles)
         state.wait_for_everyone()
         return zarr.open_group(location, mode="r+")
-    _create_step_arrays(group, buffer_shape, chunk, progress_shape)
+    _create_step_arrays(group, buffer_shape, chunk, progress_shape, unit_tiles)
     return group
 
 
-def _create_step_arrays(group, buffer_shape, chunk, progress_shape) -> None:
+def _create_step_arrays(group, buffer_shape, chunk, progress_shape, unit_tiles=None) -> None:
     for name in ("x_a", "x_b"):
         group.create_array(name, shape=buffer_shape, chunks=chunk, dtype="float32", fill_value=0.0, compressors=None)
     # progress last: its presence means the buffers exist
-    group.create_array("progress", shape=progress_shape, chunks=(1, 1, 1), dtype="int32", fill_value=-1, compressors=None)
+    # one record per tile; sharded by work unit (its owner is the only writer), ~190 k objects for a whole brain
+    # instead of ~3 M. The step buffers stay one object per tile: a sharded buffer would rewrite its whole
+    # shard for every tile written, at every step.
+    shards = None if unit_tiles is None else (1, min(unit_tiles, progress_shape[1]), min(unit_tiles, progress_shape[2]))
+    group.create_array("progress", shape=progress_shape, chunks=(1, 1, 1), shards=shards, dtype="int32", fill_value=-1,
+                       compressors=None)  # fmt: skip
 
 
 def _step_store_exists(out: str) -> bool:
@@ -548,7 +554,7 @@ def _build_pyramid(group, levels: list, levels_done: int, state) -> None:
     """Levels 1.. as 2x2 means of the previous one, chunks split across processes, a barrier per level."""
     for level in range(max(levels_done, 1), len(levels)):
         target = levels[level]
-        jobs = level_chunks(target.shape, target.chunks[2:])
+        jobs = level_blocks(target)  # one writer per shard (or chunk)
         with state.split_between_processes(jobs) as mine:
             build_level(levels[level - 1], target, mine)
         state.wait_for_everyone()
@@ -558,9 +564,17 @@ def _build_pyramid(group, levels: list, levels_done: int, state) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-def load_pipeline(model: str | None, scheduler: str = "ddim") -> TeraMindPipeline:
-    """The pipeline from a folder / Hub repo (default: the embedded model), with the requested scheduler."""
+def load_pipeline(
+    model: str | None, scheduler: str = "ddim", dtype: str | torch.dtype | None = None, compile: bool = False
+) -> TeraMindPipeline:
+    """The pipeline from a folder / Hub repo (default: the embedded model), with the requested scheduler, the
+    model in ``dtype`` (fp32, bf16, fp16; state and scheduler stay float32) and optionally compiled."""
+    from .acceleration import cast_unet
+
     pipe = TeraMindPipeline.from_pretrained(model)
+    cast_unet(pipe.unet, dtype)  # (from_pretrained's keyword for it differs across diffusers versions)
+    if compile:
+        pipe.enable_compile()
     if scheduler == "dpm":
         from diffusers import DPMSolverMultistepScheduler
 

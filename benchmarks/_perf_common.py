@@ -1,0 +1,77 @@
+"""Shared helpers of the performance benchmarks: machine facts, interleaved timing, peak-RSS sampling.
+
+Timings on this shared machine only mean something as ratios measured side by side in one process: every
+helper here times the candidates interleaved (A B B A ...) and reports medians.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import threading
+import time
+from contextlib import contextmanager
+from typing import Callable
+
+import psutil
+import torch
+
+
+def machine_facts() -> str:
+    """CPU model, cores, torch version and threads, load average: printed at the top of every benchmark."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    return (
+        f"machine: {cpu}; {os.cpu_count()} logical cores; torch {torch.__version__}, {torch.get_num_threads()} "
+        f"thread(s); load average {load}; RAM {psutil.virtual_memory().total / 2**30:.1f} GiB"
+    )
+
+
+def interleaved_medians(candidates: dict[str, Callable[[], object]], repeats: int, warmup: bool = True) -> dict[str, float]:
+    """Median seconds per call of each candidate, calls interleaved and the order reversed every round."""
+    names = list(candidates)
+    if warmup:
+        for name in names:
+            candidates[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(repeats):
+        for name in names if round_ % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            candidates[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+@contextmanager
+def peak_rss(interval: float = 0.005):
+    """Sample this process's RSS while the block runs; yields a dict whose ``"peak_mb"`` is set on exit."""
+    process, result, stop = psutil.Process(), {"before_mb": psutil.Process().memory_info().rss / 2**20}, threading.Event()
+    peak = [result["before_mb"]]
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], process.memory_info().rss / 2**20)
+            stop.wait(interval)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield result
+    finally:
+        stop.set()
+        thread.join()
+        result["peak_mb"] = max(peak[0], process.memory_info().rss / 2**20)
+
+
+def matmul_flops_per_second(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5) -> float:
+    """The machine's dense matmul rate (n x n @ n x n, 2 n^3 FLOP) in this process with the current threads."""
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(n, n, generator=generator).to(dtype) for _ in range(2))
+    seconds = interleaved_medians({"mm": lambda: torch.mm(a, b)}, repeats)["mm"]
+    return 2 * n**3 / seconds
