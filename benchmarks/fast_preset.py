@@ -74,6 +74,9 @@ def metrics(samples: list[dict], key: str) -> dict[str, float]:
         rows.append(row)
     out = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
     for period in (64, 256):
+        if samples[0][key].shape[-1] < 2 * period:  # no inner line at this period in a region this small
+            out[f"b{period}"] = float("nan")
+            continue
         pooled = None
         for s in samples:
             pooled = M.add_sums(pooled, M.border_phase_sums(s[key], period))
