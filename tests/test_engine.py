@@ -115,7 +115,7 @@ def test_batch_order_and_streaming_give_the_same_bytes(solver, model_dir, genes,
 @pytest.mark.parametrize("solver", SOLVERS)
 def test_two_processes_with_accelerate(solver, model_dir, gene_store, in_memory, workdir):
     out = workdir / f"two_{solver}.ome.zarr"
-    result = subprocess.run([*accelerate_launch(2), *cli_args(gene_store, out, model_dir, solver, "--batch-size", "2")],
+    result = subprocess.run([*accelerate_launch(2), *cli_args(gene_store, out, model_dir, solver, "--batch-size", "2", "--shard-tiles", "1")],
                             env=ENV, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 process(es)" in result.stdout
