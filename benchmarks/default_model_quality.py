@@ -142,6 +142,18 @@ without genes can do in PSNR, and it scores a high pixel SSIM on the dark backgr
 
 Speed: one 256-px tile step (320-px canvas) takes {step_s:.2f} s on one CPU thread of the build machine.
 
+## How to load
+
+```python
+from teramind_hf import TeraMindPipeline
+
+pipe = TeraMindPipeline.from_pretrained()  # this embedded model; or a folder / Hub repo id
+```
+
+`diffusers.DiffusionPipeline.from_pretrained(folder)` does not load it: diffusers looks the pipeline class
+(`TeraMindPipeline`) up among its own pipelines only. Use the line above (`import teramind_hf` first is not
+enough).
+
 ## Limits
 Synthetic data only; coarse scale; samples are plausible phantom-like nuclei/cell bodies placed where the
 genes say, not real tissue. Use it for plumbing, demos and tests.

@@ -48,6 +48,9 @@ MAX_STEPS = 50
 MAX_SECTIONS = 4
 MAX_UPLOAD_BYTES = 16 * 2**20  # a 512 x 512 px x 2-section phantom table is ~9 MB of CSV
 MAX_UPLOAD_SECTIONS = 8
+# the binned grid of an upload (genes x sections x bins, while binning): far-away coordinates in a tiny file
+# would otherwise allocate gigabytes before any region check
+MAX_UPLOAD_GRID_BYTES = 128 * 2**20
 
 # ---------------------------------------------------------------------------------------------- bundled tissue
 PHANTOM_SIZE = 1024  # px per side: 4 x 4 tiles to choose a region from
@@ -145,7 +148,7 @@ def read_upload(path: str | os.PathLike) -> Source:
     if path.suffix.lower() not in (".csv", ".tsv", ".txt", ".parquet"):
         raise DemoError(f"Could not read {path.name}: upload a .csv, .tsv or .parquet table with columns x, y, z, gene")
     try:
-        volume = read_transcript_table(path, gene_bin=load_pipeline().unet.config.gene_bin)
+        volume = read_transcript_table(path, gene_bin=load_pipeline().unet.config.gene_bin, max_bytes=MAX_UPLOAD_GRID_BYTES)
     except Exception as err:  # pandas/pyarrow parse errors, bad columns, bad values: all shown, none raised
         message = str(err).replace(str(path), path.name) or type(err).__name__
         raise DemoError(
@@ -524,7 +527,8 @@ def build_demo() -> gr.Blocks:
 def launch_options() -> dict[str, Any]:
     """`launch()` keywords: a theme with local fonts only (the page must not wait on a font CDN)."""
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
-    return {"theme": theme, "ssr_mode": False}
+    # Gradio refuses larger uploads itself, before they reach the app or the disk
+    return {"theme": theme, "ssr_mode": False, "max_file_size": MAX_UPLOAD_BYTES}
 
 
 def main() -> None:

@@ -1,13 +1,15 @@
-"""Read the model's gene-gene attention and run an in-silico knockout.
+"""Read the model's gene-gene attention against a null, and run an in-silico knockout against the noise floor.
 
     python examples/attention_and_knockout.py                   # embedded default model
     python examples/attention_and_knockout.py --steps 2 --out /tmp/ak
 
-1. The gene branch attends gene to gene in every 64-px patch; averaging over the tissue gives a panel-wide
-   matrix. The phantom plants co-expressed pairs (Slc17a6-Slc17a7, Nr4a2-Th): their rank among all pairs
-   says whether a model learned the co-expression (a random model ranks them anywhere).
-2. Knocking a gene out (zero counts) and sampling again from the same seed shows what the model ties to
-   that gene; the difference image is the gene's effect on DAPI and PolyT.
+1. Attention: the phantom plants co-expressed pairs (Slc17a6-Slc17a7, Nr4a2-Th). Co-expressed genes attend to each
+   other under ANY weights, so a pair's rank alone says little. Each pair is summarised over the patches where
+   both genes are expressed and scored against the same architecture with random weights (z, permutation p,
+   Benjamini-Hochberg "learned" call) and against gene-label permutations.
+2. Knockout: zeroing a cell type's markers (`perturb=`) and sampling from the same seed; the change inside that
+   type's cells and outside them is compared with the noise floor (another seed, unperturbed), and nuclei are
+   matched to say what changed (removed, shrunk, dimmer).
 
 Writes ``attention_matrix.png``, ``pair_map.png``, ``knockout.png`` and ``summary.json`` to ``--out``.
 """
@@ -26,8 +28,13 @@ from _common import DEFAULT_MODEL_UM_PER_PX, save_panels  # noqa: E402
 
 from teramind_hf import TeraMindPipeline  # noqa: E402
 from teramind_hf.data import make_phantom  # noqa: E402
-from teramind_hf.data.phantom import NULL_GENE, PLANTED_PAIRS  # noqa: E402
-from teramind_hf.eval.attention import in_silico_knockout, mean_attention, pair_attention_map, pair_rank  # noqa: E402
+from teramind_hf.data.phantom import CELL_TYPES, PLANTED_PAIRS  # noqa: E402
+from teramind_hf.eval.attention_null import (  # noqa: E402
+    expressed_mask, expressed_pair_attention, model_gene_tensor, pair_significance, pair_specificity,
+)
+from teramind_hf.eval.knockout import knockout_report  # noqa: E402
+from teramind_hf.eval.maps import pathway_map  # noqa: E402
+from teramind_hf.eval.perturb import cell_type_markers  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,7 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=256, help="region side in px (multiple of 256)")
     parser.add_argument("--steps", type=int, default=15, help="denoising steps for the knockout")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--knockout", default=None, help="gene to zero (default: Th, else the first model gene)")
+    parser.add_argument("--random-models", type=int, default=19, help="random-weight models in the attention null")
+    parser.add_argument("--cell-type", default="dopaminergic", help="cell type whose markers are knocked out")
     parser.add_argument("--out", default="attention_out", help="output folder")
     return parser.parse_args(argv)
 
@@ -51,50 +59,55 @@ def main(argv: list[str] | None = None) -> int:
     tissue = make_phantom(args.size, args.size, num_slices=2, seed=2, um_per_px=DEFAULT_MODEL_UM_PER_PX)
     data_names = list(tissue.panel)
 
-    # 1. gene-gene attention
-    attention = pipe.gene_attention(tissue.genes, data_names)  # (chunks, patches_h, patches_w, G, G)
-    matrix = mean_attention(attention)
-    summary: dict = {"genes": names, "planted_pairs": {}}
+    # 1. gene-gene attention on expressed patches, against random weights
     lower = {n.lower() for n in names}
     pairs = [(a, b) for a, b in PLANTED_PAIRS if a.lower() in lower and b.lower() in lower]
-    for a, b in pairs:
-        rank, total = pair_rank(matrix, names, a, b)
-        summary["planted_pairs"][f"{a}-{b}"] = {"rank": rank, "of": total}
-        print(f"planted pair {a}-{b}: rank {rank} of {total} gene pairs by mean attention")
-    if NULL_GENE.lower() in lower:
-        null = names[[n.lower() for n in names].index(NULL_GENE.lower())]
-        others = [n for n in names if n != null]
-        summary["null_gene_mean_rank"] = float(np.mean([pair_rank(matrix, names, null, o)[0] for o in others]))
+    summary: dict = {"genes": names, "planted_pairs": {}}
+    for r in pair_significance(pipe, tissue.genes, data_names, pairs, random_models=args.random_models, permutations=2):
+        rw = r.random_weights
+        summary["planted_pairs"]["-".join(r.pair)] = {"rank": r.rank, "of": r.pairs_ranked, **r.to_dict()}
+        print(f"planted pair {'-'.join(r.pair)}: {r.patches} expressed patches, rank {r.rank} of {r.pairs_ranked}; "
+              f"vs {rw['n']} random-weight models z {rw['z']:.2f}, p {rw['p']:.3f}, learned={r.learned}")  # fmt: skip
+    model_genes = model_gene_tensor(pipe, tissue.genes, data_names)
+    attention = pipe.gene_attention(model_genes)
+    means, _ = expressed_pair_attention(attention, expressed_mask(model_genes, pipe.unet.config))
+    spec = pair_specificity(means)
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 6), dpi=100, layout="constrained")
     ax = fig.subplots()
-    shown = ax.imshow(matrix, cmap="viridis")
+    shown = ax.imshow(spec, cmap="viridis")
     ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
     ax.set_yticks(range(len(names)), names, fontsize=7)
-    ax.set_title("mean gene-gene attention (row: query gene)")
+    ax.set_title("expressed-patch attention, z over pairs (blank: never co-expressed)")
     fig.colorbar(shown, ax=ax)
     FigureCanvasAgg(fig).print_png(str(out / "attention_matrix.png"))
 
     a, b = pairs[0] if pairs else (names[0], names[1])
-    pair = pair_attention_map(attention, names, a, b)[0]
-    save_panels([(pair, f"attention {a}-{b} per patch")], out / "pair_map.png", cmap="viridis")
+    maps = pathway_map(attention, model_genes, names, a, b, pipe.unet.config)
+    save_panels([(maps["attention"][0], f"attention {a}-{b}"), (maps["pathway"][0], "attention x expression")],
+                out / "pair_map.png", cmap="viridis")  # fmt: skip
 
-    # 2. in-silico knockout, same seed
-    gene = args.knockout or ("Th" if "th" in lower else names[0])
-    result = in_silico_knockout(pipe, tissue.genes, data_names, gene, seed=args.seed, num_inference_steps=args.steps)
-    diff = result.difference
-    limit = max(float(np.abs(diff[0]).max()), 1e-3)
-    save_panels(
-        [(diff[0, 0], f"DAPI change ({gene} KO)"), (diff[0, 1], f"PolyT change ({gene} KO)")],
-        out / "knockout.png", cmap="RdBu_r", vmin=-limit, vmax=limit,
+    # 2. in-silico knockout of a cell type's markers, same seed, against the noise floor (another seed)
+    markers = {g: 0.0 for g in cell_type_markers(args.cell_type) if g.lower() in lower}
+    report = knockout_report(
+        pipe, tissue.genes, data_names, markers, seed=args.seed, noise_seed=args.seed + 1,
+        cell_types=tissue.cell_types, type_names=[t.name for t in CELL_TYPES], targeted=[args.cell_type],
+        um_per_px=DEFAULT_MODEL_UM_PER_PX, num_inference_steps=args.steps,
     )  # fmt: skip
-    dapi, polyt = result.mean_abs_change
-    summary["knockout"] = {"gene": gene, "mean_abs_change_dapi": dapi, "mean_abs_change_polyt": polyt}
-    print(f"knockout of {gene}: mean |change| DAPI {dapi:.4f}, PolyT {polyt:.4f} (images in [-1, 1])")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    diff = report.difference
+    save_panels(
+        [(diff[0, 0], "DAPI change"), (diff[0, 1], "PolyT change"),
+         (report.other_seed[0, 1] - report.original[0, 1], "PolyT: another seed (noise floor)")],
+        out / "knockout.png", cmap="RdBu_r", vmin=-1, vmax=1,
+    )  # fmt: skip
+    inside, outside = report.changes["inside_targeted"], report.changes["outside_targeted"]
+    summary["knockout"] = {"gene": sorted(markers), "cell_type": args.cell_type, **report.to_dict()}
+    print(f"knockout of {args.cell_type} markers {sorted(markers)}: |change| / noise floor inside those cells "
+          f"{inside['ratio'][-1]:.2f}, outside {outside['ratio'][-1]:.2f}; nuclei: {report.morphology.get(args.cell_type)}")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     print(f"wrote {out}/attention_matrix.png, pair_map.png, knockout.png, summary.json")
     return 0
 

@@ -13,4 +13,4 @@ DEFAULT_STEP_BUFFER_LIMIT = 64 * 2**20  # bytes of step buffers kept in memory; 
 # level-0 shard side in tiles (= the work unit of `teramind generate`): 4 x 4 tiles x 2 sections x 2 stains per
 # object, ~190 k objects for a whole brain instead of ~12 M chunk files (docs/tera-scale.md)
 DEFAULT_SHARD_TILES = 4
-PHANTOM_FORMATS = ("table", "official", "store")
+PHANTOM_FORMATS = ("table", "official", "store", "merscope")

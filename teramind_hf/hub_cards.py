@@ -74,6 +74,9 @@ out = pipe(genes, gene_names=panel, num_inference_steps=15, generator=torch.Gene
 out.images  # (Z, 2, H, W): DAPI + PolyT, float in [-1, 1]
 ```
 
+Load it with `TeraMindPipeline.from_pretrained` as above: `diffusers.DiffusionPipeline.from_pretrained` looks the
+pipeline class up among diffusers' own pipelines only and does not find `TeraMindPipeline`.
+
 Whole sections or brains, streamed to OME-Zarr: `teramind generate --model {{ repo_id }} --genes region.zarr --out brain.ome.zarr`.
 
 ## Conversion

@@ -31,6 +31,15 @@ def make_tiny_unet(gene_names: list[str] = TINY_GENES, seed: int = 0):
     return unet.eval()
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests (this machine is shared), restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def tiny_pipeline():
     from teramind_hf import BoundaryAwareScheduler, TeraMindPipeline

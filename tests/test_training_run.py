@@ -175,7 +175,9 @@ def test_bf16_mixed_precision_and_ema_run(store, tmp_path):
     losses = _losses(out)
     assert sorted(losses) == [1, 2] and all(0 < v < 10 for v in losses.values())
     assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-2"]
-    assert any(p.name.startswith("custom_checkpoint") for p in (out / "checkpoint-2").iterdir())  # EMA state
+    files = {p.name for p in (out / "checkpoint-2").iterdir()}
+    assert {"ema.safetensors", "ema.json", "optimizer.safetensors", "rng-0.json"} <= files  # EMA state, no pickle
+    assert all(name.endswith((".safetensors", ".json")) for name in files), files
     card = (out / "README.md").read_text()
     assert card.startswith("---\n") and "pipeline_tag:" in card and "EMA: yes" in card
 
@@ -195,3 +197,37 @@ def test_channels_last_training_matches_default_layout(store, tmp_path):
     for key in wa:  # saved in the default layout (safetensors), equal to float tolerance
         assert wa[key].is_contiguous()
         torch.testing.assert_close(wa[key], wb[key], rtol=1e-3, atol=1e-5, msg=key)
+
+
+def test_resume_from_a_crafted_ema_checkpoint_runs_no_code_and_names_the_file(store, tmp_path):
+    """Checkpoints are safetensors + JSON: a pickle planted as the EMA state (or beside it) is refused, never run."""
+    import pickle
+    import shutil
+
+    from teramind_hf.training.checkpoint import CheckpointFileError
+
+    from .test_convert_pickle import Payload
+
+    first = tmp_path / "first"
+    argv = ["--data", str(store), *TINY, "--max_train_steps", "1", "--checkpointing_steps", "1", "--train_batch_size", "1", "--use_ema"]
+    _run_in_process([*argv, "--output_dir", str(first)])
+    checkpoint = first / "checkpoint-1"
+    assert all(p.suffix in (".safetensors", ".json") for p in checkpoint.iterdir())
+    marker = tmp_path / "pwned"
+    blob = pickle.dumps(Payload(marker))
+    resume = [*argv, "--max_train_steps", "2", "--resume_from_checkpoint", str(checkpoint)]
+
+    shutil.copy(checkpoint / "ema.safetensors", tmp_path / "ema.backup")
+    (checkpoint / "ema.safetensors").write_bytes(blob)  # the EMA weights replaced by a crafted pickle
+    with pytest.raises(CheckpointFileError, match=r"checkpoint-1/ema\.safetensors: not a valid safetensors file; it is never unpickled"):
+        _run_in_process([*resume, "--output_dir", str(tmp_path / "a")])
+    torch.save({"shadow_params": Payload(marker)}, checkpoint / "ema.safetensors")  # ... or by a torch.save zip
+    with pytest.raises(CheckpointFileError, match=r"checkpoint-1/ema\.safetensors: not a valid safetensors file"):
+        _run_in_process([*resume, "--output_dir", str(tmp_path / "b")])
+    shutil.copy(tmp_path / "ema.backup", checkpoint / "ema.safetensors")
+    (checkpoint / "custom_checkpoint_0.pkl").write_bytes(blob)  # where accelerator.save_state puts the EMA
+    with pytest.raises(CheckpointFileError, match=r"checkpoint-1/custom_checkpoint_0\.pkl: unexpected file in a teramind checkpoint"):
+        _run_in_process([*resume, "--output_dir", str(tmp_path / "c")])
+    assert not marker.exists()
+    pickle.loads(blob)  # the planted file is live: unpickling it does run the payload
+    assert marker.exists()

@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # modules of this package, each with `register(subparsers)` adding one or more sub-commands
-SUBCOMMAND_MODULES = ("phantom", "generate", "eval", "convert", "train")
+SUBCOMMAND_MODULES = ("phantom", "ingest", "generate", "eval", "export", "convert", "train", "attention", "knockout")
 
 # what a handler raises for bad input: printed as one line naming the problem, exit status 2, no traceback
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError, NotADirectoryError, IsADirectoryError)
@@ -25,9 +25,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _value_options(parser: argparse.ArgumentParser) -> set[str]:
+    """Option strings, in the parser and all its sub-parsers, that take one value."""
+    found, stack = set(), [parser]
+    while stack:
+        current = stack.pop()
+        for action in current._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                stack.extend(action.choices.values())
+            elif action.option_strings and action.nargs in (None, "?", 1):
+                found.update(action.option_strings)
+    return found
+
+
+def join_negative_values(argv: list[str], value_options: set[str]) -> list[str]:
+    """``--region -256,0,512,512`` -> ``--region=-256,0,512,512``: argparse reads a value that starts with '-' and
+    is not a plain number as an unknown option, so negative coordinate lists would otherwise need ``=``."""
+    out, i = [], 0
+    while i < len(argv):
+        token = argv[i]
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        if token in value_options and nxt is not None and len(nxt) > 1 and nxt[0] == "-" and (nxt[1].isdigit() or nxt[1] == "."):
+            out.append(f"{token}={nxt}")
+            i += 2
+            continue
+        out.append(token)
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(join_negative_values(argv, _value_options(parser)))
     try:
         result = args.func(args)
     except USER_ERRORS as err:

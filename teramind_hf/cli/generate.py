@@ -1,4 +1,5 @@
-"""`teramind generate --genes STORE --out OUT.ome.zarr ...`: streamed, resumable, multi-process generation."""
+"""`teramind generate [--genes STORE|MERSCOPE|SDATA] --out OUT.ome.zarr ...`: streamed, resumable, multi-process
+generation; without --genes, the main job (a held-out phantom region, scored against its truth)."""
 
 from __future__ import annotations
 
@@ -15,17 +16,35 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ..pipelines.streaming import distributed_state, generate_to_zarr, load_pipeline
+    from ..pipelines.gene_source import open_gene_source
+    from ..pipelines.preflight import check_generate_arguments, check_output_path, check_report_location
+    from ..pipelines.streaming import distributed_state, generate_to_zarr
 
+    # what can be checked without the model, before loading it (the rest: generate_to_zarr, before any write)
+    region = int_tuple(args.region, 4, "region") if args.region else None
+    slices = int_tuple(args.slices, 2, "slices") if args.slices else None
+    check_generate_arguments(
+        num_inference_steps=args.steps, batch_size=args.batch_size, memory_limit_bytes=args.memory_limit_mb * 2**20,
+        um_per_px=args.um_per_px, section_spacing_um=args.section_spacing_um, seed=args.seed, threads=args.threads,
+        min_gene_overlap=args.min_gene_overlap,
+    )  # fmt: skip
+    check_output_path(args.out)
+    check_report_location(args.report_json)
+    if args.spatialdata:
+        from ..data.export import check_export_target
+
+        check_export_target(args.spatialdata, "teramind", args.overwrite)
+    genes, truth = _gene_input(args)
+    open_gene_source(genes)
     if args.threads:
         torch.set_num_threads(args.threads)
-    pipe = load_pipeline(args.model, args.scheduler, dtype=args.dtype, compile=args.compile)
+    pipe = _load_pipeline(args)
     report = generate_to_zarr(
         pipe,
-        args.genes,
+        genes,
         args.out,
-        region=int_tuple(args.region, 4, "region") if args.region else None,
-        slices=int_tuple(args.slices, 2, "slices") if args.slices else None,
+        region=region,
+        slices=slices,
         num_inference_steps=args.steps,
         generator=args.seed,
         batch_size=args.batch_size,
@@ -35,13 +54,73 @@ def run(args: argparse.Namespace) -> int:
         um_per_px=args.um_per_px,
         section_spacing_um=args.section_spacing_um,
         progress_bar=not args.quiet,
+        min_gene_overlap=args.min_gene_overlap,
         shard_tiles=args.shard_tiles or None,
     )
     if distributed_state().is_main_process:
         print(report.summary())
         if args.report_json:
             Path(args.report_json).write_text(json.dumps({**asdict(report), "voxels_per_second": report.voxels_per_second}))
+        _after_generate(args, genes, truth)
     return 0
+
+
+def _gene_input(args: argparse.Namespace) -> tuple[str, str | None]:
+    """(gene source, truth store or None): no --genes = the main job on the bundled phantom; a MERSCOPE folder
+    or SpatialData store is ingested beside the output first."""
+    from ..pipelines.streaming import distributed_state
+
+    state = distributed_state()
+    if args.genes is None:
+        from ..eval.truth import main_job_truth
+
+        truth = str(main_job_truth(args.out)) if state.is_main_process else None
+        state.wait_for_everyone()
+        truth = truth or str(main_job_truth(args.out))
+        if state.is_main_process:
+            print(f"main job: genes and truth of a held-out phantom region in {truth}")
+        return truth, truth
+    from ..data.ingest.auto import gene_store_for
+
+    if state.is_main_process:
+        genes, message = gene_store_for(args.genes, args.out, um_per_px=args.um_per_px, progress_bar=not args.quiet)
+        if message:
+            print(message)
+    state.wait_for_everyone()
+    genes, _ = gene_store_for(args.genes, args.out, um_per_px=args.um_per_px, progress_bar=False)
+    return genes, None
+
+
+def _after_generate(args: argparse.Namespace, genes: str, truth: str | None) -> None:
+    print(f"output: {args.out}")
+    if truth is not None:
+        from ..eval.truth import format_scores, score_against_truth
+
+        print(f"scores against the phantom's truth: {format_scores(score_against_truth(args.out, truth))}")
+    if args.spatialdata:
+        from ..data.export import export_spatialdata
+        from ..data.ingest.auto import raw_kind
+
+        like = args.genes if args.genes and raw_kind(args.genes) == "spatialdata" else None
+        names = export_spatialdata(args.out, args.spatialdata, like=like, overwrite=args.overwrite)
+        print(f"SpatialData: image element(s) {', '.join(names)} in {args.spatialdata}")
+
+
+def _load_pipeline(args: argparse.Namespace):
+    """The pipeline with the requested scheduler, precision and compilation; --quiet hides diffusers'
+    "Loading pipeline components" bar."""
+    from diffusers.utils import logging as diffusers_logging
+
+    from ..pipelines.streaming import load_pipeline
+
+    enabled = diffusers_logging.is_progress_bar_enabled()
+    if args.quiet:
+        diffusers_logging.disable_progress_bar()
+    try:
+        return load_pipeline(args.model, args.scheduler, dtype=args.dtype, compile=args.compile)
+    finally:
+        if enabled:
+            diffusers_logging.enable_progress_bar()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,10 +128,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "generate",
         help="generate morphology from a gene store into a resumable OME-Zarr image (multi-process with accelerate)",
     )
-    p.add_argument("--genes", required=True, help="gene source: zarr group with 'genes' (G,Z,Hb,Wb) + gene_names, .npy or .npz")
+    p.add_argument(
+        "--genes", default=None,
+        help="gene store (zarr with 'genes' + gene_names, .npy, .npz), a MERSCOPE folder or a SpatialData store "
+        "(ingested beside --out); omitted: the main job, a held-out phantom region scored against its truth",
+    )  # fmt: skip
     p.add_argument("--out", required=True, help="output OME-Zarr folder (path or fsspec URL)")
     p.add_argument("--model", default=None, help="pipeline folder or Hub repo id (default: the embedded model)")
-    p.add_argument("--region", default=None, help="y0,x0,h,w in image px, whole tiles (default: everything)")
+    p.add_argument("--region", default=None, help="y0,x0,h,w in image px, whole tiles (default: everything); a negative "
+                   "first value needs no quoting (--region -256,0,...)")
     p.add_argument("--slices", default=None, help="a,b image sections [a, b) (default: all)")
     p.add_argument("--steps", type=int, default=15, help="denoising steps (15 official)")
     p.add_argument("--scheduler", default="ddim", choices=("ddim", "dpm"), help="ddim (dpm is refused: see docs)")
@@ -70,5 +154,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the model (first tile-steps compile)")
     p.add_argument("--threads", type=int, default=0, help="torch threads per process (0: torch default)")
     p.add_argument("--report-json", default=None, help="also write the run summary as JSON here")
+    p.add_argument("--min-gene-overlap", type=float, default=0.5, help="least fraction of the model panel the genes must cover")
+    p.add_argument("--spatialdata", default=None, metavar="SDATA.zarr", help="also write the output as SpatialData images here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

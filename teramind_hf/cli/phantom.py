@@ -19,10 +19,15 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 def run(args: argparse.Namespace) -> int:
     from ..data.phantom import make_phantom, write_phantom
+    from ..pipelines.preflight import check_output_path
 
+    check_output_path(args.out, "OUT", "a folder")
     height, width = _parse_size(args.size)
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
-    phantom = make_phantom(height, width, args.slices, args.seed, um_per_px=args.um_per_px, gene_bin=args.gene_bin)
+    phantom = make_phantom(
+        height, width, args.slices, args.seed, um_per_px=args.um_per_px, gene_bin=args.gene_bin,
+        planted_interaction=args.planted_interaction,
+    )  # fmt: skip
     out = write_phantom(phantom, args.out, formats)
     print(
         f"phantom {args.slices}x{height}x{width} px at {args.um_per_px} um/px, {len(phantom.cells)} cells, "
@@ -40,4 +45,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--um-per-px", type=float, default=MERSCOPE_UM_PER_PX, help="pixel size in microns")
     p.add_argument("--gene-bin", type=int, default=16, help="gene grid bin size in pixels")
     p.add_argument("--formats", default="table,official", help=f"comma list of {','.join(PHANTOM_FORMATS)}")
+    p.add_argument("--planted-interaction", action="store_true",
+                   help="add the Penk/Crym pair whose joint expression (only) enlarges nuclei (see data/phantom.py)")
     p.set_defaults(func=run)

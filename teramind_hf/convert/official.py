@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ..models.unet_genemorph_3d import GeneMorphUNet3DModel, unpatchify
+from ..models.weights import check_float_tensors
 
 OFFICIAL_GENE_SLOTS = 500  # gene slots per gene slice in the official `rna` layout
 
@@ -117,7 +118,12 @@ def official_key_to_ours(key: str, model: GeneMorphUNet3DModel) -> str | None:
 # ---------------------------------------------------------------------------------------- reading
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read an official checkpoint: Lightning ``.ckpt`` (``state_dict`` with ``model.`` prefix), a bare
-    PyTorch state dict, or safetensors. Pickles are read with ``weights_only=True`` (no code runs)."""
+    PyTorch state dict, or safetensors. Nothing in the file is ever imported or called: a ``torch.save`` zip is read
+    by :func:`teramind_hf.convert.torch_zip.read_torch_zip`, whose unpickler rebuilds tensors and containers and
+    turns every other object (Lightning hyper-parameters, callbacks, numpy scalars, paths, ...) into an inert
+    placeholder; only the state dict is taken."""
+    from .torch_zip import Inert, read_torch_zip
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
@@ -129,17 +135,23 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         except Exception as err:  # safetensors raises its own error types
             kind = "a pickle/zip (torch.save) file" if zipfile.is_zipfile(path) else "not a valid safetensors file"
             raise CheckpointError(f"{path}: expected a safetensors file, but it is {kind} ({err})") from err
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
+    if not zipfile.is_zipfile(path):
         raise CheckpointError(
-            f"{path}: could not be read as a PyTorch checkpoint with weights_only=True "
-            f"(a state dict or Lightning .ckpt is expected): {err}"
-        ) from err
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+            f"{path}: could not be read as a PyTorch checkpoint: not a torch.save zip file (a Lightning .ckpt or .pt state dict is expected; files in torch's "
+            "legacy pre-1.6 format are not read, since only the zip format can be read without unpickling code)"
+        )
+    try:
+        obj, _ = read_torch_zip(path)
+    except Exception as err:  # a damaged or crafted zip: never a traceback from deep inside pickle
+        raise CheckpointError(f"{path}: could not be read as a PyTorch checkpoint ({type(err).__name__}: {err})") from err
+    if isinstance(obj, Inert) and obj.items:  # a checkpoint pickled as a dict subclass of some package
+        obj = obj.items
+    if isinstance(obj, dict) and "state_dict" in obj:
         obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path}: expected a mapping of parameter names to tensors")
+        if isinstance(obj, Inert) and obj.items:
+            obj = obj.items
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: expected a mapping of parameter names to tensors (or a Lightning 'state_dict')")
     state = {}
     for key, value in obj.items():
         if "ema_model" in key:  # Lightning keeps an EMA copy; the official test script drops it
@@ -190,7 +202,9 @@ def convert_official_state_dict(
         if tuple(value.shape) != tuple(ours[name].shape):
             mismatched.append(f"{key} {tuple(value.shape)} -> {name} {tuple(ours[name].shape)}")
             continue
-        converted[name] = value.float()
+        converted[name] = value
+    check_float_tensors(((k, state[k]) for k in state if official_key_to_ours(k, model) in converted), "official checkpoint")
+    converted = {name: value.float() for name, value in converted.items()}
     missing = sorted(set(ours) - set(converted))
     if unmapped or missing or mismatched:
         raise CheckpointError(
@@ -224,7 +238,10 @@ def convert_official_checkpoint(
     from ..pipelines.pipeline_teramind import TeraMindPipeline
     from ..schedulers.scheduling_boundary_aware import BoundaryAwareScheduler
 
+    from ..pipelines.preflight import check_output_path
+
     output_dir = Path(output_dir)
+    check_output_path(output_dir, "OUT_DIR", "a pipeline folder")
     if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"output folder {output_dir} exists and is not empty (pass overwrite=True / --overwrite)")
     unet = convert_official_state_dict(load_state_dict(checkpoint), gene_names=gene_names)

@@ -26,47 +26,11 @@ import torch
 from torch.utils.data import Dataset
 
 from .panel import GenePanel
+from .store import create_training_store  # noqa: F401  (the store layout lives in a torch-free module)
 from .volume import SpatialVolume
 
 GENE_CONTEXT = (1, 2)  # gene slices before / after the first image slice: z-1 .. z+2
 IMAGE_SLICES = 2
-
-
-def create_training_store(
-    path: str | Path,
-    panel: GenePanel,
-    num_slices: int,
-    height: int,
-    width: int,
-    *,
-    gene_bin: int = 16,
-    um_per_px: float | None = None,
-    chunk: int = 256,
-    compressors: Any = "auto",
-):
-    """Create an empty store (see module doc) to fill chunk by chunk; returns the zarr group."""
-    import zarr
-
-    if height % gene_bin or width % gene_bin:
-        raise ValueError(f"training store: height/width {height}x{width} must be multiples of gene_bin={gene_bin}")
-    if chunk % gene_bin:
-        raise ValueError(f"training store: chunk={chunk} must be a multiple of gene_bin={gene_bin}")
-    group = zarr.open_group(str(path), mode="w")
-    group.attrs.update({"gene_names": list(panel.genes), "gene_bin": gene_bin, "um_per_px": um_per_px})
-    extra = {} if compressors == "auto" else {"compressors": compressors}
-    group.create_array(
-        "images", shape=(2, num_slices, height, width), dtype="uint8", chunks=(1, 1, chunk, chunk), fill_value=0, **extra
-    )
-    cb = chunk // gene_bin
-    group.create_array(
-        "genes",
-        shape=(len(panel), num_slices, height // gene_bin, width // gene_bin),
-        dtype="float32",
-        chunks=(len(panel), 1, cb, cb),
-        fill_value=0.0,
-        **extra,
-    )
-    return group
 
 
 def write_training_store(volume: SpatialVolume, path: str | Path, *, chunk: int = 256) -> Path:

@@ -10,7 +10,12 @@ markers of one type are co-expressed), plus uniform background noise for every g
 
 Planted facts a model or an analysis can be checked against:
 * co-expressed pairs: Slc17a6 + Slc17a7 (glutamatergic type), Nr4a2 + Th (dopaminergic type);
-* `NULL_GENE` (Serpine2) is spatially uniform noise with no relation to morphology.
+* `NULL_GENE` (Serpine2) is spatially uniform noise with no relation to morphology;
+* opt-in (``planted_interaction=True``): `INTERACTION_PAIR` (Penk, Crym), two extra genes each expressed by a
+  random ~30 % of cells of every type, independently; only cells expressing BOTH have larger, brighter nuclei
+  (`INTERACTION_NUCLEUS_SCALE`, `INTERACTION_DAPI_SCALE`). One gene alone changes nothing, and since the two
+  are independent per cell they are barely co-expressed (far less than the marker pairs), so co-expression
+  statistics do not single the pair out: only a model that learned the joint effect could.
 
 Units: transcripts are in **image pixels** (`x` = column, `y` = row, floats; `z` = section
 index). Multiply by `um_per_px` for microns. `um_per_px` defaults to the MERSCOPE mosaic scale
@@ -30,10 +35,15 @@ import pandas as pd
 
 from ..constants import MERSCOPE_UM_PER_PX, PHANTOM_FORMATS
 from .panel import GenePanel
-from .volume import SpatialVolume, bin_transcripts
+from .volume import SpatialVolume, bin_transcripts, check_dense_size, check_gene_bin
 
 NULL_GENE = "Serpine2"
 PLANTED_PAIRS = (("Slc17a6", "Slc17a7"), ("Nr4a2", "Th"))
+INTERACTION_PAIR = ("Penk", "Crym")
+INTERACTION_FRACTION = 0.3  # fraction of cells expressing each interaction gene (independently)
+INTERACTION_TRANSCRIPTS = 40.0  # mean transcripts of an interaction gene per expressing cell
+INTERACTION_NUCLEUS_SCALE = 1.35  # nucleus diameter factor of cells expressing both genes
+INTERACTION_DAPI_SCALE = 1.45  # nucleus DAPI brightness factor (clipped at 255) of those cells
 
 
 @dataclass(frozen=True)
@@ -72,9 +82,11 @@ BACKGROUND_PER_UM2 = 0.0005  # background transcripts of every gene, per um^2
 NULL_PER_UM2 = 0.01  # transcripts of NULL_GENE, per um^2 (uniform, morphology-blind)
 
 
-def default_panel() -> GenePanel:
-    """The phantom's genes (all markers + the null gene) in the official 229-panel order."""
+def default_panel(planted_interaction: bool = False) -> GenePanel:
+    """The phantom's genes (all markers + the null gene [+ the interaction pair]) in the official 229-panel order."""
     names = {m for t in CELL_TYPES for m in t.markers} | {NULL_GENE}
+    if planted_interaction:
+        names |= set(INTERACTION_PAIR)
     return GenePanel.official_mouse().subset(names)
 
 
@@ -123,16 +135,21 @@ def make_phantom(
     panel: GenePanel | None = None,
     gene_bin: int = 16,
     section_spacing_um: float = 150.0,
+    planted_interaction: bool = False,
 ) -> Phantom:
     """Generate a phantom of `num_slices` sections of `height` x `width` pixels.
 
-    `panel` chooses the gene axis (default `default_panel()`); phantom genes outside it are not
-    emitted and panel genes the phantom does not model stay zero. Same arguments -> same arrays.
+    `panel` chooses the gene axis (default `default_panel(planted_interaction)`); phantom genes outside it are
+    not emitted and panel genes the phantom does not model stay zero. Same arguments -> same arrays.
+    ``planted_interaction`` adds `INTERACTION_PAIR` (module docstring) from a separate random stream, so the
+    cells, their types and the other genes are those of the default phantom of the same seed; the default
+    (False) phantom is unchanged.
     """
     width = height if width is None else width
     _check_size(height, width, num_slices, gene_bin, um_per_px)
-    panel = default_panel() if panel is None else panel
+    panel = default_panel(planted_interaction) if panel is None else panel
     rng = np.random.default_rng(seed)
+    interaction_rng = np.random.default_rng([seed, 1]) if planted_interaction else None
     boundaries = _region_boundaries(rng)
     images = np.zeros((2, num_slices, height, width), dtype=np.uint8)
     labels = np.zeros((num_slices, height, width), dtype=np.int32)
@@ -145,8 +162,12 @@ def make_phantom(
         regions[z] = _region_map(height, width, um_per_px, z_um, boundaries)
         cells = _place_cells(rng, regions[z], um_per_px, next_id, z)
         next_id += len(cells)
+        if interaction_rng is not None:
+            _assign_interaction(interaction_rng, cells)
         images[:, z], labels[z], types[z] = _render_section(rng, cells, regions[z], um_per_px)
         transcript_tables.append(_section_transcripts(rng, cells, height, width, um_per_px, z))
+        if interaction_rng is not None:
+            transcript_tables.append(_interaction_transcripts(interaction_rng, cells, height, width, um_per_px, z))
         cell_tables.append(cells)
     cells = pd.concat(cell_tables, ignore_index=True)
     transcripts = pd.concat(transcript_tables, ignore_index=True)
@@ -165,10 +186,13 @@ def make_phantom(
     )
     cells["cell_type"] = [CELL_TYPES[t].name for t in cells.pop("type_index")]
     cells["region"] = [REGIONS[r][0] for r in cells["region"]]
+    if planted_interaction:
+        cells = cells.drop(columns=["nucleus_scale", "dapi_scale"])
     return Phantom(images, genes, transcripts, panel, labels, types, regions, cells, gene_bin, um_per_px, seed)
 
 
 def _check_size(height: int, width: int, num_slices: int, gene_bin: int, um_per_px: float) -> None:
+    check_gene_bin(gene_bin)
     if height < gene_bin or width < gene_bin or height % gene_bin or width % gene_bin:
         raise ValueError(
             f"phantom size {height}x{width}: height and width must be positive multiples of gene_bin={gene_bin}"
@@ -177,6 +201,8 @@ def _check_size(height: int, width: int, num_slices: int, gene_bin: int, um_per_
         raise ValueError(f"phantom num_slices must be >= 1, got {num_slices}")
     if not um_per_px > 0:
         raise ValueError(f"phantom um_per_px must be > 0, got {um_per_px}")
+    # images, labels and the float fields they are drawn from: well over 16 bytes per voxel
+    check_dense_size((num_slices, height, width), 16, f"phantom {num_slices}x{height}x{width} px")
 
 
 def _region_boundaries(rng: np.random.Generator) -> np.ndarray:
@@ -236,6 +262,41 @@ def _place_cells(
     )
 
 
+def _assign_interaction(rng: np.random.Generator, cells: pd.DataFrame) -> None:
+    """Which cells express each interaction gene (independently), and the nuclei of those expressing both."""
+    n = len(cells)
+    for gene in INTERACTION_PAIR:
+        cells[f"expresses_{gene}"] = rng.random(n) < INTERACTION_FRACTION
+    both = cells[[f"expresses_{g}" for g in INTERACTION_PAIR]].all(axis=1).to_numpy()
+    cells["interaction"] = both
+    cells["nucleus_scale"] = np.where(both, INTERACTION_NUCLEUS_SCALE, 1.0)
+    cells["dapi_scale"] = np.where(both, INTERACTION_DAPI_SCALE, 1.0)
+
+
+def _interaction_transcripts(
+    rng: np.random.Generator, cells: pd.DataFrame, height: int, width: int, um_per_px: float, z: int
+) -> pd.DataFrame:
+    """Transcripts of the interaction genes around the cells expressing them, plus their uniform background."""
+    parts = []
+    sigma_um = np.array([CELL_TYPES[t].cytoplasm_um for t in cells["type_index"]]) / 2 * 0.5
+    sigma = sigma_um / um_per_px * cells["size_factor"].to_numpy()
+    area_um2 = height * width * um_per_px**2
+    for gene in INTERACTION_PAIR:
+        expressing = cells[f"expresses_{gene}"].to_numpy()
+        counts = rng.poisson(INTERACTION_TRANSCRIPTS * cells["expression"].to_numpy()) * expressing
+        owner = np.repeat(np.arange(len(cells)), counts)
+        y = cells["y"].to_numpy()[owner] + rng.normal(0, 1, len(owner)) * sigma[owner]
+        x = cells["x"].to_numpy()[owner] + rng.normal(0, 1, len(owner)) * sigma[owner]
+        n = rng.poisson(BACKGROUND_PER_UM2 * area_um2)
+        y, x = np.concatenate([y, rng.uniform(0, height, n)]), np.concatenate([x, rng.uniform(0, width, n)])
+        parts.append(pd.DataFrame({"x": x, "y": y, "gene": gene}))
+    table = pd.concat(parts, ignore_index=True)
+    inside = (table["x"] >= 0) & (table["x"] < width) & (table["y"] >= 0) & (table["y"] < height)
+    table = table[inside].reset_index(drop=True)
+    table.insert(2, "z", np.int32(z))
+    return table[["x", "y", "z", "gene"]]
+
+
 def _render_section(
     rng: np.random.Generator, cells: pd.DataFrame, region: np.ndarray, um_per_px: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -245,9 +306,12 @@ def _render_section(
     polyt = np.zeros((height, width), dtype=np.float32)
     labels = np.zeros((height, width), dtype=np.int32)
     types = np.zeros((height, width), dtype=np.int8)
+    planted = "nucleus_scale" in cells.columns  # the opt-in interaction subtype (default phantom: absent)
     for cell in cells.itertuples(index=False):
         kind = CELL_TYPES[cell.type_index]
         r_nuc = kind.nucleus_um / 2 / um_per_px * cell.size_factor
+        if planted:
+            r_nuc *= cell.nucleus_scale
         r_cyto = max(kind.cytoplasm_um / 2 / um_per_px * cell.size_factor, r_nuc * 1.05)
         half = int(np.ceil(r_cyto * 1.2)) + 1
         cy, cx = int(cell.y), int(cell.x)
@@ -261,6 +325,8 @@ def _render_section(
         nucleus = _soft_disc(d_nuc, r_nuc)
         body = _soft_disc(d_cyto, r_cyto)
         dapi_patch = kind.dapi * nucleus * (0.85 + 0.15 * (1 - d_nuc.clip(0, 1) ** 2))
+        if planted:
+            dapi_patch = np.minimum(dapi_patch * cell.dapi_scale, 255.0)
         polyt_patch = kind.polyt * body * (1 - 0.55 * nucleus) * (1 - 0.3 * d_cyto.clip(0, 1))
         np.maximum(dapi[r0:r1, c0:c1], dapi_patch, out=dapi[r0:r1, c0:c1])
         np.maximum(polyt[r0:r1, c0:c1], polyt_patch, out=polyt[r0:r1, c0:c1])
@@ -343,7 +409,8 @@ def write_phantom(phantom: Phantom, out_dir: str | Path, formats: tuple[str, ...
     Layout: `transcripts.parquet` (x, y in pixels, z section, gene) + `images.tif` ((2, Z, H, W)
     uint8) + `panel.txt` ["table"]; `official/gene/*.npz` + `official/img/*.zip` (official tile
     format, gene slots of the official 229 panel) ["official"]; `store.zarr` (training store)
-    ["store"]; always `ground_truth/labels.tif`, `cell_types.tif`, `regions.tif`, `cells.csv`
+    ["store"]; `merscope/section_ZZ/` one MERSCOPE run folder per section (`readers.merscope.write_merscope_runs`)
+    ["merscope"]; always `ground_truth/labels.tif`, `cell_types.tif`, `regions.tif`, `cells.csv`
     and `phantom.json` (parameters, cell types, planted pairs, null gene).
     """
     import tifffile
@@ -365,6 +432,10 @@ def write_phantom(phantom: Phantom, out_dir: str | Path, formats: tuple[str, ...
         from .datasets import write_training_store
 
         write_training_store(phantom.to_volume(), out / "store.zarr")
+    if "merscope" in formats:
+        from .readers.merscope import write_merscope_runs
+
+        write_merscope_runs(out / "merscope", phantom.images, phantom.transcripts, phantom.um_per_px)
     tifffile.imwrite(out / "ground_truth" / "labels.tif", phantom.labels)
     tifffile.imwrite(out / "ground_truth" / "cell_types.tif", phantom.cell_types)
     tifffile.imwrite(out / "ground_truth" / "regions.tif", phantom.regions)
@@ -381,6 +452,11 @@ def write_phantom(phantom: Phantom, out_dir: str | Path, formats: tuple[str, ...
         "null_gene": NULL_GENE,
         "genes": list(phantom.panel.genes),
     }
+    if "interaction" in phantom.cells.columns:
+        meta["planted_interaction"] = {
+            "genes": list(INTERACTION_PAIR), "fraction_per_gene": INTERACTION_FRACTION,
+            "nucleus_scale": INTERACTION_NUCLEUS_SCALE, "dapi_scale": INTERACTION_DAPI_SCALE,
+        }  # fmt: skip
     (out / "phantom.json").write_text(json.dumps(meta, indent=1, default=list) + "\n")
     return out
 

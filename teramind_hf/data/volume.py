@@ -143,13 +143,23 @@ def bin_transcripts(
     num_slices: int,
     grid_shape: tuple[int, int],
     gene_bin: int,
+    max_bytes: int | None = None,
+    source: str = "transcripts",
 ) -> np.ndarray:
     """Sum transcripts into `(G, Z, Hb, Wb)` float32; pixel (r, c) falls in bin (r//bin, c//bin).
 
     Transcripts outside the grid, of unknown genes (index -1) or of sections outside
-    `0..num_slices-1` are dropped.
+    `0..num_slices-1` are dropped. A grid needing more than `max_bytes` (default: the machine's memory) is
+    refused before anything is allocated.
     """
+    check_gene_bin(gene_bin)
     hb, wb = grid_shape
+    # bincount builds the grid in float64, then the float32 copy: 12 bytes per bin while both are alive
+    check_dense_size(
+        (num_genes, num_slices, hb, wb), 12, f"{source}: binning on {gene_bin}-px bins (genes, sections, bins_y, bins_x)",
+        max_bytes, "check that the coordinates are pixels of this image (not microns or another frame) and that no "
+        "stray transcript lies far outside the tissue",
+    )  # fmt: skip
     rb = np.floor(np.asarray(rows_px, dtype=np.float64) / gene_bin).astype(np.int64)
     cb = np.floor(np.asarray(cols_px, dtype=np.float64) / gene_bin).astype(np.int64)
     z = np.asarray(sections).astype(np.int64)
@@ -160,3 +170,43 @@ def bin_transcripts(
     total = num_genes * num_slices * hb * wb
     binned = np.bincount(flat, weights=weights, minlength=total)
     return binned.astype(np.float32).reshape(num_genes, num_slices, hb, wb)
+
+
+def check_gene_bin(gene_bin, argument: str = "gene_bin") -> int:
+    """A gene bin must be a positive whole number of pixels."""
+    if isinstance(gene_bin, bool) or not isinstance(gene_bin, (int, np.integer)) or gene_bin < 1:
+        raise ValueError(f"{argument} must be a positive whole number of pixels, got {gene_bin!r}")
+    return int(gene_bin)
+
+
+def physical_memory_bytes() -> int:
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: no limit known
+        return 2**63
+
+
+def _human(nbytes: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if nbytes < 1024 or unit == "PB":
+            return f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    return f"{nbytes:.1f} PB"
+
+
+def check_dense_size(
+    shape: tuple[int, ...], bytes_per_element: int, source: str, max_bytes: int | None = None, advice: str = ""
+) -> None:
+    """Refuse, before allocating, a dense array of ``shape`` that needs more than ``max_bytes`` (default: the
+    machine's physical memory): far-away coordinates (wrong units, one stray point) otherwise mean a grid of
+    terabytes and an out-of-memory kill instead of an error."""
+    need = bytes_per_element * float(np.prod([float(s) for s in shape]))
+    limit = physical_memory_bytes() if max_bytes is None else max_bytes
+    if need > limit:
+        what = "this machine's memory" if max_bytes is None else "the limit"
+        raise ValueError(
+            f"{source}: needs a dense {tuple(int(s) for s in shape)} array of {_human(need)}, more than {what} "
+            f"({_human(limit)}){'; ' + advice if advice else ''}"
+        )

@@ -12,7 +12,8 @@ both sides of its border (dark bands, no jump), which lowers the score; so a sec
 ``band_ratio = mean intensity within `band` px of an inner tile border / mean intensity elsewhere``
 
 (~1 without bands, < 1 for dark bands; pixels near the region's own edges are left out of both means).
-Read band by band (one row of tiles at a time), so memory does not grow with the image.
+Read band by band (one row of tiles at a time), so memory does not grow with the image. The score is the
+grid-line border score of `eval.grid` at period = tile size, phase 0.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from .grid import StepProfile
 
 
 @dataclass
@@ -44,52 +47,40 @@ def _near_borders(length: int, tile_size: int, band: int) -> tuple[np.ndarray, n
     return (after_border | before_border) & ~edge, edge
 
 
-def _accumulate(diff: np.ndarray, border_index: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> None:
-    """Add |diff| along the last axis to border (index 0) and interior (index 1) sums."""
-    on_border = np.zeros(diff.shape[-1], dtype=bool)
-    on_border[border_index] = True
-    absdiff = np.abs(diff)
-    rows = int(np.prod(diff.shape[:-1]))
-    sums[0] += absdiff[..., on_border].sum(dtype=np.float64)
-    sums[1] += absdiff[..., ~on_border].sum(dtype=np.float64)
-    counts[0] += rows * int(on_border.sum())
-    counts[1] += rows * int((~on_border).sum())
-
-
 def seam_score_array(image, tile_size: int, band: int = 8) -> SeamScore:
     """Seam score and border-band ratio of a ``(..., H, W)`` array-like (zarr or numpy), read one tile row at a time."""
     height, width = image.shape[-2], image.shape[-1]
-    sums, counts = np.zeros(2), np.zeros(2, dtype=np.int64)
+    if isinstance(tile_size, bool) or not isinstance(tile_size, (int, np.integer)) or tile_size < 2:
+        raise ValueError(f"tile_size (--tile-size) must be a whole number of px >= 2, got {tile_size!r}")
+    if tile_size >= height and tile_size >= width:
+        raise ValueError(f"tile_size (--tile-size) {tile_size} px leaves no inner tile border in a {height} x {width} px image")
+    steps = StepProfile.empty(tuple(image.shape))
     row_near, row_edge = _near_borders(height, tile_size, band)
     col_near, col_edge = _near_borders(width, tile_size, band)
     band_sums, band_counts = np.zeros(2), np.zeros(2, dtype=np.int64)  # [near inner borders, elsewhere]
-    x_borders = np.arange(tile_size - 1, width - 1, tile_size)  # pair (x, x+1) straddles a border
     for y0 in range(0, height, tile_size):
-        y1 = min(y0 + tile_size + 1, height)  # one extra row to see the border below
-        strip = np.asarray(image[..., y0:y1, :]).astype(np.int16)
-        inner = strip[..., : min(tile_size, height - y0), :]
-        rows = slice(y0, y0 + inner.shape[-2])
-        near = row_near[rows, None] | col_near[None, :]
-        counted = ~(row_edge[rows, None] | col_edge[None, :])
-        per_pixel = inner.reshape(-1, *inner.shape[-2:]).sum(axis=0, dtype=np.int32)  # over stains and sections
+        rows = min(tile_size, height - y0)
+        strip = np.asarray(image[..., y0 : min(y0 + rows + 1, height), :])  # one extra row: the border below
+        steps.add_block(strip, y0, 0, rows, width)
+        inner = strip[..., :rows, :]
+        rows_here = slice(y0, y0 + rows)
+        near = row_near[rows_here, None] | col_near[None, :]
+        counted = ~(row_edge[rows_here, None] | col_edge[None, :])
+        per_pixel = inner.reshape(-1, *inner.shape[-2:]).sum(axis=0, dtype=np.float64)  # over stains and sections
         layers = int(np.prod(inner.shape[:-2]))
         for k, where in enumerate((near & counted, ~near & counted)):
-            band_sums[k] += per_pixel[where].sum(dtype=np.int64)
+            band_sums[k] += per_pixel[where].sum()
             band_counts[k] += layers * int(where.sum())
-        _accumulate(np.diff(inner, axis=-1), x_borders, sums, counts)
-        vertical = np.swapaxes(np.diff(strip, axis=-2), -1, -2)  # pairs along y on the last axis
-        last = vertical.shape[-1] - 1
-        border = np.array([tile_size - 1]) if y1 - y0 == tile_size + 1 else np.array([], dtype=int)
-        _accumulate(vertical[..., : last + 1], border, sums, counts)
-    border_mean = sums[0] / max(counts[0], 1)
-    interior_mean = sums[1] / max(counts[1], 1)
+    border_sum, border_pairs, interior_sum, interior_pairs = steps.split(tile_size, 0)
+    border_mean = border_sum / max(border_pairs, 1)
+    interior_mean = interior_sum / max(interior_pairs, 1)
     return SeamScore(
         score=float(border_mean / interior_mean) if interior_mean > 0 else float("nan"),
         border_gradient=float(border_mean),
         interior_gradient=float(interior_mean),
         tile_size=tile_size,
-        border_pairs=int(counts[0]),
-        interior_pairs=int(counts[1]),
+        border_pairs=int(border_pairs),
+        interior_pairs=int(interior_pairs),
         band_ratio=float((band_sums[0] / band_counts[0]) / (band_sums[1] / band_counts[1]))
         if band_counts.all() and band_sums[1] > 0
         else float("nan"),

@@ -118,6 +118,31 @@ class GeneMorphUNet3DModel(ModelMixin, ConfigMixin):
 
     _supports_gradient_checkpointing = False
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """diffusers' ``from_pretrained`` from safetensors only (nothing unpickled), refusing integer or non-finite
+        weights (named) instead of casting them."""
+        from pathlib import Path
+
+        from .weights import check_float_tensors, check_safetensors_dtypes
+
+        if kwargs.get("use_safetensors") is False:
+            raise ValueError("use_safetensors=False: pickled (.bin) weights are never loaded; convert them to safetensors")
+        kwargs["use_safetensors"] = True
+        folder = Path(pretrained_model_name_or_path) / (kwargs.get("subfolder") or "")
+        for file in sorted(folder.glob("*.safetensors")) if folder.is_dir() else ():
+            check_safetensors_dtypes(file)
+        model = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        check_float_tensors(model.state_dict().items(), source=str(folder))
+        return model
+
+    def to(self, *args, **kwargs):
+        # diffusers' ModelMixin.to logs "modules ... should be kept in float32: []" on every dtype cast, even for a
+        # model without such modules (it tests `[] is not None`); this model keeps none, so cast as torch does
+        if self._keep_in_fp32_modules:
+            return super().to(*args, **kwargs)
+        return nn.Module.to(self, *args, **kwargs)
+
     @register_to_config
     def __init__(
         self,

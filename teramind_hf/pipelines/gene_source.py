@@ -62,14 +62,22 @@ def open_gene_source(location: str | Path | Any) -> GeneSource:
     if not is_url and not Path(text).exists():
         raise FileNotFoundError(f"gene source not found: {text}")
     if text.endswith(".npy"):
-        return GeneSource(genes=_check_4d(np.load(text, mmap_mode="r"), text), gene_names=None, location=text)
+        return GeneSource(genes=_check_4d(_load_npy(text), text), gene_names=None, location=text)
     if text.endswith(".npz"):
-        with np.load(text, allow_pickle=False) as archive:
+        with _load_npy(text) as archive:
             if "genes" not in archive:
                 raise ValueError(f"{text}: .npz has no 'genes' member (found {sorted(archive.files)})")
             names = [str(n) for n in archive["gene_names"]] if "gene_names" in archive else None
             return GeneSource(genes=_check_4d(archive["genes"], text), gene_names=names, location=text)
     return _open_zarr_source(text)
+
+
+def _load_npy(path: str):
+    """np.load (memory-mapped .npy, or an .npz archive) without pickle; a damaged file gets an error naming it."""
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False) if path.endswith(".npy") else np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:  # bad header, truncated data, object arrays (pickle), not a zip
+        raise ValueError(f"{path}: not a readable {'.npy' if path.endswith('.npy') else '.npz'} gene array ({err})") from err
 
 
 def _open_zarr_source(location: str) -> GeneSource:

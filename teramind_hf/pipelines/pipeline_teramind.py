@@ -18,6 +18,7 @@ from ..models.unet_genemorph_3d import GeneMorphUNet3DModel
 from ..schedulers.scheduling_boundary_aware import BoundaryAwareScheduler
 from ..data.panel import PanelAlignment
 from .genes import align_genes_to_model, as_dense_genes, check_counts
+from .inputs import as_gene_input
 
 OUTPUT_TYPES = ("np", "pt", "uint8")
 TILE_ORDERS = ("raster", "reverse")
@@ -110,7 +111,11 @@ class TeraMindPipeline(DiffusionPipeline):
             path = Path(local)
         if not (path / "model_index.json").is_file():
             raise FileNotFoundError(f"{path} has no model_index.json: not a TeraMindPipeline folder")
-        kwargs.setdefault("use_safetensors", True)
+        if kwargs.get("use_safetensors") is False:
+            raise ValueError("use_safetensors=False: pickled (.bin) weights are never loaded; convert them to safetensors")
+        kwargs["use_safetensors"] = True
+        if "torch_dtype" in kwargs:  # the diffusers spelling users know; diffusers now warns for it and wants `dtype`
+            kwargs.setdefault("dtype", kwargs.pop("torch_dtype"))
         return super().from_pretrained(str(path), **kwargs)
 
     # ------------------------------------------------------------------ acceleration
@@ -147,6 +152,8 @@ class TeraMindPipeline(DiffusionPipeline):
         batch_size: int = 4,
         tile_order: str = "raster",
         min_gene_overlap: float = 0.5,
+        um_per_px: float | None = None,
+        perturb: dict[str, float] | None = None,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
         return_dict: bool = True,
@@ -156,6 +163,8 @@ class TeraMindPipeline(DiffusionPipeline):
         Args:
             genes: transcript counts ``(G, Z, H/gene_bin, W/gene_bin)``, one gene map per section (numpy, torch,
                 torch sparse or ``sparse.COO``). H and W must be whole tiles (``scheduler.config.tile_size``).
+                Also a ``SpatialVolume`` (genes and names from it) or a points DataFrame (x, y in microns, gene or
+                feature_name, z or section; needs ``um_per_px``), binned on the model's grid and padded to tiles.
             gene_names: names of the G genes; aligned to the model panel by name (missing genes are zero).
                 Without names, G must equal the model's panel size.
             num_inference_steps: denoising steps (15 official).
@@ -166,8 +175,11 @@ class TeraMindPipeline(DiffusionPipeline):
                 start at ``start``; each is conditioned on 4 gene sections around it.
             output_type: ``"np"`` / ``"pt"`` (float in [-1, 1]) or ``"uint8"``.
             batch_size: tile canvases per model call.
+            um_per_px: pixel size for a points DataFrame ``genes`` (ignored otherwise).
             tile_order: ``"raster"`` or ``"reverse"``: the order tiles are visited in a step (no effect on
                 the result; sampling is synchronous over the tile grid).
+            perturb: ``{gene: factor}`` in the model panel: multiply those genes' counts (0 = knockout) before
+                sampling; with the same seed the result differs from the unperturbed one only by these genes.
             callback_on_step_end: ``fn(pipe, step_index, timestep, callback_kwargs) -> dict`` after each step;
                 may replace ``latents``.
         """
@@ -183,7 +195,12 @@ class TeraMindPipeline(DiffusionPipeline):
 
         cfg = self.unet.config
         scheduler: BoundaryAwareScheduler = self.scheduler
+        genes, gene_names = as_gene_input(genes, gene_names, um_per_px, cfg.gene_bin, scheduler.config.tile_size)
         gene_tensor, alignment = self._prepare_genes(genes, gene_names, min_gene_overlap)
+        if perturb:
+            from ..eval.perturb import perturb_genes
+
+            gene_tensor = perturb_genes(gene_tensor, cfg.gene_names, perturb)
         _, sections, bins_h, bins_w = gene_tensor.shape
         height, width = bins_h * cfg.gene_bin, bins_w * cfg.gene_bin
         rows, cols = scheduler.tile_grid(height, width)

@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import resource
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +49,7 @@ from .ome_zarr import (
     level_blocks,
 )
 from .pipeline_teramind import TeraMindPipeline, _draw_seed, _to_output_type, z_chunks
+from .preflight import check_region, preflight_generate, probe_writable
 
 RECORD_FORMAT = "teramind-generate/1"
 STEP_STORE = "_teramind_steps"  # child of the output group holding step buffers and progress
@@ -112,21 +111,7 @@ def resolve_region(
     slices: tuple[int, int] | None,
 ) -> Region:  # fmt: skip
     """Check the requested region against the gene data (named errors) and fill defaults (everything)."""
-    _, sections, bins_h, bins_w = source.shape
-    full_h, full_w = bins_h * gene_bin, bins_w * gene_bin
-    y0, x0, h, w = region if region is not None else (0, 0, full_h, full_w)
-    if h <= 0 or w <= 0 or y0 < 0 or x0 < 0 or y0 + h > full_h or x0 + w > full_w:
-        raise ValueError(
-            f"region y0,x0,h,w = {y0},{x0},{h},{w} px lies outside the gene data ({full_h} x {full_w} px = "
-            f"{bins_h} x {bins_w} bins of {gene_bin} px in {source.location})"
-        )
-    for name, value in (("y0", y0), ("x0", x0), ("h", h), ("w", w)):
-        if value % tile_size:
-            raise ValueError(f"region {name}={value} px must be a multiple of the tile size ({tile_size} px)")
-    start, stop = slices if slices is not None else (0, sections)
-    if not 0 <= start < stop <= sections:
-        raise ValueError(f"slices {start},{stop} must satisfy 0 <= start < stop <= {sections} (sections in the gene data)")
-    return Region(y0, x0, h, w, start, stop)
+    return Region(*check_region(source.shape, gene_bin, tile_size, region, slices, source.location))
 
 
 def check_streamable_scheduler(pipe: TeraMindPipeline) -> None:
@@ -195,12 +180,7 @@ def check_writable(out: str) -> None:
         probe_dir = probe_dir.parent
     if not probe_dir.is_dir():
         raise FileExistsError(f"{probe_dir} exists and is not a folder: cannot write {out}")
-    probe = probe_dir / f".teramind-write-probe-{socket.gethostname()}-{os.getpid()}"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise PermissionError(f"output location {probe_dir} is not writable ({err.strerror}): cannot write {out}") from err
+    probe_writable(probe_dir, f"cannot write {out}: output location")
 
 
 def read_existing_record(out: str) -> tuple[bool, dict | None]:
@@ -450,7 +430,7 @@ def generate_to_zarr(
     check_streamable_scheduler(pipe)
     cfg, sched = pipe.unet.config, pipe.scheduler
     source = open_gene_source(genes)
-    reg = resolve_region(source, cfg.gene_bin, sched.config.tile_size, region, slices)
+    reg = Region(*preflight_generate(pipe, source, out, region, slices, num_inference_steps, batch_size, memory_limit_bytes, um_per_px, section_spacing_um, generator, min_gene_overlap, progress_bar))
     region_genes = RegionGenes(
         source, cfg, (reg.y0 // cfg.gene_bin, reg.x0 // cfg.gene_bin),
         (reg.height // cfg.gene_bin, reg.width // cfg.gene_bin), min_gene_overlap,

@@ -7,8 +7,9 @@
 The loss, its per-sample draws and the data order depend only on (seed, global step, global sample index)
 (`teramind_hf.training.losses`, `teramind_hf.training.data`), so runs with different process counts or
 gradient-accumulation splits of the same global batch, and interrupted-then-resumed runs, give the same
-numbers. Checkpoints are `accelerator.save_state` folders ``checkpoint-<step>`` (model, optimizer,
-LR scheduler, EMA, RNG) with a ``training_config.json`` that resuming checks against the current model.
+numbers. Checkpoints are ``checkpoint-<step>`` folders of safetensors and JSON only (model, optimizer, LR scheduler,
+EMA, RNG; `teramind_hf.training.checkpoint`: nothing is pickled, so a crafted checkpoint cannot run code on
+resume) with a ``training_config.json`` that resuming checks against the current model.
 The output folder is a complete `TeraMindPipeline` (safetensors) with a generated model card.
 """
 
@@ -19,23 +20,23 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from .checkpoint import (
+    CONFIG_FILE,
+    check_checkpoint_config,
+    checkpoint_step,
+    load_training_state,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from .options import add_training_arguments
 
-CHECKPOINT_PREFIX = "checkpoint-"
-CONFIG_FILE = "training_config.json"
 LOG_FILE = "train_log.jsonl"
-# config fields that must agree between a checkpoint and the model being trained
-ARCH_FIELDS = (
-    "num_genes", "gene_names", "block_out_channels", "layers_per_block", "time_embed_dim", "attention_levels",
-    "gene_map_channels", "sample_size", "gene_bin", "num_slices", "gene_slices", "in_channels", "out_channels",
-)  # fmt: skip
 
 logger = logging.getLogger("teramind_hf.training")
 
@@ -115,69 +116,6 @@ def build_unet(args: argparse.Namespace, data_panel, log=logger.info):
     if alignment.unused:
         log(f"--data genes unknown to the model (ignored; --extend_panel learns them): {list(alignment.unused)}")
     return unet, model_panel, alignment, pipe.scheduler
-
-
-def arch_config(unet) -> dict:
-    config = dict(unet.config)
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.items() if k in ARCH_FIELDS}
-
-
-# ---------------------------------------------------------------------------------------------- checkpoints
-def checkpoint_step(path: Path) -> int:
-    return int(path.name[len(CHECKPOINT_PREFIX) :])
-
-
-def list_checkpoints(output_dir: Path) -> list[Path]:
-    """Complete checkpoints (they hold training_config.json, written last), oldest first."""
-    found = [p for p in output_dir.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name[len(CHECKPOINT_PREFIX) :].isdigit()]
-    return sorted((p for p in found if (p / CONFIG_FILE).is_file()), key=checkpoint_step)
-
-
-def resolve_checkpoint(value: str | None, output_dir: Path) -> Path | None:
-    """The checkpoint to resume from: a path, 'latest' (None when there is none yet), or None."""
-    if value is None:
-        return None
-    if value == "latest":
-        found = list_checkpoints(output_dir)
-        return found[-1] if found else None
-    path = Path(value)
-    if not path.is_dir():
-        raise FileNotFoundError(f"--resume_from_checkpoint {value}: no such checkpoint folder")
-    if not (path / CONFIG_FILE).is_file() or not path.name.startswith(CHECKPOINT_PREFIX):
-        raise ValueError(
-            f"--resume_from_checkpoint {value}: not a checkpoint written by teramind train "
-            f"(expected a '{CHECKPOINT_PREFIX}<step>' folder holding {CONFIG_FILE})"
-        )
-    return path
-
-
-def check_checkpoint_config(path: Path, unet) -> None:
-    """Refuse a checkpoint whose model config differs from the model being trained, naming the fields."""
-    saved = json.loads((path / CONFIG_FILE).read_text())["unet"]
-    current = arch_config(unet)
-    diff = {k: (saved.get(k), current.get(k)) for k in current if saved.get(k) != current.get(k)}
-    if diff:
-        lines = "; ".join(f"{k}: checkpoint {a!r} vs model {b!r}" for k, (a, b) in diff.items())
-        raise ValueError(
-            f"--resume_from_checkpoint {path}: the checkpoint belongs to another model config ({lines}); "
-            "expected a checkpoint of the same model (use another --output_dir or matching model options)"
-        )
-
-
-def save_checkpoint(accelerator, output_dir: Path, step: int, unet, args: argparse.Namespace, seconds: float = 0.0) -> Path:
-    """save_state + training_config.json (written last, marks the checkpoint complete); prune old ones."""
-    path = output_dir / f"{CHECKPOINT_PREFIX}{step}"
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process and args.checkpoints_total_limit is not None:
-        old = list_checkpoints(output_dir)
-        for stale in old[: max(len(old) - args.checkpoints_total_limit + 1, 0)]:
-            shutil.rmtree(stale, ignore_errors=True)
-    accelerator.save_state(str(path))
-    if accelerator.is_main_process:
-        payload = {"unet": arch_config(unet), "step": step, "seconds": seconds, "args": vars(args)}
-        (path / CONFIG_FILE).write_text(json.dumps(payload, indent=1, default=str))
-    accelerator.wait_for_everyone()
-    return path
 
 
 def training_memory_format(args: argparse.Namespace) -> torch.memory_format:
@@ -271,7 +209,6 @@ def train(args: argparse.Namespace) -> dict:
     if args.use_ema:
         ema = EMAModel(unet.parameters(), decay=args.ema_decay, use_ema_warmup=True, power=args.ema_power,
                        model_cls=GeneMorphUNet3DModel, model_config=unet.config)  # fmt: skip
-        accelerator.register_for_checkpointing(ema)
     unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
     if ema is not None:
         ema.to(accelerator.device)
@@ -279,7 +216,7 @@ def train(args: argparse.Namespace) -> dict:
     start_step, prior_seconds = 0, 0.0
     if resume is not None:
         prior_seconds = float(json.loads((resume / CONFIG_FILE).read_text()).get("seconds", 0.0))
-        accelerator.load_state(str(resume))
+        load_training_state(accelerator, resume, unet, optimizer, lr_scheduler, ema)
         start_step = checkpoint_step(resume)
         log(f"resumed from {resume} at step {start_step}")
     elif args.resume_from_checkpoint == "latest":
@@ -359,7 +296,7 @@ def train(args: argparse.Namespace) -> dict:
 
         if step % args.checkpointing_steps == 0 or step == args.max_train_steps:
             elapsed = prior_seconds + time.time() - started
-            save_checkpoint(accelerator, output_dir, step, accelerator.unwrap_model(unet), args, elapsed)
+            save_checkpoint(accelerator, output_dir, step, unet, optimizer, lr_scheduler, ema, args, elapsed)
         validate_now = args.validation_steps and step % args.validation_steps == 0
         if region is not None and (validate_now or step == args.max_train_steps):
             summary["validation"] = _validate(accelerator, unet, ema, scheduler, region, args, step, output_dir, log)

@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 
 from ..panel import GenePanel
-from ..volume import SpatialVolume, bin_transcripts, panel_for_transcripts
+from ..volume import SpatialVolume, bin_transcripts, check_gene_bin, panel_for_transcripts
+from .images import read_image
 
 TRANSCRIPTS_FILE = "detected_transcripts.csv"
 TRANSFORM_FILE = "images/micron_to_mosaic_pixel_transform.csv"
@@ -78,17 +79,18 @@ def read_section_image(
     run: str | Path, stain: str, plane: int | None = None, rescale: Literal["full", "percentile"] = "full"
 ) -> np.ndarray:
     """One stain of a run as an (H, W) uint8 section image (max projection or plane `plane`)."""
-    import tifffile
-
     planes = _mosaic_planes(Path(run), stain)
     if plane is not None:
         if not 0 <= plane < len(planes):
             raise ValueError(f"{run}: plane={plane} out of range, the run has {len(planes)} {stain} planes")
-        image = tifffile.imread(planes[plane])
+        image = read_image(planes[plane])
     else:
-        image = tifffile.imread(planes[0])
+        image = read_image(planes[0])
         for path in planes[1:]:
-            np.maximum(image, tifffile.imread(path), out=image)
+            other = read_image(path)
+            if other.shape != image.shape:
+                raise ValueError(f"{path}: shape {other.shape} differs from {planes[0].name} {image.shape}")
+            np.maximum(image, other, out=image)
     if image.ndim != 2:
         raise ValueError(f"{planes[0]}: expected a 2-D mosaic, got shape {image.shape}")
     return to_uint8(image, rescale)
@@ -126,6 +128,7 @@ def read_merscope(
     `um_per_px` defaults to 1 / the transform's x scale.
     """
     runs = [Path(r) for r in runs]
+    check_gene_bin(gene_bin)
     if not runs:
         raise ValueError("read_merscope: runs is empty (expected one run folder per section)")
     sections, tables, transforms = [], [], []
@@ -165,3 +168,47 @@ def read_merscope(
     if um_per_px is None:
         um_per_px = 1.0 / float(np.hypot(transforms[0][0, 0], transforms[0][1, 0]))
     return SpatialVolume(genes=genes, panel=panel, gene_bin=gene_bin, images=images, um_per_px=um_per_px)
+
+
+MERSCOPE_OFFSET_UM = (1234.5, -678.25)  # (x, y) of mosaic pixel (0, 0) in the written runs' global microns
+
+
+def write_merscope_runs(
+    out_dir: str | Path, images: np.ndarray, transcripts: pd.DataFrame, um_per_px: float
+) -> list[Path]:
+    """Write (2, Z, H, W) uint8 images and a transcripts table (x, y px, z section, gene) as MERSCOPE output,
+    one run folder `section_ZZ` per section (what the phantom's "merscope" format is).
+
+    Each run holds `detected_transcripts.csv` (global_x/global_y in microns, offset by `MERSCOPE_OFFSET_UM` so
+    the transform matters, global_z plane 0 or 1, gene, plus fov/transcript_id columns like real runs),
+    `images/mosaic_{DAPI,PolyT}_z{0,1}.tif` as uint16 (plane 0 = image * 257, plane 1 = half as bright, so the
+    max projection with the "full" rescale gives the image back exactly) and the micron -> pixel transform.
+    """
+    import tifffile
+
+    out = Path(out_dir)
+    scale = 1.0 / um_per_px
+    ox, oy = MERSCOPE_OFFSET_UM
+    transform = np.array([[scale, 0.0, -ox * scale], [0.0, scale, -oy * scale], [0.0, 0.0, 1.0]])
+    runs = []
+    for z in range(images.shape[1]):
+        run = out / f"section_{z:02d}"
+        (run / "images").mkdir(parents=True, exist_ok=True)
+        table = transcripts[transcripts["z"] == z]
+        n = len(table)
+        pd.DataFrame(
+            {
+                "transcript_id": np.arange(n),
+                "fov": (table["y"].to_numpy() // 256).astype(np.int64),
+                "global_x": table["x"].to_numpy() * um_per_px + ox,
+                "global_y": table["y"].to_numpy() * um_per_px + oy,
+                "global_z": np.arange(n) % 2,
+                "gene": table["gene"].to_numpy(),
+            }
+        ).to_csv(run / TRANSCRIPTS_FILE, index=False)
+        for stain, name in enumerate(("DAPI", "PolyT")):
+            for k, plane in enumerate((images[stain, z], images[stain, z] // 2)):
+                tifffile.imwrite(run / "images" / f"mosaic_{name}_z{k}.tif", plane.astype(np.uint16) * 257)
+        np.savetxt(run / TRANSFORM_FILE, transform, fmt="%.10g", delimiter=" ")
+        runs.append(run)
+    return runs

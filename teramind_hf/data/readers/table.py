@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from ..panel import GenePanel
-from ..volume import SpatialVolume, bin_transcripts, check_transcripts, panel_for_transcripts
+from ..volume import SpatialVolume, bin_transcripts, check_gene_bin, check_transcripts, panel_for_transcripts
+from .images import read_image
 
 
 def load_table(path: str | Path) -> pd.DataFrame:
@@ -35,16 +36,7 @@ def load_table(path: str | Path) -> pd.DataFrame:
 def load_images(images: str | Path | np.ndarray) -> np.ndarray:
     """(2, Z, H, W) uint8 images from a .tif/.tiff/.npy path or an array."""
     if isinstance(images, (str, Path)):
-        path = Path(images)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: image file not found")
-        if path.suffix.lower() == ".npy":
-            array = np.load(path)
-        else:
-            import tifffile
-
-            array = tifffile.imread(path)
-        source = str(path)
+        array, source = read_image(images), str(images)
     else:
         array, source = np.asarray(images), "images"
     if array.ndim != 4 or array.shape[0] != 2 or array.dtype != np.uint8:
@@ -63,14 +55,17 @@ def read_transcript_table(
     shape: tuple[int, int] | None = None,
     num_slices: int | None = None,
     drop_unknown: bool = False,
+    max_bytes: int | None = None,
 ) -> SpatialVolume:
     """Bin a transcripts table (and attach images) into a `SpatialVolume`.
 
     The canvas is the images' (H, W), else `shape`, else the extent of the transcripts, rounded
     down/up to a multiple of `gene_bin` (images: cropped down). Z is the images' Z, else
-    `num_slices`, else max(z) + 1; transcripts with z outside 0..Z-1 are an error.
+    `num_slices`, else max(z) + 1; transcripts with z outside 0..Z-1 are an error. A grid that would need more
+    than `max_bytes` (default: the machine's memory) is refused before it is allocated.
     """
     source = str(table) if isinstance(table, (str, Path)) else "transcripts table"
+    check_gene_bin(gene_bin)
     frame = load_table(table) if isinstance(table, (str, Path)) else table
     check_transcripts(frame, source)
     if units not in ("px", "um"):
@@ -93,7 +88,7 @@ def read_transcript_table(
     counts = frame["count"].to_numpy(np.float64) if "count" in frame.columns else None
     genes = bin_transcripts(
         rows, cols, z, gene_index, counts, num_genes=len(panel), num_slices=num_slices,
-        grid_shape=(height // gene_bin, width // gene_bin), gene_bin=gene_bin,
+        grid_shape=(height // gene_bin, width // gene_bin), gene_bin=gene_bin, max_bytes=max_bytes, source=source,
     )  # fmt: skip
     return SpatialVolume(genes=genes, panel=panel, gene_bin=gene_bin, images=image_array, um_per_px=um_per_px)
 

@@ -1,0 +1,155 @@
+"""Out to the scverse formats (the `spatialdata` extra): generated morphology as SpatialData images, gene stores
+as `.h5ad` bins, transcripts as SpatialData points.
+
+`export_spatialdata` places a `teramind generate` output in the micron coordinate system of the data it came
+from: pixel (y, x) of the output is at `origin_um + (region origin + (y, x)) * um_per_px`, where `origin_um` and
+`coordinate_system` are the gene store's attributes written by `teramind ingest`. One 2-D image element
+(channels DAPI, PolyT) per section, so napari-spatialdata shows it over the real images and points.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .ingest.scverse import _require
+
+
+def _output_placement(out: str | Path) -> dict:
+    """Region, slices, scale and the gene store's origin of a `teramind generate` output."""
+    import zarr
+
+    try:
+        group = zarr.open_group(str(out), mode="r")
+        run = dict(group.attrs["teramind"])["run"]
+        level0 = group["0"]
+    except Exception as err:  # zarr / KeyError for "not a teramind output"
+        raise ValueError(f"{out}: not a complete `teramind generate` OME-Zarr output ({err})") from err
+    if not dict(group.attrs["teramind"]).get("complete"):
+        raise ValueError(f"{out}: the generation is not complete (rerun `teramind generate` to finish it)")
+    origin_um, system = (0.0, 0.0), "global"
+    try:
+        attrs = dict(zarr.open_group(run["genes"]["location"], mode="r").attrs)
+        origin_um, system = tuple(attrs.get("origin_um", origin_um)), attrs.get("coordinate_system", system)
+    except Exception:  # the gene source moved or is not a store: place the output at the origin
+        pass
+    y0, x0, _, _ = run["region_yxhw"]
+    um = float(run["um_per_px"])
+    return {
+        "level0": level0, "slices": run["slices"], "um_per_px": um, "coordinate_system": system,
+        "translation_yx": (origin_um[0] + y0 * um, origin_um[1] + x0 * um),
+    }  # fmt: skip
+
+
+def check_export_target(to: str | Path, name: str, overwrite: bool) -> None:
+    """Before generating: refuse a `--spatialdata` target that already holds `{name}_z*` images, or is a file."""
+    to = Path(to)
+    if to.is_file():
+        raise FileExistsError(f"{to} is a file; --spatialdata needs a SpatialData .zarr folder (new or existing)")
+    clash = sorted(p.name for p in (to / "images").glob(f"{name}_z*")) if to.is_dir() else []
+    if clash and not overwrite:
+        raise FileExistsError(f"{to}: image element(s) {clash} exist; pass --overwrite to replace them")
+    if not to.exists() and not to.parent.is_dir():
+        raise FileNotFoundError(f"{to.parent}: folder of the --spatialdata target does not exist")
+
+
+def generated_images(out: str | Path, name: str = "teramind", coordinate_system: str | None = None) -> dict:
+    """SpatialData image elements `{name}_z{section}` (c: DAPI, PolyT; y; x) of a generate output."""
+    _require("spatialdata")
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import Scale, Sequence, Translation
+
+    from ..pipelines.ome_zarr import STAIN_NAMES
+
+    place = _output_placement(out)
+    system = coordinate_system or place["coordinate_system"]
+    um = place["um_per_px"]
+    transform = Sequence([Scale([um, um], axes=("y", "x")), Translation(list(place["translation_yx"]), axes=("y", "x"))])
+    level0 = place["level0"]
+    elements = {}
+    for k, section in enumerate(range(*place["slices"])):
+        data = np.asarray(level0[:, k])
+        elements[f"{name}_z{section}"] = Image2DModel.parse(
+            data, dims=("c", "y", "x"), c_coords=list(STAIN_NAMES[: data.shape[0]]), transformations={system: transform}
+        )
+    return elements
+
+
+def export_spatialdata(
+    out: str | Path, to: str | Path, *, like: str | Path | None = None, name: str = "teramind",
+    coordinate_system: str | None = None, overwrite: bool = False,
+) -> list[str]:  # fmt: skip
+    """Write the generated DAPI/PolyT of `out` as image elements into the SpatialData store `to`.
+
+    An existing `to` gains the elements (point `to` at the input store to see real and generated together);
+    a new one holds them plus, with `like`, every element of that input store. Returns the element names.
+    """
+    spatialdata = _require("spatialdata")
+    to = Path(to)
+    check_export_target(to, name, overwrite)
+    elements = generated_images(out, name, coordinate_system)
+    if to.exists():
+        sdata = spatialdata.read_zarr(to)
+        for element_name, image in elements.items():
+            sdata.images[element_name] = image
+            sdata.write_element(element_name, overwrite=overwrite)
+        return list(elements)
+    if like is not None:
+        sdata = spatialdata.read_zarr(like)
+        for element_name, image in elements.items():
+            sdata.images[element_name] = image
+    else:
+        sdata = spatialdata.SpatialData(images=elements)
+    sdata.write(to)
+    return list(elements)
+
+
+def write_spatialdata_points(
+    path: str | Path, transcripts: pd.DataFrame, um_per_px: float, *, name: str = "transcripts",
+    coordinate_system: str = "global", offset_um: tuple[float, float] = (0.0, 0.0),
+) -> Path:  # fmt: skip
+    """A transcripts table (x, y px, z section, gene) as a 2-D SpatialData points element in microns (x, y,
+    `section`, `feature_name`), placed at `offset_um` (x, y) by a translation."""
+    spatialdata = _require("spatialdata")
+    from spatialdata.models import PointsModel
+    from spatialdata.transformations import Translation
+
+    frame = pd.DataFrame(
+        {
+            "x": transcripts["x"].to_numpy() * um_per_px,
+            "y": transcripts["y"].to_numpy() * um_per_px,
+            "section": transcripts["z"].to_numpy().astype(np.int64),
+            "feature_name": pd.Categorical(transcripts["gene"].astype(str)),
+        }
+    )
+    points = PointsModel.parse(
+        frame, coordinates={"x": "x", "y": "y"}, feature_key="feature_name",
+        transformations={coordinate_system: Translation(list(offset_um), axes=("x", "y"))},
+    )  # fmt: skip
+    spatialdata.SpatialData(points={name: points}).write(path)
+    return Path(path)
+
+
+def write_anndata_bins(
+    path: str | Path, genes: np.ndarray, gene_names: list[str], um_per_px: float, gene_bin: int
+) -> Path:
+    """Binned counts (G, Z, Hb, Wb) as an `.h5ad`: one observation per non-empty bin, `obsm["spatial"]` its
+    centre (x, y) in microns, `obs["section"]`, sparse `X` (bins x genes)."""
+    anndata = _require("anndata")
+    import scipy.sparse
+
+    g, z, hb, wb = genes.shape
+    flat = np.asarray(genes, dtype=np.float32).reshape(g, -1).T  # (Z * Hb * Wb, G)
+    keep = np.flatnonzero(flat.any(axis=1))
+    section, row, col = np.unravel_index(keep, (z, hb, wb))
+    centre = lambda index: (index + 0.5) * gene_bin * um_per_px  # noqa: E731
+    adata = anndata.AnnData(
+        X=scipy.sparse.csr_matrix(flat[keep]),
+        obs=pd.DataFrame({"section": section.astype(np.int64)}, index=[f"bin{i}" for i in keep]),
+        var=pd.DataFrame(index=[str(n) for n in gene_names]),
+        obsm={"spatial": np.stack([centre(col), centre(row)], axis=1)},
+    )
+    adata.write_h5ad(path)
+    return Path(path)

@@ -1,0 +1,255 @@
+"""Every check of `teramind generate` / :func:`generate_to_zarr` that can run before the output is touched.
+
+A run must not fail halfway (after hours, with a half-written output) on input it could have checked up front, and a
+refused run must leave an earlier output as it was. These are pure functions of the arguments, the pipeline's
+config and the gene source; each raises ``ValueError`` / ``FileExistsError`` / ``PermissionError`` naming the
+argument or file and what was expected (the CLI prints that one line, no traceback):
+
+* :func:`check_generate_arguments`: numbers (steps, batch size, memory limit, physical scale, seed);
+* :func:`check_geometry`: the model's gene bin and the scheduler's tile / halo / patch sizes;
+* :func:`check_steps_against_schedule`: no more denoising steps than the training schedule has timesteps;
+* :func:`check_region`, :func:`check_panel`: the region and sections against the gene data, the panel overlap;
+* :func:`check_gene_values`: the gene counts the run reads, streamed block by block (bounded memory): dtype, NaN,
+  inf, negative values, with the first bad position;
+* :func:`check_output_path`, :func:`check_report_location`: where the output and the JSON report go.
+
+:func:`preflight_generate` runs them all; `generate_to_zarr` calls it before it opens the output, the CLI calls
+the argument and path checks before it even loads the model.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# a block of the gene scan holds at most this many bytes (as read + as float64 for the checks)
+DEFAULT_SCAN_BLOCK_BYTES = 64 * 2**20
+SEED_RANGE = (0, 2**63 - 1)
+
+
+# ---------------------------------------------------------------------------------------------- arguments
+def check_generate_arguments(
+    *,
+    num_inference_steps: int,
+    batch_size: int = 1,
+    memory_limit_bytes: float = 0,
+    um_per_px: float | None = None,
+    section_spacing_um: float | None = None,
+    seed: Any = 0,
+    min_gene_overlap: float = 0.5,
+    threads: int = 0,
+) -> None:
+    """Numbers of a run: whole and positive where they count things, finite and positive where they measure."""
+    for name, value in (("num_inference_steps", num_inference_steps), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} (--{name.replace('num_inference_', '').replace('_', '-')}) must be a whole number >= 1, got {value!r}")
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 0:
+        raise ValueError(f"--threads must be a whole number >= 0 (0: torch's default), got {threads!r}")
+    if not (isinstance(memory_limit_bytes, (int, float)) and math.isfinite(memory_limit_bytes) and memory_limit_bytes >= 0):
+        raise ValueError(f"memory_limit_bytes (--memory-limit-mb) must be a finite number >= 0, got {memory_limit_bytes!r} bytes")
+    for name, value in (("um_per_px", um_per_px), ("section_spacing_um", section_spacing_um)):
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} (--{name.replace('_', '-')}) must be a finite number > 0, got {value!r}")
+    if not (isinstance(min_gene_overlap, (int, float)) and 0 <= min_gene_overlap <= 1):
+        raise ValueError(f"min_gene_overlap must be a fraction in [0, 1], got {min_gene_overlap!r}")
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+        if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+            raise ValueError(f"seed (--seed) must be in [0, 2**63 - 1], got {seed}")
+
+
+def check_geometry(model_config, scheduler_config) -> None:
+    """The model's gene bin and the tile geometry must be positive and fit one another (else every tile fails)."""
+    gene_bin = model_config.gene_bin
+    if not isinstance(gene_bin, int) or gene_bin < 1:
+        raise ValueError(f"the model's gene_bin must be a positive number of px, got {gene_bin!r}")
+    tile, halo, patch = (scheduler_config.get(k) for k in ("tile_size", "halo", "patch_size"))
+    if not isinstance(tile, int) or tile < 1:
+        raise ValueError(f"the scheduler's tile_size must be a positive number of px, got {tile!r}")
+    if not isinstance(halo, int) or halo < 0:
+        raise ValueError(f"the scheduler's halo must be >= 0 px, got {halo!r}")
+    if tile % gene_bin or halo % gene_bin:
+        raise ValueError(f"the scheduler's tile_size ({tile}) and halo ({halo}) must be multiples of the model's gene_bin ({gene_bin})")
+    if patch is not None and (not isinstance(patch, int) or patch < 1 or tile % patch):
+        raise ValueError(f"the scheduler's tile_size ({tile}) must be a multiple of its patch_size ({patch!r})")
+
+
+def check_steps_against_schedule(num_inference_steps: int, scheduler) -> None:
+    """DDIM and friends pick ``num_inference_steps`` of the training timesteps: there cannot be more."""
+    inner = getattr(scheduler, "inner", scheduler)
+    total = getattr(inner, "config", {}).get("num_train_timesteps")
+    if total is not None and num_inference_steps > total:
+        raise ValueError(
+            f"num_inference_steps (--steps) = {num_inference_steps} exceeds the {total} timesteps of the model's "
+            f"training schedule; use at most {total} (15 is the official setting)"
+        )
+
+
+# ---------------------------------------------------------------------------------------------- gene values
+def _scan_rows(genes, shape: tuple[int, ...], block_bytes: int) -> int:
+    """Bin rows per scan block: a whole number of the array's row chunks (zarr), within ``block_bytes``."""
+    g, _, _, wb = shape
+    per_row = max(g * wb * 8, 1)  # float64 copy of one row of one section
+    rows = max(block_bytes // per_row, 1)
+    chunks = getattr(genes, "chunks", None)
+    if isinstance(chunks, tuple) and len(chunks) == 4 and chunks[2]:
+        rows = max(rows // chunks[2], 1) * chunks[2]
+    return int(rows)
+
+
+def check_gene_values(
+    source,
+    bins_y: tuple[int, int] | None = None,
+    bins_x: tuple[int, int] | None = None,
+    sections: tuple[int, int] | None = None,
+    block_bytes: int = DEFAULT_SCAN_BLOCK_BYTES,
+    progress_bar: bool = False,
+) -> None:
+    """Stream the counts a run reads, block by block, and refuse a non-numeric dtype, NaN, inf or negative values,
+    naming the source and the first bad position (gene, section, bin). Memory is bounded by ``block_bytes``."""
+    genes = source.genes
+    shape = tuple(int(n) for n in genes.shape)
+    dtype = np.dtype(getattr(genes, "dtype", np.float32))
+    if dtype.kind not in "uif":
+        raise ValueError(f"genes in {source.location}: dtype {dtype} is not a number type; expected integer or float transcript counts")
+    _, z, hb, wb = shape
+    y0, y1 = bins_y or (0, hb)
+    x0, x1 = bins_x or (0, wb)
+    s0, s1 = sections or (0, z)
+    rows = _scan_rows(genes, shape, block_bytes)
+    blocks = [(s, r) for s in range(s0, s1) for r in range(y0, y1, rows)]
+    if dtype.kind == "u":  # nothing to find in unsigned integers
+        return
+    from tqdm.auto import tqdm
+
+    names = source.gene_names
+    for s, r in tqdm(blocks, desc="checking gene counts", unit="block", disable=not progress_bar or len(blocks) < 2):
+        block = np.asarray(genes[:, s : s + 1, r : min(r + rows, y1), x0:x1])
+        bad = ~np.isfinite(block) if dtype.kind == "f" else np.zeros(block.shape, dtype=bool)
+        kind = "NaN/inf"
+        if not bad.any():
+            bad, kind = block < 0, "negative"
+            if not bad.any():
+                continue
+        g, _, y, x = (int(v) for v in np.argwhere(bad)[0])
+        gene = f"{names[g]!r} (index {g})" if names is not None and g < len(names) else f"index {g}"
+        raise ValueError(
+            f"genes in {source.location}: {int(bad.sum())} {kind} value(s) in section {s}, first at gene {gene}, "
+            f"bin y={r + y}, x={x0 + x} ({block[g, 0, y, x].item()!r}); expected finite transcript counts >= 0"
+        )
+
+
+# ---------------------------------------------------------------------------------------------- paths
+def _is_local(location: str) -> bool:
+    return "://" not in location or location.startswith("file://")
+
+
+def check_output_path(out: str | Path, argument: str = "--out", kind: str = "an OME-Zarr folder") -> None:
+    """The output is a folder: an existing file there is never replaced, --overwrite or not."""
+    out = str(out)
+    if not _is_local(out):
+        return
+    path = Path(out.removeprefix("file://"))
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{argument} {out} is an existing file, not {kind}: remove it or choose another {argument}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise FileExistsError(f"{argument} {out}: {parent} is a file, so no folder can be created below it")
+            break
+
+
+def probe_writable(folder: Path, what: str) -> None:
+    """Create and remove an empty file in ``folder``: PermissionError naming it if that fails."""
+    probe = folder / f".teramind-write-probe-{socket.gethostname()}-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(f"{what}: {folder} is not writable ({err.strerror})") from err
+
+
+def check_report_location(report_json: str | None) -> None:
+    """``--report-json`` must be a file path whose folder exists and can be written (checked before the run)."""
+    if not report_json:
+        return
+    path = Path(report_json)
+    if path.is_dir():
+        raise IsADirectoryError(f"--report-json {report_json} is a folder; expected a file path such as report.json")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"--report-json {report_json}: folder {path.parent} does not exist")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise PermissionError(f"--report-json {report_json}: the existing file is not writable")
+    probe_writable(path.parent, f"--report-json {report_json}")
+
+
+# ---------------------------------------------------------------------------------------------- region
+def check_region(
+    shape: tuple[int, int, int, int], gene_bin: int, tile_size: int, region: tuple[int, int, int, int] | None,
+    slices: tuple[int, int] | None, location: str = "the gene data",
+) -> tuple[int, int, int, int, int, int]:  # fmt: skip
+    """``(y0, x0, h, w, start, stop)``: the requested region (image px, whole tiles) and sections, checked against
+    the gene data's ``(G, Z, Hb, Wb)`` shape; defaults: everything."""
+    _, sections, bins_h, bins_w = shape
+    full_h, full_w = bins_h * gene_bin, bins_w * gene_bin
+    y0, x0, h, w = region if region is not None else (0, 0, full_h, full_w)
+    if h <= 0 or w <= 0 or y0 < 0 or x0 < 0 or y0 + h > full_h or x0 + w > full_w:
+        raise ValueError(
+            f"region y0,x0,h,w = {y0},{x0},{h},{w} px lies outside the gene data ({full_h} x {full_w} px = "
+            f"{bins_h} x {bins_w} bins of {gene_bin} px in {location})"
+        )
+    for name, value in (("y0", y0), ("x0", x0), ("h", h), ("w", w)):
+        if value % tile_size:
+            raise ValueError(f"region {name}={value} px must be a multiple of the tile size ({tile_size} px)")
+    start, stop = slices if slices is not None else (0, sections)
+    if not 0 <= start < stop <= sections:
+        raise ValueError(f"slices {start},{stop} must satisfy 0 <= start < stop <= {sections} (sections in the gene data)")
+    return y0, x0, h, w, start, stop
+
+
+def check_panel(source, model_config, min_gene_overlap: float) -> None:
+    """The source's panel must overlap the model's enough (named error), checked on a 1-bin probe."""
+    import torch
+
+    from .genes import align_genes_to_model
+
+    align_genes_to_model(torch.zeros(source.shape[0], 1, 1, 1), source.gene_names, model_config, min_gene_overlap)
+
+
+# ---------------------------------------------------------------------------------------------- all
+def preflight_generate(
+    pipe, source, out: str, region: tuple[int, int, int, int] | None, slices: tuple[int, int] | None,
+    num_inference_steps: int, batch_size: int, memory_limit_bytes: float, um_per_px: float | None,
+    section_spacing_um: float | None, generator: Any, min_gene_overlap: float = 0.5, progress_bar: bool = False,
+) -> tuple[int, int, int, int, int, int]:  # fmt: skip
+    """All checks of a streamed run before the output is opened, cheap ones first; returns the resolved region
+    ``(y0, x0, h, w, start, stop)``.
+
+    The gene scan covers the bins of the region and every section its gene windows read (a z chunk is conditioned
+    on neighbouring sections too).
+    """
+    from .pipeline_teramind import gene_window_range, z_chunks
+
+    cfg = pipe.unet.config
+    check_generate_arguments(
+        num_inference_steps=num_inference_steps, batch_size=batch_size, memory_limit_bytes=memory_limit_bytes,
+        um_per_px=um_per_px, section_spacing_um=section_spacing_um, seed=generator, min_gene_overlap=min_gene_overlap,
+    )  # fmt: skip
+    check_geometry(cfg, pipe.scheduler.config)
+    check_steps_against_schedule(num_inference_steps, pipe.scheduler)
+    check_output_path(out)
+    y0, x0, h, w, start, stop = check_region(source.shape, cfg.gene_bin, pipe.scheduler.config["tile_size"], region, slices, source.location)
+    check_panel(source, cfg, min_gene_overlap)
+    starts = z_chunks(start, stop, cfg.num_slices)
+    lo = gene_window_range(starts[0], cfg.num_slices, cfg.gene_slices)[0]
+    hi = gene_window_range(starts[-1], cfg.num_slices, cfg.gene_slices)[1]
+    b = cfg.gene_bin
+    check_gene_values(
+        source, (y0 // b, (y0 + h) // b), (x0 // b, (x0 + w) // b), (max(lo, 0), min(hi, source.num_sections)),
+        progress_bar=progress_bar,
+    )  # fmt: skip
+    return y0, x0, h, w, start, stop
