@@ -52,7 +52,7 @@ def write_ome_zarr_layers(
     import zarr
 
     from ..constants import DEFAULT_SECTION_SPACING_UM
-    from ..pipelines.ome_zarr import PhysicalScale, build_level, create_image, level_chunks
+    from ..pipelines.ome_zarr import PhysicalScale, build_level, create_image, level_blocks
 
     path = Path(path)
     if path.exists():
@@ -75,7 +75,7 @@ def write_ome_zarr_layers(
     levels = create_image(group, data.shape, tile_size, PhysicalScale(um_per_px, spacing))
     levels[0][...] = data
     for fine, coarse in zip(levels, levels[1:]):
-        build_level(fine, coarse, level_chunks(coarse.shape, coarse.chunks[2:]))
+        build_level(fine, coarse, level_blocks(coarse))
     ome = dict(group.attrs["ome"])
     for channel, name in zip(ome["omero"]["channels"], layers):
         channel["label"] = name
