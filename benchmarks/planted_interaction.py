@@ -1,6 +1,6 @@
 """Planted gene interaction: fine-tune the embedded model on it, then ask whether attention singles the pair out.
 
-    python benchmarks/planted_interaction.py --work /tmp/pi --steps 80          # fine-tune (resumable) + evaluate
+    python benchmarks/planted_interaction.py --work /tmp/pi --steps 240          # fine-tune (resumable) + evaluate
     python benchmarks/planted_interaction.py --work /tmp/pi --evaluate_only      # evaluate an existing fine-tune
 
 The tissue is the phantom with ``planted_interaction=True`` (training seed 5, 768 px x 4 sections; held-out seed 6):
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", required=True)
-    parser.add_argument("--steps", type=int, default=80)
+    parser.add_argument("--steps", type=int, default=240)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--model", default=None, help="pipeline folder to fine-tune (default: the embedded model)")
     parser.add_argument("--evaluate_only", action="store_true")

@@ -16,7 +16,6 @@ Requests are capped (tiles, steps, sections, upload bytes) so one visitor cannot
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys

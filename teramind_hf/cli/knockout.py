@@ -11,7 +11,6 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    import numpy as np
     import torch
 
     from ..eval.knockout import knockout_report

@@ -6,7 +6,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-import numpy as np
 import pandas as pd
 
 from .engine import DEFAULT_BATCH_ROWS, Batch, Canvas, IngestReport, check_coordinates, check_sections, ingest_batches
