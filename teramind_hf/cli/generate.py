@@ -161,7 +161,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default=None, help="official (DDIM 15 steps) or fast: scheduler, steps and grid schedule")
     p.add_argument("--exact", action="store_true",
                    help="with --region: add the margin the steps' dependency cone needs, so the region equals the same pixels of the full run")
-    p.add_argument("--grid", default=None, help="grid schedule name (official, blend4; default: the preset's, else official)")
+    p.add_argument("--grid", default=None, help="grid schedule: official (default, parity), blend (4 grid offsets blended at the last 2 steps: fades the 64-px patch grid), blend4 (at the last step)")
     p.add_argument("--blend-offsets", default=None, help="grid offsets y,x px blended at the last --blend-steps steps, ';'-separated")
     p.add_argument("--blend-steps", type=int, default=0, help="number of last steps that blend --blend-offsets")
     p.add_argument("--tile-order", default="raster", choices=("raster", "reverse"), help="tile visiting order (no effect on bytes)")
