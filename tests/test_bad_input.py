@@ -89,7 +89,7 @@ GENERATE_CASES = [
     (["--report-json", "/"], r"--report-json / is a folder"),
     (["--report-json", "/nonexistent-folder/r.json"], r"folder /nonexistent-folder does not exist"),
     (["--model", "/nonexistent-model"], r"pipeline folder not found: /nonexistent-model"),
-    (["--scheduler", "dpm"], r"streaming generation supports the stateless DDIM update only"),
+    (["--scheduler", "nonsense"], r"scheduler .nonsense. is not one of"),
 ]
 
 
