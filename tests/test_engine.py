@@ -246,7 +246,10 @@ def test_presets_and_cli_names(model_dir, genes):
     assert PRESETS["fast"].num_inference_steps <= 5
     pipe = _pipe(model_dir, "ddim")
     fast = pipe.sampling_scheduler(PRESETS["fast"])
-    assert type(fast._stepper).__name__ == "DPMSolverMultistepScheduler" and fast._stepper.config.algorithm_type == "dpmsolver++"
+    # the fast preset: UniPC on its own spacing (4 model timesteps from the top of the schedule)
+    assert type(fast._stepper).__name__ == "UniPCMultistepScheduler" and fast.config.timestep_spacing_mode == "inner"
+    fast.set_timesteps(PRESETS["fast"].num_inference_steps)
+    assert fast.timesteps.tolist() == [999, 749, 500, 250]
     one = pipe(genes, gene_names=TINY_GENES, num_inference_steps=1, generator=0).images
     assert np.array_equal(one, pipe(genes, gene_names=TINY_GENES, preset="official", num_inference_steps=1, generator=0).images)
     with pytest.raises(ValueError, match="unknown preset"):
