@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -73,3 +77,24 @@ def official_small_model():
 @pytest.fixture(scope="session")
 def official_config():
     return json.loads((OFFICIAL_SMALL / "config.json").read_text())
+
+
+def kill_when(proc: subprocess.Popen, out: Path, ready: Callable, timeout: float = 600):
+    """SIGKILL ``proc`` as soon as ``ready(progress)`` holds for the step-progress record of the streamed output
+    ``out`` (polled); returns the progress seen at the kill, or None if the run ended first."""
+    import zarr
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            progress = zarr.open_group(str(out / "_teramind_steps"), mode="r")["progress"][...]
+        except Exception:  # not created yet
+            time.sleep(0.05)
+            continue
+        if ready(progress):
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=60)
+            return progress.copy()
+        time.sleep(0.02)
+    proc.wait(timeout=60)
+    return None

@@ -4,10 +4,8 @@ processes and after SIGKILL + resume; genes are read once per z chunk; exact sub
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +19,9 @@ from teramind_hf.cli import main as cli_main
 from teramind_hf.pipelines.streaming import generate_to_zarr, load_pipeline
 from teramind_hf.sampling import PRESETS, GridSchedule, TileGrid
 from teramind_hf.sampling.schedule import blend_weights
+from teramind_hf.schedulers.scheduling_boundary_aware import official_timesteps
 
-from .conftest import TINY_GENES, make_tiny_unet
+from .conftest import TINY_GENES, kill_when, make_tiny_unet
 from .test_generate import accelerate_launch
 
 TILE = 256  # (the tiny model is not bit-batch-invariant on 192-px canvases of 128-px tiles: oneDNN kernels)
@@ -127,19 +126,8 @@ def test_sigkill_then_resume_gives_identical_bytes(solver, model_dir, gene_store
     out = workdir / f"killed_{solver}.ome.zarr"
     args = cli_args(gene_store, out, model_dir, solver, "--batch-size", "1", "--memory-limit-mb", "0")
     proc = subprocess.Popen([sys.executable, "-m", "teramind_hf.cli", *args], env=ENV, stderr=subprocess.PIPE)
-    deadline, killed = time.time() + 600, None
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            progress = zarr.open_group(str(out / "_teramind_steps"), mode="r")["progress"][...]
-        except Exception:  # not created yet
-            time.sleep(0.05)
-            continue
-        if progress.max() >= 2 and progress.min() < 2:  # inside step 1: multistep history is in use
-            proc.send_signal(signal.SIGKILL)
-            killed = progress.copy()
-            break
-        time.sleep(0.02)
-    proc.wait(timeout=60)
+    # inside step 1: multistep history is in use
+    killed = kill_when(proc, out, lambda progress: progress.max() >= 2 and progress.min() < 2)
     assert killed is not None, f"run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
     assert cli_main(args) == 0
     np.testing.assert_array_equal(level0(out), in_memory[solver])
@@ -256,6 +244,17 @@ def test_presets_and_cli_names(model_dir, genes):
         pipe(genes, gene_names=TINY_GENES, preset="nope")
     with pytest.raises(ValueError, match="not one of"):
         load_pipeline(str(model_dir), "NoSuchScheduler")
+
+
+@pytest.mark.parametrize("inner", ["DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "EulerDiscreteScheduler"])
+def test_official_spacing_around_any_solver_visits_the_official_timesteps(model_dir, inner):
+    # on the re-spaced N-step schedule, diffusers' "leading" spacing gave multistep solvers all-zero timesteps
+    pipe = _pipe(model_dir, "ddim")
+    keep = {k: v for k, v in dict(pipe.scheduler.config).items() if not k.startswith("_") and k not in ("inner_scheduler", "inner_config")}
+    wrapped = BoundaryAwareScheduler(**{**keep, "inner_scheduler": inner, "timestep_spacing_mode": "official"})
+    for steps in (4, 15):
+        wrapped.set_timesteps(steps)
+        assert wrapped.timesteps.tolist() == official_timesteps(1000, steps)[::-1]
 
 
 def test_tile_grid_geometry():

@@ -8,12 +8,10 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import zarr
 
 from teramind_hf import BoundaryAwareScheduler, TeraMindPipeline
@@ -22,7 +20,7 @@ from teramind_hf.pipelines.ome_zarr import downsample_2x
 from teramind_hf.pipelines.streaming import generate_to_zarr
 from teramind_hf.eval.seams import seam_score, seam_score_array
 
-from .conftest import TINY_GENES, make_tiny_unet
+from .conftest import TINY_GENES, kill_when, make_tiny_unet
 
 STEPS = 2
 REGION = (0, 0, 512, 512)  # 2 x 2 tiles
@@ -117,25 +115,8 @@ def test_killed_run_resumes_to_identical_bytes(gene_store, model_dir, reference,
     out = workdir / "killed.ome.zarr"
     args = cli_args(gene_store, out, model_dir, "--batch-size", "1", "--memory-limit-mb", "0")
     proc = subprocess.Popen([sys.executable, "-m", "teramind_hf.cli", *args], env=ENV, stderr=subprocess.PIPE)
-    progress_path = out / "_teramind_steps"
-    deadline = time.time() + 120
-    killed_at = None
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            progress = zarr.open_group(str(progress_path), mode="r")["progress"][...]
-        except Exception:  # not created yet
-            time.sleep(0.05)
-            continue
-        if progress.min() >= 1 and progress.max() < STEPS:  # inside the last step: some tiles done, others not
-            proc.send_signal(signal.SIGKILL)
-            killed_at = progress.copy()
-            break
-        if progress.max() >= 1 and progress.min() < 1:  # inside the first step
-            proc.send_signal(signal.SIGKILL)
-            killed_at = progress.copy()
-            break
-        time.sleep(0.02)
-    proc.wait(timeout=60)
+    # inside the first step, or inside the last (some tiles done, others not)
+    killed_at = kill_when(proc, out, lambda p: (p.max() >= 1 and p.min() < 1) or (p.min() >= 1 and p.max() < STEPS), timeout=120)
     assert killed_at is not None, f"run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
     assert proc.returncode == -signal.SIGKILL
     assert not zarr.open_group(str(out), mode="r").attrs["teramind"]["complete"]

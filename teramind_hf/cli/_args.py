@@ -16,6 +16,15 @@ def int_tuple(text: str, n: int, name: str) -> tuple[int, ...]:
     return values
 
 
+def blend_steps_arg(text: str) -> int | str:
+    """``--blend-steps``: a number of last steps (>= 0) or ``all``."""
+    if text == "all":
+        return text
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a number of last steps (0, 1, 2, ...) or 'all', got {text!r}")
+    return int(text)
+
+
 def eval_subparsers(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:
     """The `teramind eval` group's own sub-commands (created on first use)."""
     parser = subparsers.choices.get("eval")

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from ..constants import DEFAULT_SECTION_SPACING_UM, DEFAULT_SHARD_TILES, DEFAULT_STEP_BUFFER_LIMIT, MERSCOPE_UM_PER_PX
-from ._args import int_tuple
+from ._args import blend_steps_arg, int_tuple
 
 
 def run(args: argparse.Namespace) -> int:
@@ -163,7 +163,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="with --region: add the margin the steps' dependency cone needs, so the region equals the same pixels of the full run")
     p.add_argument("--grid", default=None, help="grid schedule: official (default, parity), blend (4 grid offsets blended at the last 2 steps: fades the 64-px patch grid), blend4 (at the last step)")
     p.add_argument("--blend-offsets", default=None, help="grid offsets y,x px blended at the last --blend-steps steps, ';'-separated")
-    p.add_argument("--blend-steps", type=int, default=0, help="number of last steps that blend --blend-offsets")
+    p.add_argument("--blend-steps", type=blend_steps_arg, default=0, help="number of last steps that blend --blend-offsets, or 'all'")
     p.add_argument("--tile-order", default="raster", choices=("raster", "reverse"), help="tile visiting order (no effect on bytes)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=4, help="tile canvases per model call")

@@ -50,19 +50,31 @@ class StepProfile:
             by_row = np.moveaxis(steps, -2, 0).reshape(steps.shape[-2], -1)
             self.y_sum[y0 : y0 + by_row.shape[0]] += by_row.sum(axis=1, dtype=np.float64)
 
-    def split(self, period: int, phase: int) -> tuple[float, int, float, int]:
-        """(border sum, border pairs, interior sum, interior pairs) for lines at ``phase + k * period``."""
-        border_sum, border_pairs, total_sum, total_pairs = 0.0, 0, 0.0, 0
-        for sums, per_position in ((self.y_sum, self.y_pairs_per_position), (self.x_sum, self.x_pairs_per_position)):
-            on_line = (np.arange(1, len(sums) + 1) - phase) % period == 0  # pair i straddles the line at i + 1
-            border_sum += float(sums[on_line].sum())
-            border_pairs += int(on_line.sum()) * per_position
-            total_sum += float(sums.sum())
-            total_pairs += len(sums) * per_position
-        return border_sum, border_pairs, total_sum - border_sum, total_pairs - border_pairs
+    def __add__(self, other: "StepProfile") -> "StepProfile":
+        """Pool two profiles of the same geometry (e.g. regions that all start on the tile grid), so a score
+        reads many more lines than one region has."""
+        if self.y_sum.shape != other.y_sum.shape or self.x_sum.shape != other.x_sum.shape:
+            raise ValueError(f"step profiles of different shapes cannot be pooled: {self.y_sum.shape + self.x_sum.shape} "
+                             f"vs {other.y_sum.shape + other.x_sum.shape}")  # fmt: skip
+        return StepProfile(self.y_sum + other.y_sum, self.x_sum + other.x_sum,
+                           self.y_pairs_per_position + other.y_pairs_per_position,
+                           self.x_pairs_per_position + other.x_pairs_per_position)  # fmt: skip
 
-    def score(self, period: int, phase: int = 0) -> float:
-        border_sum, border_pairs, interior_sum, interior_pairs = self.split(period, phase)
+    @staticmethod
+    def _axis_split(sums: np.ndarray, per_position: int, period: int, phase: int) -> tuple[float, int, float, int]:
+        on_line = (np.arange(1, len(sums) + 1) - phase) % period == 0  # pair i straddles the line at i + 1
+        border_sum, border_pairs = float(sums[on_line].sum()), int(on_line.sum()) * per_position
+        return border_sum, border_pairs, float(sums.sum()) - border_sum, len(sums) * per_position - border_pairs
+
+    def split(self, period: int, phase: int, phase_x: int | None = None) -> tuple[float, int, float, int]:
+        """(border sum, border pairs, interior sum, interior pairs) for lines at ``phase + k * period`` in y and
+        at ``phase_x + k * period`` in x (default: the same phase)."""
+        y = self._axis_split(self.y_sum, self.y_pairs_per_position, period, phase)
+        x = self._axis_split(self.x_sum, self.x_pairs_per_position, period, phase if phase_x is None else phase_x)
+        return tuple(a + b for a, b in zip(y, x))  # type: ignore[return-value]
+
+    def score(self, period: int, phase: int = 0, phase_x: int | None = None) -> float:
+        border_sum, border_pairs, interior_sum, interior_pairs = self.split(period, phase, phase_x)
         if border_pairs == 0 or interior_pairs == 0 or interior_sum == 0:
             return float("nan")
         return (border_sum / border_pairs) / (interior_sum / interior_pairs)
@@ -71,6 +83,17 @@ class StepProfile:
         scores = [(self.score(period, phase), phase) for phase in range(0, period, phase_step)]
         finite = [item for item in scores if np.isfinite(item[0])]
         return max(finite) if finite else (float("nan"), 0)
+
+    def worst_phase_2d(self, period: int) -> tuple[float, tuple[int, int]]:
+        """``(score, (phase_y, phase_x))``: the highest score over every 2-D phase of the grid, so a grid moved in
+        one axis only is caught too (the issue-12 patch-grid measure; never below :meth:`worst_phase`)."""
+        best = (float("nan"), (0, 0))
+        for py in range(period):
+            for px in range(period):
+                value = self.score(period, py, px)
+                if np.isfinite(value) and not value <= best[0]:
+                    best = (value, (py, px))
+        return best
 
 
 def _check_period(period: int, phase_step: int = 1) -> None:

@@ -55,6 +55,8 @@ class TeraMindPipeline(DiffusionPipeline):
     Config:
         tile_size, halo, fill_value: the tile grid (256 px tiles, a 32-px halo, -1 outside the region, official);
             old pipelines kept them in the scheduler config, from where they are read.
+        grid: the default grid schedule (a name in ``teramind_hf.sampling.GRID_SCHEDULES`` or a schedule dict):
+            ``"official"`` unless the checkpoint says otherwise (the embedded default model ships a seamless one).
 
     Sampling runs in :class:`teramind_hf.sampling.TileSampler`, the same loop ``teramind generate`` streams.
     """
@@ -64,13 +66,27 @@ class TeraMindPipeline(DiffusionPipeline):
 
     def __init__(
         self, unet: GeneMorphUNet3DModel, scheduler: SchedulerMixin, tile_size: int | None = None,
-        halo: int | None = None, fill_value: float | None = None,
+        halo: int | None = None, fill_value: float | None = None, grid: str | dict | None = None,
     ):  # fmt: skip
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
         legacy = scheduler.geometry if isinstance(scheduler, BoundaryAwareScheduler) else {}
         given = {"tile_size": tile_size, "halo": halo, "fill_value": fill_value}
         self.register_to_config(**{k: v if v is not None else legacy.get(k, DEFAULT_GEOMETRY[k]) for k, v in given.items()})
+        resolve_grid(grid)  # a bad name fails at load time, naming the known schedules
+        self.register_to_config(grid=grid.to_dict() if isinstance(grid, GridSchedule) else (grid or "official"))
+
+    def sampling_plan(
+        self, num_inference_steps: int | None, grid: "GridSchedule | str | dict | None", preset: "Preset | str | None"
+    ) -> tuple[Preset | None, int, GridSchedule]:
+        """(preset, steps, grid schedule) of a call: explicit arguments win over the preset's, which win over the
+        pipeline's defaults (15 steps; the ``grid`` of the pipeline config)."""
+        chosen = resolve_preset(preset) if preset is not None else None
+        if num_inference_steps is None:
+            num_inference_steps = chosen.num_inference_steps if chosen else 15
+        if grid is None:
+            grid = chosen.grid if chosen is not None and chosen.grid is not None else self.config.get("grid")
+        return chosen, num_inference_steps, resolve_grid(grid)
 
     def tile_grid(self, height: int, width: int, **kwargs) -> TileGrid:
         """The :class:`TileGrid` of a ``height x width``-px region with this pipeline's geometry."""
@@ -248,16 +264,13 @@ class TeraMindPipeline(DiffusionPipeline):
                 (``TileGrid.margin_tiles``), so the output equals the same pixels of the run over all the genes.
             halo: False for the naive-tiling baseline (each tile alone).
             grid: grid schedule (name in ``teramind_hf.sampling.GRID_SCHEDULES`` or a ``GridSchedule``;
-                default the preset's, else ``"official"``).
+                default the preset's, else the pipeline config's ``grid``).
             preset: a name in ``teramind_hf.sampling.PRESETS`` (``"official"``, ``"fast"``): scheduler, steps
                 and grid schedule for this call (explicit ``num_inference_steps`` / ``grid`` win).
             callback_on_step_end: ``fn(pipe, step_index, timestep, callback_kwargs) -> dict`` after each step;
                 may replace ``latents`` (``(z chunks, stains, 2, h, w)`` of the computed region).
         """
-        chosen = resolve_preset(preset) if preset is not None else None
-        if num_inference_steps is None:
-            num_inference_steps = chosen.num_inference_steps if chosen else 15
-        schedule = resolve_grid(grid if grid is not None else (chosen.grid if chosen else None))
+        chosen, num_inference_steps, schedule = self.sampling_plan(num_inference_steps, grid, preset)
         genes, gene_names = as_gene_input(genes, gene_names, um_per_px, self.unet.config.gene_bin, self.config.tile_size)
         gene_tensor, alignment = self._prepare_genes(genes, gene_names, min_gene_overlap)
         if perturb:

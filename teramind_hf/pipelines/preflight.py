@@ -143,14 +143,14 @@ def check_gene_values(
 
 
 # ---------------------------------------------------------------------------------------------- paths
-def _is_local(location: str) -> bool:
+def _is_local_location(location: str) -> bool:
     return "://" not in location or location.startswith("file://")
 
 
 def check_output_path(out: str | Path, argument: str = "--out", kind: str = "an OME-Zarr folder") -> None:
     """The output is a folder: an existing file there is never replaced, --overwrite or not."""
     out = str(out)
-    if not _is_local(out):
+    if not _is_local_location(out):
         return
     path = Path(out.removeprefix("file://"))
     if path.exists() and not path.is_dir():

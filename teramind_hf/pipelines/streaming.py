@@ -41,9 +41,9 @@ from .ome_zarr import (
 )
 from ..sampling.gene_canvas import GeneCanvases
 from ..sampling.grid import TileGrid, exact_region
-from ..sampling.presets import resolve_preset, scheduler_from_name
+from ..sampling.presets import scheduler_from_name
 from ..sampling.sampler import TILE_ORDERS, Processes, TileSampler
-from ..sampling.schedule import GridSchedule, resolve_grid
+from ..sampling.schedule import GridSchedule
 from ..sampling.solver_state import TileSolver
 from ..sampling.state import open_zarr_state
 from ..schedulers.scheduling_boundary_aware import BoundaryAwareScheduler
@@ -158,14 +158,14 @@ def _filesystem(out: str):
     return fsspec.core.url_to_fs(out)
 
 
-def _is_local(fs) -> bool:
+def _is_local_filesystem(fs) -> bool:
     return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
 
 
 def check_writable(out: str) -> None:
     """Fail early (PermissionError) if the output location cannot be written, before anything is touched."""
     fs, path = _filesystem(out)
-    if not _is_local(fs):
+    if not _is_local_filesystem(fs):
         return
     probe_dir = Path(path)
     while not probe_dir.exists():
@@ -266,9 +266,7 @@ def generate_to_zarr(
     out = str(out)
     if tile_order not in TILE_ORDERS:
         raise ValueError(f"tile_order must be one of {TILE_ORDERS}, got {tile_order!r}")
-    chosen = resolve_preset(preset) if preset is not None else None
-    steps = num_inference_steps if num_inference_steps is not None else (chosen.num_inference_steps if chosen else 15)
-    schedule = resolve_grid(grid if grid is not None else (chosen.grid if chosen else None))
+    chosen, steps, schedule = pipe.sampling_plan(num_inference_steps, grid, preset)
     cfg = pipe.unet.config
     tile = pipe.config.tile_size
     source = open_gene_source(genes)

@@ -6,7 +6,7 @@ runs at:
 
 * ``shifts``: the grid at step ``i`` moves by ``shifts[i % len(shifts)]`` (a function of the step index only,
   so every step stays synchronous over the tile grid and all determinism properties hold);
-* ``blend_offsets`` at the last ``blend_steps`` steps: the model runs at each offset and the outputs are
+* ``blend_offsets`` at the last ``blend_steps`` steps (``"all"``: at every step): the model runs at each offset and the outputs are
   combined per pixel with separable tent weights of period ``blend_period`` (default half a patch) that are
   smallest next to each grid's patch borders (input and output borders are half a patch apart, so both lie
   on the period) and are normalised to sum to 1 at every pixel.
@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 Offset = tuple[int, int]
+ALL_STEPS = "all"
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class GridSchedule:
 
     shifts: tuple[Offset, ...] = ((0, 0),)
     blend_offsets: tuple[Offset, ...] = ()
-    blend_steps: int = 0
+    blend_steps: int | str = 0  # the last N steps, or "all"
     blend_period: int | None = None
 
     def __post_init__(self) -> None:
@@ -37,8 +38,8 @@ class GridSchedule:
         object.__setattr__(self, "blend_offsets", tuple((int(a), int(b)) for a, b in self.blend_offsets))
         if not self.shifts:
             raise ValueError("grid schedule: shifts must hold at least one offset (use ((0, 0),) for none)")
-        if self.blend_steps < 0:
-            raise ValueError(f"grid schedule: blend_steps must be >= 0, got {self.blend_steps}")
+        if self.blend_steps != ALL_STEPS and not (isinstance(self.blend_steps, int) and self.blend_steps >= 0):
+            raise ValueError(f"grid schedule: blend_steps must be an integer >= 0 or {ALL_STEPS!r}, got {self.blend_steps!r}")
         if self.blend_steps and len(self.blend_offsets) < 2:
             raise ValueError("grid schedule: blending needs at least two blend_offsets")
         if self.blend_period is not None and self.blend_period < 2:
@@ -50,7 +51,7 @@ class GridSchedule:
 
     def offsets_at(self, step: int, num_steps: int) -> tuple[Offset, ...]:
         """The offsets the model runs at in step ``step`` of ``num_steps``."""
-        if self.blend_steps and step >= num_steps - self.blend_steps:
+        if self.blend_steps == ALL_STEPS or (self.blend_steps and step >= num_steps - self.blend_steps):
             return self.blend_offsets
         return (self.shifts[step % len(self.shifts)],)
 

@@ -232,7 +232,9 @@ class BoundaryAwareScheduler(SchedulerMixin, ConfigMixin):
         betas = 1 - kept / np.concatenate([[1.0], kept[:-1]])
         spaced = {**solver_cfg, "num_train_timesteps": num_inference_steps, "trained_betas": betas.tolist()}
         if "timestep_spacing" in self._solver_cls._get_init_keys(self._solver_cls):
-            spaced["timestep_spacing"] = "leading"
+            # every one of the N re-spaced steps, N-1 .. 0: "trailing" gives that for every solver ("leading" does
+            # for DDIM, but multistep solvers compute its step ratio as N // (N + 1) = 0: all-zero timesteps)
+            spaced["timestep_spacing"] = "trailing"
         spaced["steps_offset"] = 0
         stepper = self._solver_cls.from_config(spaced)
         if hasattr(stepper, "alphas_cumprod"):
