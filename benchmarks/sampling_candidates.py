@@ -44,10 +44,14 @@ TRUTH_MARGIN = 0.15
 def grid_of(text: str, steps: int) -> GridSchedule:
     if text in GRID_SCHEDULES:
         return GRID_SCHEDULES[text]
+    if text == "diagalt":  # the diagonal pair and the anti-diagonal pair on alternate steps
+        return GridSchedule(shifts=((0, 0), (0, 16)), blend_offsets=DIAGONAL, blend_steps="all")
+    text, _, power = text.partition("^")  # e.g. diagall^2: tent weights squared
     for prefix, offsets in (("blend", FOUR), ("diag", DIAGONAL)):
         if text.startswith(prefix):
             tail = text[len(prefix):]
-            return GridSchedule(blend_offsets=offsets, blend_steps=steps if tail == "all" else int(tail))
+            return GridSchedule(blend_offsets=offsets, blend_steps=steps if tail == "all" else int(tail),
+                                blend_power=float(power or 1))  # fmt: skip
     raise ValueError(f"unknown grid {text!r}")
 
 
@@ -77,7 +81,9 @@ def calls_per_tile(preset: Preset) -> int:
 
 
 def sample(pipe, tissue, preset: Preset, noise_seed: int, cache: Path) -> np.ndarray:
-    key = hashlib.sha256(repr((preset, noise_seed)).encode()).hexdigest()[:16]
+    geometry = () if pipe.config.fill_value == -1.0 else (pipe.config.fill_value,)  # old cache keys stay valid
+    text = repr((preset, noise_seed, *geometry)).replace(", blend_power=1.0", "")  # keys from before blend_power
+    key = hashlib.sha256(text.encode()).hexdigest()[:16]
     path = cache / f"{key}.npy"
     if path.is_file():
         return np.load(path)
@@ -128,14 +134,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--candidates", nargs="+", default=["official", "fast"])
     parser.add_argument("--baseline", default="official", help="today's samples, for the grid verdict")
     parser.add_argument("--reference", default=None, help="the DDIM-15 reference of the realism verdict (default: --baseline)")
+    parser.add_argument("--fill-value", type=float, default=None, help="x_t outside the region (pipeline config; official -1)")
     parser.add_argument("--cache", default="/tmp/teramind_candidates_cache")
     parser.add_argument("--png", default=None, help="write truth | candidates (region of the first seed, section 0)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     pipe = TeraMindPipeline.from_pretrained()
     pipe.set_progress_bar_config(disable=True)
-    reference = args.reference or args.baseline
-    specs = dict(candidate(s) for s in dict.fromkeys([args.baseline, reference, *args.candidates]))
+    if args.fill_value is not None:
+        pipe.register_to_config(fill_value=args.fill_value)
+    baseline = candidate(args.baseline)[0]
+    reference = candidate(args.reference)[0] if args.reference else baseline
+    specs = dict(candidate(s) for s in dict.fromkeys([args.baseline, args.reference or args.baseline, *args.candidates]))
     names = list(specs)
 
     results = {n: [] for n in names}
@@ -166,14 +176,14 @@ def main(argv: list[str] | None = None) -> None:
     calls = {n: calls_per_tile(specs[n]) for n in names}
     print(f"{len(args.seeds)} held-out regions (seeds {args.seeds}), {args.size} px x 2 sections, noise seed "
           f"{args.noise_seed}; means over regions; b64/b256 worst 2-D phase pooled over regions; grid verdict vs "
-          f"{args.baseline} and truth + {TRUTH_MARGIN}; realism verdict vs {reference}")  # fmt: skip
+          f"{baseline} and truth + {TRUTH_MARGIN}; realism verdict vs {reference}")  # fmt: skip
     print("{:<14} {:>5} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}  {:<22} {}".format(
         "candidate", "calls", "b64", "b256", "F1", "areaW", "dHF", "pHF", "PSNR", "SSIM", "grid", "realism"))
     t = rows["truth"]
     print(f"{'truth':<14} {'':>5} {t.get('b64', np.nan):6.3f} {t.get('b256', np.nan):6.3f}")
     for n in names:
         r = rows[n]
-        g = grid_fails(r, rows[args.baseline], t)
+        g = grid_fails(r, rows[baseline], t)
         f = [] if n == reference else realism_fails(r, rows[reference], calls[n], calls[reference])
         print(f"{n:<14} {calls[n]:>5} {r.get('b64', np.nan):6.3f} {r.get('b256', np.nan):6.3f} {r['nuclei_f1']:6.3f} "
               f"{r['nuclei_area_wasserstein_um2']:6.2f} {r['dapi_hf_ratio']:6.3f} {r['polyt_hf_ratio']:6.3f} "

@@ -18,7 +18,7 @@ from teramind_hf import BoundaryAwareScheduler, TeraMindPipeline
 from teramind_hf.cli import main as cli_main
 from teramind_hf.pipelines.streaming import generate_to_zarr, load_pipeline
 from teramind_hf.sampling import PRESETS, GridSchedule, TileGrid
-from teramind_hf.sampling.schedule import blend_weights
+from teramind_hf.sampling.schedule import GRID_SCHEDULES, blend_weights
 from teramind_hf.schedulers.scheduling_boundary_aware import official_timesteps
 
 from .conftest import TINY_GENES, kill_when, make_tiny_unet
@@ -28,6 +28,10 @@ TILE = 256  # (the tiny model is not bit-batch-invariant on 192-px canvases of 1
 STEPS = 3
 REGION = (0, 0, 2 * TILE, 2 * TILE)  # 2 x 2 tiles
 SOLVERS = ["ddim", "dpm", "unipc"]
+# (solver, grid schedule): every solver on the official grid, the fast preset's stochastic solver (noise per tile
+# and step), and a multistep solver on the blended "diagonal" grid (neighbours read at two offsets every step)
+CASES = [(solver, None) for solver in SOLVERS] + [("dpm-sde", None), ("unipc", "diagonal")]
+CASE_IDS = [solver if grid is None else f"{solver}-{grid}" for solver, grid in CASES]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
 
 
@@ -73,12 +77,12 @@ def _pipe(model_dir: Path, solver: str) -> TeraMindPipeline:
 
 @pytest.fixture(scope="module")
 def in_memory(model_dir, genes) -> dict[str, np.ndarray]:
-    """The in-memory pipeline's uint8 output per solver, as (c, z, y, x)."""
+    """The in-memory pipeline's uint8 output per case (solver, grid), as (c, z, y, x)."""
     out = {}
-    for solver in SOLVERS:
+    for (solver, grid), case in zip(CASES, CASE_IDS):
         pipe = _pipe(model_dir, solver)
-        images = pipe(genes, gene_names=TINY_GENES, num_inference_steps=STEPS, generator=0, output_type="uint8").images
-        out[solver] = images.transpose(1, 0, 2, 3)
+        images = pipe(genes, gene_names=TINY_GENES, num_inference_steps=STEPS, generator=0, output_type="uint8", grid=grid).images
+        out[case] = images.transpose(1, 0, 2, 3)
     return out
 
 
@@ -86,7 +90,8 @@ def level0(out: Path) -> np.ndarray:
     return zarr.open_group(str(out), mode="r")["0"][...]
 
 
-def cli_args(gene_store: Path, out: Path, model_dir: Path, solver: str, *extra: str) -> list[str]:
+def cli_args(gene_store: Path, out: Path, model_dir: Path, solver: str, *extra: str, grid: str | None = None) -> list[str]:
+    extra = (*extra, "--grid", grid) if grid else extra
     return [
         "generate", "--genes", str(gene_store), "--out", str(out), "--model", str(model_dir), "--scheduler", solver,
         "--region", ",".join(map(str, REGION)), "--steps", str(STEPS), "--seed", "0", "--quiet", "--threads", "1", *extra,
@@ -94,21 +99,22 @@ def cli_args(gene_store: Path, out: Path, model_dir: Path, solver: str, *extra: 
 
 
 # ---------------------------------------------------------------------------------- determinism per solver
-@pytest.mark.parametrize("solver", SOLVERS)
-def test_batch_order_and_streaming_give_the_same_bytes(solver, model_dir, genes, gene_store, in_memory, workdir):
-    reference = in_memory[solver]
+@pytest.mark.parametrize(("solver", "grid"), CASES, ids=CASE_IDS)
+def test_batch_order_and_streaming_give_the_same_bytes(solver, grid, model_dir, genes, gene_store, in_memory, workdir):
+    case = CASE_IDS[CASES.index((solver, grid))]
+    reference = in_memory[case]
     assert reference.std() > 1  # not a constant image
     pipe = _pipe(model_dir, solver)
     other = pipe(genes, gene_names=TINY_GENES, num_inference_steps=STEPS, generator=0, output_type="uint8",
-                 batch_size=1, tile_order="reverse").images  # fmt: skip
+                 batch_size=1, tile_order="reverse", grid=grid).images  # fmt: skip
     np.testing.assert_array_equal(other.transpose(1, 0, 2, 3), reference)
-    out = workdir / f"stream_{solver}.ome.zarr"
+    out = workdir / f"stream_{case}.ome.zarr"
     report = generate_to_zarr(pipe, gene_store, out, region=REGION, num_inference_steps=STEPS, generator=0,
-                              batch_size=1, tile_order="reverse", memory_limit_bytes=0, progress_bar=False)  # fmt: skip
+                              batch_size=1, tile_order="reverse", memory_limit_bytes=0, progress_bar=False, grid=grid)  # fmt: skip
     assert report.step_buffers == "disk"
     np.testing.assert_array_equal(level0(out), reference)
-    if solver != "ddim":
-        assert not np.array_equal(reference, in_memory["ddim"])  # the solver is really used
+    if case != "ddim":
+        assert not np.array_equal(reference, in_memory["ddim"])  # the solver / grid is really used
 
 
 @pytest.mark.parametrize("solver", SOLVERS)
@@ -121,16 +127,17 @@ def test_two_processes_with_accelerate(solver, model_dir, gene_store, in_memory,
     np.testing.assert_array_equal(level0(out), in_memory[solver])
 
 
-@pytest.mark.parametrize("solver", SOLVERS)
-def test_sigkill_then_resume_gives_identical_bytes(solver, model_dir, gene_store, in_memory, workdir):
-    out = workdir / f"killed_{solver}.ome.zarr"
-    args = cli_args(gene_store, out, model_dir, solver, "--batch-size", "1", "--memory-limit-mb", "0")
+@pytest.mark.parametrize(("solver", "grid"), CASES, ids=CASE_IDS)
+def test_sigkill_then_resume_gives_identical_bytes(solver, grid, model_dir, gene_store, in_memory, workdir):
+    case = CASE_IDS[CASES.index((solver, grid))]
+    out = workdir / f"killed_{case}.ome.zarr"
+    args = cli_args(gene_store, out, model_dir, solver, "--batch-size", "1", "--memory-limit-mb", "0", grid=grid)
     proc = subprocess.Popen([sys.executable, "-m", "teramind_hf.cli", *args], env=ENV, stderr=subprocess.PIPE)
     # inside step 1: multistep history is in use
     killed = kill_when(proc, out, lambda progress: progress.max() >= 2 and progress.min() < 2)
     assert killed is not None, f"run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
     assert cli_main(args) == 0
-    np.testing.assert_array_equal(level0(out), in_memory[solver])
+    np.testing.assert_array_equal(level0(out), in_memory[case])
 
 
 # ---------------------------------------------------------------------------------- genes read once
@@ -194,6 +201,41 @@ def test_blend_weights_sum_to_one_and_are_smallest_at_patch_borders():
     assert row[31] < row[16] and row[32] < row[16] and row[63] < row[48]
 
 
+def test_grid_schedules_blend_at_every_step_move_with_the_shift_and_sharpen_weights():
+    every = GridSchedule(shifts=((0, 0), (0, 16)), blend_offsets=((0, 0), (16, 16)), blend_steps="all")
+    assert [every.offsets_at(i, 3) for i in range(3)] == [((0, 0), (16, 16)), ((0, 16), (16, 32)), ((0, 0), (16, 16))]
+    assert GridSchedule.from_dict(every.to_dict()) == every
+    last = GridSchedule(blend_offsets=((0, 0), (16, 16)), blend_steps=1)
+    assert [len(last.offsets_at(i, 3)) for i in range(3)] == [1, 1, 2]
+    with pytest.raises(ValueError, match="blend_steps"):
+        GridSchedule(blend_offsets=((0, 0), (16, 16)), blend_steps="some")
+    with pytest.raises(ValueError, match="blend_power"):
+        GridSchedule(blend_offsets=((0, 0), (16, 16)), blend_steps=1, blend_power=0)
+    plain, squared = (blend_weights(((0, 0), (16, 16)), 64, 32, power) for power in (1.0, 2.0))
+    torch.testing.assert_close(squared.sum(0), torch.ones(64, 64))
+    # squared tents lean harder on the grid farther from its borders: near (0, 0)'s lines it weighs less
+    assert squared[0, 1, 20] < plain[0, 1, 20] and squared[0, 16, 16] > plain[0, 16, 16]
+
+
+def test_pipeline_config_grid_is_the_default_and_presets_follow_it(model_dir, genes, workdir):
+    pipe = _pipe(model_dir, "ddim")
+    assert pipe.config.grid == "official"
+    assert pipe.sampling_plan(None, None, None)[2] == GRID_SCHEDULES["official"]
+    pipe.register_to_config(grid="diagonal")
+    pipe.save_pretrained(workdir / "tiny_diagonal")
+    loaded = TeraMindPipeline.from_pretrained(workdir / "tiny_diagonal")
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.sampling_plan(None, None, None)[2] == GRID_SCHEDULES["diagonal"]
+    assert loaded.sampling_plan(None, None, "fast")[2] == GRID_SCHEDULES["diagonal"]  # the fast preset keeps the default grid
+    assert loaded.sampling_plan(None, None, "official")[2] == GRID_SCHEDULES["official"]  # parity
+    assert loaded.sampling_plan(None, "blend", "official")[2] == GRID_SCHEDULES["blend"]  # an explicit grid wins
+    default = loaded(genes, gene_names=TINY_GENES, num_inference_steps=2, generator=0, output_type="uint8").images
+    explicit = loaded(genes, gene_names=TINY_GENES, num_inference_steps=2, generator=0, output_type="uint8", grid="diagonal").images
+    np.testing.assert_array_equal(default, explicit)
+    with pytest.raises(ValueError, match="unknown grid schedule 'nope'"):
+        TeraMindPipeline(unet=loaded.unet, scheduler=loaded.scheduler, grid="nope")
+
+
 def test_blended_grid_schedule_keeps_streaming_equal_to_memory(model_dir, genes, gene_store, in_memory, workdir):
     pipe = _pipe(model_dir, "ddim")
     schedule = GridSchedule(shifts=((0, 0), (32, 32)), blend_offsets=((0, 0), (0, 16), (16, 0), (16, 16)), blend_steps=1)
@@ -234,10 +276,11 @@ def test_presets_and_cli_names(model_dir, genes):
     assert PRESETS["fast"].num_inference_steps <= 5
     pipe = _pipe(model_dir, "ddim")
     fast = pipe.sampling_scheduler(PRESETS["fast"])
-    # the fast preset: UniPC on its own spacing (4 model timesteps from the top of the schedule)
-    assert type(fast._stepper).__name__ == "UniPCMultistepScheduler" and fast.config.timestep_spacing_mode == "inner"
+    # the fast preset: DPM-Solver++ SDE on its own spacing (5 model timesteps from the top of the schedule)
+    assert type(fast._stepper).__name__ == "DPMSolverMultistepScheduler" and fast.config.timestep_spacing_mode == "inner"
+    assert fast._stepper.config.algorithm_type == "sde-dpmsolver++"
     fast.set_timesteps(PRESETS["fast"].num_inference_steps)
-    assert fast.timesteps.tolist() == [999, 749, 500, 250]
+    assert fast.timesteps.tolist() == [999, 799, 599, 400, 200]
     one = pipe(genes, gene_names=TINY_GENES, num_inference_steps=1, generator=0).images
     assert np.array_equal(one, pipe(genes, gene_names=TINY_GENES, preset="official", num_inference_steps=1, generator=0).images)
     with pytest.raises(ValueError, match="unknown preset"):

@@ -103,7 +103,7 @@ class TileSampler:
         for step in range(solver.num_steps):
             offsets = tuple(grid.check_offset(o) for o in self.grid_schedule.offsets_at(step, solver.num_steps))
             if len(offsets) > 1 and offsets not in self._weights:
-                self._weights[offsets] = blend_weights(offsets, grid.tile, period)
+                self._weights[offsets] = blend_weights(offsets, grid.tile, period, self.grid_schedule.blend_power)
         self.tile_steps_run = 0
 
     # ------------------------------------------------------------------ jobs

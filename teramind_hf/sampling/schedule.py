@@ -6,7 +6,7 @@ runs at:
 
 * ``shifts``: the grid at step ``i`` moves by ``shifts[i % len(shifts)]`` (a function of the step index only,
   so every step stays synchronous over the tile grid and all determinism properties hold);
-* ``blend_offsets`` at the last ``blend_steps`` steps (``"all"``: at every step): the model runs at each offset and the outputs are
+* ``blend_offsets`` (moved by the step's shift) at the last ``blend_steps`` steps (``"all"``: at every step): the model runs at each offset and the outputs are
   combined per pixel with separable tent weights of period ``blend_period`` (default half a patch) that are
   smallest next to each grid's patch borders (input and output borders are half a patch apart, so both lie
   on the period) and are normalised to sum to 1 at every pixel.
@@ -32,6 +32,7 @@ class GridSchedule:
     blend_offsets: tuple[Offset, ...] = ()
     blend_steps: int | str = 0  # the last N steps, or "all"
     blend_period: int | None = None
+    blend_power: float = 1.0  # tent ** power before normalising: > 1 leans harder on the grid farthest from its borders
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shifts", tuple((int(a), int(b)) for a, b in self.shifts))
@@ -42,6 +43,8 @@ class GridSchedule:
             raise ValueError(f"grid schedule: blend_steps must be an integer >= 0 or {ALL_STEPS!r}, got {self.blend_steps!r}")
         if self.blend_steps and len(self.blend_offsets) < 2:
             raise ValueError("grid schedule: blending needs at least two blend_offsets")
+        if not self.blend_power > 0:
+            raise ValueError(f"grid schedule: blend_power must be > 0, got {self.blend_power}")
         if self.blend_period is not None and self.blend_period < 2:
             raise ValueError(f"grid schedule: blend_period must be >= 2 px, got {self.blend_period}")
 
@@ -51,9 +54,10 @@ class GridSchedule:
 
     def offsets_at(self, step: int, num_steps: int) -> tuple[Offset, ...]:
         """The offsets the model runs at in step ``step`` of ``num_steps``."""
+        dy, dx = self.shifts[step % len(self.shifts)]
         if self.blend_steps == ALL_STEPS or (self.blend_steps and step >= num_steps - self.blend_steps):
-            return self.blend_offsets
-        return (self.shifts[step % len(self.shifts)],)
+            return tuple((by + dy, bx + dx) for by, bx in self.blend_offsets)  # the blended set moves with the shift
+        return ((dy, dx),)
 
     def all_offsets(self, num_steps: int) -> set[Offset]:
         return {o for i in range(num_steps) for o in self.offsets_at(i, num_steps)}
@@ -74,6 +78,10 @@ GRID_SCHEDULES: dict[str, GridSchedule] = {
     # the model calls at 15 steps and ~12 % less high-frequency energy); "official" stays the default (parity)
     "blend4": GridSchedule(blend_offsets=((0, 0), (0, 16), (16, 0), (16, 16)), blend_steps=1),
     "blend": GridSchedule(blend_offsets=((0, 0), (0, 16), (16, 0), (16, 16)), blend_steps=2),
+    # two grids half a patch-border apart, (0,0) and (16,16), blended at every step with squared tent weights: the
+    # early steps no longer draw the grid into x_t (worst-phase 64-px score 2.21 -> 1.17, truth 1.07; 256-px 2.43 ->
+    # 1.31, truth 1.16) for 2x the model calls (docs/seams-research.md, benchmarks/sampling_candidates.py)
+    "diagonal": GridSchedule(blend_offsets=((0, 0), (16, 16)), blend_steps=ALL_STEPS, blend_power=2.0),
 }
 
 
@@ -97,12 +105,12 @@ def tent(length: int, offset: int, period: int) -> torch.Tensor:
     return torch.minimum(u + 0.5, period - u - 0.5) / (period / 2)
 
 
-def blend_weights(offsets: tuple[Offset, ...], tile: int, period: int) -> torch.Tensor:
+def blend_weights(offsets: tuple[Offset, ...], tile: int, period: int, power: float = 1.0) -> torch.Tensor:
     """``(len(offsets), tile, tile)`` float32 weights summing to 1 per pixel (tile-periodic: tiles start on the
     period because ``tile`` is a multiple of it)."""
     if tile % period:
         raise ValueError(f"blend_period ({period} px) must divide the tile ({tile} px)")
-    raw = torch.stack([tent(tile, dy, period)[:, None] * tent(tile, dx, period)[None, :] for dy, dx in offsets])
+    raw = torch.stack([(tent(tile, dy, period)[:, None] * tent(tile, dx, period)[None, :]) ** power for dy, dx in offsets])
     total = raw.sum(0)
     if not bool((total > 0).all()):
         raise ValueError(f"blend offsets {offsets} leave pixels with zero total weight")
