@@ -58,7 +58,8 @@ PHANTOM_SEED = 7
 
 SOURCE_PHANTOM = "Bundled phantom"
 SOURCE_UPLOAD = "Uploaded table"
-SAMPLERS = ("DDIM", "DPM-Solver++")
+FAST_PRESET = "Fast preset (5 steps)"  # teramind_hf.sampling.PRESETS["fast"]: its own solver and steps
+SAMPLERS = ("DDIM", "DPM-Solver++", FAST_PRESET)
 NO_KNOCKOUT = "(none)"
 
 
@@ -104,7 +105,7 @@ def load_pipeline() -> TeraMindPipeline:
 def _pipeline_with_sampler(sampler: str) -> TeraMindPipeline:
     """The loaded pipeline, or a twin sharing its UNet with DPM-Solver++ inside the tile/halo sampler."""
     pipe = load_pipeline()
-    if sampler == "DDIM":
+    if sampler in ("DDIM", FAST_PRESET):  # the preset brings its own scheduler
         return pipe
     if sampler != "DPM-Solver++":
         raise DemoError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
@@ -243,6 +244,8 @@ def sample(
         return tensors
 
     kwargs = dict(num_inference_steps=request.steps, slices=(request.slice_start, request.slice_stop))
+    if request.sampler == FAST_PRESET:
+        kwargs["preset"] = "fast"
     with _SAMPLING_LOCK:
         if knockout:
             return in_silico_knockout(
@@ -353,9 +356,14 @@ def _request_from_inputs(x0, y0, width, height, slice_start, slice_stop, steps, 
             raise DemoError(f"{name} must be a whole number, got {value}")
         return int(number)
 
+    steps = as_int(steps, "steps")
+    if sampler == FAST_PRESET:
+        from teramind_hf.sampling import PRESETS
+
+        steps = PRESETS["fast"].num_inference_steps  # the preset's steps, whatever the slider says
     return Request(
         as_int(x0, "x0"), as_int(y0, "y0"), as_int(width, "width"), as_int(height, "height"),
-        as_int(slice_start, "first section"), as_int(slice_stop, "section stop"), as_int(steps, "steps"),
+        as_int(slice_start, "first section"), as_int(slice_stop, "section stop"), steps,
         as_int(seed, "seed"), str(sampler),
     )
 

@@ -273,3 +273,17 @@ def test_gradio_refuses_uploads_over_the_size_limit(app, server):
     assert response.status_code == 413, (response.status_code, response.text[:200])
     small = httpx.post(f"{server}gradio_api/upload", files={"files": ("small.csv", b"x,y,z,gene\n0,0,0,Gad2\n", "text/csv")}, timeout=60)
     assert small.status_code == 200, small.text[:200]
+
+
+def test_fast_preset_in_the_demo_is_the_pipeline_preset(app):
+    """The demo's fast preset samples exactly as `pipe(..., preset="fast")`, with the preset's steps."""
+    from teramind_hf.sampling import PRESETS
+
+    request = app._request_from_inputs(0, 0, 256, 256, 0, 2, 15, 3, app.FAST_PRESET)
+    assert request.steps == PRESETS["fast"].num_inference_steps
+    source = app.resolve_source(None, app.SOURCE_PHANTOM)
+    app.check_request(request, source)
+    genes, _ = app.crop(source, request)
+    volume = app.sample(request, genes, source.names)
+    expected = app.load_pipeline()(genes, gene_names=source.names, preset="fast", generator=3, slices=(0, 2), output_type="np").images
+    np.testing.assert_array_equal(volume, expected)
