@@ -173,19 +173,23 @@ def main(argv: list[str] | None = None) -> None:
         for period in (64, 256):
             if args.size >= 2 * period:  # a region needs an inner line at this period
                 row[f"b{period}"], row[f"phase{period}"] = profiles[name].worst_phase_2d(period)
+                row[f"null{period}"] = float(np.median(profiles[name].shuffled_null(period)))
     calls = {n: calls_per_tile(specs[n]) for n in names}
     print(f"{len(args.seeds)} held-out regions (seeds {args.seeds}), {args.size} px x 2 sections, noise seed "
           f"{args.noise_seed}; means over regions; b64/b256 worst 2-D phase pooled over regions; grid verdict vs "
           f"{baseline} and truth + {TRUTH_MARGIN}; realism verdict vs {reference}")  # fmt: skip
-    print("{:<14} {:>5} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}  {:<22} {}".format(
-        "candidate", "calls", "b64", "b256", "F1", "areaW", "dHF", "pHF", "PSNR", "SSIM", "grid", "realism"))
+    print("null64/null256: median worst-phase score of the same image with its line positions shuffled (no period)")
+    print("{:<14} {:>5} {:>6} {:>6} {:>6} {:>7} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}  {:<22} {}".format(
+        "candidate", "calls", "b64", "null64", "b256", "null256", "F1", "areaW", "dHF", "pHF", "PSNR", "SSIM", "grid", "realism"))
     t = rows["truth"]
-    print(f"{'truth':<14} {'':>5} {t.get('b64', np.nan):6.3f} {t.get('b256', np.nan):6.3f}")
+    print(f"{'truth':<14} {'':>5} {t.get('b64', np.nan):6.3f} {t.get('null64', np.nan):6.3f} {t.get('b256', np.nan):6.3f} "
+          f"{t.get('null256', np.nan):7.3f}")  # fmt: skip
     for n in names:
         r = rows[n]
         g = grid_fails(r, rows[baseline], t)
         f = [] if n == reference else realism_fails(r, rows[reference], calls[n], calls[reference])
-        print(f"{n:<14} {calls[n]:>5} {r.get('b64', np.nan):6.3f} {r.get('b256', np.nan):6.3f} {r['nuclei_f1']:6.3f} "
+        print(f"{n:<14} {calls[n]:>5} {r.get('b64', np.nan):6.3f} {r.get('null64', np.nan):6.3f} {r.get('b256', np.nan):6.3f} "
+              f"{r.get('null256', np.nan):7.3f} {r['nuclei_f1']:6.3f} "
               f"{r['nuclei_area_wasserstein_um2']:6.2f} {r['dapi_hf_ratio']:6.3f} {r['polyt_hf_ratio']:6.3f} "
               f"{r['psnr']:6.2f} {r['ssim']:6.3f}  {'PASS' if not g else 'fails ' + ','.join(g):<22} "
               f"{'reference' if n == reference else ('PASS' if not f else 'fails ' + ','.join(f))}")  # fmt: skip

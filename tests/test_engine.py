@@ -281,6 +281,10 @@ def test_presets_and_cli_names(model_dir, genes):
     assert fast._stepper.config.algorithm_type == "sde-dpmsolver++"
     fast.set_timesteps(PRESETS["fast"].num_inference_steps)
     assert fast.timesteps.tolist() == [999, 799, 599, 400, 200]
+    fastest = pipe.sampling_scheduler(PRESETS["fastest"])  # UniPC, 4 steps on its own spacing
+    assert type(fastest._stepper).__name__ == "UniPCMultistepScheduler" and PRESETS["fastest"].num_inference_steps == 4
+    fastest.set_timesteps(4)
+    assert fastest.timesteps.tolist() == [999, 749, 500, 250]
     one = pipe(genes, gene_names=TINY_GENES, num_inference_steps=1, generator=0).images
     assert np.array_equal(one, pipe(genes, gene_names=TINY_GENES, preset="official", num_inference_steps=1, generator=0).images)
     with pytest.raises(ValueError, match="unknown preset"):

@@ -219,6 +219,26 @@ def test_grid_lines_score_high_at_their_period_and_phase():
         border_score(field, 1)
 
 
+def test_2d_phases_pooling_and_the_shuffled_null():
+    field = smooth_field((2, 256, 256))
+    yy, xx = np.mgrid[:256, :256]
+    rng = np.random.default_rng(2)
+    # jumps on rows 20 + 64k and on columns 40 + 64k: one phase per axis, which a single shared phase misses
+    moved = field + rng.normal(0, 0.3, (5, 1))[(yy - 20) // 64 + 1, 0] + rng.normal(0, 0.3, (1, 5))[0, (xx - 40) // 64 + 1]
+    profile = step_profile(moved)
+    score, phases = profile.worst_phase_2d(64)
+    assert phases == (20, 40) and score > profile.worst_phase(64)[0] and score > 2
+    pooled = profile + step_profile(field)  # two regions of one geometry: sums add, the grid is diluted
+    assert 1 < pooled.worst_phase_2d(64)[0] < score and pooled.worst_phase_2d(64)[1] == (20, 40)
+    with pytest.raises(ValueError, match="shapes"):
+        profile + step_profile(field[..., :128])
+    # the null: the same lines shuffled carry no period; the grid scores far above it, the plain field inside it
+    assert score > np.percentile(profile.shuffled_null(64, draws=10), 95)
+    plain = step_profile(field)
+    null = plain.shuffled_null(64, draws=10)
+    assert null.min() - 0.1 < plain.worst_phase_2d(64)[0] < null.max() + 0.1
+
+
 def test_step_profile_blocks_and_zarr_agree(phantom, tmp_path):
     volume = phantom.images  # (2, Z, H, W) uint8
     store = zarr.open_array(str(tmp_path / "v.zarr"), mode="w", shape=volume.shape, chunks=(1, 1, 64, 64), dtype="u1")

@@ -95,6 +95,21 @@ class StepProfile:
                     best = (value, (py, px))
         return best
 
+    def shuffled_null(self, period: int, draws: int = 20, edge: int = 16, seed: int = 0) -> np.ndarray:
+        """:meth:`worst_phase_2d` scores of ``draws`` copies whose line positions (``edge`` px in from the region's
+        sides) are shuffled: what an image with the same line-to-line variability but *no* periodic structure
+        scores. The worst phase is a maximum over many phases, so an image whose lines vary more (fewer, stronger
+        edges) scores higher with no grid at all; a score inside this null is no evidence of a grid."""
+        rng = np.random.default_rng(seed)
+        scores = []
+        for _ in range(draws):
+            y_sum, x_sum = self.y_sum.copy(), self.x_sum.copy()
+            for sums in (y_sum, x_sum):
+                inner = sums[edge : len(sums) - edge]
+                sums[edge : len(sums) - edge] = rng.permutation(inner)
+            shuffled = StepProfile(y_sum, x_sum, self.y_pairs_per_position, self.x_pairs_per_position)
+            scores.append(shuffled.worst_phase_2d(period)[0])
+        return np.asarray(scores)
 
 def _check_period(period: int, phase_step: int = 1) -> None:
     if int(period) < 2:
