@@ -60,6 +60,18 @@ def test_min_gene_overlap_option(phantom_dir, tmp_path, capsys):
     assert cli_main(["generate", "--genes", str(tmp_path / "few.zarr"), "--out", str(out), "--min-gene-overlap", "0.05", *COMMON]) == 0
 
 
+def test_main_job_with_the_fast_preset(tmp_path, capsys):
+    """`teramind generate --out ... --preset fast` runs the README's main job with the preset's solver and steps."""
+    import json
+
+    out = tmp_path / "out" / "region.ome.zarr"
+    assert cli_main(["generate", "--out", str(out), "--preset", "fast", "--threads", "1", "--quiet"]) == 0
+    assert "nuclei_f1" in capsys.readouterr().out
+    record = zarr.open_group(str(out), mode="r").attrs["teramind"]["run"]
+    assert record["num_inference_steps"] == 5 and "sde-dpmsolver++" in json.dumps(record)
+    assert record["grid_schedule"]["blend_steps"] == 0  # the embedded model's default grid: official
+
+
 def test_main_job_one_command(tmp_path, capsys):
     out = tmp_path / "out" / "region.ome.zarr"
     assert cli_main(["generate", "--out", str(out), *COMMON]) == 0
