@@ -34,7 +34,7 @@ from teramind_hf.data.phantom import make_phantom
 from teramind_hf.eval.grid import step_profile
 from teramind_hf.eval.metrics import realism_metrics
 from teramind_hf.sampling.presets import PRESETS, Preset
-from teramind_hf.sampling.schedule import GRID_SCHEDULES, GridSchedule, resolve_grid
+from teramind_hf.sampling.schedule import GRID_SCHEDULES, GridSchedule
 
 FOUR = ((0, 0), (0, 16), (16, 0), (16, 16))
 DIAGONAL = ((0, 0), (16, 16))
@@ -75,15 +75,13 @@ def candidate(spec: str) -> tuple[str, Preset]:
     return label, Preset(scheduler, steps, grid, {k: parse_value(v) for k, v in options.items()})
 
 
-def calls_per_tile(preset: Preset) -> int:
-    grid = resolve_grid(preset.grid)
-    return sum(len(grid.offsets_at(i, preset.num_inference_steps)) for i in range(preset.num_inference_steps))
+def calls_per_tile(pipe, preset: Preset) -> int:
+    _, steps, grid = pipe.sampling_plan(None, None, preset)  # a preset without a grid runs the pipeline's default
+    return sum(len(grid.offsets_at(i, steps)) for i in range(steps))
 
 
 def sample(pipe, tissue, preset: Preset, noise_seed: int, cache: Path) -> np.ndarray:
-    geometry = () if pipe.config.fill_value == -1.0 else (pipe.config.fill_value,)  # old cache keys stay valid
-    text = repr((preset, noise_seed, *geometry)).replace(", blend_power=1.0", "")  # keys from before blend_power
-    key = hashlib.sha256(text.encode()).hexdigest()[:16]
+    key = hashlib.sha256(repr((preset, noise_seed, pipe.config.fill_value, pipe.config.grid)).encode()).hexdigest()[:16]
     path = cache / f"{key}.npy"
     if path.is_file():
         return np.load(path)
@@ -174,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
             if args.size >= 2 * period:  # a region needs an inner line at this period
                 row[f"b{period}"], row[f"phase{period}"] = profiles[name].worst_phase_2d(period)
                 row[f"null{period}"] = float(np.median(profiles[name].shuffled_null(period)))
-    calls = {n: calls_per_tile(specs[n]) for n in names}
+    calls = {n: calls_per_tile(pipe, specs[n]) for n in names}
     print(f"{len(args.seeds)} held-out regions (seeds {args.seeds}), {args.size} px x 2 sections, noise seed "
           f"{args.noise_seed}; means over regions; b64/b256 worst 2-D phase pooled over regions; grid verdict vs "
           f"{baseline} and truth + {TRUTH_MARGIN}; realism verdict vs {reference}")  # fmt: skip

@@ -111,7 +111,7 @@ def _pipeline_with_sampler(sampler: str) -> TeraMindPipeline:
         raise DemoError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     from diffusers import DPMSolverMultistepScheduler
 
-    geometry = {k: pipe.config[k] for k in ("tile_size", "halo", "fill_value")}
+    geometry = {k: pipe.config[k] for k in ("tile_size", "halo", "fill_value", "grid")}  # the model's grid schedule too
     twin = TeraMindPipeline(unet=pipe.unet, scheduler=pipe.scheduler, **geometry)
     twin.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="dpmsolver++")
     twin.set_progress_bar_config(disable=True)

@@ -31,7 +31,13 @@ SOLVERS = ["ddim", "dpm", "unipc"]
 # (solver, grid schedule): every solver on the official grid, the fast preset's stochastic solver (noise per tile
 # and step), and a multistep solver on the blended "diagonal" grid (neighbours read at two offsets every step)
 CASES = [(solver, None) for solver in SOLVERS] + [("dpm-sde", None), ("unipc", "diagonal")]
-CASE_IDS = [solver if grid is None else f"{solver}-{grid}" for solver, grid in CASES]
+
+
+def case_id(solver: str, grid: str | None) -> str:
+    return solver if grid is None else f"{solver}-{grid}"
+
+
+CASE_IDS = [case_id(*case) for case in CASES]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
 
 
@@ -79,10 +85,10 @@ def _pipe(model_dir: Path, solver: str) -> TeraMindPipeline:
 def in_memory(model_dir, genes) -> dict[str, np.ndarray]:
     """The in-memory pipeline's uint8 output per case (solver, grid), as (c, z, y, x)."""
     out = {}
-    for (solver, grid), case in zip(CASES, CASE_IDS):
+    for solver, grid in CASES:
         pipe = _pipe(model_dir, solver)
         images = pipe(genes, gene_names=TINY_GENES, num_inference_steps=STEPS, generator=0, output_type="uint8", grid=grid).images
-        out[case] = images.transpose(1, 0, 2, 3)
+        out[case_id(solver, grid)] = images.transpose(1, 0, 2, 3)
     return out
 
 
@@ -101,7 +107,7 @@ def cli_args(gene_store: Path, out: Path, model_dir: Path, solver: str, *extra: 
 # ---------------------------------------------------------------------------------- determinism per solver
 @pytest.mark.parametrize(("solver", "grid"), CASES, ids=CASE_IDS)
 def test_batch_order_and_streaming_give_the_same_bytes(solver, grid, model_dir, genes, gene_store, in_memory, workdir):
-    case = CASE_IDS[CASES.index((solver, grid))]
+    case = case_id(solver, grid)
     reference = in_memory[case]
     assert reference.std() > 1  # not a constant image
     pipe = _pipe(model_dir, solver)
@@ -129,7 +135,7 @@ def test_two_processes_with_accelerate(solver, model_dir, gene_store, in_memory,
 
 @pytest.mark.parametrize(("solver", "grid"), CASES, ids=CASE_IDS)
 def test_sigkill_then_resume_gives_identical_bytes(solver, grid, model_dir, gene_store, in_memory, workdir):
-    case = CASE_IDS[CASES.index((solver, grid))]
+    case = case_id(solver, grid)
     out = workdir / f"killed_{case}.ome.zarr"
     args = cli_args(gene_store, out, model_dir, solver, "--batch-size", "1", "--memory-limit-mb", "0", grid=grid)
     proc = subprocess.Popen([sys.executable, "-m", "teramind_hf.cli", *args], env=ENV, stderr=subprocess.PIPE)

@@ -56,7 +56,7 @@ class TeraMindPipeline(DiffusionPipeline):
         tile_size, halo, fill_value: the tile grid (256 px tiles, a 32-px halo, -1 outside the region, official);
             old pipelines kept them in the scheduler config, from where they are read.
         grid: the default grid schedule (a name in ``teramind_hf.sampling.GRID_SCHEDULES`` or a schedule dict):
-            ``"official"`` unless the checkpoint says otherwise (the embedded default model ships a seamless one).
+            ``"official"`` unless the checkpoint says otherwise (the embedded default model keeps ``"official"``).
 
     Sampling runs in :class:`teramind_hf.sampling.TileSampler`, the same loop ``teramind generate`` streams.
     """

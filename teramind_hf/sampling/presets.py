@@ -4,9 +4,9 @@ Scheduler names (``teramind generate --scheduler NAME``, ``preset.scheduler``): 
 official spacing and clip), ``dpm`` (DPM-Solver++ multistep, ``algorithm_type="dpmsolver++"``), ``dpm-sde``
 (its stochastic SDE variant, ``"sde-dpmsolver++"``: fresh noise per tile and step, seeded by the run seed, the
 step and the tile's global index), ``unipc`` (UniPC multistep), ``euler`` (Euler discrete), or any diffusers
-scheduler class name. Each is built from the
-pipeline scheduler's training schedule (``X.from_config(pipe.scheduler.config)``) and sampled through the
-official clip rule (:class:`BoundaryAwareScheduler`).
+scheduler class name. Each is built from the pipeline scheduler's training schedule
+(``X.from_config(pipe.scheduler.config)``) and sampled through the official clip rule
+(:class:`BoundaryAwareScheduler`).
 """
 
 from __future__ import annotations

@@ -6,10 +6,11 @@ runs at:
 
 * ``shifts``: the grid at step ``i`` moves by ``shifts[i % len(shifts)]`` (a function of the step index only,
   so every step stays synchronous over the tile grid and all determinism properties hold);
-* ``blend_offsets`` (moved by the step's shift) at the last ``blend_steps`` steps (``"all"``: at every step): the model runs at each offset and the outputs are
-  combined per pixel with separable tent weights of period ``blend_period`` (default half a patch) that are
-  smallest next to each grid's patch borders (input and output borders are half a patch apart, so both lie
-  on the period) and are normalised to sum to 1 at every pixel.
+* ``blend_offsets`` (moved by the step's shift) at the last ``blend_steps`` steps (``"all"``: at every step):
+  the model runs at each offset and the outputs are combined per pixel with separable tent weights (raised to
+  ``blend_power``) of period ``blend_period`` (default half a patch) that are smallest next to each grid's
+  patch borders (input and output borders are half a patch apart, so both lie on the period) and are
+  normalised to sum to 1 at every pixel.
 
 ``GridSchedule()`` (alias ``"official"``) is the official geometry: no shift, no blend.
 """
