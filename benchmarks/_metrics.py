@@ -1,5 +1,5 @@
-"""Metrics for the seam and fast-preset studies: worst-phase border score (pooled over regions), PSNR/SSIM,
-nuclei F1 / area distance and high-frequency energy ratio.
+"""Metrics for the prototype seam and fast-preset studies: PSNR/SSIM, nuclei F1 / area distance and
+high-frequency energy ratio (border scores: ``teramind_hf.eval.grid.StepProfile``).
 
 Uses ``teramind_hf.eval`` (nuclei, spectrum) when present; the fallbacks here are simple stand-ins so the
 study can run before that API lands.
@@ -8,48 +8,6 @@ study can run before that API lands.
 from __future__ import annotations
 
 import numpy as np
-
-
-# ---------------------------------------------------------------------------- border score
-
-
-def border_phase_sums(images: np.ndarray, period: int) -> dict[str, np.ndarray]:
-    """Sums of |step| between neighbour pixels, by the phase of the line they straddle.
-
-    images ``(..., H, W)``; the pair (x-1, x) straddles the line of phase ``x % period``. Sums add over
-    regions of one geometry (all start on the tile grid), so the score can be pooled over many pixels.
-    """
-    a = np.asarray(images, dtype=np.float64)
-    dy = np.abs(np.diff(a, axis=-2)).reshape(-1, a.shape[-2] - 1, a.shape[-1]).sum(axis=(0, 2))
-    dx = np.abs(np.diff(a, axis=-1)).reshape(-1, a.shape[-2], a.shape[-1] - 1).sum(axis=(0, 1))
-    lines_y = np.arange(1, a.shape[-2]) % period
-    lines_x = np.arange(1, a.shape[-1]) % period
-    per_line_y = int(np.prod(a.shape[:-2])) * a.shape[-1]
-    per_line_x = int(np.prod(a.shape[:-2])) * a.shape[-2]
-    return {
-        "sy": np.bincount(lines_y, dy, period), "ny": np.bincount(lines_y, minlength=period) * per_line_y,
-        "sx": np.bincount(lines_x, dx, period), "nx": np.bincount(lines_x, minlength=period) * per_line_x,
-    }
-
-
-def add_sums(a: dict | None, b: dict) -> dict:
-    return dict(b) if a is None else {k: a[k] + b[k] for k in a}
-
-
-def worst_phase_score(sums: dict) -> tuple[float, tuple[int, int]]:
-    """Max over grid phases (py, px) of mean |step| across that grid's lines / mean |step| elsewhere."""
-    sy, ny, sx, nx = (sums[k][:, None] if k in ("sy", "ny") else sums[k][None, :] for k in ("sy", "ny", "sx", "nx"))
-    total, count = sums["sy"].sum() + sums["sx"].sum(), sums["ny"].sum() + sums["nx"].sum()
-    lines = ny + nx
-    on = (sy + sx) / np.maximum(lines, 1)
-    off = (total - sy - sx) / (count - lines)
-    score = np.where(lines > 0, on / off, -np.inf)  # a phase with no line inside the region scores nothing
-    py, px = np.unravel_index(np.argmax(score), score.shape)
-    return float(score[py, px]), (int(py), int(px))
-
-
-def worst_phase_border_score(images: np.ndarray, period: int) -> float:
-    return worst_phase_score(border_phase_sums(images, period))[0]
 
 
 # ---------------------------------------------------------------------------- fidelity and realism

@@ -21,6 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _metrics as M  # noqa: E402
+from teramind_hf.eval.grid import step_profile  # noqa: E402
 import _whole_canvas_sampler as S  # noqa: E402
 
 SOLVERS = {
@@ -77,10 +78,8 @@ def metrics(samples: list[dict], key: str) -> dict[str, float]:
         if samples[0][key].shape[-1] < 2 * period:  # no inner line at this period in a region this small
             out[f"b{period}"] = float("nan")
             continue
-        pooled = None
-        for s in samples:
-            pooled = M.add_sums(pooled, M.border_phase_sums(s[key], period))
-        out[f"b{period}"] = M.worst_phase_score(pooled)[0]
+        pooled = sum((step_profile(s[key]) for s in samples[1:]), step_profile(samples[0][key]))
+        out[f"b{period}"] = pooled.worst_phase_2d(period)[0]
     return out
 
 

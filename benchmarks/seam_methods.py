@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _metrics as M  # noqa: E402
+from teramind_hf.eval.grid import step_profile  # noqa: E402
 import _whole_canvas_sampler as S  # noqa: E402
 
 # name -> (blend_last, shift, weights)
@@ -75,9 +76,9 @@ def evaluate(samples: list[dict[str, np.ndarray]], names: list[str], steps: int)
         fid, nuc, hf = [], [], []
         for s in samples:
             for period in (64, 256):
-                sums = M.border_phase_sums(s[name], period)
-                pooled[period] = M.add_sums(pooled[period], sums)
-                per_region[period].append(M.worst_phase_score(sums)[0])
+                profile = step_profile(s[name])
+                pooled[period] = profile if pooled[period] is None else pooled[period] + profile
+                per_region[period].append(profile.worst_phase_2d(period)[0])
             if name != "truth":
                 fid.append(M.psnr_ssim(s[name], s["truth"]))
                 nuc.append(M.nuclei_metrics(s[name], s["truth"]))
@@ -87,7 +88,7 @@ def evaluate(samples: list[dict[str, np.ndarray]], names: list[str], steps: int)
             if s[name].shape[-1] < 2 * period:  # no inner line at this period: the score would re-read patch lines
                 row[f"b{period}"], row[f"phase{period}"], row[f"b{period}_mean"] = float("nan"), None, float("nan")
                 continue
-            score, phase = M.worst_phase_score(pooled[period])
+            score, phase = pooled[period].worst_phase_2d(period)
             row[f"b{period}"], row[f"phase{period}"], row[f"b{period}_mean"] = score, phase, float(np.mean(per_region[period]))
         if name != "truth":
             row.update(
