@@ -86,7 +86,7 @@ def sample(pipe, tissue, preset: Preset, noise_seed: int, cache: Path) -> np.nda
     if path.is_file():
         return np.load(path)
     out = pipe(tissue.genes, gene_names=list(tissue.panel), preset=preset, generator=noise_seed, output_type="uint8")
-    tmp = path.with_suffix(".tmp.npy")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")  # unique: runs side by side may sample the same key
     np.save(tmp, out.images)
     os.replace(tmp, path)
     return out.images

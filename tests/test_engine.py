@@ -28,8 +28,8 @@ TILE = 256  # (the tiny model is not bit-batch-invariant on 192-px canvases of 1
 STEPS = 3
 REGION = (0, 0, 2 * TILE, 2 * TILE)  # 2 x 2 tiles
 SOLVERS = ["ddim", "dpm", "unipc"]
-# (solver, grid schedule): every solver on the official grid, the fast preset's stochastic solver (noise per tile
-# and step), and a multistep solver on the blended "diagonal" grid (neighbours read at two offsets every step)
+# (solver, grid schedule): every solver on the official grid, the stochastic DPM-Solver++ SDE (noise per tile and
+# step), and a multistep solver on the blended "diagonal" grid (neighbours read at two offsets every step)
 CASES = [(solver, None) for solver in SOLVERS] + [("dpm-sde", None), ("unipc", "diagonal")]
 
 
@@ -285,11 +285,11 @@ def test_presets_and_cli_names(model_dir, genes):
     assert PRESETS["fast"].num_inference_steps <= 5
     pipe = _pipe(model_dir, "ddim")
     fast = pipe.sampling_scheduler(PRESETS["fast"])
-    # the fast preset: DPM-Solver++ SDE on its own spacing (5 model timesteps from the top of the schedule)
+    # the fast preset: DPM-Solver++ (2M) on its own log-SNR-uniform spacing, ending at t=0
     assert type(fast._stepper).__name__ == "DPMSolverMultistepScheduler" and fast.config.timestep_spacing_mode == "inner"
-    assert fast._stepper.config.algorithm_type == "sde-dpmsolver++"
+    assert fast._stepper.config.algorithm_type == "dpmsolver++" and fast._stepper.config.use_lu_lambdas
     fast.set_timesteps(PRESETS["fast"].num_inference_steps)
-    assert fast.timesteps.tolist() == [999, 799, 599, 400, 200]
+    assert fast.timesteps.tolist() == [999, 722, 302, 30, 0]
     fastest = pipe.sampling_scheduler(PRESETS["fastest"])  # UniPC, 4 steps on its own spacing
     assert type(fastest._stepper).__name__ == "UniPCMultistepScheduler" and PRESETS["fastest"].num_inference_steps == 4
     fastest.set_timesteps(4)

@@ -158,7 +158,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the preset's, else 15 official)")
     p.add_argument("--scheduler", default=None,
                    help="ddim (official), dpm (DPM-Solver++ multistep), dpm-sde (its SDE variant), unipc, euler, or a diffusers scheduler class name")
-    p.add_argument("--preset", default=None, help="official (DDIM 15 steps), fast (DPM-Solver++ SDE, 5 steps) or fastest (UniPC, 4 steps): scheduler, steps and grid schedule")
+    p.add_argument("--preset", default=None, help="official (DDIM 15 steps), fast (DPM-Solver++, 5 log-SNR-uniform steps) or fastest (UniPC, 4 steps): scheduler, steps and grid schedule")
     p.add_argument("--exact", action="store_true",
                    help="with --region: add the margin the steps' dependency cone needs, so the region equals the same pixels of the full run")
     p.add_argument("--grid", default=None, help="grid schedule: official (default, parity), diagonal (2 grids blended at every step: removes most of the 64-px patch grid, 2x the model calls), blend (4 grid offsets blended at the last 2 steps), blend4 (at the last step)")

@@ -37,11 +37,12 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     # the official sampler: DDIM, 15 steps, official grid (parity with official outputs)
     "official": Preset("ddim", 15, "official"),
-    # 3x fewer model calls than "official": DPM-Solver++ (2M SDE, diffusers defaults) on its own spacing, 5 steps. On
-    # held-out phantom regions (benchmarks/sampling_candidates.py) nuclei F1 +2 %, nucleus-area distance -13 %,
-    # PSNR +0.6 dB, SSIM +0.02, DAPI high-frequency energy -6 %, but PolyT's +27 % (sharper than DDIM-15, nearer the
-    # truth). The deterministic 4-step solvers lose 20-23 % of DAPI's (UniPC-4 was this preset before)
-    "fast": Preset("dpm-sde", 5),
+    # 3x fewer model calls than "official": DPM-Solver++ (2M, deterministic) with timesteps uniform in log-SNR
+    # (``use_lu_lambdas``: 999, 722, 302, 30, 0; diffusers' default spacing ends its last step at t=200 and blurs
+    # or, with the SDE variant, over-sharpens PolyT). On 6 held-out phantom regions
+    # (benchmarks/sampling_candidates.py) against DDIM-15: nuclei F1 +2.3 %, nucleus-area distance -0.8 %, DAPI and
+    # PolyT high-frequency energy +3.6 % and +5.3 %, PSNR +0.47 dB, SSIM +0.025 (docs/seams-research.md)
+    "fast": Preset("dpm", 5, scheduler_config={"use_lu_lambdas": True}),
     # 3.75x fewer model calls: UniPC (diffusers defaults, bh2, order 2) on its own spacing, 4 steps; nuclei F1 +1.6 %,
     # area distance -23 %, PSNR/SSIM higher, but 20 % less DAPI high-frequency energy than DDIM-15 (smoother). The
     # whole-brain-in-a-day estimate of docs/performance.md counts its calls
