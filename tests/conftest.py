@@ -17,17 +17,15 @@ OFFICIAL_SMALL = FIXTURES / "official_small"
 TINY_GENES = ["Slc17a7", "Slc17a6", "Gad1", "Nr4a2", "Th"]
 
 
-def make_tiny_unet(gene_names: list[str] = TINY_GENES, seed: int = 0):
+TINY_CONFIG = dict(block_out_channels=(4, 8, 16, 32), time_embed_dim=32, gene_map_channels=(16, 8, 8))
+
+
+def make_tiny_unet(gene_names: list[str] = TINY_GENES, seed: int = 0, **config):
+    """A small random model (TINY_CONFIG, entries overridden by ``config``)."""
     from teramind_hf import GeneMorphUNet3DModel
 
     torch.manual_seed(seed)
-    unet = GeneMorphUNet3DModel(
-        num_genes=len(gene_names),
-        gene_names=list(gene_names),
-        block_out_channels=(4, 8, 16, 32),
-        time_embed_dim=32,
-        gene_map_channels=(16, 8, 8),
-    )
+    unet = GeneMorphUNet3DModel(num_genes=len(gene_names), gene_names=list(gene_names), **{**TINY_CONFIG, **config})
     # zero-initialised-like layers would make every tile the same; small random weights everywhere instead
     with torch.no_grad():
         for p in unet.parameters():

@@ -82,11 +82,17 @@ def _compiled_difference(**compile_kwargs) -> float:
     return float((compiled - eager).abs().max())
 
 
-def test_model_compiles_as_one_graph():
-    # fullgraph: no graph break anywhere in the collage path, so inductor sees (and can fuse) the whole forward
-    assert _compiled_difference(backend="aot_eager", fullgraph=True) <= 1e-6
+@pytest.mark.parametrize(("backend", "tolerance"), [("aot_eager", 1e-6), ("aot_eager_decomp_partition", 1e-4)])
+def test_model_compiles_as_one_graph(backend, tolerance):
+    # fullgraph: no graph break anywhere in the collage path, so inductor sees (and can fuse) the whole forward.
+    # aot_eager runs the traced ATen graph as is (the same numbers); aot_eager_decomp_partition first applies
+    # inductor's decompositions and partitioner, i.e. everything inductor does but generate kernels (the slow
+    # test below), to the inductor test's tolerance (decomposed norms round differently: ~5e-6 here)
+    assert _compiled_difference(backend=backend, fullgraph=True) <= tolerance
 
 
-@pytest.mark.slow  # inductor's C++ compilation: ~1-2 min on an idle 2-core machine; the test above covers tracing
+# inductor's C++ code generation: 2.5 min cold on a shared 2-core machine; the test above covers tracing, the
+# decomposed graph and compile_unet (which sets no inductor option), so this one runs with -m slow only
+@pytest.mark.slow
 def test_inductor_compiled_model_matches_eager():
     assert _compiled_difference(fullgraph=True) <= 1e-4

@@ -15,7 +15,7 @@ from teramind_hf import DEFAULT_MODEL_UM_PER_PX, TeraMindPipeline
 from teramind_hf.data.phantom import make_phantom
 from teramind_hf.eval.grid import step_profile
 
-STEPS = 4
+STEPS = 3  # 4 steps gave the same picture (truth 1.12, official 2.18, diagonal 1.30) in 1.4x the time
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +38,6 @@ def test_official_grid_shows_the_patch_grid(scores):
 
 
 def test_diagonal_grid_removes_most_of_the_patch_grid(scores):
-    # here (4 steps, one small region) truth 1.12, official 2.18, diagonal 1.30; on 3 held-out 512-px regions at 15
+    # here (3 steps, one small region) truth 1.12, official 2.24, diagonal 1.28; on 3 held-out 512-px regions at 15
     # steps the excess over the truth falls from 1.14 to 0.10 (docs/seams-research.md)
     assert scores["diagonal"] - scores["truth"] <= (scores["official"] - scores["truth"]) / 4, scores
