@@ -40,6 +40,7 @@ from teramind_hf.data.phantom import PLANTED_PAIRS, Phantom  # noqa: E402
 from teramind_hf.data.readers.table import read_transcript_table  # noqa: E402
 from teramind_hf.eval.attention import gene_expression_map, in_silico_knockout, pair_attention_map  # noqa: E402
 from teramind_hf.pipelines.pipeline_teramind import _to_output_type  # noqa: E402
+from teramind_hf.sampling import Preset  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------- limits
 MAX_TILES = 4  # 256-px tiles per section (a 512 x 512 px region)
@@ -58,8 +59,9 @@ PHANTOM_SEED = 7
 
 SOURCE_PHANTOM = "Bundled phantom"
 SOURCE_UPLOAD = "Uploaded table"
+MODEL_DEFAULT = "Model default"  # the model's own scheduler and grid (embedded model: DPM-Solver++ SDE, no patch grid)
 FAST_PRESET = "Fast preset (5 steps)"  # teramind_hf.sampling.PRESETS["fast"]: its own solver and steps
-SAMPLERS = ("DDIM", "DPM-Solver++", FAST_PRESET)
+SAMPLERS = (MODEL_DEFAULT, "DDIM", "DPM-Solver++", FAST_PRESET)
 NO_KNOCKOUT = "(none)"
 
 
@@ -77,9 +79,9 @@ class Request:
     height: int = 256
     slice_start: int = 0
     slice_stop: int = 2
-    steps: int = 15
+    steps: int = 8
     seed: int = 0
-    sampler: str = "DDIM"
+    sampler: str = MODEL_DEFAULT
 
 
 @dataclass
@@ -105,7 +107,7 @@ def load_pipeline() -> TeraMindPipeline:
 def _pipeline_with_sampler(sampler: str) -> TeraMindPipeline:
     """The loaded pipeline, or a twin sharing its UNet with DPM-Solver++ inside the tile/halo sampler."""
     pipe = load_pipeline()
-    if sampler in ("DDIM", FAST_PRESET):  # the preset brings its own scheduler
+    if sampler in (MODEL_DEFAULT, "DDIM", FAST_PRESET):  # DDIM and the fast preset: a preset, its own scheduler
         return pipe
     if sampler != "DPM-Solver++":
         raise DemoError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
@@ -246,6 +248,8 @@ def sample(
     kwargs = dict(num_inference_steps=request.steps, slices=(request.slice_start, request.slice_stop))
     if request.sampler == FAST_PRESET:
         kwargs["preset"] = "fast"
+    elif request.sampler == "DDIM":  # DDIM with the official spacing and clip, on the model's grid schedule
+        kwargs["preset"] = Preset("ddim", request.steps)
     with _SAMPLING_LOCK:
         if knockout:
             return in_silico_knockout(
@@ -489,7 +493,7 @@ def build_demo() -> gr.Blocks:
                     slice_start = gr.Number(value=0, label="first section", precision=0, elem_id="slice_start")
                     slice_stop = gr.Number(value=PHANTOM_SECTIONS, label="stop section", precision=0, elem_id="slice_stop")
                 with gr.Row():
-                    steps = gr.Number(value=15, label="steps", precision=0, elem_id="steps")
+                    steps = gr.Number(value=Request().steps, label="steps", precision=0, elem_id="steps")
                     seed = gr.Number(value=0, label="seed", precision=0, elem_id="seed")
                 sampler = gr.Radio(list(SAMPLERS), value=SAMPLERS[0], label="Sampler")
                 gene = gr.Dropdown(names, value=gene_a, label="Gene heat map")

@@ -161,7 +161,7 @@ def space_card(sdk_version: str | None = None, app_file: str = "demo/app.py") ->
 
 Gene-conditioned, boundary-aware 3D diffusion ([arXiv 2503.01220]({PAPER})) for a small region on CPU:
 pick a region of a bundled synthetic phantom tissue (or upload a small CSV/Parquet transcript table with
-columns x, y, z, gene), choose sections, steps, seed and sampler (DDIM / DPM-Solver++), and compare the
+columns x, y, z, gene), choose sections, steps, seed and sampler (the model default / DDIM / DPM-Solver++ / the fast preset), and compare the
 generated DAPI and PolyT with the ground truth. The page also shows a gene heat map, the model's gene-gene
 attention for a chosen pair, and an in-silico knockout (same seed, one gene zeroed) with its difference.
 

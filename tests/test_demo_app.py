@@ -176,7 +176,7 @@ def test_api_volume_equals_direct_pipeline_call(app, server):
 
     client = Client(server, verbose=False)
     x0, y0, size, seed = 256, 512, 256, 11
-    path, info = client.predict(None, x0, y0, size, size, 0, 2, STEPS, seed, "DDIM", api_name="/generate")
+    path, info = client.predict(None, x0, y0, size, size, 0, 2, STEPS, seed, app.MODEL_DEFAULT, api_name="/generate")
     volume = np.load(path)
     assert info["shape"] == list(volume.shape) and volume.dtype == np.uint8
 
@@ -287,3 +287,18 @@ def test_fast_preset_in_the_demo_is_the_pipeline_preset(app):
     volume = app.sample(request, genes, source.names)
     expected = app.load_pipeline()(genes, gene_names=source.names, preset="fast", generator=3, slices=(0, 2), output_type="np").images
     np.testing.assert_array_equal(volume, expected)
+
+
+def test_ddim_in_the_demo_is_ddim_on_the_model_grid(app):
+    """The demo's DDIM choice is DDIM (official spacing and clip) at the slider's steps on the model's grid schedule,
+    not the model's own scheduler (the embedded model's default is DPM-Solver++ SDE)."""
+    from teramind_hf.sampling import Preset
+
+    request = app._request_from_inputs(0, 0, 256, 256, 0, 2, 2, 3, "DDIM")
+    source = app.resolve_source(None, app.SOURCE_PHANTOM)
+    genes, _ = app.crop(source, request)
+    volume = app.sample(request, genes, source.names)
+    pipe = app.load_pipeline()
+    expected = pipe(genes, gene_names=source.names, preset=Preset("ddim", 2), generator=3, slices=(0, 2), output_type="np").images
+    np.testing.assert_array_equal(volume, expected)
+    assert not np.array_equal(volume, pipe(genes, gene_names=source.names, num_inference_steps=2, generator=3, slices=(0, 2), output_type="np").images)

@@ -35,7 +35,8 @@ REGION = (0, 0, 2 * TILE, 2 * TILE)  # 2 x 2 tiles
 SOLVERS = ["ddim", "dpm", "unipc"]
 # (solver, grid schedule): every solver on the official grid, the stochastic DPM-Solver++ SDE (noise per tile and
 # step), and a multistep solver on the blended "diagonal" grid (neighbours read at two offsets every step)
-CASES = [(solver, None) for solver in SOLVERS] + [("dpm-sde", None), ("unipc", "diagonal")]
+DEFAULT_CASE = ("dpm-sde", "diagonal")  # the embedded model's own sampler
+CASES = [(solver, None) for solver in SOLVERS] + [DEFAULT_CASE, ("unipc", "diagonal")]
 
 
 def case_id(solver: str, grid: str | None) -> str:
@@ -128,14 +129,18 @@ def test_batch_order_and_streaming_give_the_same_bytes(solver, grid, model_dir, 
         assert not np.array_equal(reference, in_memory["ddim"])  # the solver / grid is really used
 
 
-@pytest.mark.parametrize("solver", SOLVERS)
-def test_two_processes_with_accelerate(solver, model_dir, gene_store, in_memory, workdir):
-    out = workdir / f"two_{solver}.ome.zarr"
-    result = subprocess.run([*accelerate_launch(2), *cli_args(gene_store, out, model_dir, solver, "--batch-size", "2", "--shard-tiles", "1")],
-                            env=ENV, capture_output=True, text=True, timeout=600)  # fmt: skip
+TWO_PROCESS_CASES = [(solver, None) for solver in SOLVERS] + [DEFAULT_CASE]
+
+
+@pytest.mark.parametrize(("solver", "grid"), TWO_PROCESS_CASES, ids=[case_id(*case) for case in TWO_PROCESS_CASES])
+def test_two_processes_with_accelerate(solver, grid, model_dir, gene_store, in_memory, workdir):
+    case = case_id(solver, grid)
+    out = workdir / f"two_{case}.ome.zarr"
+    args = cli_args(gene_store, out, model_dir, solver, "--batch-size", "2", "--shard-tiles", "1", grid=grid)
+    result = subprocess.run([*accelerate_launch(2), *args], env=ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 process(es)" in result.stdout
-    np.testing.assert_array_equal(level0(out), in_memory[solver])
+    np.testing.assert_array_equal(level0(out), in_memory[case])
 
 
 @pytest.mark.parametrize(("solver", "grid"), CASES, ids=CASE_IDS)
@@ -188,9 +193,12 @@ def test_each_gene_chunk_is_read_once_per_z_chunk(model_dir, genes, workdir):
 
 
 # ---------------------------------------------------------------------------------- exact sub-regions
-def test_exact_sub_region_equals_the_full_run_there(model_dir):
-    """A 2 x 2-tile sub-region of a 6 x 6-tile run (2 steps: a 1-tile margin) regenerated alone."""
-    pipe = _pipe(model_dir, "ddim")
+@pytest.mark.parametrize("solver,grid_name", [("ddim", "official"), ("dpm-sde", "diagonal")], ids=["ddim", "dpm-sde-diagonal"])
+def test_exact_sub_region_equals_the_full_run_there(model_dir, solver, grid_name):
+    """A 2 x 2-tile sub-region of a 6 x 6-tile run (2 steps: a 1-tile margin) regenerated alone; also with the
+    embedded model's default sampler (SDE noise per tile and step, two grid offsets blended at every step)."""
+    pipe = _pipe(model_dir, solver)
+    pipe.register_to_config(grid=grid_name)
     grid = pipe.tile_grid(6 * TILE, 6 * TILE)
     assert grid.margin_tiles(2) == 1 and grid.margin_tiles(15) == 6 and grid.reach_per_step() == 96
     genes = np.random.default_rng(1).poisson(1.0, (len(TINY_GENES), 2, 6 * TILE // 16, 6 * TILE // 16)).astype(np.float32)
@@ -248,6 +256,34 @@ def test_pipeline_config_grid_is_the_default_and_presets_follow_it(model_dir, ge
     assert not np.array_equal(default, official)
     with pytest.raises(ValueError, match="unknown grid schedule 'nope'"):
         TeraMindPipeline(unet=loaded.unet, scheduler=loaded.scheduler, grid="nope")
+    assert loaded.sampling_plan(None, None, None)[1] == 15  # no steps in the config: the official 15
+    loaded.register_to_config(num_inference_steps=3)
+    assert loaded.sampling_plan(None, None, None)[1] == 3 and loaded.sampling_plan(2, None, "fast")[1] == 2
+    assert loaded.sampling_plan(None, None, "fast")[1] == PRESETS["fast"].num_inference_steps  # a preset's steps win
+    with pytest.raises(ValueError, match="num_inference_steps in the pipeline config"):
+        TeraMindPipeline(unet=loaded.unet, scheduler=loaded.scheduler, num_inference_steps=0)
+
+
+def test_embedded_default_sampler_is_the_seamless_preset():
+    """The embedded model's own scheduler, grid and steps are the ``seamless`` preset; ``official`` stays DDIM-15."""
+    from teramind_hf import default_model_path
+
+    pipe = TeraMindPipeline.from_pretrained(default_model_path())
+    pipe.set_progress_bar_config(disable=True)
+    seamless = PRESETS["seamless"]
+    preset, steps, grid = pipe.sampling_plan(None, None, None)
+    assert (steps, grid) == (seamless.num_inference_steps, GRID_SCHEDULES[seamless.grid]) and preset is None
+    own, named = pipe.sampling_scheduler(None), pipe.sampling_scheduler(seamless)
+    assert own.config.inner_scheduler == type(named._stepper).__name__ == "DPMSolverMultistepScheduler"
+    assert own._stepper.config.algorithm_type == named._stepper.config.algorithm_type == "sde-dpmsolver++"
+    own.set_timesteps(steps), named.set_timesteps(steps)
+    assert own.timesteps.tolist() == named.timesteps.tolist()
+    official = pipe.sampling_scheduler(PRESETS["official"])
+    official.set_timesteps(15)
+    assert type(official._stepper).__name__ == "DDIMScheduler" and official.config.timestep_spacing_mode == "official"
+    small = np.zeros((pipe.unet.config.num_genes, 2, 16, 16), dtype=np.float32)  # one 256-px tile, 2 steps
+    default = pipe(small, num_inference_steps=2, generator=0, output_type="uint8").images
+    np.testing.assert_array_equal(default, pipe(small, preset="seamless", num_inference_steps=2, generator=0, output_type="uint8").images)
 
 
 def test_blended_grid_schedule_keeps_streaming_equal_to_memory(model_dir, genes, gene_store, in_memory, workdir):

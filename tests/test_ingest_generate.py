@@ -69,7 +69,7 @@ def test_main_job_with_the_fast_preset(tmp_path, capsys):
     assert "nuclei_f1" in capsys.readouterr().out
     record = zarr.open_group(str(out), mode="r").attrs["teramind"]["run"]
     assert record["num_inference_steps"] == 5 and '"use_lu_lambdas": true' in json.dumps(record)
-    assert record["grid_schedule"]["blend_steps"] == 0  # the embedded model's default grid: official
+    assert record["grid_schedule"]["blend_steps"] == "all"  # the embedded model's default grid: diagonal
 
 
 def test_main_job_one_command(tmp_path, capsys):

@@ -16,8 +16,13 @@ from teramind_hf import DEFAULT_MODEL_UM_PER_PX, TeraMindPipeline, default_model
 
 @pytest.fixture(scope="module")
 def pipe():
+    from teramind_hf.sampling import PRESETS
+
     pipe = TeraMindPipeline.from_pretrained(str(default_model_path()))
     pipe.set_progress_bar_config(disable=True)
+    # the model card's figures are the official sampler's (DDIM, official grid), not the model's own default
+    pipe.scheduler = pipe.sampling_scheduler(PRESETS["official"])
+    pipe.register_to_config(grid="official")
     return pipe
 
 

@@ -134,7 +134,7 @@ def _load_pipeline(args: argparse.Namespace):
     if args.quiet:
         diffusers_logging.disable_progress_bar()
     try:
-        return load_pipeline(args.model, args.scheduler or "ddim", dtype=args.dtype, compile=args.compile)
+        return load_pipeline(args.model, args.scheduler, dtype=args.dtype, compile=args.compile)
     finally:
         if enabled:
             diffusers_logging.enable_progress_bar()
@@ -155,13 +155,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--region", default=None, help="y0,x0,h,w in image px, whole tiles (default: everything); a negative "
                    "first value needs no quoting (--region -256,0,...)")
     p.add_argument("--slices", default=None, help="a,b image sections [a, b) (default: all)")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the preset's, else 15 official)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the preset's, else the model's: 8 for the embedded model, else 15)")
     p.add_argument("--scheduler", default=None,
-                   help="ddim (official), dpm (DPM-Solver++ multistep), dpm-sde (its SDE variant), unipc, euler, or a diffusers scheduler class name")
-    p.add_argument("--preset", default=None, help="official (DDIM 15 steps), fast (DPM-Solver++, 5 log-SNR-uniform steps) or fastest (UniPC, 4 steps): scheduler, steps and grid schedule")
+                   help="default: the model's own (embedded model: dpm-sde); ddim (official), dpm (DPM-Solver++ multistep), dpm-sde (its SDE variant), unipc, euler, or a diffusers scheduler class name")
+    p.add_argument("--preset", default=None, help="official (DDIM 15 steps, official grid), seamless (DPM-Solver++ SDE, 8 steps, diagonal grid: the embedded model's default), fast (DPM-Solver++, 5 log-SNR-uniform steps) or fastest (UniPC, 4 steps): scheduler, steps and grid schedule")
     p.add_argument("--exact", action="store_true",
                    help="with --region: add the margin the steps' dependency cone needs, so the region equals the same pixels of the full run")
-    p.add_argument("--grid", default=None, help="grid schedule: official (default, parity), diagonal (2 grids blended at every step: removes most of the 64-px patch grid, 2x the model calls), blend (4 grid offsets blended at the last 2 steps), blend4 (at the last step)")
+    p.add_argument("--grid", default=None, help="grid schedule (default: the model's; the embedded model's is diagonal): official (parity), diagonal (2 grids blended at every step: removes most of the 64-px patch grid, 2x the model calls), blend (4 grid offsets blended at the last 2 steps), blend4 (at the last step)")
     p.add_argument("--blend-offsets", default=None, help="grid offsets y,x px blended at the last --blend-steps steps, ';'-separated")
     p.add_argument("--blend-steps", type=blend_steps_arg, default=0, help="number of last steps that blend --blend-offsets, or 'all'")
     p.add_argument("--tile-order", default="raster", choices=("raster", "reverse"), help="tile visiting order (no effect on bytes)")

@@ -121,6 +121,11 @@ def _control_pipeline(run: dict, model: str | None):
     dtype = getattr(torch, str(run.get("model_dtype") or "float32"))
     pipe = load_pipeline(model, dtype=dtype, compile=bool(run.get("model_compiled")))
     pipe.set_progress_bar_config(disable=True)
+    if run.get("scheduler_class") == "BoundaryAwareScheduler" and run.get("scheduler_config"):
+        from ..schedulers.scheduling_boundary_aware import BoundaryAwareScheduler
+
+        # the run's own sampler (solver, options, spacing), not the model's default: the controls differ in one thing
+        pipe.scheduler = BoundaryAwareScheduler.from_config(run["scheduler_config"])
     if model_fingerprint(pipe.unet) != run.get("model_sha256"):
         where = model or "the embedded default model"
         raise ValueError(

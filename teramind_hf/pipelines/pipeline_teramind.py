@@ -29,6 +29,7 @@ from .inputs import as_gene_input
 
 OUTPUT_TYPES = ("np", "pt", "uint8")
 DEFAULT_GEOMETRY = {"tile_size": 256, "halo": 32, "fill_value": -1.0}
+DEFAULT_STEPS = 15  # the official sampler's; a checkpoint may set its own (``num_inference_steps`` in its config)
 
 
 @dataclass
@@ -56,7 +57,10 @@ class TeraMindPipeline(DiffusionPipeline):
         tile_size, halo, fill_value: the tile grid (256 px tiles, a 32-px halo, -1 outside the region, official);
             old pipelines kept them in the scheduler config, from where they are read.
         grid: the default grid schedule (a name in ``teramind_hf.sampling.GRID_SCHEDULES`` or a schedule dict):
-            ``"official"`` unless the checkpoint says otherwise (the embedded default model keeps ``"official"``).
+            ``"official"`` unless the checkpoint says otherwise.
+        num_inference_steps: the default number of steps (15 unless the checkpoint says otherwise).
+        The embedded default model ships the ``seamless`` sampler this way: its scheduler is DPM-Solver++ (2M SDE),
+        its grid ``"diagonal"`` and its steps 8; ``preset="official"`` gives the official DDIM-15 sampler.
 
     Sampling runs in :class:`teramind_hf.sampling.TileSampler`, the same loop ``teramind generate`` streams.
     """
@@ -67,6 +71,7 @@ class TeraMindPipeline(DiffusionPipeline):
     def __init__(
         self, unet: GeneMorphUNet3DModel, scheduler: SchedulerMixin, tile_size: int | None = None,
         halo: int | None = None, fill_value: float | None = None, grid: str | dict | None = None,
+        num_inference_steps: int | None = None,
     ):  # fmt: skip
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
@@ -75,15 +80,18 @@ class TeraMindPipeline(DiffusionPipeline):
         self.register_to_config(**{k: v if v is not None else legacy.get(k, DEFAULT_GEOMETRY[k]) for k, v in given.items()})
         resolve_grid(grid)  # a bad name fails at load time, naming the known schedules
         self.register_to_config(grid=grid.to_dict() if isinstance(grid, GridSchedule) else (grid or "official"))
+        if num_inference_steps is not None and (not isinstance(num_inference_steps, int) or num_inference_steps < 1):
+            raise ValueError(f"num_inference_steps in the pipeline config must be a positive integer, got {num_inference_steps!r}")
+        self.register_to_config(num_inference_steps=num_inference_steps or DEFAULT_STEPS)
 
     def sampling_plan(
         self, num_inference_steps: int | None, grid: "GridSchedule | str | dict | None", preset: "Preset | str | None"
     ) -> tuple[Preset | None, int, GridSchedule]:
         """(preset, steps, grid schedule) of a call: explicit arguments win over the preset's, which win over the
-        pipeline's defaults (15 steps; the ``grid`` of the pipeline config)."""
+        pipeline's defaults (the ``num_inference_steps`` and ``grid`` of the pipeline config: 15, official)."""
         chosen = resolve_preset(preset) if preset is not None else None
         if num_inference_steps is None:
-            num_inference_steps = chosen.num_inference_steps if chosen else 15
+            num_inference_steps = chosen.num_inference_steps if chosen else self.config.get("num_inference_steps", DEFAULT_STEPS)
         if grid is None:
             grid = chosen.grid if chosen is not None and chosen.grid is not None else self.config.get("grid")
         return chosen, num_inference_steps, resolve_grid(grid)
@@ -244,7 +252,7 @@ class TeraMindPipeline(DiffusionPipeline):
                 feature_name, z or section; needs ``um_per_px``), binned on the model's grid and padded to tiles.
             gene_names: names of the G genes; aligned to the model panel by name (missing genes are zero).
                 Without names, G must equal the model's panel size.
-            num_inference_steps: denoising steps (default: the preset's, else 15 official).
+            num_inference_steps: denoising steps (default: the preset's, else the pipeline config's).
             generator: a ``torch.Generator`` (one seed is drawn from it) or an int seed. Each tile's initial
                 noise comes from ``(seed, z chunk, global row, global col)``, so the result does not depend on
                 tile order or batch size, and a sub-region draws the noise the whole run draws there.

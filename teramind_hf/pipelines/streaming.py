@@ -425,17 +425,18 @@ def _build_pyramid(group, levels: list, levels_done: int, state) -> None:
 
 # ---------------------------------------------------------------------------------------------- CLI
 def load_pipeline(
-    model: str | None, scheduler: str = "ddim", dtype: str | torch.dtype | None = None, compile: bool = False
+    model: str | None, scheduler: str | None = None, dtype: str | torch.dtype | None = None, compile: bool = False
 ) -> TeraMindPipeline:
-    """The pipeline from a folder / Hub repo (default: the embedded model), with the named scheduler (``ddim``,
-    ``dpm``, ``unipc``, ``euler`` or a diffusers scheduler class name), the model in ``dtype`` (fp32, bf16,
-    fp16; state and scheduler stay float32) and optionally compiled."""
+    """The pipeline from a folder / Hub repo (default: the embedded model), with its own scheduler or the named one
+    (``ddim``, ``dpm``, ``dpm-sde``, ``unipc``, ``euler`` or a diffusers scheduler class name), the model in
+    ``dtype`` (fp32, bf16, fp16; state and scheduler stay float32) and optionally compiled."""
     from .acceleration import cast_unet
 
     pipe = TeraMindPipeline.from_pretrained(model)
     cast_unet(pipe.unet, dtype)  # (from_pretrained's keyword for it differs across diffusers versions)
     if compile:
         pipe.enable_compile()
-    if scheduler != "ddim" or not isinstance(pipe.scheduler, BoundaryAwareScheduler):
+    official_ddim = isinstance(pipe.scheduler, BoundaryAwareScheduler) and pipe.scheduler.config.inner_scheduler == "DDIMScheduler"
+    if scheduler is not None and not (scheduler == "ddim" and official_ddim):  # (an official DDIM is kept as saved)
         pipe.scheduler = scheduler_from_name(scheduler, pipe.scheduler)
     return pipe

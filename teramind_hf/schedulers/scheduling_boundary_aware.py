@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import warnings
 from dataclasses import dataclass
 
 import diffusers
@@ -46,6 +47,15 @@ OWN_KEYS = ("inner_scheduler", "inner_config", "timestep_spacing_mode", "tile_si
 LEGACY_GEOMETRY_KEYS = ("tile_size", "halo", "patch_size", "fill_value")
 # kept for code that imported it: the official DDIM settings as one dict
 DEFAULT_INNER_CONFIG = {k: v for k, v in SCHEDULE_DEFAULTS.items() if k != "trained_betas"}
+
+
+def _set_solver_timesteps(stepper: SchedulerMixin, num_inference_steps: int, device) -> None:
+    """``stepper.set_timesteps``, without the NumPy-2 ``DeprecationWarning`` that diffusers' multistep solvers raise
+    there (``np.array`` of a torch tensor: "__array__ implementation doesn't accept a copy keyword"): it is about
+    diffusers' code, not the caller's, and would otherwise show on every default run."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"__array__ implementation doesn't accept a copy keyword", category=DeprecationWarning)
+        stepper.set_timesteps(num_inference_steps, device=device)
 
 
 @dataclass
@@ -222,7 +232,7 @@ class BoundaryAwareScheduler(SchedulerMixin, ConfigMixin):
         solver_cfg = self.solver_config()
         if self.config.timestep_spacing_mode != "official":
             stepper = self._solver_cls.from_config(solver_cfg)
-            stepper.set_timesteps(num_inference_steps, device=device)
+            _set_solver_timesteps(stepper, num_inference_steps, device)
             return stepper, {}, stepper.timesteps.clone()
         model_steps = official_timesteps(solver_cfg["num_train_timesteps"], num_inference_steps)
         # Re-space the schedule as the official SpacedDiffusion does: the solver runs on an N-step schedule whose
@@ -240,7 +250,7 @@ class BoundaryAwareScheduler(SchedulerMixin, ConfigMixin):
         if hasattr(stepper, "alphas_cumprod"):
             # float64 alpha-bars cast once to float32, as official (not a float32 cumprod)
             stepper.alphas_cumprod = torch.from_numpy(kept).float()
-        stepper.set_timesteps(num_inference_steps, device=device)
+        _set_solver_timesteps(stepper, num_inference_steps, device)
         mapping = {model_steps[i]: i for i in range(num_inference_steps)}
         timesteps = torch.tensor([model_steps[int(i)] for i in stepper.timesteps.tolist()], dtype=torch.long, device=device)
         return stepper, mapping, timesteps
