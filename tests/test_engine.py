@@ -264,6 +264,17 @@ def test_pipeline_config_grid_is_the_default_and_presets_follow_it(model_dir, ge
         TeraMindPipeline(unet=loaded.unet, scheduler=loaded.scheduler, num_inference_steps=0)
 
 
+def test_cli_without_steps_runs_the_model_default_steps(model_dir, gene_store, workdir):
+    """`teramind generate` without --steps or --preset runs the steps of the model's pipeline config."""
+    pipe = TeraMindPipeline.from_pretrained(model_dir)
+    pipe.register_to_config(num_inference_steps=2)
+    pipe.save_pretrained(workdir / "tiny_two_steps")
+    out = workdir / "two_steps.ome.zarr"
+    assert cli_main(["generate", "--genes", str(gene_store), "--out", str(out), "--model", str(workdir / "tiny_two_steps"),
+                     "--region", f"0,0,{TILE},{TILE}", "--seed", "0", "--quiet", "--threads", "1"]) == 0  # fmt: skip
+    assert zarr.open_group(str(out), mode="r").attrs["teramind"]["run"]["num_inference_steps"] == 2
+
+
 def test_embedded_default_sampler_is_the_seamless_preset():
     """The embedded model's own scheduler, grid and steps are the ``seamless`` preset; ``official`` stays DDIM-15."""
     from teramind_hf import default_model_path

@@ -35,7 +35,9 @@ def run(args: argparse.Namespace) -> int:
         offsets = tuple(int_tuple(o, 2, "blend-offsets") for o in args.blend_offsets.split(";"))
         base = grid or resolve_grid(None)
         grid = GridSchedule(shifts=base.shifts, blend_offsets=offsets, blend_steps=args.blend_steps)
-    steps = args.steps if args.steps is not None else (resolve_preset(args.preset).num_inference_steps if args.preset else 15)
+    # explicit steps, else the preset's (an unknown preset fails here, before anything is written), else None: the
+    # model's own default (its pipeline config), resolved by the pipeline
+    steps = args.steps if args.steps is not None else (resolve_preset(args.preset).num_inference_steps if args.preset else None)
     check_generate_arguments(
         num_inference_steps=steps, batch_size=args.batch_size, memory_limit_bytes=args.memory_limit_mb * 2**20,
         um_per_px=args.um_per_px, section_spacing_um=args.section_spacing_um, seed=args.seed, threads=args.threads,

@@ -35,7 +35,7 @@ SEED_RANGE = (0, 2**63 - 1)
 # ---------------------------------------------------------------------------------------------- arguments
 def check_generate_arguments(
     *,
-    num_inference_steps: int,
+    num_inference_steps: int | None,
     batch_size: int = 1,
     memory_limit_bytes: float = 0,
     um_per_px: float | None = None,
@@ -44,8 +44,11 @@ def check_generate_arguments(
     min_gene_overlap: float = 0.5,
     threads: int = 0,
 ) -> None:
-    """Numbers of a run: whole and positive where they count things, finite and positive where they measure."""
+    """Numbers of a run: whole and positive where they count things, finite and positive where they measure
+    (``num_inference_steps=None``: the pipeline's default)."""
     for name, value in (("num_inference_steps", num_inference_steps), ("batch_size", batch_size)):
+        if name == "num_inference_steps" and value is None:
+            continue
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} (--{name.replace('num_inference_', '').replace('_', '-')}) must be a whole number >= 1, got {value!r}")
     if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 0:

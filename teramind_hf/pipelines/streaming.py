@@ -240,7 +240,7 @@ def generate_to_zarr(
             ``overwrite`` (which always starts afresh).
         region: ``(y0, x0, h, w)`` in image px, whole tiles (default: all of the gene data).
         slices: ``(start, stop)`` image sections (default: all).
-        num_inference_steps: steps (default: the preset's, else 15).
+        num_inference_steps: steps (default: the preset's, else the pipeline config's).
         generator: int seed or ``torch.Generator`` (one seed is drawn, as in the pipeline).
         batch_size, tile_order: tile canvases per model call and visiting order (no effect on the bytes).
         halo: False for the naive-tiling baseline (each tile alone, no neighbour halo).
