@@ -45,9 +45,9 @@ PRESETS: dict[str, Preset] = {
     "fast": Preset("dpm", 5, scheduler_config={"use_lu_lambdas": True}),
     # the embedded default model's own sampler (its scheduler, grid and steps): no visible patch grid at about the
     # official cost (16 model calls per tile against 15). DPM-Solver++ (2M SDE) in 8 steps on the "diagonal" grid
-    # (two grid offsets blended at every step); on held-out phantom regions its worst-phase border scores are within
-    # 0.15 of the truth's at 64 and 256 px and its PSNR, SSIM and nuclei F1 are not lower than DDIM-15's on the
-    # official grid (docs/seams-research.md)
+    # (two grid offsets blended at every step); on 6 held-out phantom regions its worst-phase border scores are
+    # within 0.15 of the truth's at 64 and 256 px (seeds 5-7 alone miss at 256 px, at a phase on no grid line) and
+    # its PSNR, SSIM and nuclei F1 are higher than DDIM-15's on the official grid (docs/seams-research.md)
     "seamless": Preset("dpm-sde", 8, "diagonal"),
     # 3.75x fewer model calls: UniPC (diffusers defaults, bh2, order 2) on its own spacing, 4 steps; nuclei F1 +1.6 %,
     # area distance -23 %, PSNR/SSIM higher, but 20 % less DAPI high-frequency energy than DDIM-15 (smoother). The
