@@ -35,11 +35,11 @@ def run(args: argparse.Namespace) -> int:
         offsets = tuple(int_tuple(o, 2, "blend-offsets") for o in args.blend_offsets.split(";"))
         base = grid or resolve_grid(None)
         grid = GridSchedule(shifts=base.shifts, blend_offsets=offsets, blend_steps=args.blend_steps)
-    # explicit steps, else the preset's (an unknown preset fails here, before anything is written), else None: the
-    # model's own default (its pipeline config), resolved by the pipeline
-    steps = args.steps if args.steps is not None else (resolve_preset(args.preset).num_inference_steps if args.preset else None)
+    if args.preset:
+        resolve_preset(args.preset)  # an unknown preset fails here, before anything is written
+    # steps: --steps, else the preset's, else the model's own default (resolved by the pipeline's sampling plan)
     check_generate_arguments(
-        num_inference_steps=steps, batch_size=args.batch_size, memory_limit_bytes=args.memory_limit_mb * 2**20,
+        num_inference_steps=args.steps, batch_size=args.batch_size, memory_limit_bytes=args.memory_limit_mb * 2**20,
         um_per_px=args.um_per_px, section_spacing_um=args.section_spacing_um, seed=args.seed, threads=args.threads,
         min_gene_overlap=args.min_gene_overlap,
     )  # fmt: skip
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         region=region,
         slices=slices,
-        num_inference_steps=steps,
+        num_inference_steps=args.steps,
         generator=args.seed,
         batch_size=args.batch_size,
         tile_order=args.tile_order,
