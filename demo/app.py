@@ -61,7 +61,8 @@ SOURCE_PHANTOM = "Bundled phantom"
 SOURCE_UPLOAD = "Uploaded table"
 MODEL_DEFAULT = "Model default"  # the model's own scheduler and grid (embedded model: DPM-Solver++ SDE, no patch grid)
 FAST_PRESET = "Fast preset (5 steps)"  # teramind_hf.sampling.PRESETS["fast"]: its own solver and steps
-SAMPLERS = (MODEL_DEFAULT, "DDIM", "DPM-Solver++", FAST_PRESET)
+SOLVER_NAMES = {"DDIM": "ddim", "DPM-Solver++": "dpm"}  # teramind_hf.sampling scheduler names, at the slider's steps
+SAMPLERS = (MODEL_DEFAULT, *SOLVER_NAMES, FAST_PRESET)
 NO_KNOCKOUT = "(none)"
 
 
@@ -103,21 +104,16 @@ def load_pipeline() -> TeraMindPipeline:
     return pipe
 
 
-@lru_cache(maxsize=2)
-def _pipeline_with_sampler(sampler: str) -> TeraMindPipeline:
-    """The loaded pipeline, or a twin sharing its UNet with DPM-Solver++ inside the tile/halo sampler."""
-    pipe = load_pipeline()
-    if sampler in (MODEL_DEFAULT, "DDIM", FAST_PRESET):  # DDIM and the fast preset: a preset, its own scheduler
-        return pipe
-    if sampler != "DPM-Solver++":
-        raise DemoError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    from diffusers import DPMSolverMultistepScheduler
-
-    geometry = {k: pipe.config[k] for k in ("tile_size", "halo", "fill_value", "grid")}  # the model's grid schedule too
-    twin = TeraMindPipeline(unet=pipe.unet, scheduler=pipe.scheduler, **geometry)
-    twin.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="dpmsolver++")
-    twin.set_progress_bar_config(disable=True)
-    return twin
+def sampler_preset(request: Request) -> Preset | str | None:
+    """The pipeline ``preset=`` of a sampler choice: none for the model's own sampler, ``"fast"``, or a named solver
+    at the slider's steps on the model's grid schedule; every choice runs the one loaded pipeline."""
+    if request.sampler == MODEL_DEFAULT:
+        return None
+    if request.sampler == FAST_PRESET:
+        return "fast"
+    if request.sampler in SOLVER_NAMES:
+        return Preset(SOLVER_NAMES[request.sampler], request.steps)
+    raise DemoError(f"unknown sampler {request.sampler!r}; choose one of {', '.join(SAMPLERS)}")
 
 
 def demo_um_per_px() -> float:
@@ -238,18 +234,14 @@ def sample(
     knockout: str | None = None, baseline: np.ndarray | None = None,
 ) -> Any:
     """Float ``(Z, 2, H, W)`` morphology of the region (or a `KnockoutResult` when ``knockout`` is a gene)."""
-    pipe = _pipeline_with_sampler(request.sampler)
+    pipe = load_pipeline()
 
     def callback(_pipe, i, _t, tensors):
         if on_step is not None:
             on_step(i)
         return tensors
 
-    kwargs = dict(num_inference_steps=request.steps, slices=(request.slice_start, request.slice_stop))
-    if request.sampler == FAST_PRESET:
-        kwargs["preset"] = "fast"
-    elif request.sampler == "DDIM":  # DDIM with the official spacing and clip, on the model's grid schedule
-        kwargs["preset"] = Preset("ddim", request.steps)
+    kwargs = dict(num_inference_steps=request.steps, slices=(request.slice_start, request.slice_stop), preset=sampler_preset(request))
     with _SAMPLING_LOCK:
         if knockout:
             return in_silico_knockout(
