@@ -3,11 +3,15 @@ model, peak RSS, and the model variants side by side (fp32, bf16, fp16, compiled
 variant's samples against the fp32 samples of the same run.
 
 All variants run in this one process on the same phantom region (held-out seed, never trained on), interleaved
-(A B ... then reversed), medians of the rounds:
+A B A B (one run of each per round), medians of the rounds. Every time is given in CPU seconds of this process
+(``time.process_time``, all its threads) next to wall seconds; speed-ups are ratios of CPU seconds (under load the
+wall clock also counts the time other jobs held the core):
 
-* (c) voxels/s of the whole call (setup, sampling, pyramid) and of the sampling loop;
-* (d) per-tile overhead outside the model: 1 - (time inside ``unet(...)``) / (sampling-loop time), i.e. reading
-  canvases and genes, the DDIM update, writing step buffers / level 0, progress records, Python;
+* (c) voxels per CPU second (and per wall second) of the whole call (setup, sampling, pyramid), CPU seconds per
+  tile-step of the sampling loop, and the speed-up against fp32;
+* (d) per-tile overhead outside the model: 1 - (CPU time inside ``unet(...)``) / (CPU time of the whole call),
+  i.e. reading canvases and genes, the solver update, writing step buffers / level 0, the pyramid, Python
+  (eager variants only: the hooks cannot see inside a compiled model);
 * (e) peak RSS during the call (sampled every 5 ms);
 * accuracy over the whole sampling run: PSNR and SSIM of each variant's uint8 level 0 against the fp32 one, the
   seam score, and (when `teramind_hf.eval.metrics.realism_metrics` is available) the realism metrics of fp32
@@ -29,7 +33,7 @@ import numpy as np
 import torch
 import zarr
 
-from _perf_common import machine_facts, peak_rss
+from _perf_common import Stopwatch, machine_facts, peak_rss
 from teramind_hf import DEFAULT_MODEL_UM_PER_PX
 from teramind_hf.data.phantom import make_phantom
 from teramind_hf.eval.seams import seam_score_array
@@ -47,17 +51,21 @@ def write_store(path: Path, tiles: int, sections: int, seed: int):
 
 
 class ModelTimer:
-    """Seconds spent inside the model's forward (eager models: forward pre/post hooks)."""
+    """Wall and CPU seconds spent inside the model's forward (eager models: forward pre/post hooks)."""
 
     def __init__(self, unet: torch.nn.Module):
-        self.seconds, self._start = 0.0, 0.0
+        self.wall, self.cpu, self._start = 0.0, 0.0, (0.0, 0.0)
         self.handles = [unet.register_forward_pre_hook(self._begin), unet.register_forward_hook(self._end)]
 
+    def reset(self) -> None:
+        self.wall, self.cpu = 0.0, 0.0
+
     def _begin(self, *_):
-        self._start = time.perf_counter()
+        self._start = (time.perf_counter(), time.process_time())
 
     def _end(self, *_):
-        self.seconds += time.perf_counter() - self._start
+        self.wall += time.perf_counter() - self._start[0]
+        self.cpu += time.process_time() - self._start[1]
 
 
 def make_variant(name: str, model: str | None):
@@ -97,7 +105,7 @@ def main() -> None:
     parser.add_argument("--tiles", type=int, default=2, help="region is tiles x tiles")
     parser.add_argument("--sections", type=int, default=2)
     parser.add_argument("--steps", type=int, default=15)
-    parser.add_argument("--rounds", type=int, default=2, help="runs per variant (order reversed every round)")
+    parser.add_argument("--rounds", type=int, default=2, help="runs per variant (A B A B: one of each per round)")
     parser.add_argument("--seed", type=int, default=2, help="phantom seed (>= 2: held out from training)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--model", default=None)
@@ -121,12 +129,12 @@ def main() -> None:
         runs: dict[str, list[dict]] = {name: [] for name in names}
         level0: dict[str, np.ndarray] = {}
         for round_ in range(args.rounds):
-            for name in names if round_ % 2 == 0 else names[::-1]:
+            for name in names:
                 pipe, timer = variants[name]
                 if timer is not None:
-                    timer.seconds = 0.0
+                    timer.reset()
                 out = Path(tmp) / f"{name}_{round_}.ome.zarr"
-                with peak_rss() as rss:
+                with peak_rss() as rss, Stopwatch() as watch:
                     report = generate_to_zarr(pipe, store, out, num_inference_steps=args.steps, generator=0,
                                               batch_size=args.batch_size, progress_bar=False)  # fmt: skip
                 pixels = zarr.open_group(str(out), mode="r")["0"][...]
@@ -134,27 +142,28 @@ def main() -> None:
                     assert np.array_equal(level0[name], pixels), f"{name}: two runs gave different bytes"
                 level0[name] = pixels
                 runs[name].append({
-                    "seconds": report.seconds, "sampling": report.sampling_seconds, "voxels": report.voxels,
-                    "model": timer.seconds if timer is not None else float("nan"), "rss": rss["peak_mb"],
+                    "wall": watch.wall, "cpu": watch.cpu, "sampling_wall": report.sampling_seconds, "voxels": report.voxels,
+                    "model_cpu": timer.cpu if timer is not None else float("nan"), "rss": rss["peak_mb"],
                     "tile_steps": report.tiles * args.steps,
                 })  # fmt: skip
-                print(f"  round {round_} {name}: {report.summary()}")
+                print(f"  round {round_} {name}: {watch.cpu:.1f} CPU-s ({watch.wall:.1f} s wall); {report.summary()}")
 
         print(f"\n{args.tiles}x{args.tiles} tiles x {args.sections} sections x {args.steps} steps, batch {args.batch_size}, "
-              f"phantom seed {args.seed}; medians of {args.rounds} round(s)")  # fmt: skip
+              f"phantom seed {args.seed}; medians of {args.rounds} interleaved round(s) (A B A B)")  # fmt: skip
         reference = level0["fp32"]
-        base = statistics.median(r["seconds"] for r in runs["fp32"])
+        base = {k: statistics.median(r[k] for r in runs["fp32"]) for k in ("cpu", "wall")}
         for name in names:
             med = {k: statistics.median(r[k] for r in runs[name]) for k in runs[name][0]}
-            outside = 1 - med["model"] / med["sampling"]
             line = (
-                f"{name:8s} (c) {med['voxels'] / med['seconds']:,.0f} voxels/s end to end "
-                f"({med['voxels'] / med['sampling']:,.0f} in the sampling loop; {med['sampling'] / med['tile_steps']:.2f} s per tile-step); "
-                f"speed-up vs fp32 {base / med['seconds']:.2f}x\n"
-                f"         (d) outside the model: {outside:.1%} of the sampling loop; "
-                f"setup + pyramid {med['seconds'] - med['sampling']:.1f} s of {med['seconds']:.1f} s\n"
-                f"         (e) peak RSS {med['rss']:.0f} MB"
+                f"{name:8s} (c) {med['voxels'] / med['cpu']:,.0f} voxels per CPU-s end to end "
+                f"({med['voxels'] / med['wall']:,.0f} per wall-s; {med['cpu']:.1f} CPU-s, {med['wall']:.1f} s wall; "
+                f"sampling loop {med['sampling_wall'] / med['tile_steps']:.2f} s wall per tile-step); "
+                f"speed-up vs fp32 {base['cpu'] / med['cpu']:.2f}x in CPU seconds ({base['wall'] / med['wall']:.2f}x wall)\n"
             )
+            if med["model_cpu"] == med["model_cpu"]:  # eager: the model's share is known
+                line += (f"         (d) outside the model: {1 - med['model_cpu'] / med['cpu']:.1%} of the call's CPU seconds "
+                         f"({(med['cpu'] - med['model_cpu']) / med['tile_steps'] * 1e3:.0f} CPU-ms per tile-step)\n")
+            line += f"         (e) peak RSS {med['rss']:.0f} MB"
             if args.tiles > 1:  # a seam needs an inner tile border
                 line += f"\n         seam score {seam_score_array(level0[name], TILE).score:.3f}"
             if name != "fp32":

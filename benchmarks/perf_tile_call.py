@@ -6,12 +6,18 @@ one process, interleaved (medians), on the same weights and the same 320-px canv
 compared. Measured for the paper-size model (214 M parameters, random weights) and the embedded default model,
 in each requested dtype:
 
-* (a) seconds per tile-step, ours vs official-equivalent (``path="both"``), and max |difference| of the kept output;
-* (b) achieved FLOP/s of our forward (FLOPs counted by ``torch.utils.flop_counter`` on the meta device) against
-  the machine's matmul FLOP/s in the same process and dtype. Conv FLOPs are counted with every kernel tap,
-  including the zero-padding taps in z (the res-block convs are 3 deep over 2 slices: 1/3 of their z taps
-  multiply padding), so the "useful" FLOP/s (padding taps in z excluded) is printed too;
+* (a) CPU seconds (``time.process_time``) and wall seconds per tile-step, ours vs official-equivalent
+  (``path="both"``: our own model running both decoders, not the official source), the ratio on CPU seconds, and
+  max |difference| of the kept output between the two paths;
+* (b) achieved FLOP/s per CPU second of our forward (FLOPs counted by ``torch.utils.flop_counter`` on the meta
+  device) against the machine's matmul FLOP/s per CPU second in the same process and dtype. Conv FLOPs are
+  counted with every kernel tap, including the zero-padding taps in z (the res-block convs are 3 deep over 2
+  slices: 1/3 of their z taps multiply padding, and oneDNN skips them), so the fraction on "useful" FLOPs
+  (padding taps in z excluded) is the one that means something; the "counted" one can exceed what the CPU does;
 * (e) peak RSS during one call.
+
+Calls are interleaved A B A B (one of each per round) and medians printed; wall time is printed for reference
+only: under load it counts other jobs' share of the core, CPU seconds do not.
 
     python benchmarks/perf_tile_call.py --threads 1                       # paper-size + embedded, fp32
     python benchmarks/perf_tile_call.py --threads 1 --dtypes fp32,bf16    # also bf16 (model in bf16)
@@ -22,12 +28,11 @@ in each requested dtype:
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from _perf_common import interleaved_medians, machine_facts, matmul_flops_per_second, peak_rss
+from _perf_common import Stopwatch, Timing, interleaved_medians, machine_facts, matmul_flops_per_second, peak_rss
 from teramind_hf import GeneMorphUNet3DModel, TeraMindPipeline
 from teramind_hf.pipelines.acceleration import cast_unet, resolve_dtype
 
@@ -101,7 +106,7 @@ def main() -> None:
     for dtype_name in args.dtypes.split(","):
         dtype = resolve_dtype(dtype_name)
         peak = matmul_flops_per_second(dtype)
-        print(f"\n[{dtype_name}] matmul 2048^3 in this process: {peak / 1e9:.1f} GFLOP/s")
+        print(f"\n[{dtype_name}] matmul 2048^3 in this process: {peak / 1e9:.1f} GFLOP per CPU-s")
         for name in args.models.split(","):
             flops, useful = count_flops(name, args.batch)
             flops_both = count_flops(name, args.batch, "both")[0]
@@ -109,17 +114,13 @@ def main() -> None:
             canvas, genes = inputs(model.config, args.batch)
             params = sum(p.numel() for p in model.parameters())
             with torch.inference_mode():
-                first = {}
-                with peak_rss() as rss_ours:
-                    started = time.perf_counter()
+                with peak_rss() as rss_ours, Stopwatch() as first_ours:
                     ours = model(canvas, TIMESTEP, genes, path="collage").sample
-                    first["ours"] = time.perf_counter() - started
-                with peak_rss() as rss_both:
-                    started = time.perf_counter()
+                with peak_rss() as rss_both, Stopwatch() as first_both:
                     official = model(canvas, TIMESTEP, genes, path="both").sample
-                    first["official"] = time.perf_counter() - started
                 diff = float((ours.float() - official.float()).abs().max())
-                times = first  # --repeats 0: the first calls (one each) are the measurement
+                # --repeats 0: the first calls (one each) are the measurement
+                times = {"ours": Timing(first_ours.wall, first_ours.cpu), "official": Timing(first_both.wall, first_both.cpu)}
                 if args.repeats > 0:
                     times = interleaved_medians(
                         {
@@ -129,14 +130,17 @@ def main() -> None:
                         args.repeats,
                         warmup=False,  # the two calls above were the warm-up
                     )
+            ours_t, both_t = times["ours"], times["official"]
+            rounds = f"median of {args.repeats} interleaved round(s)" if args.repeats > 0 else "one call each"
             print(
-                f"{name} model ({params / 1e6:.1f} M parameters, {dtype_name}), {args.batch} canvas(es) of {CANVAS} px:\n"
-                f"  (a) official-equivalent tile-step (both decoder passes) {times['official']:.3f} s, "
-                f"ours (collage only) {times['ours']:.3f} s: ours {times['official'] / times['ours']:.2f}x cheaper; "
-                f"max |kept output difference| {diff:.2e}; FLOP ratio official/ours {flops_both / flops:.2f}\n"
-                f"  (b) {flops / 1e9:,.1f} GFLOP counted ({useful / 1e9:,.1f} without z zero-padding taps): "
-                f"{flops / times['ours'] / 1e9:.1f} GFLOP/s counted = {flops / times['ours'] / peak:.1%} of matmul, "
-                f"{useful / times['ours'] / 1e9:.1f} GFLOP/s useful = {useful / times['ours'] / peak:.1%}\n"
+                f"{name} model ({params / 1e6:.1f} M parameters, {dtype_name}), {args.batch} canvas(es) of {CANVAS} px, {rounds}:\n"
+                f"  (a) official-equivalent tile-step (path=\"both\") {both_t}, ours (collage only) {ours_t}: "
+                f"ours {both_t.cpu / ours_t.cpu:.2f}x cheaper in CPU seconds ({both_t.wall / ours_t.wall:.2f}x wall); "
+                f"max |kept output difference| both vs collage {diff:.2e}; FLOP ratio official/ours {flops_both / flops:.3f}\n"
+                f"  (b) {flops / 1e9:,.1f} GFLOP counted ({useful / 1e9:,.1f} useful: without z zero-padding taps): "
+                f"{useful / ours_t.cpu / 1e9:.1f} useful GFLOP per CPU-s = {useful / ours_t.cpu / peak:.1%} of matmul "
+                f"(counted: {flops / ours_t.cpu / 1e9:.1f} GFLOP per CPU-s = {flops / ours_t.cpu / peak:.1%}, "
+                f"over-counts the skipped padding taps)\n"
                 f"  (e) peak RSS during a call: ours {rss_ours['peak_mb']:.0f} MB (from {rss_ours['before_mb']:.0f}), "
                 f"official-equivalent {rss_both['peak_mb']:.0f} MB"
             )
