@@ -37,11 +37,11 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     # the official sampler: DDIM, 15 steps, official grid (parity with official outputs)
     "official": Preset("ddim", 15, "official"),
-    # 3x fewer model calls than "official": DPM-Solver++ (2M, deterministic) with timesteps uniform in log-SNR
-    # (``use_lu_lambdas``: 999, 722, 302, 30, 0; diffusers' default spacing ends its last step at t=200 and blurs
-    # or, with the SDE variant, over-sharpens PolyT). On 6 held-out phantom regions
-    # (benchmarks/sampling_candidates.py) against DDIM-15: nuclei F1 +2.3 %, nucleus-area distance -0.8 %, DAPI and
-    # PolyT high-frequency energy +3.6 % and +5.3 %, PSNR +0.47 dB, SSIM +0.025 (docs/seams-research.md)
+    # DPM-Solver++ (2M, deterministic) in 5 steps with timesteps uniform in log-SNR (``use_lu_lambdas``: 999, 722,
+    # 302, 30, 0; diffusers' default spacing ends its last step at t=200 and blurs or, with the SDE variant,
+    # over-sharpens PolyT). It keeps the pipeline's grid: on the embedded model's "diagonal" grid that is 10 model
+    # calls per tile (5 on the official grid) against official's 15 (tests/test_preset_call_counts.py). Its realism
+    # against DDIM-15 (docs/seams-research.md) was measured on the official grid, not on the grid it runs there
     "fast": Preset("dpm", 5, scheduler_config={"use_lu_lambdas": True}),
     # the embedded default model's own sampler (its scheduler, grid and steps): no visible patch grid at about the
     # official cost (16 model calls per tile against 15). DPM-Solver++ (2M SDE) in 8 steps on the "diagonal" grid
@@ -49,9 +49,10 @@ PRESETS: dict[str, Preset] = {
     # within 0.15 of the truth's at 64 and 256 px (seeds 5-7 alone miss at 256 px, at a phase on no grid line) and
     # its PSNR, SSIM and nuclei F1 are higher than DDIM-15's on the official grid (docs/seams-research.md)
     "seamless": Preset("dpm-sde", 8, "diagonal"),
-    # 3.75x fewer model calls: UniPC (diffusers defaults, bh2, order 2) on its own spacing, 4 steps; nuclei F1 +1.6 %,
-    # area distance -23 %, PSNR/SSIM higher, but 20 % less DAPI high-frequency energy than DDIM-15 (smoother). The
-    # whole-brain-in-a-day estimate of docs/performance.md counts its calls
+    # UniPC (diffusers defaults, bh2, order 2) on its own spacing, 4 steps: the fewest calls of the presets, 8 per
+    # tile on the embedded model's "diagonal" grid (4 on the official grid; tests/test_preset_call_counts.py), and
+    # smoother samples than DDIM-15 (less high-frequency energy). Its realism figures (docs/seams-research.md) were
+    # measured on the official grid; its whole-brain cost is in docs/performance.md
     "fastest": Preset("unipc", 4),
 }
 
