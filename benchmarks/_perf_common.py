@@ -64,7 +64,9 @@ def medians(timings: list[Stopwatch]) -> Timing:
     return Timing(statistics.median(t.wall for t in timings), statistics.median(t.cpu for t in timings))
 
 
-def interleaved_medians(candidates: dict[str, Callable[[], object]], repeats: int, warmup: bool = True) -> dict[str, Timing]:
+def interleaved_medians(
+    candidates: dict[str, Callable[[], object]], repeats: int, warmup: bool = True
+) -> dict[str, Timing]:
     """Median wall and CPU seconds per call of each candidate, calls interleaved A B A B ... (one of each per round)."""
     names = list(candidates)
     if warmup:

@@ -24,6 +24,7 @@ wall clock also counts the time other jobs held the core):
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import tempfile
 import time
@@ -142,7 +143,8 @@ def main() -> None:
                     assert np.array_equal(level0[name], pixels), f"{name}: two runs gave different bytes"
                 level0[name] = pixels
                 runs[name].append({
-                    "wall": watch.wall, "cpu": watch.cpu, "sampling_wall": report.sampling_seconds, "voxels": report.voxels,
+                    "wall": watch.wall, "cpu": watch.cpu, "sampling_wall": report.sampling_seconds,
+                    "voxels": report.voxels,
                     "model_cpu": timer.cpu if timer is not None else float("nan"), "rss": rss["peak_mb"],
                     "tile_steps": report.tiles * args.steps,
                 })  # fmt: skip
@@ -158,11 +160,15 @@ def main() -> None:
                 f"{name:8s} (c) {med['voxels'] / med['cpu']:,.0f} voxels per CPU-s end to end "
                 f"({med['voxels'] / med['wall']:,.0f} per wall-s; {med['cpu']:.1f} CPU-s, {med['wall']:.1f} s wall; "
                 f"sampling loop {med['sampling_wall'] / med['tile_steps']:.2f} s wall per tile-step); "
-                f"speed-up vs fp32 {base['cpu'] / med['cpu']:.2f}x in CPU seconds ({base['wall'] / med['wall']:.2f}x wall)\n"
+                f"speed-up vs fp32 {base['cpu'] / med['cpu']:.2f}x in CPU seconds "
+                f"({base['wall'] / med['wall']:.2f}x wall)\n"
             )
-            if med["model_cpu"] == med["model_cpu"]:  # eager: the model's share is known
-                line += (f"         (d) outside the model: {1 - med['model_cpu'] / med['cpu']:.1%} of the call's CPU seconds "
-                         f"({(med['cpu'] - med['model_cpu']) / med['tile_steps'] * 1e3:.0f} CPU-ms per tile-step)\n")
+            if not math.isnan(med["model_cpu"]):  # eager: the model's share is known
+                outside_cpu = med["cpu"] - med["model_cpu"]
+                line += (
+                    f"         (d) outside the model: {outside_cpu / med['cpu']:.1%} of the call's CPU seconds "
+                    f"({outside_cpu / med['tile_steps'] * 1e3:.0f} CPU-ms per tile-step)\n"
+                )
             line += f"         (e) peak RSS {med['rss']:.0f} MB"
             if args.tiles > 1:  # a seam needs an inner tile border
                 line += f"\n         seam score {seam_score_array(level0[name], TILE).score:.3f}"

@@ -120,7 +120,10 @@ def main() -> None:
                     official = model(canvas, TIMESTEP, genes, path="both").sample
                 diff = float((ours.float() - official.float()).abs().max())
                 # --repeats 0: the first calls (one each) are the measurement
-                times = {"ours": Timing(first_ours.wall, first_ours.cpu), "official": Timing(first_both.wall, first_both.cpu)}
+                times = {
+                    "ours": Timing(first_ours.wall, first_ours.cpu),
+                    "official": Timing(first_both.wall, first_both.cpu),
+                }
                 if args.repeats > 0:
                     times = interleaved_medians(
                         {
@@ -133,10 +136,12 @@ def main() -> None:
             ours_t, both_t = times["ours"], times["official"]
             rounds = f"median of {args.repeats} interleaved round(s)" if args.repeats > 0 else "one call each"
             print(
-                f"{name} model ({params / 1e6:.1f} M parameters, {dtype_name}), {args.batch} canvas(es) of {CANVAS} px, {rounds}:\n"
-                f"  (a) official-equivalent tile-step (path=\"both\") {both_t}, ours (collage only) {ours_t}: "
+                f"{name} model ({params / 1e6:.1f} M parameters, {dtype_name}), "
+                f"{args.batch} canvas(es) of {CANVAS} px, {rounds}:\n"
+                f"  (a) both decoders (path=\"both\": the official computation, our code) {both_t}, ours (collage only) {ours_t}: "
                 f"ours {both_t.cpu / ours_t.cpu:.2f}x cheaper in CPU seconds ({both_t.wall / ours_t.wall:.2f}x wall); "
-                f"max |kept output difference| both vs collage {diff:.2e}; FLOP ratio official/ours {flops_both / flops:.3f}\n"
+                f"max |kept output difference| both vs collage {diff:.2e}; "
+                f"FLOP ratio official/ours {flops_both / flops:.3f}\n"
                 f"  (b) {flops / 1e9:,.1f} GFLOP counted ({useful / 1e9:,.1f} useful: without z zero-padding taps): "
                 f"{useful / ours_t.cpu / 1e9:.1f} useful GFLOP per CPU-s = {useful / ours_t.cpu / peak:.1%} of matmul "
                 f"(counted: {flops / ours_t.cpu / 1e9:.1f} GFLOP per CPU-s = {flops / ours_t.cpu / peak:.1%}, "

@@ -17,7 +17,8 @@ CALLS_PER_TILE = {None: 16, "seamless": 16, "official": 15, "fast": 10, "fastest
 # a cheaper model of the embedded one's geometry (genes, slices, patch, gene bins): the count depends on the
 # sampling plan (solver, steps, grid schedule), not on the width of the model
 NARROW = dict(
-    block_out_channels=(2, 4, 8, 16), time_embed_dim=16, gene_map_channels=(4, 4, 2), layers_per_block=1, attention_levels=()
+    block_out_channels=(2, 4, 8, 16), time_embed_dim=16, gene_map_channels=(4, 4, 2), layers_per_block=1,
+    attention_levels=(),
 )
 
 
