@@ -138,7 +138,8 @@ def main() -> None:
             print(
                 f"{name} model ({params / 1e6:.1f} M parameters, {dtype_name}), "
                 f"{args.batch} canvas(es) of {CANVAS} px, {rounds}:\n"
-                f"  (a) both decoders (path=\"both\": the official computation, our code) {both_t}, ours (collage only) {ours_t}: "
+                f"  (a) both decoders (path=\"both\": the official computation, our code) {both_t}, "
+                f"ours (collage only) {ours_t}: "
                 f"ours {both_t.cpu / ours_t.cpu:.2f}x cheaper in CPU seconds ({both_t.wall / ours_t.wall:.2f}x wall); "
                 f"max |kept output difference| both vs collage {diff:.2e}; "
                 f"FLOP ratio official/ours {flops_both / flops:.3f}\n"
