@@ -156,3 +156,13 @@ def test_accelerate_launch_without_multi_gpu_is_reported(run_inputs, tmp_path):
     assert "started 1 process" in result.stderr and "accelerate launch --multi_gpu --num_processes N" in result.stderr
     assert "--device meta" in result.stderr
     assert not out.exists()
+
+
+def test_generate_help_shows_the_working_launch():
+    from teramind_hf.cli import build_parser
+
+    parser = build_parser()
+    generate = next(a for a in parser._actions if hasattr(a, "choices") and a.choices and "generate" in a.choices).choices["generate"]
+    text = generate.format_help()
+    assert "accelerate launch --multi_gpu --num_processes N -m teramind_hf.cli generate" in text
+    assert "--device" in text and "fp16" in text
