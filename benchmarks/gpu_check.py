@@ -147,9 +147,13 @@ def tile_calls(device: torch.device, small: bool, batch: int, repeats: int, budg
         compiled = torch.compile(models[name], dynamic=False)
         x, g = canvas.to(dtype), genes.to(dtype)
         compile_started = time.perf_counter()
-        with torch.inference_mode():
-            compiled(x, TIMESTEP, g, path="collage")
-        _sync(device)
+        try:
+            with torch.inference_mode():
+                compiled(x, TIMESTEP, g, path="collage")
+            _sync(device)
+        except Exception as err:  # a compiler failure must not cost the rest of the table (one lent GPU run)
+            compiled_note[name] = f"compile failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+            continue
         print(f"tile-call | compile {name}: {time.perf_counter() - compile_started:.1f} s")
         candidates[(name, "compiled")] = (lambda m=compiled, x=x, g=g: m(x, TIMESTEP, g, path="collage").sample)
     with torch.inference_mode():
