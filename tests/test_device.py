@@ -64,6 +64,11 @@ REFUSED = [
 ]
 
 
+def test_refusal_names_the_setting_it_came_from():
+    with pytest.raises(ValueError, match=r"^TERAMIND_DEMO_DEVICE=cuda: this machine has no CUDA GPU"):
+        resolve_device("cuda", cuda_device_count=0, mps_available=False, option="TERAMIND_DEMO_DEVICE")
+
+
 @pytest.mark.parametrize("requested,state,gpus,mps,parts", REFUSED)
 def test_unavailable_device_is_refused_by_name(requested, state, gpus, mps, parts):
     with pytest.raises(ValueError) as err:

@@ -59,6 +59,7 @@ def resolve_device(
     process_state: Any = None,
     cuda_device_count: int | None = None,
     mps_available: bool | None = None,
+    option: str = "--device",
 ):
     """The ``torch.device`` the model of this process runs on (see module doc).
 
@@ -67,8 +68,9 @@ def resolve_device(
             (a string or ``torch.device``). A bare ``"cuda"`` under several processes means this process's GPU.
         process_state: accelerate's ``PartialState`` or a :class:`ProcessPlacement` (default: one process).
         cuda_device_count, mps_available: what this machine has (default: asked of torch).
+        option: the option (``--device``) or environment variable that set ``requested``, named in errors.
     Raises:
-        ValueError: naming ``--device`` and the available devices, for a device this machine does not have,
+        ValueError: naming ``option`` and the available devices, for a device this machine does not have,
             an unknown device string, or more GPU processes than GPUs.
     """
     import torch
@@ -82,7 +84,8 @@ def resolve_device(
     available = available_devices(cuda_device_count, mps_available)
 
     def refuse(why: str) -> ValueError:
-        return ValueError(f"--device {requested}: {why} (available here: {', '.join(available)})")
+        spelled = f"{option} {requested}" if option.startswith("-") else f"{option}={requested}"  # option / env var
+        return ValueError(f"{spelled}: {why} (available here: {', '.join(available)})")
 
     def this_process_gpu() -> torch.device:
         if local >= cuda_device_count:
