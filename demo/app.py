@@ -98,8 +98,12 @@ class Source:
 # ---------------------------------------------------------------------------------------------- model + data
 @lru_cache(maxsize=1)
 def load_pipeline() -> TeraMindPipeline:
-    """The embedded default pipeline (or ``TERAMIND_DEMO_MODEL``: a folder or Hub repo id), loaded once."""
-    pipe = TeraMindPipeline.from_pretrained(os.environ.get("TERAMIND_DEMO_MODEL") or None)
+    """The embedded default pipeline (or ``TERAMIND_DEMO_MODEL``: a folder or Hub repo id), loaded once, on
+    ``TERAMIND_DEMO_DEVICE`` (cpu, cuda, cuda:INDEX, mps; default: cuda if available, else mps, else the CPU)."""
+    from teramind_hf.pipelines.device import resolve_device
+
+    device = resolve_device(os.environ.get("TERAMIND_DEMO_DEVICE") or None, option="TERAMIND_DEMO_DEVICE")
+    pipe = TeraMindPipeline.from_pretrained(os.environ.get("TERAMIND_DEMO_MODEL") or None).to(device)
     pipe.set_progress_bar_config(disable=True)  # progress goes to the page instead
     return pipe
 

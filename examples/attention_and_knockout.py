@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DEFAULT_MODEL_UM_PER_PX, save_panels  # noqa: E402
 
 from teramind_hf import TeraMindPipeline  # noqa: E402
+from teramind_hf.pipelines.device import resolve_device  # noqa: E402
 from teramind_hf.data import make_phantom  # noqa: E402
 from teramind_hf.data.phantom import CELL_TYPES, PLANTED_PAIRS  # noqa: E402
 from teramind_hf.eval.attention_null import (  # noqa: E402
@@ -45,6 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--random-models", type=int, default=19, help="random-weight models in the attention null")
     parser.add_argument("--cell-type", default="dopaminergic", help="cell type whose markers are knocked out")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:INDEX or mps (default: cuda if available, else mps, else cpu)")
     parser.add_argument("--out", default="attention_out", help="output folder")
     return parser.parse_args(argv)
 
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    pipe = TeraMindPipeline.from_pretrained(args.model)
+    pipe = TeraMindPipeline.from_pretrained(args.model).to(resolve_device(args.device))  # random-weight nulls follow it
     pipe.set_progress_bar_config(disable=True)
     names = list(pipe.unet.config.gene_names)  # rows/cols of the attention, in the model's order
     tissue = make_phantom(args.size, args.size, num_slices=2, seed=2, um_per_px=DEFAULT_MODEL_UM_PER_PX)

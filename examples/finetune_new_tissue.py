@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DEFAULT_MODEL_UM_PER_PX, save_panels, subprocess_env  # noqa: E402
 
 from teramind_hf import TeraMindPipeline, default_model_path  # noqa: E402
+from teramind_hf.pipelines.device import resolve_device  # noqa: E402
 from teramind_hf.data import SpatialVolume, make_phantom, with_panel_changes  # noqa: E402
 from teramind_hf.data.phantom import NEW_TISSUE_DROPPED as DROPPED  # noqa: E402
 from teramind_hf.data.phantom import NEW_TISSUE_RENAMES as RENAMES  # noqa: E402
@@ -51,6 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="`accelerate launch` (default) or plain `python -m` (same trainer, one process)")
     parser.add_argument("--min-gene-overlap", type=float, default=0.25,
                         help="smallest fraction of model genes the data must have (low: the toy panel is renamed)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:INDEX or mps (default: cuda if available, else mps, else cpu)")
     parser.add_argument("--out", default="finetune_out", help="output folder")
     return parser.parse_args(argv)
 
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     print(" ".join(command), flush=True)
     subprocess.run(command, check=True, env=subprocess_env())
 
-    pipe = TeraMindPipeline.from_pretrained(str(output_dir))
+    pipe = TeraMindPipeline.from_pretrained(str(output_dir)).to(resolve_device(args.device))
     pipe.set_progress_bar_config(disable=True)
     print(f"fine-tuned panel: {pipe.unet.config.num_genes} genes (added: "
           f"{', '.join(g for g in pipe.unet.config.gene_names if g in RENAMES.values()) or 'none'})")

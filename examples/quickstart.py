@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DEFAULT_MODEL_UM_PER_PX, save_panels  # noqa: E402
 
 from teramind_hf import TeraMindPipeline  # noqa: E402
+from teramind_hf.pipelines.device import resolve_device  # noqa: E402
 from teramind_hf.data import make_phantom  # noqa: E402
 
 
@@ -32,6 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sections", type=int, default=2, help="tissue sections to generate")
     parser.add_argument("--steps", type=int, default=15, help="denoising steps (15 official)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:INDEX or mps (default: cuda if available, else mps, else cpu)")
     parser.add_argument("--out", default="quickstart_out", help="output folder")
     return parser.parse_args(argv)
 
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    pipe = TeraMindPipeline.from_pretrained(args.model)
+    pipe = TeraMindPipeline.from_pretrained(args.model).to(resolve_device(args.device))  # the model on the accelerator
     tissue = make_phantom(args.size, args.size, num_slices=args.sections, seed=1, um_per_px=DEFAULT_MODEL_UM_PER_PX)
     start = time.perf_counter()
     result = pipe(

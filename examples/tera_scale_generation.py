@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=4, help="tile canvases per model call")
     parser.add_argument("--processes", type=int, default=1, help=">1: `accelerate launch --multi_gpu --num_processes N`")
     parser.add_argument("--api", action="store_true", help="call teramind_hf.pipelines.streaming.generate_to_zarr")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:INDEX or mps (default: each process's GPU "
+                        "under accelerate, else cuda if available, else mps, else cpu)")
     parser.add_argument("--out", default="tera_scale_out", help="output folder")
     return parser.parse_args(argv)
 
@@ -77,6 +79,8 @@ def generate_command(args: argparse.Namespace, genes: Path, out: Path) -> list[s
     ]  # fmt: skip
     if args.model:
         options += ["--model", args.model]
+    if args.device:
+        options += ["--device", args.device]
     if args.processes > 1:
         # `--multi_gpu` is accelerate's multi-process launcher; on a CPU-only machine the processes form a
         # gloo group (see teramind_hf.pipelines.streaming)
@@ -91,10 +95,11 @@ def generate_command(args: argparse.Namespace, genes: Path, out: Path) -> list[s
 
 def run_api(args: argparse.Namespace, genes: Path, out: Path) -> None:
     """The same run through the Python API."""
+    from teramind_hf.pipelines.device import resolve_device
     from teramind_hf.pipelines.streaming import generate_to_zarr, load_pipeline
 
     report = generate_to_zarr(
-        load_pipeline(args.model), genes, out, num_inference_steps=args.steps, generator=args.seed,
+        load_pipeline(args.model, device=resolve_device(args.device)), genes, out, num_inference_steps=args.steps, generator=args.seed,
         batch_size=args.batch_size, progress_bar=False,
     )  # fmt: skip
     print(report.summary())

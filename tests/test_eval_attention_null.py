@@ -93,4 +93,5 @@ def test_attention_cli_writes_scores_maps_and_pngs(tmp_path, region):
     # bad input: one line, exit 2, nothing written
     assert main(["attention", "--genes", str(store), "--pair", "Th,Nope", "--out", str(tmp_path / "bad")]) == 2
     assert main(["attention", "--genes", str(store), "--pair", "Th", "--out", str(tmp_path / "bad")]) == 2
+    assert main(["attention", "--genes", str(store), "--pair", "Th,Nr4a2", "--out", str(tmp_path / "bad"), "--device", "cuda:99"]) == 2
     assert not (tmp_path / "bad").exists()

@@ -76,6 +76,7 @@ def test_knockout_cli_writes_volumes_and_refuses_bad_input(tmp_path, tissue):
     assert np.abs(diff.astype(int) - 128).max() > 10  # the knockout shows in the difference volume
     assert (out / "knockout.png").stat().st_size > 1000
     bad = str(tmp_path / "bad")
-    for wrong in (["--set", "Nope=0"], ["--set", "Th=2"], ["--cell-type", "neuron"], ["--scale", "Th"], []):
+    for wrong in (["--set", "Nope=0"], ["--set", "Th=2"], ["--cell-type", "neuron"], ["--scale", "Th"], [],
+                  ["--set", "Th=0", "--device", "cuda:99"]):  # fmt: skip
         assert main(["knockout", "--genes", store, "--out", bad, "--steps", "1", *wrong]) == 2, wrong
     assert not (tmp_path / "bad").exists()

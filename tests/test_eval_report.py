@@ -116,5 +116,6 @@ def test_bad_inputs_are_named(run, tmp_path, capsys, tiny_pipeline):
     assert "gene source" in fails(gen, "--truth", store, "--genes", str(tmp_path / "gone.zarr"))
     tiny_pipeline.save_pretrained(str(tmp_path / "other_model"))
     assert "not the model that generated" in fails(gen, "--truth", store, "--model", str(tmp_path / "other_model"))
+    assert "--device cuda:99" in fails(gen, "--truth", store, "--device", "cuda:99")  # the controls' model device
     assert "unknown control" in str(pytest.raises(ValueError, evaluation_report, gen, store, controls=("blur",)).value)
     assert not (tmp_path / "r").exists()  # every check runs before anything is written

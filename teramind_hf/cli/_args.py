@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+DEVICE_HELP = ("where the model runs: auto (default: under accelerate launch cuda:LOCAL_RANK, else cuda if available, "
+               "else mps, else cpu), cpu, cuda, cuda:INDEX or mps; an unavailable device is refused before anything "
+               "is written")
+
 
 def int_tuple(text: str, n: int, name: str) -> tuple[int, ...]:
     """``"a,b,c"`` -> ``(a, b, c)``: exactly ``n`` integers, else a ValueError naming ``--name``."""
@@ -32,3 +36,19 @@ def eval_subparsers(subparsers: argparse._SubParsersAction) -> argparse._SubPars
         parser = subparsers.add_parser("eval", help="evaluate generated morphology")
         parser.add_subparsers(dest="eval_command", required=True)
     return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+
+
+def process_device(requested: str | None, command: str):
+    """This process's model device (``--device``, else accelerate's process state and what is available), after
+    warning on stderr when ``accelerate launch --num_processes N`` started one process (no ``--multi_gpu``)."""
+    import os
+    import sys
+
+    from ..pipelines.device import resolve_device, single_worker_launch
+    from ..pipelines.streaming import distributed_state
+
+    state = distributed_state()
+    warning = single_worker_launch(os.environ, state.num_processes)
+    if warning and state.is_main_process:
+        print(f"teramind {command}: warning: {warning}", file=sys.stderr, flush=True)
+    return resolve_device(requested, process_state=state)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._args import int_tuple
+from ._args import DEVICE_HELP, int_tuple, process_device
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,12 +24,13 @@ def run(args: argparse.Namespace) -> int:
         raise FileExistsError(f"--out {out} exists and is not empty")
     if args.random_models < 1 or args.permutations < 0:
         raise ValueError("--random-models must be >= 1 and --permutations >= 0")
+    device = process_device(args.device, "attention")  # the model and the random-weight null models
     if args.threads:
         torch.set_num_threads(args.threads)
     region = int_tuple(args.region, 4, "region") if args.region else None
     slices = int_tuple(args.slices, 2, "slices") if args.slices else None
     genes, names, attrs = read_gene_region(args.genes, region, slices)
-    pipe = TeraMindPipeline.from_pretrained(args.model)
+    pipe = TeraMindPipeline.from_pretrained(args.model).to(device)
     pipe.set_progress_bar_config(disable=True)
     panel = list(pipe.unet.config.gene_names or [])
     threshold = args.threshold if args.threshold is not None else DEFAULT_THRESHOLD
@@ -89,5 +90,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--alpha", type=float, default=0.05, help="false discovery rate for the 'learned' call")
     p.add_argument("--seed", type=int, default=0, help="first random-model seed")
     p.add_argument("--um-per-px", type=float, default=None, help="pixel size (default: gene store attribute, else 0.5)")
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     p.set_defaults(func=run)

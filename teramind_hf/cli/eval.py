@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._args import eval_subparsers
+from ._args import DEVICE_HELP, eval_subparsers, process_device
 
 
 def run_seams(args: argparse.Namespace) -> int:
@@ -29,6 +29,7 @@ def run_report(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = process_device(args.device, "eval report")  # for the generated controls
     report = evaluation_report(
         args.generated,
         args.truth,
@@ -42,6 +43,7 @@ def run_report(args: argparse.Namespace) -> int:
         block=args.block,
         match_distance_um=args.match_distance_um,
         progress=not args.quiet,
+        device=device,
     )
     print(report.table())
     print(f"wrote {report.json_path} and {report.png_path}")
@@ -70,6 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--um-per-px", type=float, default=None, help="pixel size (default: run record, else truth store)")
     p.add_argument("--match-distance-um", type=float, default=5.0, help="nucleus centroid match distance")
     p.add_argument("--block", type=int, default=1024, help="px per block read at once (bounds memory)")
+    p.add_argument("--device", default=None, help="for the generated controls: " + DEVICE_HELP)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_report)

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from ..constants import DEFAULT_SECTION_SPACING_UM, DEFAULT_SHARD_TILES, DEFAULT_STEP_BUFFER_LIMIT, MERSCOPE_UM_PER_PX
-from ._args import blend_steps_arg, int_tuple
+from ._args import DEVICE_HELP, blend_steps_arg, int_tuple, process_device
 
 
 def run(args: argparse.Namespace) -> int:
@@ -23,6 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from ..sampling.presets import resolve_preset
     from ..sampling.schedule import GridSchedule, resolve_grid
 
+    device = process_device(args.device, "generate")  # first: a refused device leaves nothing behind
     # what can be checked without the model, before loading it (the rest: generate_to_zarr, before any write)
     region = int_tuple(args.region, 4, "region") if args.region else None
     slices = int_tuple(args.slices, 2, "slices") if args.slices else None
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     open_gene_source(genes)
     if args.threads:
         torch.set_num_threads(args.threads)
-    pipe = _load_pipeline(args)
+    pipe = _load_pipeline(args, device)
     report = generate_to_zarr(
         pipe,
         genes,
@@ -125,8 +126,8 @@ def _after_generate(args: argparse.Namespace, genes: str, truth: str | None) -> 
         print(f"SpatialData: image element(s) {', '.join(names)} in {args.spatialdata}")
 
 
-def _load_pipeline(args: argparse.Namespace):
-    """The pipeline with the requested scheduler, precision and compilation; --quiet hides diffusers'
+def _load_pipeline(args: argparse.Namespace, device):
+    """The pipeline with the requested scheduler, precision, device and compilation; --quiet hides diffusers'
     "Loading pipeline components" bar."""
     from diffusers.utils import logging as diffusers_logging
 
@@ -136,16 +137,24 @@ def _load_pipeline(args: argparse.Namespace):
     if args.quiet:
         diffusers_logging.disable_progress_bar()
     try:
-        return load_pipeline(args.model, args.scheduler, dtype=args.dtype, compile=args.compile)
+        return load_pipeline(args.model, args.scheduler, dtype=args.dtype, compile=args.compile, device=device)
     finally:
         if enabled:
             diffusers_logging.enable_progress_bar()
+
+
+DTYPE_HELP = ("model precision (default: the checkpoint's as loaded, fp32; state, step buffers and scheduler stay "
+              "float32): bf16 or fp16 is the fast path on a GPU (the official run used fp16); changes the bytes")
+EPILOG = """several processes / GPUs (one process per GPU; also N CPU processes on a CPU machine):
+  accelerate launch --multi_gpu --num_processes N -m teramind_hf.cli generate --genes STORE --out OUT.ome.zarr
+without --multi_gpu, accelerate starts ONE process on a machine with fewer than 2 GPUs (a warning says so)."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "generate",
         help="generate morphology from a gene store into a resumable OME-Zarr image (multi-process with accelerate)",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "--genes", default=None,
@@ -176,8 +185,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--memory-limit-mb", type=float, default=DEFAULT_STEP_BUFFER_LIMIT / 2**20, help="step buffers above this go to disk")
     p.add_argument("--shard-tiles", type=int, default=DEFAULT_SHARD_TILES,
                    help="level-0 zarr shard = work unit of N x N tiles (one writer each); 0: unsharded, tiles split one by one")
-    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"),
-                   help="model precision (state, step buffers and scheduler stay float32); changes the bytes")
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
+    p.add_argument("--dtype", default=None, choices=("fp32", "bf16", "fp16"), help=DTYPE_HELP)
     p.add_argument("--compile", action="store_true", help="torch.compile the model (first tile-steps compile)")
     p.add_argument("--threads", type=int, default=0, help="torch threads per process (0: torch default)")
     p.add_argument("--report-json", default=None, help="also write the run summary as JSON here")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._args import int_tuple
+from ._args import DEVICE_HELP, int_tuple, process_device
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
         raise FileExistsError(f"--out {out} exists and is not empty")
     if args.seed == args.noise_seed:
         raise ValueError("--noise-seed must differ from --seed (the noise floor is another seed's sample)")
+    device = process_device(args.device, "knockout")
     if args.threads:
         torch.set_num_threads(args.threads)
     region = int_tuple(args.region, 4, "region") if args.region else None
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     regions, region_names = _labels(args.regions, args.genes, "regions.tif", window)
     if targeted and cell_types is None:
         raise ValueError("--cell-type needs a cell-type label image: --labels cell_types.tif (phantom: ground_truth/)")
-    pipe = TeraMindPipeline.from_pretrained(args.model)
+    pipe = TeraMindPipeline.from_pretrained(args.model).to(device)
     pipe.set_progress_bar_config(disable=args.quiet)
     panel = {n.lower() for n in pipe.unet.config.gene_names or []}
     unknown = [g for g in perturb if g.lower() not in panel]
@@ -142,6 +143,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--noise-seed", type=int, default=1, help="seed of the noise-floor sample")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--um-per-px", type=float, default=None, help="pixel size (default: gene store attribute, else 0.5)")
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

@@ -112,14 +112,16 @@ def truth_means(truth: EvalVolume, block: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- controls
-def _control_pipeline(run: dict, model: str | None):
+def _control_pipeline(run: dict, model: str | None, device=None):
     import torch
 
+    from ..pipelines.device import resolve_device
     from ..pipelines.streaming import load_pipeline, model_fingerprint
 
+    device = resolve_device(device)  # named error for an unavailable device, before anything is written
     # the same precision and compilation as the run (the bytes, and the weights fingerprint, depend on them)
     dtype = getattr(torch, str(run.get("model_dtype") or "float32"))
-    pipe = load_pipeline(model, dtype=dtype, compile=bool(run.get("model_compiled")))
+    pipe = load_pipeline(model, dtype=dtype, compile=bool(run.get("model_compiled")), device=device)
     pipe.set_progress_bar_config(disable=True)
     if run.get("scheduler_class") == "BoundaryAwareScheduler" and run.get("scheduler_config"):
         from ..schedulers.scheduling_boundary_aware import BoundaryAwareScheduler
@@ -184,6 +186,7 @@ def evaluation_report(
     generated, truth, *, labels=None, um_per_px: float | None = None, controls=CONTROLS, seeds: int | None = None,
     out_dir: str | Path | None = None, model: str | None = None, genes: str | None = None,
     block: int = DEFAULT_BLOCK, match_distance_um: float = MATCH_DISTANCE_UM, progress: bool = True,
+    device=None,
 ) -> EvalReport:  # fmt: skip
     """Evaluate ``generated`` against ``truth`` with controls; write ``report.json`` and ``report.png`` to
     ``out_dir`` (when given).
@@ -199,6 +202,8 @@ def evaluation_report(
         model, genes: the pipeline folder (default: the embedded model, checked against the record's
             fingerprint) and the gene source (default: the record's) for the generated controls.
         block: block side in px for reading (memory is bounded by a few blocks).
+        device: where the controls' model runs (``teramind_hf.pipelines.device.resolve_device``: None = cuda if
+            available, else mps, else the CPU).
     """
     controls = tuple(controls or ())
     unknown = [c for c in controls if c not in CONTROLS]
@@ -223,7 +228,7 @@ def evaluation_report(
             "be generated: pass an OME-Zarr written by `teramind generate`, or --no-controls / --seeds 1"
         )
     if needs_model:  # checked before anything is written
-        pipe = _control_pipeline(gen.run, model)
+        pipe = _control_pipeline(gen.run, model, device)
         location = _gene_location(gen.run, genes, gen.source)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:

@@ -69,6 +69,7 @@ class GenerateReport:
     step_buffers: str  # "memory" or "disk"
     resumed_from_stage: int | None
     num_processes: int
+    device: str = "cpu"  # where the model ran (this process)
 
     @property
     def voxels_per_second(self) -> float:
@@ -76,7 +77,8 @@ class GenerateReport:
 
     def summary(self) -> str:
         return (
-            f"{self.voxels:,} voxels ({self.tiles} tiles x {self.steps} steps, {self.num_processes} process(es), "
+            f"{self.voxels:,} voxels ({self.tiles} tiles x {self.steps} steps, {self.num_processes} process(es) on "
+            f"{self.device}, "
             f"step buffers in {self.step_buffers}) in {self.seconds:.1f} s = {self.voxels_per_second:,.0f} voxels/s; "
             f"peak RSS {self.peak_rss_mb:.0f} MB"
             + (f"; resumed at stage {self.resumed_from_stage}" if self.resumed_from_stage is not None else "")
@@ -366,6 +368,7 @@ def generate_to_zarr(
         out=out, voxels=int(np.prod(shape)), tiles=tiles, steps=steps, tile_steps_run=sampler.tile_steps_run,
         seconds=time.perf_counter() - started, sampling_seconds=sampling_seconds, peak_rss_mb=peak_mb,
         step_buffers="disk" if on_disk else "memory", resumed_from_stage=resumed_from, num_processes=state.num_processes,
+        device=str(sampler.device),
     )  # fmt: skip
 
 
@@ -425,15 +428,22 @@ def _build_pyramid(group, levels: list, levels_done: int, state) -> None:
 
 # ---------------------------------------------------------------------------------------------- CLI
 def load_pipeline(
-    model: str | None, scheduler: str | None = None, dtype: str | torch.dtype | None = None, compile: bool = False
+    model: str | None, scheduler: str | None = None, dtype: str | torch.dtype | None = None, compile: bool = False,
+    device: str | torch.device | None = None,
 ) -> TeraMindPipeline:
     """The pipeline from a folder / Hub repo (default: the embedded model), with its own scheduler or the named one
     (``ddim``, ``dpm``, ``dpm-sde``, ``unipc``, ``euler`` or a diffusers scheduler class name), the model in
-    ``dtype`` (fp32, bf16, fp16; state and scheduler stay float32) and optionally compiled."""
+    ``dtype`` (fp32, bf16, fp16; None: as loaded, float32 as in diffusers; state and scheduler stay float32), on
+    ``device`` (None: where it loads, the CPU; see :func:`teramind_hf.pipelines.device.resolve_device`) and
+    optionally compiled."""
     from .acceleration import cast_unet
 
     pipe = TeraMindPipeline.from_pretrained(model)
-    cast_unet(pipe.unet, dtype)  # (from_pretrained's keyword for it differs across diffusers versions)
+    if dtype is not None:
+        cast_unet(pipe.unet, dtype)  # (from_pretrained's keyword for it differs across diffusers versions)
+    if device is not None:
+        # nn.Module.to: diffusers' pipeline/ModelMixin ``to`` warn about half precision on the CPU on every move
+        torch.nn.Module.to(pipe.unet, torch.device(device))
     if compile:
         pipe.enable_compile()
     official_ddim = isinstance(pipe.scheduler, BoundaryAwareScheduler) and pipe.scheduler.config.inner_scheduler == "DDIMScheduler"

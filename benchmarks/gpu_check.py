@@ -1,0 +1,287 @@
+"""GPU check: agreement with the CPU, tile-call speed per precision, the engine floor, whole-brain hours on 8 GPUs.
+
+Made to run in at most 8 minutes on one H100 (a compile that would start past ``--budget-s`` is skipped and says
+so), and with ``--device cpu --small`` in well under a minute as a smoke test of the suite
+(tests/test_gpu_check.py). Four parts, one table each (rows start with their part's name):
+
+* ``agreement``: the embedded model's default sampler on a phantom region, fp32, on the device and on the CPU:
+  max |difference| and PSNR of the uint8 outputs (same seed, same initial noise: it is drawn on the CPU);
+* ``tile-call``: one paper-size (random weights) tile call, a batch of 320-px canvases through the collage path,
+  in fp32, bf16 and fp16, eager and ``torch.compile``-d: median device ms per canvas (CUDA events on a GPU,
+  wall clock on the CPU) and the median CPU ms of the launching thread's process, candidates interleaved;
+* ``engine-floor``: ``generate_to_zarr`` with the default sampler, step buffers on disk, and the embedded model's
+  forward replaced by an instant stand-in that returns zeros on the device: CPU ms (all threads) and wall ms
+  per tile-step, from the difference of a run of ``S`` steps and a run of 1 step (setup and pyramid cancel);
+* ``brain``: whole-brain hours on 8 GPUs per preset: 2,960,100 tile-chunks (docs/tera-scale.md) x the preset's
+  model calls per tile (counted from the embedded pipeline's sampling plan, on the grid it runs) x the measured
+  ms per canvas / 8, and the same with the engine floor added in series per tile-step.
+
+    python benchmarks/gpu_check.py                          # on the GPU (default cuda), about 5-8 minutes
+    python benchmarks/gpu_check.py --device cpu --small     # smoke test: tiny model, small regions, no compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _perf_common import machine_facts  # noqa: E402
+from perf_tile_call import CANVAS, TIMESTEP, inputs, paper_model  # noqa: E402
+from teramind_hf import DEFAULT_MODEL_UM_PER_PX, GeneMorphUNet3DModel, TeraMindPipeline  # noqa: E402
+from teramind_hf.pipelines.acceleration import cast_unet, resolve_dtype  # noqa: E402
+from teramind_hf.pipelines.device import resolve_device  # noqa: E402
+
+BRAIN_TILE_CHUNKS = 286 * 414 * 25  # 256-px tiles of a 73,216 x 105,984 px section x 25 two-slice chunks
+GPUS = 8
+PRESET_ROWS = ("default", "official", "seamless", "fast", "fastest")
+DTYPES = ("fp32", "bf16", "fp16")
+SMALL_MODEL = dict(block_out_channels=(4, 8, 16, 32), time_embed_dim=32, gene_map_channels=(16, 8, 8))
+
+
+# ---------------------------------------------------------------------------------------------- timing
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved_device_medians(candidates: dict, repeats: int, device: torch.device) -> dict[str, tuple[float, float]]:
+    """Median (device ms, CPU ms) per call of each candidate; calls interleaved, the order reversed every round.
+    Device time: CUDA events around the call on a GPU, wall clock after a synchronisation elsewhere."""
+    times = {name: ([], []) for name in candidates}
+    names = list(candidates)
+    for round_ in range(repeats):
+        for name in names if round_ % 2 == 0 else names[::-1]:
+            _sync(device)
+            cpu_start = time.process_time()
+            if device.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                candidates[name]()
+                end.record()
+                end.synchronize()
+                device_ms = start.elapsed_time(end)
+            else:
+                wall = time.perf_counter()
+                candidates[name]()
+                _sync(device)
+                device_ms = (time.perf_counter() - wall) * 1e3
+            times[name][0].append(device_ms)
+            times[name][1].append((time.process_time() - cpu_start) * 1e3)
+    return {name: (statistics.median(d), statistics.median(c)) for name, (d, c) in times.items()}
+
+
+# ---------------------------------------------------------------------------------------------- parts
+def phantom_store(folder: Path, size: int) -> Path:
+    from teramind_hf.data import make_phantom
+    from teramind_hf.data.datasets import write_training_store
+
+    tissue = make_phantom(size, size, num_slices=2, seed=1, um_per_px=DEFAULT_MODEL_UM_PER_PX)
+    return write_training_store(tissue.to_volume(), folder / f"phantom_{size}.zarr")
+
+
+def agreement(device: torch.device, size: int, steps: int | None, grid: str | None = None) -> None:
+    """The embedded pipeline's output (uint8) on ``device`` and on the CPU, fp32, same seed (default sampler, or
+    ``steps`` on ``grid``)."""
+    from teramind_hf.data import make_phantom
+
+    tissue = make_phantom(size, size, num_slices=2, seed=1, um_per_px=DEFAULT_MODEL_UM_PER_PX)
+    outputs = {}
+    for where in (torch.device("cpu"), device):
+        pipe = TeraMindPipeline.from_pretrained().to(where)
+        pipe.set_progress_bar_config(disable=True)
+        started = time.perf_counter()
+        outputs[str(where)] = pipe(tissue.genes, gene_names=list(tissue.panel), num_inference_steps=steps, grid=grid,
+                                   generator=0, output_type="uint8").images  # fmt: skip
+        seconds = time.perf_counter() - started
+        print(f"agreement | run on {where}: {seconds:.2f} s wall")
+    a, b = (outputs[k].astype(np.float64) for k in ("cpu", str(device)))
+    mse = float(((a - b) ** 2).mean())
+    psnr = math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+    print(f"agreement | embedded fp32 {device} vs cpu | max |diff| {np.abs(a - b).max():.0f} grey levels | "
+          f"PSNR {psnr:.2f} dB | differing voxels {(a != b).mean():.4%} | {size} x {size} px x 2 sections, "
+          f"{'default sampler' if steps is None else f'{steps} step(s), {grid} grid'}")  # fmt: skip
+
+
+def tile_calls(device: torch.device, small: bool, batch: int, repeats: int, budget_s: float, started: float) -> dict:
+    """Median ms per canvas of the tile call per (dtype, eager/compiled); returns {(dtype, mode): ms}."""
+    if small:  # a tiny model with random weights stands in for the paper size (a smoke test of the code path)
+        genes_in_panel = TeraMindPipeline.from_pretrained().unet.config.gene_names
+
+        def make() -> GeneMorphUNet3DModel:
+            torch.manual_seed(0)
+            return GeneMorphUNet3DModel(num_genes=len(genes_in_panel), gene_names=list(genes_in_panel), **SMALL_MODEL).eval()
+    else:
+        make = paper_model
+    # fp16 convolutions have no fast CPU kernels (minutes per call): on the CPU they are left out
+    dtypes = DTYPES if device.type != "cpu" else tuple(d for d in DTYPES if d != "fp16")
+    models, candidates = {}, {}
+    for name in dtypes:  # the same weights in each precision (same seed)
+        models[name] = torch.nn.Module.to(cast_unet(make(), name), device)
+    config = models["fp32"].config
+    params = sum(p.numel() for p in models["fp32"].parameters())
+    canvas, genes = inputs(config, batch, str(device))
+    for name, model in models.items():
+        x, g = canvas.to(resolve_dtype(name)), genes.to(resolve_dtype(name))
+        candidates[(name, "eager")] = (lambda m=model, x=x, g=g: m(x, TIMESTEP, g, path="collage").sample)
+    compiled_note = {}
+    for name in dtypes:
+        if small or device.type != "cuda":
+            compiled_note[name] = "skipped (--small / not a GPU: compiling takes minutes on a CPU)"
+            continue
+        if time.perf_counter() - started > budget_s:
+            compiled_note[name] = f"skipped (past the {budget_s:.0f} s budget)"
+            continue
+        dtype = resolve_dtype(name)
+        compiled = torch.compile(models[name], dynamic=False)
+        x, g = canvas.to(dtype), genes.to(dtype)
+        compile_started = time.perf_counter()
+        try:
+            with torch.inference_mode():
+                compiled(x, TIMESTEP, g, path="collage")
+            _sync(device)
+        except Exception as err:  # a compiler failure must not cost the rest of the table (one lent GPU run)
+            compiled_note[name] = f"compile failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+            continue
+        print(f"tile-call | compile {name}: {time.perf_counter() - compile_started:.1f} s")
+        candidates[(name, "compiled")] = (lambda m=compiled, x=x, g=g: m(x, TIMESTEP, g, path="collage").sample)
+    with torch.inference_mode():
+        for fn in candidates.values():  # warm-up (cuDNN algorithm choice, allocator)
+            fn()
+        medians = interleaved_device_medians({f"{k[0]} {k[1]}": v for k, v in candidates.items()}, repeats, device)
+    size = "paper-size" if not small else "tiny (--small)"
+    print(f"tile-call | {size} model, random weights, {params / 1e6:.1f} M parameters, {batch} canvas(es) of {CANVAS} px "
+          f"per call, {repeats} interleaved calls each, medians")  # fmt: skip
+    results = {}
+    for name in DTYPES:
+        for mode in ("eager", "compiled"):
+            key = f"{name} {mode}"
+            if key not in medians:
+                why = compiled_note.get(name, "skipped (fp16 convolutions are not a CPU path)")
+                print(f"tile-call | {name:4s} {mode:8s} | {why}")
+                continue
+            device_ms, cpu_ms = medians[key]
+            results[(name, mode)] = device_ms / batch
+            print(f"tile-call | {name:4s} {mode:8s} | {device_ms / batch:10.3f} ms per canvas on {device} | "
+                  f"{cpu_ms / batch:10.3f} CPU ms per canvas")  # fmt: skip
+    return results
+
+
+def _instant_forward(unet: GeneMorphUNet3DModel):
+    """A forward that returns zeros of the collage output's shape on the model's device (no computation)."""
+    patch = unet.config.sample_size
+
+    def forward(sample, timestep, genes, path="collage", return_dict=True):
+        b, _, z, h, w = sample.shape
+        zeros = torch.zeros(b, unet.config.out_channels, z, h - patch, w - patch, device=sample.device, dtype=sample.dtype)
+        return SimpleNamespace(sample=zeros)
+
+    return forward
+
+
+def engine_floor(device: torch.device, folder: Path, size: int, steps: int) -> dict:
+    """CPU and wall ms per tile-step of the default sampler, disk step buffers, instant stand-in model."""
+    from teramind_hf.pipelines.streaming import generate_to_zarr
+
+    pipe = TeraMindPipeline.from_pretrained().to(device)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.unet.forward = _instant_forward(pipe.unet)
+    store = phantom_store(folder, size)
+    chosen, default_steps, grid = pipe.sampling_plan(None, None, None)
+    steps = steps or default_steps
+    measured = {}
+    for run_steps in (1, steps, 1, steps):  # A B A B: medians of two each
+        out = folder / f"floor_{run_steps}_{len(measured.get(run_steps, []))}.ome.zarr"
+        cpu, wall = time.process_time(), time.perf_counter()
+        report = generate_to_zarr(pipe, store, out, num_inference_steps=run_steps, generator=0, memory_limit_bytes=0,
+                                  progress_bar=False, um_per_px=DEFAULT_MODEL_UM_PER_PX)  # fmt: skip
+        measured.setdefault(run_steps, []).append((time.process_time() - cpu, time.perf_counter() - wall, report))
+    tiles = measured[steps][0][2].tiles
+    assert measured[steps][0][2].step_buffers == "disk"
+    cpu_ms = (statistics.median(m[0] for m in measured[steps]) - statistics.median(m[0] for m in measured[1])) * 1e3
+    wall_ms = (statistics.median(m[1] for m in measured[steps]) - statistics.median(m[1] for m in measured[1])) * 1e3
+    per_cpu, per_wall = cpu_ms / (tiles * (steps - 1)), wall_ms / (tiles * (steps - 1))
+    config = pipe.sampling_scheduler(chosen).config
+    sampler = f"{config.get('inner_scheduler')} {dict(config.get('inner_config') or {}).get('algorithm_type', '')}".strip()
+    print(f"engine-floor | default sampler ({steps} steps, {grid_name(grid)} grid; {sampler}), step buffers on disk, "
+          f"instant stand-in model on {device}, {size} x {size} px x 2 sections = {tiles} tiles, runs of {steps} and 1 "
+          f"steps, medians of 2 | {per_cpu:.2f} CPU ms per tile-step (all threads) | {per_wall:.2f} wall ms per tile-step")  # fmt: skip
+    return {"cpu_ms": per_cpu, "wall_ms": per_wall}
+
+
+def grid_name(grid) -> str:
+    from teramind_hf.sampling.schedule import GRID_SCHEDULES
+
+    return next((name for name, g in GRID_SCHEDULES.items() if g == grid), "custom")
+
+
+def preset_calls() -> dict[str, tuple[int, str, int]]:
+    """(steps, grid name, model calls per tile) of each preset on the embedded pipeline, from its sampling plan."""
+    pipe = TeraMindPipeline.from_pretrained()
+    rows = {}
+    for name in PRESET_ROWS:
+        _, steps, grid = pipe.sampling_plan(None, None, None if name == "default" else name)
+        rows[name] = (steps, grid_name(grid), sum(len(grid.offsets_at(i, steps)) for i in range(steps)))
+    return rows
+
+
+def brain_hours(calls: dict, per_canvas: dict, floor: dict, small: bool) -> None:
+    note = " (--small: NOT a brain figure, a tiny model on this device)" if small else ""
+    print(f"brain | whole mouse brain, {BRAIN_TILE_CHUNKS:,} tile-chunks, {GPUS} GPUs, hours = tile-chunks x calls "
+          f"per tile x ms per canvas / {GPUS}; '+ floor' adds the engine floor CPU ms per tile-step in series{note}")  # fmt: skip
+    best_key = min(per_canvas, key=per_canvas.get)
+    for name, (steps, grid, n_calls) in calls.items():
+        hours = {}
+        for dtype in DTYPES:
+            measured = [per_canvas[k] for k in ((dtype, "eager"), (dtype, "compiled")) if k in per_canvas]
+            hours[dtype] = BRAIN_TILE_CHUNKS * n_calls * min(measured) / GPUS / 3.6e6 if measured else math.nan
+        best = BRAIN_TILE_CHUNKS * n_calls * per_canvas[best_key] / GPUS / 3.6e6
+        with_floor = best + BRAIN_TILE_CHUNKS * steps * floor["cpu_ms"] / GPUS / 3.6e6
+        print(f"brain | {name:8s} | {steps:2d} steps | {grid:8s} | {n_calls:2d} calls/tile | "
+              + " | ".join(f"{d} {hours[d]:10.1f} h" if not math.isnan(hours[d]) else f"{d} not measured" for d in DTYPES)
+              + f" | best ({' '.join(best_key)}) + floor {with_floor:10.1f} h")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda", help="cuda (default), cuda:INDEX, cpu, mps or auto")
+    parser.add_argument("--small", action="store_true", help="smoke test: tiny model, small regions, few steps")
+    parser.add_argument("--batch", type=int, default=None, help="canvases per tile call (default 4; --small 1)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed calls per tile-call candidate (default 10; --small 2)")
+    parser.add_argument("--budget-s", type=float, default=270.0, help="no compile starts after this many seconds")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    batch = args.batch or (1 if args.small else 4)
+    repeats = args.repeats or (2 if args.small else 10)
+    print(machine_facts())
+    if device.type == "cuda":
+        print(f"device: {torch.cuda.get_device_name(device)}; TF32 matmul {torch.backends.cuda.matmul.allow_tf32}, "
+              f"TF32 cuDNN {torch.backends.cudnn.allow_tf32}, cuDNN benchmark {torch.backends.cudnn.benchmark}")  # fmt: skip
+    else:
+        print(f"device: {device}")
+    with tempfile.TemporaryDirectory(prefix="teramind-gpu-check-") as tmp:
+        agreement(device, 256, 1, "official") if args.small else agreement(device, 512, None)
+        per_canvas = tile_calls(device, args.small, batch, repeats, args.budget_s, started)
+        floor = engine_floor(device, Path(tmp), 512 if args.small else 1024, 2 if args.small else 0)
+    brain_hours(preset_calls(), per_canvas, floor, args.small)
+    print(f"total | {time.perf_counter() - started:.1f} s wall")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
