@@ -16,6 +16,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from ..output_guard import check_output_location, check_replaceable
     from ..pipelines.gene_source import open_gene_source
     from ..pipelines.preflight import check_generate_arguments, check_output_path, check_report_location
     from ..pipelines.streaming import distributed_state, generate_to_zarr
@@ -44,11 +45,17 @@ def run(args: argparse.Namespace) -> int:
         min_gene_overlap=args.min_gene_overlap,
     )  # fmt: skip
     check_output_path(args.out)
+    inputs = _inputs(args)
+    check_output_location(args.out, inputs, "--out")
+    if args.overwrite:
+        check_replaceable(args.out, ["generate"], "--out")  # a foreign folder is refused before the model loads
+    check_output_location(args.report_json, inputs, "--report-json")
     check_report_location(args.report_json)
     if args.spatialdata:
         from ..data.export import check_export_target
 
-        check_export_target(args.spatialdata, "teramind", args.overwrite)
+        check_export_target(args.spatialdata, "teramind", args.overwrite, inputs={**inputs, "--out": args.out},
+                            argument="--spatialdata")
     genes, truth = _gene_input(args)
     open_gene_source(genes)
     if args.threads:
@@ -82,6 +89,14 @@ def run(args: argparse.Namespace) -> int:
             Path(args.report_json).write_text(json.dumps({**asdict(report), "voxels_per_second": report.voxels_per_second}))
         _after_generate(args, genes, truth)
     return 0
+
+
+def _inputs(args: argparse.Namespace) -> dict:
+    """What `teramind generate` reads, so that nothing it writes lands on, over or inside them."""
+    from .. import default_model_path
+
+    model = args.model if args.model is not None else default_model_path()
+    return {"--genes": args.genes, "--model": model if Path(str(model)).exists() else None}
 
 
 def _gene_input(args: argparse.Namespace) -> tuple[str, str | None]:

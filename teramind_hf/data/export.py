@@ -43,8 +43,14 @@ def _output_placement(out: str | Path) -> dict:
     }  # fmt: skip
 
 
-def check_export_target(to: str | Path, name: str, overwrite: bool) -> None:
-    """Before generating: refuse a `--spatialdata` target that already holds `{name}_z*` images, or is a file."""
+def check_export_target(
+    to: str | Path, name: str, overwrite: bool, inputs: dict | None = None, argument: str = "--to"
+) -> None:
+    """Before generating: refuse a `--spatialdata` target that already holds `{name}_z*` images, or is a file, or
+    is, contains or lies inside one of `inputs` (``{"--like": path, ...}``: what the command reads)."""
+    from ..output_guard import check_output_location
+
+    check_output_location(to, inputs or {}, argument)
     to = Path(to)
     if to.is_file():
         raise FileExistsError(f"{to} is a file; --spatialdata needs a SpatialData .zarr folder (new or existing)")
@@ -88,7 +94,7 @@ def export_spatialdata(
     """
     spatialdata = _require("spatialdata")
     to = Path(to)
-    check_export_target(to, name, overwrite)
+    check_export_target(to, name, overwrite, inputs={"OUT (the generated output)": out, "--like": like})
     elements = generated_images(out, name, coordinate_system)
     if to.exists():
         sdata = spatialdata.read_zarr(to)
