@@ -132,11 +132,17 @@ def _is_pipeline_folder(location: str) -> bool:
     return index.get("_class_name") == "TeraMindPipeline"
 
 
+def _is_training_checkpoint(location: str) -> bool:
+    config = _read_json(location, "training_config.json") or {}
+    return Path(location).name.startswith("checkpoint-") and "step" in config and "unet" in config
+
+
 # kind -> (what it is, recogniser): the marker each writer leaves in what it writes
 OUTPUT_MARKERS = {
     "generate": ("a `teramind generate` output (run record)", _is_generate_output),
     "gene_store": ("a gene store written by `teramind ingest` (ingest record)", _is_ingested_gene_store),
     "pipeline": ("a TeraMindPipeline folder (model_index.json)", _is_pipeline_folder),
+    "checkpoint": ("a `teramind train` checkpoint (training_config.json)", _is_training_checkpoint),
 }
 
 

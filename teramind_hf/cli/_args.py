@@ -32,3 +32,14 @@ def eval_subparsers(subparsers: argparse._SubParsersAction) -> argparse._SubPars
         parser = subparsers.add_parser("eval", help="evaluate generated morphology")
         parser.add_subparsers(dest="eval_command", required=True)
     return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+
+
+def local_model(model: str | None) -> str | None:
+    """The model folder a command reads (the embedded one by default), or None for a Hub repo id: an input that
+    no output may be, contain or lie inside."""
+    from pathlib import Path
+
+    from .. import default_model_path
+
+    location = model if model is not None else str(default_model_path())
+    return location if Path(location).exists() else None

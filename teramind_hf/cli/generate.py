@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from ..constants import DEFAULT_SECTION_SPACING_UM, DEFAULT_SHARD_TILES, DEFAULT_STEP_BUFFER_LIMIT, MERSCOPE_UM_PER_PX
-from ._args import blend_steps_arg, int_tuple
+from ._args import blend_steps_arg, int_tuple, local_model
 
 
 def run(args: argparse.Namespace) -> int:
@@ -93,10 +93,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _inputs(args: argparse.Namespace) -> dict:
     """What `teramind generate` reads, so that nothing it writes lands on, over or inside them."""
-    from .. import default_model_path
-
-    model = args.model if args.model is not None else default_model_path()
-    return {"--genes": args.genes, "--model": model if Path(str(model)).exists() else None}
+    return {"--genes": args.genes, "--model": local_model(args.model)}
 
 
 def _gene_input(args: argparse.Namespace) -> tuple[str, str | None]:
