@@ -48,7 +48,7 @@ def check_export_target(
 ) -> None:
     """Before generating: refuse a `--spatialdata` target that already holds `{name}_z*` images, or is a file, or
     is, contains or lies inside one of `inputs` (``{"--like": path, ...}``: what the command reads)."""
-    from ..output_guard import check_output_location
+    from ..output_guard import check_can_create, check_output_location
 
     check_output_location(to, inputs or {}, argument)
     to = Path(to)
@@ -59,6 +59,7 @@ def check_export_target(
         raise FileExistsError(f"{to}: image element(s) {clash} exist; pass --overwrite to replace them")
     if not to.exists() and not to.parent.is_dir():
         raise FileNotFoundError(f"{to.parent}: folder of the --spatialdata target does not exist")
+    check_can_create(to / "images" if to.is_dir() else to, argument)
 
 
 def generated_images(out: str | Path, name: str = "teramind", coordinate_system: str | None = None) -> dict:
@@ -92,9 +93,9 @@ def export_spatialdata(
     An existing `to` gains the elements (point `to` at the input store to see real and generated together);
     a new one holds them plus, with `like`, every element of that input store. Returns the element names.
     """
-    spatialdata = _require("spatialdata")
     to = Path(to)
     check_export_target(to, name, overwrite, inputs={"OUT (the generated output)": out, "--like": like})
+    spatialdata = _require("spatialdata")
     elements = generated_images(out, name, coordinate_system)
     if to.exists():
         sdata = spatialdata.read_zarr(to)
