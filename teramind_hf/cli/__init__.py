@@ -25,11 +25,21 @@ IO_ERRNOS = {
 }
 
 
-def describe_os_error(err: OSError) -> str:
-    """``[Errno 28] No space left on device: 'x'`` -> ``x: No space left on device (errno ENOSPC)``."""
+# where a command writes, for an OSError that names no file (a failed write() or close() does not)
+OUTPUT_ARGUMENTS = (("out", "--out"), ("output_dir", "--output_dir"), ("to", "--to"))
+
+
+def describe_os_error(err: OSError, args: argparse.Namespace | None = None) -> str:
+    """``[Errno 28] No space left on device: 'x'`` -> ``x: No space left on device (errno ENOSPC)``; without a
+    file name, the command's output argument is named instead (as where it was writing)."""
+    what = f"{err.strerror or err} (errno {errno.errorcode.get(err.errno, err.errno)})"
     paths = [p for p in (err.filename, err.filename2) if p is not None]
-    where = " -> ".join(str(p) for p in paths) if paths else "(path not reported by the system)"
-    return f"{where}: {err.strerror or err} (errno {errno.errorcode.get(err.errno, err.errno)})"
+    if paths:
+        return f"{' -> '.join(str(p) for p in paths)}: {what}"
+    for attribute, option in OUTPUT_ARGUMENTS:
+        if getattr(args, attribute, None):
+            return f"{what}, the system did not say for which file; this command was writing {option} {getattr(args, attribute)}"
+    return f"{what}, the system did not say for which file"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,11 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         result = args.func(args)
     except USER_ERRORS as err:
         raised_by_system = isinstance(err, OSError) and err.errno is not None and err.strerror
-        print(f"teramind {args.command}: error: {describe_os_error(err) if raised_by_system else err}", file=sys.stderr)
+        print(f"teramind {args.command}: error: {describe_os_error(err, args) if raised_by_system else err}", file=sys.stderr)
         return 2
     except OSError as err:
         if err.errno not in IO_ERRNOS:
             raise
-        print(f"teramind {args.command}: error: {describe_os_error(err)}", file=sys.stderr)
+        print(f"teramind {args.command}: error: {describe_os_error(err, args)}", file=sys.stderr)
         return 2
     return int(result or 0)

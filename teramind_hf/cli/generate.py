@@ -86,7 +86,11 @@ def run(args: argparse.Namespace) -> int:
     if distributed_state().is_main_process:
         print(report.summary())
         if args.report_json:
-            Path(args.report_json).write_text(json.dumps({**asdict(report), "voxels_per_second": report.voxels_per_second}))
+            summary = json.dumps({**asdict(report), "voxels_per_second": report.voxels_per_second})
+            try:
+                Path(args.report_json).write_text(summary)
+            except OSError as err:  # a failed write() names no file: name it (full disk, quota)
+                raise OSError(err.errno, err.strerror, args.report_json) from err
         _after_generate(args, genes, truth)
     return 0
 
