@@ -137,11 +137,16 @@ def _is_training_checkpoint(location: str) -> bool:
     return Path(location).name.startswith("checkpoint-") and "step" in config and "unet" in config
 
 
+def _is_exported_image(location: str) -> bool:
+    return isinstance(zarr_attributes(location).get("teramind_export"), dict)  # data.export.EXPORT_MARKER
+
+
 # kind -> (what it is, recogniser): the marker each writer leaves in what it writes
 OUTPUT_MARKERS = {
     "generate": ("a `teramind generate` output (run record)", _is_generate_output),
     "gene_store": ("a gene store written by `teramind ingest` (ingest record)", _is_ingested_gene_store),
     "pipeline": ("a TeraMindPipeline folder (model_index.json)", _is_pipeline_folder),
+    "exported_image": ("an image element written by `teramind export` (teramind_export attribute)", _is_exported_image),
     "checkpoint": ("a `teramind train` checkpoint (training_config.json)", _is_training_checkpoint),
 }
 

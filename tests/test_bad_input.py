@@ -370,7 +370,7 @@ def test_generate_never_writes_on_over_or_inside_its_gene_store(sacred, capsys):
         ([*base, "--out", str(sacred / "new.ome.zarr"), "--spatialdata", str(sacred / "new.ome.zarr" / "sd.zarr")], r"--spatialdata .*sd\.zarr lies inside the input --out"),
         (["generate", "--genes", str(sacred / "runs"), "--out", str(sacred / "runs" / "section_00" / "o.ome.zarr"), "--quiet", "--overwrite"],
          r"lies inside the input --genes .*runs"),
-    ]  # fmt: skip
+    ]
     for argv, message in cases:
         _refused_and_untouched(argv, message, sacred, capsys)
     assert not (sacred / "new.ome.zarr").exists()
@@ -400,7 +400,7 @@ def test_ingest_never_replaces_its_input_or_a_foreign_folder(sacred, capsys):
         (["ingest", "table", str(sacred / "t.csv"), "--out", str(sacred / "G.ome.zarr"), *table], r"G\.ome\.zarr exists and is not an output of teramind"),
         (["ingest", "table", str(sacred / "t.csv"), "--out", str(sacred / "t.zarr"), "--panel", str(sacred / "t.zarr"), *table],
          r"t\.zarr is the input --panel"),
-    ]  # fmt: skip
+    ]
     for argv, message in cases:
         _refused_and_untouched(argv, message, sacred, capsys)
 
@@ -459,7 +459,7 @@ def test_train_export_attention_knockout_eval_and_convert_stay_off_their_inputs(
         (["convert-official", str(OFFICIAL_SMALL / "model.safetensors"), str(OFFICIAL_SMALL), "--overwrite"], r"OUT_DIR .* contains the input CHECKPOINT"),
         (["convert-official", str(OFFICIAL_SMALL / "model.safetensors"), str(sacred / "foreign"), "--overwrite"],
          r"foreign exists and is not an output of teramind \(expected a TeraMindPipeline folder"),
-    ]  # fmt: skip
+    ]
     official_before = tree(OFFICIAL_SMALL)
     for argv, message in cases:
         _refused_and_untouched(argv, message, sacred, capsys)
@@ -478,7 +478,7 @@ def test_read_only_targets_are_named_before_the_work(sacred, capsys):
         (["export", "spatialdata", str(generated), "--to", str(ro / "sd.zarr")], r"--to /sys/sd\.zarr: /sys is not writable"),
         (["generate", "--genes", str(store), "--out", str(ro / "o.ome.zarr"), "--quiet", "--min-gene-overlap", "0"],
          r"/sys/o\.ome\.zarr: output location: /sys is not writable"),
-    ]  # fmt: skip
+    ]
     for argv, message in cases:
         _refused_and_untouched(argv, message, sacred, capsys)
 
@@ -489,7 +489,7 @@ def test_a_full_disk_is_a_named_error(work, tmp_path, capsys):
         pytest.skip("/dev/full is not writable here")
     out = tmp_path / "o.ome.zarr"
     argv = ["generate", "--genes", str(work / "genes.npz"), "--out", str(out), "--steps", "1", "--threads", "1", "--quiet",
-            "--report-json", "/dev/full"]  # fmt: skip
+            "--report-json", "/dev/full"]
     assert cli_main(argv) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
@@ -521,7 +521,7 @@ def test_output_guard_relations(tmp_path):
     for output, relation in [
         (data, "is"), (tmp_path / "alias", "is"), (tmp_path, "contains"), (data / "genes" / "o.zarr", "lies inside"),
         (tmp_path / "alias" / "o.zarr", "lies inside"), (f"file://{data}", "is"),
-    ]:  # fmt: skip
+    ]:
         with pytest.raises(OutputOverlapsInputError, match=rf" {relation} the input --genes {re.escape(str(data))}:"):
             check_output_location(output, {"--genes": data, "--model": None})
     for output in (tmp_path / "data.zarr2", tmp_path / "other" / "data.zarr", "s3://bucket/data.zarr"):
@@ -562,3 +562,21 @@ def test_output_guard_markers(tmp_path):
     remove_output(tmp_path / "ours.ome.zarr", ["generate"])
     remove_output(tmp_path / "store.zarr", ["gene_store"])
     assert not (tmp_path / "ours.ome.zarr").exists() and not (tmp_path / "store.zarr").exists()
+
+
+def test_export_overwrite_replaces_only_its_own_image_elements(sacred, tmp_path, capsys):
+    spatialdata = pytest.importorskip("spatialdata")
+    from spatialdata.models import Image2DModel
+
+    generated = sacred / "G.ome.zarr"
+    theirs = tmp_path / "theirs.zarr"  # a user's store with an element that happens to have our name
+    image = Image2DModel.parse(np.zeros((2, 8, 8), np.uint8), dims=("c", "y", "x"))
+    spatialdata.SpatialData(images={"teramind_z0": image}).write(theirs)
+    argv = ["export", "spatialdata", str(generated), "--to", str(theirs), "--overwrite"]
+    message = r"--to .*theirs\.zarr/images/teramind_z0 exists and is not an output of teramind"
+    _refused_and_untouched(argv, message, theirs, capsys)
+    ours = tmp_path / "ours.zarr"
+    assert cli_main(["export", "spatialdata", str(generated), "--to", str(ours)]) == 0
+    assert cli_main(["export", "spatialdata", str(generated), "--to", str(ours), "--overwrite"]) == 0
+    capsys.readouterr()
+    assert {"teramind_z0", "teramind_z1"} <= set(spatialdata.read_zarr(ours).images)

@@ -17,6 +17,10 @@ import pandas as pd
 from .ingest.scverse import _require
 
 
+# attribute of each image element written here (what --overwrite may replace); name shared with output_guard
+EXPORT_MARKER = "teramind_export"
+
+
 def _output_placement(out: str | Path) -> dict:
     """Region, slices, scale and the gene store's origin of a `teramind generate` output."""
     import zarr
@@ -48,7 +52,7 @@ def check_export_target(
 ) -> None:
     """Before generating: refuse a `--spatialdata` target that already holds `{name}_z*` images, or is a file, or
     is, contains or lies inside one of `inputs` (``{"--like": path, ...}``: what the command reads)."""
-    from ..output_guard import check_can_create, check_output_location
+    from ..output_guard import check_can_create, check_output_location, check_replaceable
 
     check_output_location(to, inputs or {}, argument)
     to = Path(to)
@@ -57,6 +61,8 @@ def check_export_target(
     clash = sorted(p.name for p in (to / "images").glob(f"{name}_z*")) if to.is_dir() else []
     if clash and not overwrite:
         raise FileExistsError(f"{to}: image element(s) {clash} exist; pass --overwrite to replace them")
+    for element in clash:  # --overwrite replaces only elements an earlier export wrote (their marker)
+        check_replaceable(to / "images" / element, ["exported_image"], argument)
     if not to.exists() and not to.parent.is_dir():
         raise FileNotFoundError(f"{to.parent}: folder of the --spatialdata target does not exist")
     check_can_create(to / "images" if to.is_dir() else to, argument)
@@ -102,6 +108,7 @@ def export_spatialdata(
         for element_name, image in elements.items():
             sdata.images[element_name] = image
             sdata.write_element(element_name, overwrite=overwrite)
+        _mark_exported(to, elements, out)
         return list(elements)
     if like is not None:
         sdata = spatialdata.read_zarr(like)
@@ -110,7 +117,16 @@ def export_spatialdata(
     else:
         sdata = spatialdata.SpatialData(images=elements)
     sdata.write(to)
+    _mark_exported(to, elements, out)
     return list(elements)
+
+
+def _mark_exported(to: Path, elements: dict, out: str | Path) -> None:
+    """The marker `--overwrite` looks for (`output_guard`): which generated output each image element came from."""
+    import zarr
+
+    for element_name in elements:
+        zarr.open_group(str(to / "images" / element_name), mode="r+").attrs[EXPORT_MARKER] = {"from": str(out)}
 
 
 def write_spatialdata_points(
