@@ -49,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
     check_output_location(args.out, inputs, "--out")
     if args.overwrite:
         check_replaceable(args.out, ["generate"], "--out")  # a foreign folder is refused before the model loads
+    check_report_location(args.report_json)  # a folder or a missing folder named first
     check_output_location(args.report_json, inputs, "--report-json")
-    check_report_location(args.report_json)
     if args.spatialdata:
         from ..data.export import check_export_target
 

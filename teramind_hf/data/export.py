@@ -104,10 +104,17 @@ def export_spatialdata(
     spatialdata = _require("spatialdata")
     elements = generated_images(out, name, coordinate_system)
     if to.exists():
+        from ..output_guard import check_replaceable
+
         sdata = spatialdata.read_zarr(to)
         for element_name, image in elements.items():
+            if element_name in sdata.images:  # only with overwrite (checked above); spatialdata cannot write
+                # over an element it reads lazily from the same store, so ours (checked again) is deleted first
+                check_replaceable(to / "images" / element_name, ["exported_image"], "--to")
+                del sdata.images[element_name]
+                sdata.delete_element_from_disk(element_name)
             sdata.images[element_name] = image
-            sdata.write_element(element_name, overwrite=overwrite)
+            sdata.write_element(element_name)
         _mark_exported(to, elements, out)
         return list(elements)
     if like is not None:
