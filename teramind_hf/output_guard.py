@@ -181,10 +181,10 @@ def check_replaceable(location: PathLike, kinds: Iterable[str], argument: str = 
     exists, empty = _exists_and_is_empty(location)
     if not exists:
         return False
+    if not _is_url(location) and Path(location.removeprefix("file://")).is_symlink():
+        raise NotOurOutputError(f"{argument} {location} is a symbolic link; --overwrite does not delete through links")
     if empty or output_kind(location, kinds) is not None:
         return True
-    if not _is_url(location) and Path(location).is_symlink():
-        raise NotOurOutputError(f"{argument} {location} is a symbolic link; --overwrite does not delete through links")
     expected = " or ".join(OUTPUT_MARKERS[k][0] for k in kinds)
     raise NotOurOutputError(
         f"{argument} {location} exists and is not an output of teramind (expected {expected}); not deleting it: "
