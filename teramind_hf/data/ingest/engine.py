@@ -281,7 +281,11 @@ class StoreWriter:
             shutil.rmtree(self.partial, ignore_errors=True)
             return
         if self.path.exists():
-            check_replaceable(self.path, ["gene_store"], "--out")  # again: it may have changed during the scan
+            try:
+                check_replaceable(self.path, ["gene_store"], "--out")  # again: it may have changed during the scan
+            except OSError:
+                shutil.rmtree(self.partial, ignore_errors=True)
+                raise
             old = self.path.parent / f".{self.path.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(self.path, old)
             os.replace(self.partial, self.path)
