@@ -320,3 +320,263 @@ def test_negative_values_parse_as_option_values():
     ]  # fmt: skip
     assert join_negative_values(["--region", "--quiet"], options) == ["--region", "--quiet"]  # not a value
     assert join_negative_values(["--quiet", "-5"], options) == ["--quiet", "-5"]  # a flag takes no value
+
+
+# ================================================================================== inputs are sacred
+# No command writes on, over or inside one of its inputs (after resolving symlinks), --overwrite deletes only what
+# teramind wrote (recognised by its marker), and OS errors on the target (read-only, full disk) are named, exit 2.
+# Every data-loss case runs WITH --overwrite; inputs and earlier outputs are compared byte for byte afterwards.
+@pytest.fixture(scope="module")
+def sacred(work, tmp_path_factory) -> Path:
+    """MERSCOPE runs (2 sections of 256 px), the gene store ingested from them (S.zarr, ours), a tiny table, a
+    foreign folder, and a copy of the module's earlier generate output."""
+    import shutil
+
+    from teramind_hf.data.readers.merscope import write_merscope_runs
+
+    root = tmp_path_factory.mktemp("sacred")
+    phantom = make_phantom(256, 256, num_slices=2, seed=2, um_per_px=0.5)
+    write_merscope_runs(root / "runs", phantom.images, phantom.transcripts, 0.5)
+    assert cli_main(["ingest", "merscope", str(root / "runs"), "--out", str(root / "S.zarr"), "--quiet"]) == 0
+    (root / "t.csv").write_text("x,y,z,gene\n1,1,0,Gad2\n20,30,0,Th\n")
+    (root / "foreign").mkdir()
+    (root / "foreign" / "thesis.txt").write_text("years of work")
+    shutil.copytree(work / "earlier.ome.zarr", root / "G.ome.zarr")
+    return root
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    return tree(root)
+
+
+def _refused_and_untouched(argv: list[str], message: str, root: Path, capsys) -> None:
+    before = _snapshot(root)
+    refuse(argv, message, capsys)
+    assert _snapshot(root) == before, argv
+
+
+def test_generate_never_writes_on_over_or_inside_its_gene_store(sacred, capsys):
+    store = sacred / "S.zarr"
+    (sacred / "link.zarr").symlink_to(store, target_is_directory=True)
+    base = ["generate", "--genes", str(store), "--quiet", "--steps", "1"]
+    cases = [
+        ([*base, "--out", str(store), "--overwrite"], r"--out .*S\.zarr is the input --genes .*S\.zarr"),
+        ([*base, "--out", str(store / "out.ome.zarr"), "--overwrite"], r"out\.ome\.zarr lies inside the input --genes"),
+        ([*base, "--out", str(sacred / "link.zarr"), "--overwrite"], r"link\.zarr is the input --genes"),
+        ([*base, "--out", str(sacred), "--overwrite"], r"--out .* contains the input --genes .*S\.zarr"),
+        ([*base, "--out", str(sacred / "foreign"), "--overwrite"], r"foreign exists and is not an output of teramind.*not deleting it"),
+        ([*base, "--out", str(sacred / "new.ome.zarr"), "--report-json", str(store / "r.json")], r"--report-json .*r\.json lies inside the input --genes"),
+        ([*base, "--out", str(sacred / "new.ome.zarr"), "--spatialdata", str(store), "--overwrite"], r"--spatialdata .*S\.zarr is the input --genes"),
+        ([*base, "--out", str(sacred / "new.ome.zarr"), "--spatialdata", str(sacred / "new.ome.zarr" / "sd.zarr")], r"--spatialdata .*sd\.zarr lies inside the input --out"),
+        (["generate", "--genes", str(sacred / "runs"), "--out", str(sacred / "runs" / "section_00" / "o.ome.zarr"), "--quiet", "--overwrite"],
+         r"lies inside the input --genes .*runs"),
+    ]
+    for argv, message in cases:
+        _refused_and_untouched(argv, message, sacred, capsys)
+    assert not (sacred / "new.ome.zarr").exists()
+    (sacred / "link.zarr").unlink()
+
+
+def test_the_gene_store_ingested_beside_the_output_stays_out_of_the_raw_input(sacred):
+    from teramind_hf.data.ingest.auto import gene_store_for
+    from teramind_hf.output_guard import OutputOverlapsInputError
+
+    with pytest.raises(OutputOverlapsInputError, match=r"gene store .*section_00/x\.genes\.zarr beside --out .*lies inside the input --genes"):
+        gene_store_for(sacred / "runs", sacred / "runs" / "section_00" / "x.ome.zarr", progress_bar=False)
+    assert not (sacred / "runs" / "section_00" / "x.genes.zarr").exists()
+
+
+def test_ingest_never_replaces_its_input_or_a_foreign_folder(sacred, capsys):
+    runs = sacred / "runs"
+    table = ["--um-per-px", "0.5", "--quiet", "--overwrite"]
+    cases = [
+        (["ingest", "merscope", str(runs), "--out", str(runs), "--overwrite", "--quiet"], r"--out .*runs is the input INPUT"),
+        (["ingest", "merscope", str(runs), "--out", str(runs / "section_00" / "genes.zarr"), "--quiet"], r"genes\.zarr lies inside the input INPUT"),
+        (["ingest", "merscope", str(runs / "section_00"), str(runs / "section_01"), "--out", str(runs), "--overwrite", "--quiet"],
+         r"--out .*runs contains the input INPUT .*section_00"),
+        (["ingest", "merscope", str(runs), "--out", str(sacred / "foreign"), "--overwrite", "--quiet"],
+         r"foreign exists and is not an output of teramind \(expected a gene store written by `teramind ingest`.*not deleting it"),
+        (["ingest", "table", str(sacred / "t.csv"), "--out", str(sacred / "t.csv"), *table], r"t\.csv is the input INPUT"),
+        (["ingest", "table", str(sacred / "t.csv"), "--out", str(sacred / "G.ome.zarr"), *table], r"G\.ome\.zarr exists and is not an output of teramind"),
+        (["ingest", "table", str(sacred / "t.csv"), "--out", str(sacred / "t.zarr"), "--panel", str(sacred / "t.zarr"), *table],
+         r"t\.zarr is the input --panel"),
+    ]
+    for argv, message in cases:
+        _refused_and_untouched(argv, message, sacred, capsys)
+
+
+def test_the_ingest_library_checks_its_own_inputs(sacred):
+    from teramind_hf.data.ingest import ingest_merscope, ingest_table, merscope_runs
+    from teramind_hf.output_guard import NotOurOutputError, OutputOverlapsInputError
+
+    before = _snapshot(sacred)
+    runs = merscope_runs(sacred / "runs")
+    with pytest.raises(OutputOverlapsInputError, match=r"contains the input input .*section_00"):
+        ingest_merscope(runs, sacred / "runs", overwrite=True, progress_bar=False)
+    with pytest.raises(NotOurOutputError, match=r"foreign exists and is not an output of teramind"):
+        ingest_merscope(runs, sacred / "foreign", overwrite=True, progress_bar=False)
+    with pytest.raises(OutputOverlapsInputError, match=r"t\.csv is the input table"):
+        ingest_table(sacred / "t.csv", sacred / "t.csv", um_per_px=0.5, overwrite=True, progress_bar=False)
+    assert _snapshot(sacred) == before
+
+
+def test_overwrite_still_replaces_our_own_earlier_outputs(sacred, work, tmp_path, capsys):
+    import shutil
+
+    import zarr
+
+    # a gene store written by `teramind ingest`
+    store = tmp_path / "again.zarr"
+    args = ["ingest", "table", str(sacred / "t.csv"), "--um-per-px", "0.5", "--quiet", "--out", str(store)]
+    assert cli_main(args) == 0
+    assert cli_main([*args, "--gene-bin", "32", "--pad-to", "256", "--overwrite"]) == 0
+    assert zarr.open_group(str(store), mode="r").attrs["gene_bin"] == 32
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no partial or old copy left behind
+    # a `teramind generate` output (its run record), with another seed
+    out = tmp_path / "G.ome.zarr"
+    shutil.copytree(sacred / "G.ome.zarr", out)
+    before = tree(out)
+    argv = ["generate", "--genes", str(work / "genes.npz"), "--out", str(out), "--steps", "1", "--threads", "1", "--quiet", "--seed", "5"]
+    refuse(argv, r"differs in .*pass --overwrite", capsys)
+    assert cli_main([*argv, "--overwrite"]) == 0
+    capsys.readouterr()
+    assert tree(out) != before and zarr.open_group(str(out), mode="r").attrs["teramind"]["complete"]
+
+
+def test_train_export_attention_knockout_eval_and_convert_stay_off_their_inputs(sacred, work, capsys):
+    store, generated = sacred / "S.zarr", sacred / "G.ome.zarr"
+    cases = [
+        (["train", "--data", str(store), "--output_dir", str(store / "run")], r"--output_dir .*run lies inside the input --data"),
+        (["train", "--data", str(store), "--output_dir", str(sacred), "--max_train_steps", "1", "--no_validation"],
+         r"--output_dir .* contains the input --data"),
+        (["export", "spatialdata", str(generated), "--to", str(generated), "--overwrite"], r"--to .*G\.ome\.zarr is the input OUT \(the generated output\)"),
+        (["export", "spatialdata", str(generated), "--to", str(generated / "sd.zarr")], r"sd\.zarr lies inside the input OUT"),
+        (["export", "spatialdata", str(generated), "--to", str(store), "--like", str(store)], r"--to .*S\.zarr is the input --like"),
+        (["attention", "--genes", str(store), "--pair", "Gad2,Th", "--out", str(store / "att")], r"att lies inside the input --genes"),
+        (["knockout", "--genes", str(store), "--set", "Gad2=0", "--out", str(store / "ko")], r"ko lies inside the input --genes"),
+        (["eval", "report", str(generated), "--truth", str(store), "--out", str(generated), "--no-controls"], r"--out .*G\.ome\.zarr is the input GENERATED"),
+        (["eval", "report", str(generated), "--truth", str(store), "--out", str(store / "rep"), "--no-controls"], r"rep lies inside the input --truth"),
+        (["convert-official", str(OFFICIAL_SMALL / "model.safetensors"), str(OFFICIAL_SMALL), "--overwrite"], r"OUT_DIR .* contains the input CHECKPOINT"),
+        (["convert-official", str(OFFICIAL_SMALL / "model.safetensors"), str(sacred / "foreign"), "--overwrite"],
+         r"foreign exists and is not an output of teramind \(expected a TeraMindPipeline folder"),
+    ]
+    official_before = tree(OFFICIAL_SMALL)
+    for argv, message in cases:
+        _refused_and_untouched(argv, message, sacred, capsys)
+    assert tree(OFFICIAL_SMALL) == official_before
+
+
+def test_read_only_targets_are_named_before_the_work(sacred, capsys):
+    """`/sys` refuses writes even for root: each command names it with exit 2, before computing anything."""
+    store, generated = sacred / "S.zarr", sacred / "G.ome.zarr"
+    ro = READ_ONLY_DIR
+    cases = [
+        (["attention", "--genes", str(store), "--pair", "Gad2,Th", "--out", str(ro / "att")], r"--out /sys/att: /sys is not writable"),
+        (["knockout", "--genes", str(store), "--set", "Gad2=0", "--out", str(ro / "ko")], r"--out /sys/ko: /sys is not writable"),
+        (["eval", "report", str(generated), "--truth", str(store), "--out", str(ro / "rep"), "--no-controls"], r"--out /sys/rep: /sys is not writable"),
+        (["train", "--data", str(store), "--output_dir", str(ro / "run")], r"--output_dir /sys/run: /sys is not writable"),
+        (["export", "spatialdata", str(generated), "--to", str(ro / "sd.zarr")], r"--to /sys/sd\.zarr: /sys is not writable"),
+        (["generate", "--genes", str(store), "--out", str(ro / "o.ome.zarr"), "--quiet", "--min-gene-overlap", "0"],
+         r"/sys/o\.ome\.zarr: output location: /sys is not writable"),
+    ]
+    for argv, message in cases:
+        _refused_and_untouched(argv, message, sacred, capsys)
+
+
+def test_a_full_disk_is_a_named_error(work, tmp_path, capsys):
+    """ENOSPC for real: /dev/full accepts the open and fails the write. The run summary goes there after the run."""
+    if not os.access("/dev/full", os.W_OK):
+        pytest.skip("/dev/full is not writable here")
+    out = tmp_path / "o.ome.zarr"
+    argv = ["generate", "--genes", str(work / "genes.npz"), "--out", str(out), "--steps", "1", "--threads", "1", "--quiet",
+            "--report-json", "/dev/full"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert _search(r"error: /dev/full: No space left on device \(errno ENOSPC\)", err), err
+
+
+def test_os_errors_are_described_with_their_path():
+    """The errnos of the user's files and disks are named (any other OSError, a bug, keeps its traceback)."""
+    import argparse
+    import errno
+
+    from teramind_hf.cli import IO_ERRNOS, describe_os_error
+
+    assert errno.ENOSPC in IO_ERRNOS and errno.EROFS in IO_ERRNOS and errno.EBADF not in IO_ERRNOS
+    assert describe_os_error(OSError(errno.ENOSPC, "No space left on device", "/x/y")) == "/x/y: No space left on device (errno ENOSPC)"
+    unnamed = describe_os_error(OSError(errno.ENOSPC, "No space left on device"), argparse.Namespace(output_dir="runs/a"))
+    assert unnamed == "No space left on device (errno ENOSPC), the system did not say for which file; this command was writing --output_dir runs/a"
+
+
+# ---------------------------------------------------------------------------------- the helper itself
+def test_output_guard_relations(tmp_path):
+    import re
+
+    from teramind_hf.output_guard import OutputOverlapsInputError, check_output_location
+
+    data = tmp_path / "data.zarr"
+    (data / "genes").mkdir(parents=True)
+    (tmp_path / "alias").symlink_to(data, target_is_directory=True)
+    for output, relation in [
+        (data, "is"), (tmp_path / "alias", "is"), (tmp_path, "contains"), (data / "genes" / "o.zarr", "lies inside"),
+        (tmp_path / "alias" / "o.zarr", "lies inside"), (f"file://{data}", "is"),
+    ]:
+        with pytest.raises(OutputOverlapsInputError, match=rf" {relation} the input --genes {re.escape(str(data))}:"):
+            check_output_location(output, {"--genes": data, "--model": None})
+    for output in (tmp_path / "data.zarr2", tmp_path / "other" / "data.zarr", "s3://bucket/data.zarr"):
+        check_output_location(output, {"--genes": data})  # siblings with a shared prefix, URLs vs paths: disjoint
+    check_output_location(None, {"--genes": data})
+    with pytest.raises(OutputOverlapsInputError, match=r"s3://b/x/y lies inside the input --genes s3://b/x"):
+        check_output_location("s3://b/x/y", {"--genes": "s3://b/x/"})
+    with pytest.raises(OutputOverlapsInputError, match=r"contains the input runs .*r2"):
+        check_output_location(tmp_path, {"runs": [tmp_path.parent / "elsewhere", tmp_path / "r2"]})
+    check_output_location("s3://b/xy", {"--genes": "s3://b/x"})
+
+
+def test_output_guard_markers(tmp_path):
+    import zarr
+
+    from teramind_hf.output_guard import NotOurOutputError, check_replaceable, output_kind, remove_output
+
+    ours = zarr.open_group(str(tmp_path / "ours.ome.zarr"), mode="w")
+    ours.attrs["teramind"] = {"run": {}, "complete": True}
+    theirs = zarr.open_group(str(tmp_path / "theirs.zarr"), mode="w")
+    theirs.attrs["teramind"] = "something else"
+    store = zarr.open_group(str(tmp_path / "store.zarr"), mode="w")
+    store.attrs.update({"gene_names": ["Gad2"], "ingest": {"source": "t.csv"}})
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.txt").write_text("keep")
+    (tmp_path / "link").symlink_to(tmp_path / "ours.ome.zarr", target_is_directory=True)
+    assert output_kind(tmp_path / "ours.ome.zarr", ["gene_store", "generate"]) == "generate"
+    assert output_kind(tmp_path / "store.zarr", ["generate", "gene_store"]) == "gene_store"
+    assert output_kind(tmp_path / "store.zarr", ["generate"]) is None
+    assert check_replaceable(tmp_path / "absent", ["generate"]) is False
+    assert check_replaceable(tmp_path / "empty", ["generate"]) is True
+    for foreign in ("theirs.zarr", "notes.txt", "store.zarr"):
+        with pytest.raises(NotOurOutputError, match=rf"{foreign} exists and is not an output of teramind"):
+            remove_output(tmp_path / foreign, ["generate"])
+    with pytest.raises(NotOurOutputError, match=r"link is a symbolic link"):
+        remove_output(tmp_path / "link", ["generate"])  # a link to our own output: the link is not ours
+    assert (tmp_path / "theirs.zarr").is_dir() and (tmp_path / "notes.txt").read_text() == "keep"
+    remove_output(tmp_path / "ours.ome.zarr", ["generate"])
+    remove_output(tmp_path / "store.zarr", ["gene_store"])
+    assert not (tmp_path / "ours.ome.zarr").exists() and not (tmp_path / "store.zarr").exists()
+
+
+def test_export_overwrite_replaces_only_its_own_image_elements(sacred, tmp_path, capsys):
+    spatialdata = pytest.importorskip("spatialdata")
+    from spatialdata.models import Image2DModel
+
+    generated = sacred / "G.ome.zarr"
+    theirs = tmp_path / "theirs.zarr"  # a user's store with an element that happens to have our name
+    image = Image2DModel.parse(np.zeros((2, 8, 8), np.uint8), dims=("c", "y", "x"))
+    spatialdata.SpatialData(images={"teramind_z0": image}).write(theirs)
+    argv = ["export", "spatialdata", str(generated), "--to", str(theirs), "--overwrite"]
+    message = r"--to .*theirs\.zarr/images/teramind_z0 exists and is not an output of teramind"
+    _refused_and_untouched(argv, message, theirs, capsys)
+    ours = tmp_path / "ours.zarr"
+    assert cli_main(["export", "spatialdata", str(generated), "--to", str(ours)]) == 0
+    assert cli_main(["export", "spatialdata", str(generated), "--to", str(ours), "--overwrite"]) == 0
+    capsys.readouterr()
+    assert {"teramind_z0", "teramind_z1"} <= set(spatialdata.read_zarr(ours).images)

@@ -7,6 +7,7 @@ so `teramind --help` and `teramind SUBCOMMAND --help` start without importing to
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -15,6 +16,30 @@ SUBCOMMAND_MODULES = ("phantom", "ingest", "generate", "eval", "export", "conver
 
 # what a handler raises for bad input: printed as one line naming the problem, exit status 2, no traceback
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError, NotADirectoryError, IsADirectoryError)
+
+# operating-system errors about the user's files and disks (read-only target, full disk, quota, a bad device):
+# named with their path, exit status 2. Other OSErrors (and every other exception) stay tracebacks: real bugs.
+IO_ERRNOS = {
+    errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.ENOENT,
+    errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ENOTEMPTY, errno.ENAMETOOLONG, errno.ELOOP, errno.EXDEV,
+}
+
+
+# where a command writes, for an OSError that names no file (a failed write() or close() does not)
+OUTPUT_ARGUMENTS = (("out", "--out"), ("output_dir", "--output_dir"), ("to", "--to"))
+
+
+def describe_os_error(err: OSError, args: argparse.Namespace | None = None) -> str:
+    """``[Errno 28] No space left on device: 'x'`` -> ``x: No space left on device (errno ENOSPC)``; without a
+    file name, the command's output argument is named instead (as where it was writing)."""
+    what = f"{err.strerror or err} (errno {errno.errorcode.get(err.errno, err.errno)})"
+    paths = [p for p in (err.filename, err.filename2) if p is not None]
+    if paths:
+        return f"{' -> '.join(str(p) for p in paths)}: {what}"
+    for attribute, option in OUTPUT_ARGUMENTS:
+        if getattr(args, attribute, None):
+            return f"{what}, the system did not say for which file; this command was writing {option} {getattr(args, attribute)}"
+    return f"{what}, the system did not say for which file"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = args.func(args)
     except USER_ERRORS as err:
-        print(f"teramind {args.command}: error: {err}", file=sys.stderr)
+        raised_by_system = isinstance(err, OSError) and err.errno is not None and err.strerror
+        print(f"teramind {args.command}: error: {describe_os_error(err, args) if raised_by_system else err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in IO_ERRNOS:
+            raise
+        print(f"teramind {args.command}: error: {describe_os_error(err, args)}", file=sys.stderr)
         return 2
     return int(result or 0)

@@ -52,3 +52,14 @@ def process_device(requested: str | None, command: str):
     if warning and state.is_main_process:
         print(f"teramind {command}: warning: {warning}", file=sys.stderr, flush=True)
     return resolve_device(requested, process_state=state)
+
+
+def local_model(model: str | None) -> str | None:
+    """The model folder a command reads (the embedded one by default), or None for a Hub repo id: an input that
+    no output may be, contain or lie inside."""
+    from pathlib import Path
+
+    from .. import default_model_path
+
+    location = model if model is not None else str(default_model_path())
+    return location if Path(location).exists() else None

@@ -16,12 +16,16 @@ def run(args: argparse.Namespace) -> int:
 
     from ..eval.attention_null import DEFAULT_THRESHOLD, model_gene_tensor, pair_significance
     from ..eval.maps import pathway_map, read_gene_region, save_panels, write_ome_zarr_layers
+    from ..output_guard import check_can_create, check_output_location
     from ..pipelines.pipeline_teramind import TeraMindPipeline
+    from ._args import local_model
 
     pairs = [_parse_pair(p) for p in args.pair]
     out = Path(args.out)
+    check_output_location(out, {"--genes": args.genes, "--model": local_model(args.model)}, "--out")
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"--out {out} exists and is not empty")
+    check_can_create(out, "--out")  # before the null models are computed, not after
     if args.random_models < 1 or args.permutations < 0:
         raise ValueError("--random-models must be >= 1 and --permutations >= 0")
     device = process_device(args.device, "attention")  # the model and the random-weight null models

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from ..constants import DEFAULT_SECTION_SPACING_UM, DEFAULT_SHARD_TILES, DEFAULT_STEP_BUFFER_LIMIT, MERSCOPE_UM_PER_PX
-from ._args import DEVICE_HELP, blend_steps_arg, int_tuple, process_device
+from ._args import DEVICE_HELP, blend_steps_arg, int_tuple, local_model, process_device
 
 
 def run(args: argparse.Namespace) -> int:
@@ -16,6 +16,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from ..output_guard import check_output_location, check_replaceable
     from ..pipelines.gene_source import open_gene_source
     from ..pipelines.preflight import check_generate_arguments, check_output_path, check_report_location
     from ..pipelines.streaming import distributed_state, generate_to_zarr
@@ -45,11 +46,17 @@ def run(args: argparse.Namespace) -> int:
         min_gene_overlap=args.min_gene_overlap,
     )  # fmt: skip
     check_output_path(args.out)
-    check_report_location(args.report_json)
+    inputs = _inputs(args)
+    check_output_location(args.out, inputs, "--out")
+    if args.overwrite:
+        check_replaceable(args.out, ["generate"], "--out")  # a foreign folder is refused before the model loads
+    check_report_location(args.report_json)  # a folder or a missing folder named first
+    check_output_location(args.report_json, inputs, "--report-json")
     if args.spatialdata:
         from ..data.export import check_export_target
 
-        check_export_target(args.spatialdata, "teramind", args.overwrite)
+        check_export_target(args.spatialdata, "teramind", args.overwrite, inputs={**inputs, "--out": args.out},
+                            argument="--spatialdata")
     genes, truth = _gene_input(args)
     open_gene_source(genes)
     if args.threads:
@@ -80,9 +87,18 @@ def run(args: argparse.Namespace) -> int:
     if distributed_state().is_main_process:
         print(report.summary())
         if args.report_json:
-            Path(args.report_json).write_text(json.dumps({**asdict(report), "voxels_per_second": report.voxels_per_second}))
+            summary = json.dumps({**asdict(report), "voxels_per_second": report.voxels_per_second})
+            try:
+                Path(args.report_json).write_text(summary)
+            except OSError as err:  # a failed write() names no file: name it (full disk, quota)
+                raise OSError(err.errno, err.strerror, args.report_json) from err
         _after_generate(args, genes, truth)
     return 0
+
+
+def _inputs(args: argparse.Namespace) -> dict:
+    """What `teramind generate` reads, so that nothing it writes lands on, over or inside them."""
+    return {"--genes": args.genes, "--model": local_model(args.model)}
 
 
 def _gene_input(args: argparse.Namespace) -> tuple[str, str | None]:

@@ -39,7 +39,14 @@ def _common(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from ..data import ingest
+    from ..output_guard import check_output_location
 
+    inputs = {
+        "INPUT": args.inputs if args.source == "merscope" else args.input,
+        "--panel": args.panel,
+        "--images": getattr(args, "images", None),
+    }
+    check_output_location(args.out, inputs, "--out")
     common = _common(args)
     if args.source == "merscope":
         report = ingest.ingest_merscope(
@@ -79,7 +86,7 @@ def _add_common(p: argparse.ArgumentParser, um_required: bool) -> None:
     p.add_argument("--buffer-bins", type=int, default=None, help="(bin, count) pairs held before a flush (default: from --memory-mb)")
     p.add_argument("--max-store-gib", type=float, default=1024.0, help="refuse a dense gene grid larger than this")
     p.add_argument("--pad-to", type=int, default=256, help="pad the canvas to a multiple of this (the model's tile size)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    p.add_argument("--overwrite", action="store_true", help="replace a gene store an earlier `teramind ingest` wrote (nothing else)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 

@@ -16,7 +16,9 @@ def run(args: argparse.Namespace) -> int:
     from ..eval.knockout import knockout_report
     from ..eval.maps import read_gene_region, save_panels, write_ome_zarr_layers
     from ..eval.perturb import cell_type_markers, parse_gene_factors
+    from ..output_guard import check_can_create, check_output_location
     from ..pipelines.pipeline_teramind import TeraMindPipeline
+    from ._args import local_model
 
     perturb: dict[str, float] = {}
     for text in args.set or []:
@@ -33,8 +35,11 @@ def run(args: argparse.Namespace) -> int:
     if not perturb:
         raise ValueError("nothing to perturb: give --set, --scale or --cell-type")
     out = Path(args.out)
+    inputs = {"--genes": args.genes, "--model": local_model(args.model), "--labels": args.labels, "--regions": args.regions}
+    check_output_location(out, inputs, "--out")
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"--out {out} exists and is not empty")
+    check_can_create(out, "--out")  # before sampling, not after
     if args.seed == args.noise_seed:
         raise ValueError("--noise-seed must differ from --seed (the noise floor is another seed's sample)")
     device = process_device(args.device, "knockout")

@@ -238,12 +238,16 @@ def convert_official_checkpoint(
     from ..pipelines.pipeline_teramind import TeraMindPipeline
     from ..schedulers.scheduling_boundary_aware import BoundaryAwareScheduler
 
+    from ..output_guard import check_output_location, check_replaceable, remove_output
     from ..pipelines.preflight import check_output_path
 
     output_dir = Path(output_dir)
+    check_output_location(output_dir, {"CHECKPOINT": checkpoint}, "OUT_DIR")
     check_output_path(output_dir, "OUT_DIR", "a pipeline folder")
-    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"output folder {output_dir} exists and is not empty (pass overwrite=True / --overwrite)")
+    if output_dir.exists() and any(output_dir.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"output folder {output_dir} exists and is not empty (pass overwrite=True / --overwrite)")
+        check_replaceable(output_dir, ["pipeline"], "OUT_DIR")  # only a pipeline folder is replaced
     unet = convert_official_state_dict(load_state_dict(checkpoint), gene_names=gene_names)
     pipe = TeraMindPipeline(unet=unet, scheduler=BoundaryAwareScheduler())
     # write beside the target, then swap it in: a failed write never leaves a half pipeline folder
@@ -255,8 +259,7 @@ def convert_official_checkpoint(
             push_to_hub or f"<org>/{output_dir.name}", num_genes=unet.config.num_genes, checkpoint=Path(checkpoint).name
         )
         card.save(str(staging / "README.md"))
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
+        remove_output(output_dir, ["pipeline"], "OUT_DIR")
         staging.rename(output_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

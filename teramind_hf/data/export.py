@@ -17,6 +17,10 @@ import pandas as pd
 from .ingest.scverse import _require
 
 
+# attribute of each image element written here (what --overwrite may replace); name shared with output_guard
+EXPORT_MARKER = "teramind_export"
+
+
 def _output_placement(out: str | Path) -> dict:
     """Region, slices, scale and the gene store's origin of a `teramind generate` output."""
     import zarr
@@ -43,16 +47,25 @@ def _output_placement(out: str | Path) -> dict:
     }  # fmt: skip
 
 
-def check_export_target(to: str | Path, name: str, overwrite: bool) -> None:
-    """Before generating: refuse a `--spatialdata` target that already holds `{name}_z*` images, or is a file."""
+def check_export_target(
+    to: str | Path, name: str, overwrite: bool, inputs: dict | None = None, argument: str = "--to"
+) -> None:
+    """Before generating: refuse a `--spatialdata` target that already holds `{name}_z*` images, or is a file, or
+    is, contains or lies inside one of `inputs` (``{"--like": path, ...}``: what the command reads)."""
+    from ..output_guard import check_can_create, check_output_location, check_replaceable
+
+    check_output_location(to, inputs or {}, argument)
     to = Path(to)
     if to.is_file():
         raise FileExistsError(f"{to} is a file; --spatialdata needs a SpatialData .zarr folder (new or existing)")
     clash = sorted(p.name for p in (to / "images").glob(f"{name}_z*")) if to.is_dir() else []
     if clash and not overwrite:
         raise FileExistsError(f"{to}: image element(s) {clash} exist; pass --overwrite to replace them")
+    for element in clash:  # --overwrite replaces only elements an earlier export wrote (their marker)
+        check_replaceable(to / "images" / element, ["exported_image"], argument)
     if not to.exists() and not to.parent.is_dir():
         raise FileNotFoundError(f"{to.parent}: folder of the --spatialdata target does not exist")
+    check_can_create(to / "images" if to.is_dir() else to, argument)
 
 
 def generated_images(out: str | Path, name: str = "teramind", coordinate_system: str | None = None) -> dict:
@@ -86,15 +99,23 @@ def export_spatialdata(
     An existing `to` gains the elements (point `to` at the input store to see real and generated together);
     a new one holds them plus, with `like`, every element of that input store. Returns the element names.
     """
-    spatialdata = _require("spatialdata")
     to = Path(to)
-    check_export_target(to, name, overwrite)
+    check_export_target(to, name, overwrite, inputs={"OUT (the generated output)": out, "--like": like})
+    spatialdata = _require("spatialdata")
     elements = generated_images(out, name, coordinate_system)
     if to.exists():
+        from ..output_guard import check_replaceable
+
         sdata = spatialdata.read_zarr(to)
         for element_name, image in elements.items():
+            if element_name in sdata.images:  # only with overwrite (checked above); spatialdata cannot write
+                # over an element it reads lazily from the same store, so ours (checked again) is deleted first
+                check_replaceable(to / "images" / element_name, ["exported_image"], "--to")
+                del sdata.images[element_name]
+                sdata.delete_element_from_disk(element_name)
             sdata.images[element_name] = image
-            sdata.write_element(element_name, overwrite=overwrite)
+            sdata.write_element(element_name)
+        _mark_exported(to, elements, out)
         return list(elements)
     if like is not None:
         sdata = spatialdata.read_zarr(like)
@@ -103,7 +124,16 @@ def export_spatialdata(
     else:
         sdata = spatialdata.SpatialData(images=elements)
     sdata.write(to)
+    _mark_exported(to, elements, out)
     return list(elements)
+
+
+def _mark_exported(to: Path, elements: dict, out: str | Path) -> None:
+    """The marker `--overwrite` looks for (`output_guard`): which generated output each image element came from."""
+    import zarr
+
+    for element_name in elements:
+        zarr.open_group(str(to / "images" / element_name), mode="r+").attrs[EXPORT_MARKER] = {"from": str(out)}
 
 
 def write_spatialdata_points(

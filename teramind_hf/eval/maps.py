@@ -8,7 +8,7 @@ written to a temporary folder and renamed, so a folder that exists is complete.
 
 from __future__ import annotations
 
-import shutil
+import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -47,7 +47,7 @@ def write_ome_zarr_layers(
     """Write ``(Z, H, W)`` float layers as one NGFF image ``c, z, y, x`` uint8 (one channel per layer).
 
     Each layer is scaled to 0-255 over ``value_range`` (default: its own 0..max); the ranges are stored in the
-    group attribute ``teramind_layers`` so values can be recovered. Written to ``path.tmp`` then renamed.
+    group attribute ``teramind_layers`` so values can be recovered. Written under a hidden partial name, then renamed.
     """
     import zarr
 
@@ -68,8 +68,8 @@ def write_ome_zarr_layers(
         stack.append(np.clip((np.nan_to_num(a, nan=lo) - lo) / span * 255.0, 0, 255).round().astype(np.uint8))
         ranges.append([float(lo), float(lo + span)])
     data = np.stack(stack)
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    # a fresh hidden name: nothing that existed before is ever deleted
+    tmp = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
     group = zarr.open_group(str(tmp), mode="w")
     spacing = DEFAULT_SECTION_SPACING_UM if section_spacing_um is None else section_spacing_um
     levels = create_image(group, data.shape, tile_size, PhysicalScale(um_per_px, spacing))

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ..output_guard import check_can_create, check_output_location
 from .accumulate import DEFAULT_BLOCK, accumulate_section, summarize, summarize_regions
 from .inputs import EvalVolume, align, open_labels, open_volume
 from .nuclei import MATCH_DISTANCE_UM, MIN_AREA_UM2, SMOOTHING_UM, SPLIT_DEPTH_UM
@@ -214,6 +215,11 @@ def evaluation_report(
         raise ValueError(f"seeds must be >= 1, got {seeds}")
     if block < 64:
         raise ValueError(f"block must be >= 64 px, got {block}")
+    inputs = {"GENERATED": generated, "--truth": truth, "--labels": labels, "--model": model, "--genes": genes}
+    inputs = {k: v for k, v in inputs.items() if isinstance(v, (str, Path))}  # arrays are not paths
+    check_output_location(out_dir, inputs, "--out")
+    if out_dir is not None:
+        check_can_create(out_dir, "--out")  # before the (long) scoring, not after
     gen = open_volume(generated, "generated")
     truth_full = open_volume(truth, "truth")
     truth_vol, origin = align(gen, truth_full)
@@ -230,6 +236,7 @@ def evaluation_report(
     if needs_model:  # checked before anything is written
         pipe = _control_pipeline(gen.run, model, device)
         location = _gene_location(gen.run, genes, gen.source)
+        check_output_location(out_dir, {"the run's gene source": location if isinstance(location, (str, Path)) else None}, "--out")
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)

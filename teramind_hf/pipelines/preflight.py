@@ -184,8 +184,10 @@ def check_report_location(report_json: str | None) -> None:
         raise IsADirectoryError(f"--report-json {report_json} is a folder; expected a file path such as report.json")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"--report-json {report_json}: folder {path.parent} does not exist")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise PermissionError(f"--report-json {report_json}: the existing file is not writable")
+    if path.exists():  # replaced in place: the file itself must be writable, its folder need not be
+        if not os.access(path, os.W_OK):
+            raise PermissionError(f"--report-json {report_json}: the existing file is not writable")
+        return
     probe_writable(path.parent, f"--report-json {report_json}")
 
 

@@ -48,6 +48,7 @@ from ..sampling.solver_state import TileSolver
 from ..sampling.state import open_zarr_state
 from ..schedulers.scheduling_boundary_aware import BoundaryAwareScheduler
 from .pipeline_teramind import TeraMindPipeline, _draw_seed, _to_output_type
+from ..output_guard import check_output_location, check_replaceable, remove_output
 from .preflight import check_region, preflight_generate, probe_writable
 
 RECORD_FORMAT = "teramind-generate/1"
@@ -266,6 +267,8 @@ def generate_to_zarr(
     started = time.perf_counter()
     state = distributed_state()
     out = str(out)
+    if isinstance(genes, (str, Path)):
+        check_output_location(out, {"genes": genes}, "out")
     if tile_order not in TILE_ORDERS:
         raise ValueError(f"tile_order must be one of {TILE_ORDERS}, got {tile_order!r}")
     chosen, steps, schedule = pipe.sampling_plan(num_inference_steps, grid, preset)
@@ -307,9 +310,12 @@ def generate_to_zarr(
     # decide what to do with the output folder: every process decides the same, only the main one mutates
     exists, previous = read_existing_record(out)
     resume = False
-    if exists and not overwrite:
-        if previous is None or previous.get("run") != record:
-            why = "it is not a teramind output" if previous is None else f"it differs in {describe_difference(previous.get('run', {}), record)}"
+    if exists and previous is None:
+        # not ours: refused, overwrite or not (an empty folder holds nothing to lose and is written afresh)
+        check_replaceable(out, ["generate"], "out")
+    elif exists and not overwrite:
+        if previous.get("run") != record:
+            why = f"it differs in {describe_difference(previous.get('run', {}), record)}"
             raise FileExistsError(f"{out} exists and {why}; pass --overwrite (overwrite=True) to replace it")
         resume = True
     check_writable(out)
@@ -323,8 +329,7 @@ def generate_to_zarr(
 
     if state.is_main_process and not resume:
         if exists:
-            fs, path = _filesystem(out)
-            fs.rm(path, recursive=True)
+            remove_output(out, ["generate"], "out")
         group = zarr.open_group(out, mode="w")
         create_image(group, shape, tile, scale, shard_tiles, shard_slices=cfg.num_slices)
         group.attrs["teramind"] = {"run": record, "complete": False, "pyramid_levels_done": 0}

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -283,12 +282,14 @@ def load_training_state(accelerator, folder: Path, unet, optimizer, lr_scheduler
 
 def save_checkpoint(accelerator, output_dir: Path, step: int, unet, optimizer, lr_scheduler, ema, args, seconds: float = 0.0) -> Path:
     """The training state + training_config.json (written last, marks the checkpoint complete); prune old ones."""
+    from ..output_guard import remove_output
+
     path = output_dir / f"{CHECKPOINT_PREFIX}{step}"
     accelerator.wait_for_everyone()
     if accelerator.is_main_process and args.checkpoints_total_limit is not None:
         old = list_checkpoints(output_dir)
         for stale in old[: max(len(old) - args.checkpoints_total_limit + 1, 0)]:
-            shutil.rmtree(stale, ignore_errors=True)
+            remove_output(stale, ["checkpoint"], "--checkpoints_total_limit")
     save_training_state(accelerator, path, unet, optimizer, lr_scheduler, ema)
     if accelerator.is_main_process:
         payload = {"unet": arch_config(accelerator.unwrap_model(unet)), "step": step, "seconds": seconds, "args": vars(args)}

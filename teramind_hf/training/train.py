@@ -59,6 +59,18 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--crop_size must be a multiple of the 64-px patch, got {args.crop_size}")
     if not math.isfinite(args.collage_edge_weight) or args.collage_edge_weight <= 0:
         raise ValueError(f"--collage_edge_weight must be a positive number (1 = the official loss), got {args.collage_edge_weight}")
+    check_output_dir(args)
+
+
+def check_output_dir(args: argparse.Namespace) -> None:
+    """--output_dir is not, does not contain and does not lie inside what training reads (the data, the validation
+    data, a local --pretrained folder), and can be written: checked before the model is built."""
+    from ..output_guard import check_can_create, check_output_location
+
+    pretrained = args.pretrained if args.pretrained is not None and Path(args.pretrained).exists() else None
+    inputs = {"--data": args.data, "--validation_data": args.validation_data, "--pretrained": pretrained}
+    check_output_location(args.output_dir, inputs, "--output_dir")
+    check_can_create(args.output_dir, "--output_dir")
 
 
 # ---------------------------------------------------------------------------------------------- model

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ...output_guard import check_output_location
 from .merscope import ingest_merscope, is_merscope_run, merscope_runs
 from .scverse import ingest_spatialdata, is_spatialdata_store
 
@@ -44,6 +45,7 @@ def gene_store_for(location: str | Path, out: str | Path, *, um_per_px: float | 
     if kind is None:
         return str(location), None
     store = sibling(out, ".genes.zarr")
+    check_output_location(store, {"--genes": location}, f"the gene store {store} beside --out")
     inputs = [str(r) for r in merscope_runs(location)] if kind == "merscope" else [str(Path(location))]
     if store.exists():
         try:

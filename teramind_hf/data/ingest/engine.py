@@ -24,12 +24,13 @@ import shutil
 import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 
 from ...constants import DEFAULT_SECTION_SPACING_UM
+from ...output_guard import check_output_location, check_replaceable, remove_output
 from ..panel import GenePanel
 from ..volume import panel_for_transcripts
 from .checks import ORIGINS, _check_common, check_coordinates, check_grid, check_sections  # noqa: F401  (re-exported)
@@ -259,10 +260,13 @@ def _bin_batches(
 class StoreWriter:
     """Writes a store under a temporary sibling name and renames it into place when complete."""
 
-    def __init__(self, path: str | Path, overwrite: bool):
+    def __init__(self, path: str | Path, overwrite: bool, inputs: Mapping[str, Any] | None = None):
         self.path = Path(path)
-        if self.path.exists() and not overwrite:
-            raise FileExistsError(f"{self.path} exists; pass overwrite=True (--overwrite) to replace it")
+        check_output_location(self.path, inputs or {}, "--out")
+        if self.path.exists() or self.path.is_symlink():
+            if not overwrite:
+                raise FileExistsError(f"{self.path} exists; pass overwrite=True (--overwrite) to replace it")
+            check_replaceable(self.path, ["gene_store"], "--out")  # only a store `teramind ingest` wrote
         if not self.path.parent.exists():
             raise FileNotFoundError(f"{self.path.parent}: output folder does not exist")
         if not os.access(self.path.parent, os.W_OK):
@@ -277,10 +281,18 @@ class StoreWriter:
             shutil.rmtree(self.partial, ignore_errors=True)
             return
         if self.path.exists():
+            try:
+                check_replaceable(self.path, ["gene_store"], "--out")  # again: it may have changed during the scan
+            except OSError:
+                shutil.rmtree(self.partial, ignore_errors=True)
+                raise
             old = self.path.parent / f".{self.path.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(self.path, old)
             os.replace(self.partial, self.path)
-            shutil.rmtree(old, ignore_errors=True)
+            try:
+                remove_output(old, ["gene_store"], "--out")
+            except OSError:  # the new store is in place; a leftover hidden copy of the old one loses nothing
+                pass
         else:
             os.replace(self.partial, self.path)
 
@@ -309,12 +321,14 @@ def ingest_batches(
     batch_rows: int = DEFAULT_BATCH_ROWS,
     chunk: int = 256,
     pad_to: int = DEFAULT_PAD_TO,
+    inputs: Mapping[str, Any] | None = None,
 ) -> IngestReport:
     """The engine under every `ingest_*`: scan `batches()`, check, then bin a second `batches()` into `out`.
 
     `canvas` (MERSCOPE: the mosaics) fixes the grid instead of the scan's extent; `images(group, canvas)`
     writes the `images` array of the new store; `origin_um` defaults to the canvas origin times `um_per_px`.
-    The canvas is padded to a multiple of `pad_to` px (`teramind generate` works on whole tiles); the data's own
+    `inputs` (``{"label": path or paths}``, default: the provenance's ``inputs``) are what the store must not be,
+    contain or lie inside (`teramind_hf.output_guard`). The canvas is padded to a multiple of `pad_to` px (`teramind generate` works on whole tiles); the data's own
     extent is the `data_shape_px` attribute.
     """
     from tqdm.auto import tqdm
@@ -322,7 +336,9 @@ def ingest_batches(
     from ..store import create_training_store
 
     _check_common(gene_bin, um_per_px, batch_rows, buffer_bins, origin)
-    writer = StoreWriter(out, overwrite)  # output checks before the (long) scan
+    if inputs is None:
+        inputs = {"input": (provenance or {}).get("inputs")}
+    writer = StoreWriter(out, overwrite, inputs)  # output checks before the (long) scan
     if not (np.isfinite(section_spacing_um) and section_spacing_um > 0):
         raise ValueError(f"section_spacing_um (--section-spacing-um) must be a positive number, got {section_spacing_um}")
     if um_per_px is None:

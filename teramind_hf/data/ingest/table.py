@@ -160,5 +160,5 @@ def ingest_table(
     provenance = {"format": "table", "inputs": [str(path)], "units": units, "columns": columns or {}}
     return ingest_batches(
         batches, out, source=str(path), um_per_px=um_per_px, canvas=canvas, images=write_images,
-        provenance=provenance, batch_rows=batch_rows, **kwargs,
+        provenance=provenance, batch_rows=batch_rows, inputs={"table": path, "--images": images}, **kwargs,
     )  # fmt: skip
