@@ -93,7 +93,6 @@ def solver_class(name: str) -> type:
     return cls
 
 
-
 class BoundaryAwareScheduler(SchedulerMixin, ConfigMixin):
     r"""Official timestep spacing and x0 clip around a diffusers solver.
 
