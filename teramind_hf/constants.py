@@ -14,3 +14,4 @@ DEFAULT_STEP_BUFFER_LIMIT = 64 * 2**20  # bytes of step buffers kept in memory; 
 # object, ~190 k objects for a whole brain instead of ~12 M chunk files (docs/tera-scale.md)
 DEFAULT_SHARD_TILES = 4
 PHANTOM_FORMATS = ("table", "official", "store", "merscope")
+STAIN_NAMES = ("DAPI", "PolyT")  # the model's output channels, in order (OME-Zarr channel labels, SpatialData c)

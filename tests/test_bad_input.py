@@ -151,7 +151,7 @@ def test_a_model_with_a_zero_tile_size_is_refused(work, tmp_path, capsys):
 
     model = tmp_path / "model"
     shutil.copytree(default_model_path(), model)
-    config_path = model / "scheduler" / "scheduler_config.json"
+    config_path = model / "model_index.json"  # the pipeline config holds the tile geometry
     config = json.loads(config_path.read_text())
     for tile in (0, -256):
         config_path.write_text(json.dumps({**config, "tile_size": tile}))

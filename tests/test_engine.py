@@ -327,8 +327,9 @@ def test_scheduler_swap_is_plain_diffusers(model_dir, caplog):
     assert "ignored" not in caplog.text
     assert type(pipe.scheduler) is DPMSolverMultistepScheduler  # no attribute override
     assert pipe.scheduler.config.beta_start == 1e-4 and pipe.scheduler.config.prediction_type == "epsilon"
-    default = TeraMindPipeline.from_pretrained()  # an old config: geometry in the scheduler, prediction in inner_config
-    assert default.config.tile_size == 256 and default.config.halo == 32
+    default = TeraMindPipeline.from_pretrained()  # geometry in the pipeline config, the schedule at the scheduler's top
+    assert default.config.tile_size == 256 and default.config.halo == 32 and default.config.fill_value == -1
+    assert "tile_size" not in default.scheduler.config and not default.scheduler.config.inner_config.get("prediction_type")
     assert DPMSolverMultistepScheduler.from_config(default.scheduler.config).config.prediction_type == "sample"
 
 

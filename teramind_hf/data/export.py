@@ -74,7 +74,7 @@ def generated_images(out: str | Path, name: str = "teramind", coordinate_system:
     from spatialdata.models import Image2DModel
     from spatialdata.transformations import Scale, Sequence, Translation
 
-    from ..pipelines.ome_zarr import STAIN_NAMES
+    from ..constants import STAIN_NAMES
 
     place = _output_placement(out)
     system = coordinate_system or place["coordinate_system"]

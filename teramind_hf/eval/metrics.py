@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..constants import STAIN_NAMES
 from .fidelity import fidelity_metrics
 from .grid import step_profile
 from .nuclei import MATCH_DISTANCE_UM, nuclei_metrics
 from .spectrum import high_frequency_ratio, intensity_histogram_distance, power_spectrum_distance
 
-STAIN_NAMES = ("dapi", "polyt")
 BORDER_PERIODS = (64, 256)
 
 
@@ -56,7 +56,7 @@ def section_metrics(
     """Every metric of one section ``(2, H, W)``."""
     out = {f"nuclei_{k}": v for k, v in nuclei_metrics(generated[0], truth[0], um_per_px, match_distance_um).items()}
     for index, stain in enumerate(STAIN_NAMES):
-        out.update(stain_metrics(generated[index], truth[index], stain))
+        out.update(stain_metrics(generated[index], truth[index], stain.lower()))
     out.update(border_metrics(generated, truth))
     return out
 

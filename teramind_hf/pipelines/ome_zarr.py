@@ -17,10 +17,10 @@ from typing import Any, Iterable
 
 import numpy as np
 
-STAIN_NAMES = ("DAPI", "PolyT")
-NGFF_VERSION = "0.5"
-from ..constants import DEFAULT_SECTION_SPACING_UM
+from ..constants import DEFAULT_SECTION_SPACING_UM, STAIN_NAMES
 from ..constants import MERSCOPE_UM_PER_PX as DEFAULT_UM_PER_PX
+
+NGFF_VERSION = "0.5"
 
 
 @dataclass(frozen=True)

@@ -54,8 +54,7 @@ class TeraMindPipeline(DiffusionPipeline):
         scheduler: :class:`BoundaryAwareScheduler` (official DDIM), or any diffusers scheduler: it is sampled
             through the official spacing/clip wrapper (``pipe.scheduler = X.from_config(pipe.scheduler.config)``).
     Config:
-        tile_size, halo, fill_value: the tile grid (256 px tiles, a 32-px halo, -1 outside the region, official);
-            old pipelines kept them in the scheduler config, from where they are read.
+        tile_size, halo, fill_value: the tile grid (256 px tiles, a 32-px halo, -1 outside the region, official).
         grid: the default grid schedule (a name in ``teramind_hf.sampling.GRID_SCHEDULES`` or a schedule dict):
             ``"official"`` unless the checkpoint says otherwise.
         num_inference_steps: the default number of steps (15 unless the checkpoint says otherwise).
@@ -75,9 +74,8 @@ class TeraMindPipeline(DiffusionPipeline):
     ):  # fmt: skip
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
-        legacy = scheduler.geometry if isinstance(scheduler, BoundaryAwareScheduler) else {}
         given = {"tile_size": tile_size, "halo": halo, "fill_value": fill_value}
-        self.register_to_config(**{k: v if v is not None else legacy.get(k, DEFAULT_GEOMETRY[k]) for k, v in given.items()})
+        self.register_to_config(**{k: v if v is not None else DEFAULT_GEOMETRY[k] for k, v in given.items()})
         resolve_grid(grid)  # a bad name fails at load time, naming the known schedules
         self.register_to_config(grid=grid.to_dict() if isinstance(grid, GridSchedule) else (grid or "official"))
         if num_inference_steps is not None and (not isinstance(num_inference_steps, int) or num_inference_steps < 1):

@@ -6,7 +6,7 @@ config and the gene source; each raises ``ValueError`` / ``FileExistsError`` / `
 argument or file and what was expected (the CLI prints that one line, no traceback):
 
 * :func:`check_generate_arguments`: numbers (steps, batch size, memory limit, physical scale, seed);
-* :func:`check_geometry`: the model's gene bin and the scheduler's tile / halo / patch sizes;
+* :func:`check_geometry`: the model's gene bin and patch, and the tile / halo sizes of the pipeline config;
 * :func:`check_steps_against_schedule`: no more denoising steps than the training schedule has timesteps;
 * :func:`check_region`, :func:`check_panel`: the region and sections against the gene data, the panel overlap;
 * :func:`check_gene_values`: the gene counts the run reads, streamed block by block (bounded memory): dtype, NaN,

@@ -49,7 +49,7 @@ from ..sampling.state import open_zarr_state
 from ..schedulers.scheduling_boundary_aware import BoundaryAwareScheduler
 from .pipeline_teramind import TeraMindPipeline, _draw_seed, _to_output_type
 from ..output_guard import check_output_location, check_replaceable, remove_output
-from .preflight import check_region, preflight_generate, probe_writable
+from .preflight import preflight_generate, probe_writable
 
 RECORD_FORMAT = "teramind-generate/1"
 STEP_STORE = "_teramind_steps"  # child of the output group holding step buffers and progress
@@ -104,15 +104,6 @@ def distributed_state():
     from accelerate import PartialState
 
     return PartialState(cpu=not torch.cuda.is_available())
-
-
-# ---------------------------------------------------------------------------------------------- validation
-def resolve_region(
-    source: GeneSource, gene_bin: int, tile_size: int, region: tuple[int, int, int, int] | None,
-    slices: tuple[int, int] | None,
-) -> Region:  # fmt: skip
-    """Check the requested region against the gene data (named errors) and fill defaults (everything)."""
-    return Region(*check_region(source.shape, gene_bin, tile_size, region, slices, source.location))
 
 
 def model_fingerprint(unet: torch.nn.Module) -> str:

@@ -11,8 +11,7 @@ scheduler (``set_timesteps``, ``scale_model_input``, ``step``, ``add_noise``).
 Its config holds the training schedule at the top level (``num_train_timesteps``, ``beta_*``,
 ``prediction_type``, ...), so ``DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)`` works as for
 any diffusers scheduler. Tile geometry is not a scheduler concern: it lives in
-:class:`teramind_hf.sampling.TileGrid` and the pipeline config. Old configs that still carry ``tile_size``,
-``halo``, ``patch_size`` or ``fill_value`` load without a warning; the pipeline reads those keys into its grid.
+:class:`teramind_hf.sampling.TileGrid` and the pipeline config.
 """
 
 from __future__ import annotations
@@ -43,10 +42,7 @@ SCHEDULE_DEFAULTS = {
     "steps_offset": 0,
 }
 # this wrapper's own keys: hidden from other schedulers' from_config (see `config`)
-OWN_KEYS = ("inner_scheduler", "inner_config", "timestep_spacing_mode", "tile_size", "halo", "patch_size", "fill_value")
-LEGACY_GEOMETRY_KEYS = ("tile_size", "halo", "patch_size", "fill_value")
-# kept for code that imported it: the official DDIM settings as one dict
-DEFAULT_INNER_CONFIG = {k: v for k, v in SCHEDULE_DEFAULTS.items() if k != "trained_betas"}
+OWN_KEYS = ("inner_scheduler", "inner_config", "timestep_spacing_mode")
 
 
 def _set_solver_timesteps(stepper: SchedulerMixin, num_inference_steps: int, device) -> None:
@@ -97,9 +93,6 @@ def solver_class(name: str) -> type:
     return cls
 
 
-_inner_class = solver_class  # old name
-
-
 class BoundaryAwareScheduler(SchedulerMixin, ConfigMixin):
     r"""Official timestep spacing and x0 clip around a diffusers solver.
 
@@ -111,8 +104,6 @@ class BoundaryAwareScheduler(SchedulerMixin, ConfigMixin):
         inner_config: solver-only options (e.g. ``{"algorithm_type": "dpmsolver++"}``).
         timestep_spacing_mode: ``"official"``: the official spacing by re-spacing the schedule (above);
             ``"inner"``: the solver's own ``set_timesteps`` on the 1000-step schedule.
-        tile_size, halo, patch_size, fill_value: legacy geometry keys of old configs (unused here; the pipeline
-            reads them into its tile grid).
 
     The clip rule: with ``clip_sample``, x0 is clipped to ``[-clip_sample_range, clip_sample_range]``. DDIM and
     DDPM do it themselves (DDIM then re-derives the noise from the clipped x0, as official). For other solvers
@@ -146,18 +137,15 @@ class BoundaryAwareScheduler(SchedulerMixin, ConfigMixin):
         inner_scheduler: str = "DDIMScheduler",
         inner_config: dict | None = None,
         timestep_spacing_mode: str = "official",
-        tile_size: int | None = None,
-        halo: int | None = None,
-        patch_size: int | None = None,
-        fill_value: float | None = None,
     ):
         if timestep_spacing_mode not in ("official", "inner"):
             raise ValueError(f"timestep_spacing_mode must be 'official' or 'inner', got {timestep_spacing_mode!r}")
-        # old configs kept the schedule inside inner_config: lift those keys to the top level
-        extra = dict(inner_config or {})
-        lifted = {k: extra.pop(k) for k in list(extra) if k in SCHEDULE_DEFAULTS}
-        if lifted:
-            self.register_to_config(**lifted, inner_config=extra or None)
+        schedule_inside = sorted(set(inner_config or {}) & set(SCHEDULE_DEFAULTS))
+        if schedule_inside:
+            raise ValueError(
+                f"inner_config holds training-schedule keys {schedule_inside}: give them at the top level of the "
+                "scheduler config (they are shared with the solver and with other schedulers' from_config)"
+            )
         self._solver_cls = solver_class(inner_scheduler)
         self.timesteps = torch.tensor([], dtype=torch.long)
         self.num_inference_steps = None
@@ -170,8 +158,7 @@ class BoundaryAwareScheduler(SchedulerMixin, ConfigMixin):
         # `_use_default_values` is how diffusers marks keys another class's from_config must skip: listing this
         # wrapper's own keys there lets `X.from_config(pipe.scheduler.config)` take the schedule without an
         # "ignored config attributes" warning (`extract_init_dict` below keeps them for this class itself)
-        # (schedule keys are never listed there: they are what other schedulers must take, even when an old
-        # config carried them inside inner_config)
+        # (schedule keys are never listed there: they are what other schedulers must take)
         config = self._internal_dict
         skipped = sorted((set(config.get("_use_default_values", [])) - set(SCHEDULE_DEFAULTS)) | set(OWN_KEYS))
         return FrozenDict({**config, "_use_default_values": skipped})
@@ -191,11 +178,6 @@ class BoundaryAwareScheduler(SchedulerMixin, ConfigMixin):
     def inner(self) -> SchedulerMixin:
         """The solver on the 1000-step training schedule (kept for old code; not needed by the package)."""
         return self._solver_cls.from_config(self.solver_config())
-
-    @property
-    def geometry(self) -> dict:
-        """Legacy geometry keys present in this config (read into the pipeline's tile grid)."""
-        return {k: self._internal_dict[k] for k in LEGACY_GEOMETRY_KEYS if self._internal_dict.get(k) is not None}
 
     @classmethod
     def wrap(cls, solver: SchedulerMixin, **kwargs) -> "BoundaryAwareScheduler":
@@ -295,13 +277,6 @@ class BoundaryAwareScheduler(SchedulerMixin, ConfigMixin):
     def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """Forward diffusion on the 1000-step training schedule (for training and img2img-like use)."""
         return self.inner.add_noise(original, noise, timesteps)
-
-    def initial_noise(
-        self, seed: int, index: tuple[int, ...], shape: tuple[int, ...], dtype: torch.dtype = torch.float32
-    ) -> torch.Tensor:
-        """Initial noise of one tile, from a generator seeded by ``(seed, *index)`` alone."""
-        generator = torch.Generator(device="cpu").manual_seed(tile_seed(seed, *index))
-        return torch.randn(shape, generator=generator, dtype=dtype) * self.init_noise_sigma
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps
