@@ -49,11 +49,12 @@ def run(args: argparse.Namespace) -> int:
         from ..data.export import check_export_target
 
         check_export_target(args.spatialdata, "teramind", args.overwrite)
+    pipe = _check_raw_region(args, region, slices)
     genes, truth = _gene_input(args)
     open_gene_source(genes)
     if args.threads:
         torch.set_num_threads(args.threads)
-    pipe = _load_pipeline(args)
+    pipe = pipe or _load_pipeline(args)
     report = generate_to_zarr(
         pipe,
         genes,
@@ -82,6 +83,24 @@ def run(args: argparse.Namespace) -> int:
             Path(args.report_json).write_text(json.dumps({**asdict(report), "voxels_per_second": report.voxels_per_second}))
         _after_generate(args, genes, truth)
     return 0
+
+
+def _check_raw_region(args: argparse.Namespace, region, slices):
+    """A MERSCOPE folder given to --genes with --region/--slices: check them against the mosaics (the model's tile
+    grid) before the folder is ingested beside --out. Returns the pipeline if it was loaded for that, else None."""
+    from ..data.ingest.auto import raw_kind
+
+    if args.genes is None or (region is None and slices is None) or raw_kind(args.genes) != "merscope":
+        return None
+    from ..data.ingest.merscope import merscope_extent, merscope_runs
+    from ..pipelines.preflight import check_region
+
+    pipe = _load_pipeline(args)
+    gene_bin = pipe.unet.config.gene_bin
+    sections, height, width = merscope_extent(merscope_runs(args.genes), gene_bin)
+    check_region((0, sections, height // gene_bin, width // gene_bin), gene_bin, pipe.config["tile_size"], region,
+                 slices, f"MERSCOPE runs {args.genes}")  # fmt: skip
+    return pipe
 
 
 def _gene_input(args: argparse.Namespace) -> tuple[str, str | None]:
