@@ -9,12 +9,13 @@ from: pixel (y, x) of the output is at `origin_um + (region origin + (y, x)) * u
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .ingest.scverse import _require
+from .ingest.scverse import _require, check_spatialdata_store, read_spatialdata
 
 
 def _output_placement(out: str | Path) -> dict:
@@ -53,6 +54,10 @@ def check_export_target(to: str | Path, name: str, overwrite: bool) -> None:
         raise FileExistsError(f"{to}: image element(s) {clash} exist; pass --overwrite to replace them")
     if not to.exists() and not to.parent.is_dir():
         raise FileNotFoundError(f"{to.parent}: folder of the --spatialdata target does not exist")
+    if to.exists():
+        check_spatialdata_store(to, "--to")
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name or ""):
+        raise ValueError(f"--name {name!r}: an element name prefix must be non-empty letters, digits, '_', '.' or '-'")
 
 
 def generated_images(out: str | Path, name: str = "teramind", coordinate_system: str | None = None) -> dict:
@@ -89,15 +94,17 @@ def export_spatialdata(
     spatialdata = _require("spatialdata")
     to = Path(to)
     check_export_target(to, name, overwrite)
+    if like is not None:
+        check_spatialdata_store(like, "--like")
     elements = generated_images(out, name, coordinate_system)
     if to.exists():
-        sdata = spatialdata.read_zarr(to)
+        sdata = read_spatialdata(to, "--to")
         for element_name, image in elements.items():
             sdata.images[element_name] = image
             sdata.write_element(element_name, overwrite=overwrite)
         return list(elements)
     if like is not None:
-        sdata = spatialdata.read_zarr(like)
+        sdata = read_spatialdata(like, "--like")
         for element_name, image in elements.items():
             sdata.images[element_name] = image
     else:
