@@ -115,6 +115,9 @@ class TeraMindPipeline(DiffusionPipeline):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None = None, **kwargs):
         """Load from a local folder or a Hub repo id (resolved with ``huggingface_hub.snapshot_download``,
         which honours ``revision``, ``cache_dir``, ``token``, ``local_files_only`` and ``HF_HUB_OFFLINE``)."""
+        from .model_folder import check_loading_kwargs, check_pipeline_folder
+
+        check_loading_kwargs(kwargs)
         if pretrained_model_name_or_path is None:
             from .. import default_model_path
 
@@ -136,6 +139,7 @@ class TeraMindPipeline(DiffusionPipeline):
             path = Path(local)
         if not (path / "model_index.json").is_file():
             raise FileNotFoundError(f"{path} has no model_index.json: not a TeraMindPipeline folder")
+        check_pipeline_folder(path)
         if kwargs.get("use_safetensors") is False:
             raise ValueError("use_safetensors=False: pickled (.bin) weights are never loaded; convert them to safetensors")
         kwargs["use_safetensors"] = True
