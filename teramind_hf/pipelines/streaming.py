@@ -187,7 +187,18 @@ def read_existing_record(out: str) -> tuple[bool, dict | None]:
     except Exception:
         return True, None
     state = group.attrs.get("teramind")
-    return True, dict(state) if isinstance(state, dict) else None
+    if not isinstance(state, dict):
+        return True, None
+    levels = state.get("pyramid_levels_done", 0)
+    if (
+        not isinstance(state.get("run"), dict) or not isinstance(state.get("complete"), bool)
+        or isinstance(levels, bool) or not isinstance(levels, int) or levels < 0
+    ):  # fmt: skip
+        raise ValueError(
+            f"{out.rstrip('/')}/zarr.json: the 'teramind' run record is damaged (expected 'run' an object, 'complete' "
+            f"true/false, 'pyramid_levels_done' a whole number >= 0); remove the output or write to another --out"
+        )
+    return True, dict(state)
 
 
 def describe_difference(old: dict, new: dict) -> str:

@@ -27,16 +27,29 @@ from pathlib import Path
 import torch
 
 from .checkpoint import (
-    CONFIG_FILE,
+    CheckpointFileError,
     check_checkpoint_config,
     checkpoint_step,
     load_training_state,
+    read_checkpoint_config,
     resolve_checkpoint,
     save_checkpoint,
 )
 from .options import add_training_arguments
 
 LOG_FILE = "train_log.jsonl"
+
+
+def _logged_step(line: str, log_path: Path) -> int:
+    """The step of one line of the training log; a line this trainer did not write is refused by name."""
+    try:
+        record = json.loads(line)
+    except (ValueError, RecursionError):
+        record = None
+    step = record.get("step") if isinstance(record, dict) else None
+    if isinstance(step, bool) or not isinstance(step, int):
+        raise CheckpointFileError(f"{log_path}: line {line[:60]!r} is not a training-log record with a whole 'step'")
+    return step
 
 logger = logging.getLogger("teramind_hf.training")
 
@@ -214,7 +227,7 @@ def train(args: argparse.Namespace) -> dict:
 
     start_step, prior_seconds = 0, 0.0
     if resume is not None:
-        prior_seconds = float(json.loads((resume / CONFIG_FILE).read_text()).get("seconds", 0.0))
+        prior_seconds = float(read_checkpoint_config(resume).get("seconds", 0.0))
         load_training_state(accelerator, resume, unet, optimizer, lr_scheduler, ema)
         start_step = checkpoint_step(resume)
         log(f"resumed from {resume} at step {start_step}")
@@ -238,7 +251,7 @@ def train(args: argparse.Namespace) -> dict:
     log_path = output_dir / LOG_FILE
     if accelerator.is_main_process and resume is not None and log_path.is_file():
         # drop what an interrupted run logged after its last checkpoint: those steps are re-done now
-        kept = [line for line in log_path.read_text().splitlines() if line and json.loads(line)["step"] <= start_step]
+        kept = [line for line in log_path.read_text().splitlines() if line and _logged_step(line, log_path) <= start_step]
         log_path.write_text("".join(line + "\n" for line in kept))
     log(f"training {sum(p.numel() for p in unet.parameters()):,} parameters, {world} process(es), global batch "
         f"{global_batch}, steps {start_step}..{args.max_train_steps}")  # fmt: skip
