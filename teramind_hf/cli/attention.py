@@ -8,22 +8,25 @@ from ._args import int_tuple
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
     import numpy as np
     import torch
 
-    from ..eval.attention_null import DEFAULT_THRESHOLD, model_gene_tensor, pair_significance
+    from ..eval.attention_null import DEFAULT_THRESHOLD, check_significance_arguments, model_gene_tensor, pair_significance
     from ..eval.maps import pathway_map, read_gene_region, save_panels, write_ome_zarr_layers
+    from ..eval.report import write_json
     from ..pipelines.pipeline_teramind import TeraMindPipeline
 
     pairs = [_parse_pair(p) for p in args.pair]
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"--out {out} exists and is not empty")
-    if args.random_models < 1 or args.permutations < 0:
-        raise ValueError("--random-models must be >= 1 and --permutations >= 0")
+    threshold = args.threshold if args.threshold is not None else DEFAULT_THRESHOLD
+    check_significance_arguments(threshold=threshold, random_models=args.random_models, permutations=args.permutations,
+                                 alpha=args.alpha)  # fmt: skip
+    if args.threads < 0:
+        raise ValueError(f"--threads must be a whole number >= 0 (0: torch's default), got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     region = int_tuple(args.region, 4, "region") if args.region else None
@@ -32,7 +35,6 @@ def run(args: argparse.Namespace) -> int:
     pipe = TeraMindPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
     panel = list(pipe.unet.config.gene_names or [])
-    threshold = args.threshold if args.threshold is not None else DEFAULT_THRESHOLD
     results = pair_significance(
         pipe, genes, names, pairs, threshold=threshold,
         random_models=args.random_models, permutations=args.permutations, alpha=args.alpha, seed=args.seed,
@@ -63,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         "region_origin_px": list(attrs["origin_px"]), "shape": list(np.shape(genes)),
         "pairs": [r.to_dict() for r in results],
     }  # fmt: skip
-    (out / "attention.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
+    write_json(out / "attention.json", summary)
     print(f"wrote {out}/attention.json, pathway_*.ome.zarr, pathway_*.png")
     return 0
 

@@ -8,7 +8,6 @@ from ._args import int_tuple
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
     import torch
@@ -16,6 +15,7 @@ def run(args: argparse.Namespace) -> int:
     from ..eval.knockout import knockout_report
     from ..eval.maps import read_gene_region, save_panels, write_ome_zarr_layers
     from ..eval.perturb import cell_type_markers, parse_gene_factors
+    from ..eval.report import write_json
     from ..pipelines.pipeline_teramind import TeraMindPipeline
 
     perturb: dict[str, float] = {}
@@ -37,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
         raise FileExistsError(f"--out {out} exists and is not empty")
     if args.seed == args.noise_seed:
         raise ValueError("--noise-seed must differ from --seed (the noise floor is another seed's sample)")
+    if args.threads < 0:
+        raise ValueError(f"--threads must be a whole number >= 0 (0: torch's default), got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     region = int_tuple(args.region, 4, "region") if args.region else None
@@ -79,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     summary = {"genes": str(args.genes), "model": args.model or "embedded default", "steps": args.steps,
                "region_origin_px": [z0, y0, x0], "targeted_cell_types": targeted, **report.to_dict()}  # fmt: skip
-    (out / "knockout.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
+    write_json(out / "knockout.json", summary)
     for key, row in report.changes.items():
         c, f, r = row["change"][-1], row["noise_floor"][-1], row["ratio"][-1]
         print(f"{key:32s} |change| {c:.4f}  noise floor {f:.4f}  ratio {r:5.2f}  ({row['pixels']:,} px)")

@@ -72,6 +72,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--crop_size must be a multiple of the 64-px patch, got {args.crop_size}")
     if not math.isfinite(args.collage_edge_weight) or args.collage_edge_weight <= 0:
         raise ValueError(f"--collage_edge_weight must be a positive number (1 = the official loss), got {args.collage_edge_weight}")
+    if not 0 <= args.ema_decay < 1:  # (a NaN fails this too)
+        raise ValueError(f"--ema_decay must be in [0, 1) (the weight of the old average per step), got {args.ema_decay}")
+    if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
+        raise ValueError(f"--checkpoints_total_limit must be >= 1 (checkpoints kept), got {args.checkpoints_total_limit}")
 
 
 # ---------------------------------------------------------------------------------------------- model
