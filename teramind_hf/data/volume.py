@@ -117,6 +117,8 @@ def panel_for_transcripts(
     """
     names = genes.astype(str)
     if panel is None:
+        if not len(names):
+            raise ValueError(f"{source}: no transcripts (no rows after the header), so no gene panel; expected at least one transcript")
         panel = GenePanel(sorted(pd.unique(names)))
     lookup = {g.upper(): i for i, g in enumerate(panel.genes)}
     codes, uniques = pd.factorize(names)
