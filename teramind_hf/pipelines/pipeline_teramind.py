@@ -140,9 +140,9 @@ class TeraMindPipeline(DiffusionPipeline):
             path = Path(local)
         if not (path / "model_index.json").is_file():
             raise FileNotFoundError(f"{path} has no model_index.json: not a TeraMindPipeline folder")
-        check_pipeline_folder(path)
         if kwargs.get("use_safetensors") is False:
             raise ValueError("use_safetensors=False: pickled (.bin) weights are never loaded; convert them to safetensors")
+        check_pipeline_folder(path)
         kwargs["use_safetensors"] = True
         if "torch_dtype" in kwargs:  # the diffusers spelling users know; diffusers now warns for it and wants `dtype`
             kwargs.setdefault("dtype", kwargs.pop("torch_dtype"))
