@@ -372,8 +372,8 @@ def test_damaged_chunks_and_metadata_of_a_gene_store_are_named(store, tmp_path, 
     _refuse_untouched(["generate", "--genes", damaged, "--out", out, "--steps", "1", "--quiet"], chunk, capsys, [damaged], [out])
     _refuse_untouched(["attention", "--genes", damaged, "--out", out, "--pair", "Gad2,Th", "--random-models", "1",
                        "--permutations", "0"], chunk, capsys, [damaged], [out])  # fmt: skip
-    _refuse_untouched(["train", "--data", damaged, "--output_dir", out, "--max_train_steps", "1", "--no_validation"], chunk,
-                      capsys, [damaged], [out])  # fmt: skip
+    # (train reads the validation region before it creates --output_dir; a chunk first read mid-training is named too)
+    _refuse_untouched(["train", "--data", damaged, "--output_dir", out, "--max_train_steps", "1"], chunk, capsys, [damaged], [out])
     with pytest.raises(DamagedDataError, match=chunk):
         open_gene_source(str(damaged)).read((0, 1), (0, 16), (0, 16))
 
@@ -449,16 +449,16 @@ def _merscope_with_transform(store: Path, tmp_path: Path, text: str) -> Path:
 def test_bad_merscope_transforms_are_refused_naming_the_file(store, tmp_path, transform, message, capsys):
     runs = _merscope_with_transform(store, tmp_path, transform)
     out = tmp_path / "genes.zarr"
-    _refuse_untouched(["ingest", "merscope", runs, "--out", out], message, capsys, [runs], [out])
+    _refuse_untouched(["ingest", "merscope", runs, "--out", out, "--quiet"], message, capsys, [runs], [out])
 
 
 def test_bad_merscope_runs_and_gene_bin_are_refused(store, tmp_path, capsys):
     runs = _copy(store / "merscope", tmp_path / "runs")
     out = tmp_path / "genes.zarr"
-    _refuse_untouched(["ingest", "merscope", runs, "--out", out, "--gene-bin", "0"],
+    _refuse_untouched(["ingest", "merscope", runs, "--out", out, "--gene-bin", "0", "--quiet"],
                       r"gene_bin must be a positive whole number of pixels, got 0", capsys, [runs], [out])  # fmt: skip
     (runs / "section_01" / "detected_transcripts.csv").unlink()
-    _refuse_untouched(["ingest", "merscope", runs, "--out", out],
+    _refuse_untouched(["ingest", "merscope", runs, "--out", out, "--quiet"],
                       r"section_01/detected_transcripts\.csv: MERSCOPE transcripts file not found", capsys, [runs], [out])  # fmt: skip
 
 
@@ -478,13 +478,13 @@ def test_damaged_or_foreign_scverse_inputs_are_named(work, store, tmp_path, caps
     truncated.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 40)
     out = tmp_path / "genes.zarr"
     for path in (not_hdf5, truncated):
-        _refuse_untouched(["ingest", "anndata", path, "--out", out, "--um-per-px", "0.5"],
+        _refuse_untouched(["ingest", "anndata", path, "--out", out, "--um-per-px", "0.5", "--quiet"],
                           rf"{path.name}: not a readable \.h5ad \(HDF5\) file", capsys, [path], [out])  # fmt: skip
     foreign = store / "store.zarr"  # a gene store, not SpatialData
     plain = tmp_path / "plain"
     plain.mkdir()
     (plain / "notes.txt").write_text("keep")
-    _refuse_untouched(["ingest", "spatialdata", foreign, "--out", out, "--um-per-px", "0.5"],
+    _refuse_untouched(["ingest", "spatialdata", foreign, "--out", out, "--um-per-px", "0.5", "--quiet"],
                       r"store\.zarr: not a SpatialData store", capsys, [foreign], [out])  # fmt: skip
     earlier = work / "earlier.ome.zarr"
     for target in (foreign, plain):
@@ -587,17 +587,19 @@ def test_bad_python_api_values_raise_named_errors(work):
             pipe(**{**call, **change})
 
 
-def test_refusals_name_the_culprit(store, tmp_path):
+def test_refusals_name_the_culprit(store, tmp_path, capsys):
     import shutil
 
-    from teramind_hf.data.readers.table import read_transcript_table
+    import tifffile
+
     from teramind_hf.models.unet_genemorph_3d import ConfigFieldError
     from teramind_hf.pipelines.pipeline_teramind import TeraMindPipeline
 
-    header_only = tmp_path / "header_only.csv"
+    header_only, images, out = tmp_path / "header_only.csv", tmp_path / "images.tif", tmp_path / "genes.zarr"
     header_only.write_text("x,y,z,gene\n")
-    with pytest.raises(ValueError, match=r"header_only\.csv: no transcripts \(no rows after the header\)"):
-        read_transcript_table(header_only, num_slices=1)
+    tifffile.imwrite(images, np.zeros((2, 1, 256, 256), np.uint8))
+    _refuse_untouched(["ingest", "table", header_only, "--out", out, "--um-per-px", "0.5", "--images", images, "--quiet"],
+                      r"header_only\.csv: no transcripts \(no rows after the header\)", capsys, [header_only, images], [out])  # fmt: skip
     model = tmp_path / "model"
     shutil.copytree(default_model_path(), model)
     _edit_json(model / "unet" / "config.json", lambda c: c.__setitem__("num_genes", str(c["num_genes"])))

@@ -94,6 +94,11 @@ class CheckedArray:
     def __getattr__(self, name: str):
         return getattr(self._array, name)
 
+    def __array__(self, dtype=None, copy=None):
+        import numpy as np
+
+        return np.asarray(self[...], dtype=dtype)
+
     def __len__(self) -> int:
         return len(self._array)
 
