@@ -521,9 +521,10 @@ def test_model_folders_with_pickles_loops_or_code_are_refused(work, tmp_path, ca
     marker = tmp_path / "payload_ran"
     (planted / "pipeline.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
     (planted / "unet" / "modeling.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    # diffusers imports unet/modeling.py for this entry when trust_remote_code is set (checked: the payload runs)
+    _edit_json(planted / "model_index.json", lambda m: m.__setitem__("unet", ["modeling", "Evil"]))
     with pytest.raises(RemoteCodeError, match=r"trust_remote_code=True: nothing in a model folder is imported or run"):
         TeraMindPipeline.from_pretrained(planted, trust_remote_code=True)
-    _edit_json(planted / "model_index.json", lambda m: m.__setitem__("unet", ["modeling", "Evil"]))
     with pytest.raises(ModelFolderError, match=r"component 'unet' names library 'modeling'"):
         TeraMindPipeline.from_pretrained(planted)
     assert not marker.exists()
