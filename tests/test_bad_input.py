@@ -284,7 +284,7 @@ def test_sweep_of_bad_arguments_over_every_sub_command(work, tmp_path, capsys):
         ["generate", "--genes", str(work / "genes.npz"), "--out", str(out), "--region", "-1,-2,-3,-4"],
         ["generate", "--genes", str(work / "genes.npz"), "--out", str(out), "--steps", "-3"],
         ["generate", "--genes", str(work / "genes.npz"), "--out", str(out), "--steps", "abc"],
-    ]  # fmt: skip
+    ]
     for argv in cases:
         try:
             code = cli_main(argv)
@@ -318,7 +318,7 @@ def test_negative_values_parse_as_option_values():
     options = {"--region", "--seed"}
     assert join_negative_values(["generate", "--region", "-256,0,512,512", "--seed", "-1"], options) == [
         "generate", "--region=-256,0,512,512", "--seed=-1",
-    ]  # fmt: skip
+    ]
     assert join_negative_values(["--region", "--quiet"], options) == ["--region", "--quiet"]  # not a value
     assert join_negative_values(["--quiet", "-5"], options) == ["--quiet", "-5"]  # a flag takes no value
 
@@ -372,7 +372,7 @@ def test_damaged_chunks_and_metadata_of_a_gene_store_are_named(store, tmp_path, 
     chunk = r"damaged\.zarr/genes: a chunk cannot be read \(RuntimeError: Zstd"
     _refuse_untouched(["generate", "--genes", damaged, "--out", out, "--steps", "1", "--quiet"], chunk, capsys, [damaged], [out])
     _refuse_untouched(["attention", "--genes", damaged, "--out", out, "--pair", "Gad2,Th", "--random-models", "1",
-                       "--permutations", "0"], chunk, capsys, [damaged], [out])  # fmt: skip
+                       "--permutations", "0"], chunk, capsys, [damaged], [out])
     # (train reads the validation region before it creates --output_dir; a chunk first read mid-training is named too)
     _refuse_untouched(["train", "--data", damaged, "--output_dir", out, "--max_train_steps", "1"], chunk, capsys, [damaged], [out])
     with pytest.raises(DamagedDataError, match=chunk):
@@ -381,11 +381,11 @@ def test_damaged_chunks_and_metadata_of_a_gene_store_are_named(store, tmp_path, 
     wrong_dtype = _copy(store / "store.zarr", tmp_path / "dtype.zarr")
     _edit_json(wrong_dtype / "genes" / "zarr.json", lambda m: m.__setitem__("data_type", "float33"))
     _refuse_untouched(["generate", "--genes", wrong_dtype, "--out", out, "--quiet"],
-                      r"dtype\.zarr/genes/zarr\.json: not a readable zarr array .*float33", capsys, [wrong_dtype], [out])  # fmt: skip
+                      r"dtype\.zarr/genes/zarr\.json: not a readable zarr array .*float33", capsys, [wrong_dtype], [out])
     not_json = _copy(store / "store.zarr", tmp_path / "notjson.zarr")
     (not_json / "genes" / "zarr.json").write_text("{not json")
     _refuse_untouched(["generate", "--genes", not_json, "--out", out, "--quiet"],
-                      r"notjson\.zarr/genes/zarr\.json: not valid JSON", capsys, [not_json], [out])  # fmt: skip
+                      r"notjson\.zarr/genes/zarr\.json: not valid JSON", capsys, [not_json], [out])
 
 
 @pytest.mark.parametrize(
@@ -457,10 +457,10 @@ def test_bad_merscope_runs_and_gene_bin_are_refused(store, tmp_path, capsys):
     runs = _copy(store / "merscope", tmp_path / "runs")
     out = tmp_path / "genes.zarr"
     _refuse_untouched(["ingest", "merscope", runs, "--out", out, "--gene-bin", "0", "--quiet"],
-                      r"gene_bin must be a positive whole number of pixels, got 0", capsys, [runs], [out])  # fmt: skip
+                      r"gene_bin must be a positive whole number of pixels, got 0", capsys, [runs], [out])
     (runs / "section_01" / "detected_transcripts.csv").unlink()
     _refuse_untouched(["ingest", "merscope", runs, "--out", out, "--quiet"],
-                      r"section_01/detected_transcripts\.csv: MERSCOPE transcripts file not found", capsys, [runs], [out])  # fmt: skip
+                      r"section_01/detected_transcripts\.csv: MERSCOPE transcripts file not found", capsys, [runs], [out])
 
 
 def test_generate_checks_the_region_against_merscope_runs_before_ingesting(store, tmp_path, capsys):
@@ -468,7 +468,7 @@ def test_generate_checks_the_region_against_merscope_runs_before_ingesting(store
     out = tmp_path / "gen" / "region.ome.zarr"
     out.parent.mkdir()
     _refuse_untouched(["generate", "--genes", runs, "--out", out, "--region", "0,0,512,512", "--quiet"],
-                      r"region y0,x0,h,w = 0,0,512,512 px lies outside .* MERSCOPE runs .*runs", capsys, [runs], [out])  # fmt: skip
+                      r"region y0,x0,h,w = 0,0,512,512 px lies outside .* MERSCOPE runs .*runs", capsys, [runs], [out])
     assert not any(out.parent.iterdir())  # no <out>.genes.zarr ingested before the refusal
 
 
@@ -480,22 +480,22 @@ def test_damaged_or_foreign_scverse_inputs_are_named(work, store, tmp_path, caps
     out = tmp_path / "genes.zarr"
     for path in (not_hdf5, truncated):
         _refuse_untouched(["ingest", "anndata", path, "--out", out, "--um-per-px", "0.5", "--quiet"],
-                          rf"{path.name}: not a readable \.h5ad \(HDF5\) file", capsys, [path], [out])  # fmt: skip
+                          rf"{path.name}: not a readable \.h5ad \(HDF5\) file", capsys, [path], [out])
     foreign = store / "store.zarr"  # a gene store, not SpatialData
     plain = tmp_path / "plain"
     plain.mkdir()
     (plain / "notes.txt").write_text("keep")
     _refuse_untouched(["ingest", "spatialdata", foreign, "--out", out, "--um-per-px", "0.5", "--quiet"],
-                      r"store\.zarr: not a SpatialData store", capsys, [foreign], [out])  # fmt: skip
+                      r"store\.zarr: not a SpatialData store", capsys, [foreign], [out])
     earlier = work / "earlier.ome.zarr"
     for target in (foreign, plain):
         _refuse_untouched(["export", "spatialdata", earlier, "--to", target],
-                          rf"--to .*{target.name}: not a (SpatialData|zarr) store", capsys, [earlier, target], [])  # fmt: skip
+                          rf"--to .*{target.name}: not a (SpatialData|zarr) store", capsys, [earlier, target], [])
     new = tmp_path / "new_sdata.zarr"
     _refuse_untouched(["export", "spatialdata", earlier, "--to", new, "--like", plain],
-                      r"--like .*plain: not a zarr store", capsys, [earlier, plain], [new])  # fmt: skip
+                      r"--like .*plain: not a zarr store", capsys, [earlier, plain], [new])
     _refuse_untouched(["export", "spatialdata", earlier, "--to", new, "--name", ""],
-                      r"--name '': an element name prefix must be non-empty", capsys, [earlier], [new])  # fmt: skip
+                      r"--name '': an element name prefix must be non-empty", capsys, [earlier], [new])
 
 
 def test_model_folders_with_pickles_loops_or_code_are_refused(work, tmp_path, capsys):
@@ -508,14 +508,14 @@ def test_model_folders_with_pickles_loops_or_code_are_refused(work, tmp_path, ca
         weights.rename(weights.with_suffix(".bin"))
     _refuse_untouched(["generate", "--genes", genes, "--out", out, "--model", pickled, "--quiet"],
                       r"pickled/unet: holds only pickled weights \['diffusion_pytorch_model\.bin'\], which are never unpickled",
-                      capsys, [pickled], [out])  # fmt: skip
+                      capsys, [pickled], [out])
     loop = _copy(default_model_path(), tmp_path / "loop")
     for path in (loop / "unet").iterdir():
         path.unlink()
     (loop / "unet").rmdir()
     (loop / "unet").symlink_to(loop / "unet")
     _refuse_untouched(["generate", "--genes", genes, "--out", out, "--model", loop, "--quiet"],
-                      r"loop/unet: component folder 'unet' cannot be resolved", capsys, [], [out])  # fmt: skip
+                      r"loop/unet: component folder 'unet' cannot be resolved", capsys, [], [out])
 
     planted = _copy(default_model_path(), tmp_path / "planted")
     marker = tmp_path / "payload_ran"
@@ -541,7 +541,7 @@ def test_odd_or_deeply_nested_resume_records_are_named(work, store, tmp_path, ca
     checkpoint = tmp_path / "checkpoint-1"
     checkpoint.mkdir()
     for text, message in (("[1, 2]", r"expected a JSON dict, got list"), ("[" * 100000 + "]" * 100000, r"nested too deeply"),
-                          ('{"unet": {}, "seconds": "abc"}', r"'seconds' must be a number >= 0")):  # fmt: skip
+                          ('{"unet": {}, "seconds": "abc"}', r"'seconds' must be a number >= 0")):
         (checkpoint / "training_config.json").write_text(text)
         with pytest.raises(CheckpointFileError, match=rf"checkpoint-1/training_config\.json: .*{message}"):
             read_checkpoint_config(checkpoint)
@@ -550,7 +550,7 @@ def test_odd_or_deeply_nested_resume_records_are_named(work, store, tmp_path, ca
     earlier = _copy(work / "earlier.ome.zarr", tmp_path / "earlier.ome.zarr")
     _edit_json(earlier / "zarr.json", lambda m: m["attributes"]["teramind"].__setitem__("complete", "yes"))
     _refuse_untouched(["generate", "--genes", work / "genes.npz", "--out", earlier, "--steps", "1", "--threads", "1", "--quiet"],
-                      r"earlier\.ome\.zarr/zarr\.json: the 'teramind' run record is damaged", capsys, [earlier], [])  # fmt: skip
+                      r"earlier\.ome\.zarr/zarr\.json: the 'teramind' run record is damaged", capsys, [earlier], [])
 
 
 def test_bad_argument_values_are_refused_before_any_output(work, store, tmp_path, capsys):
@@ -565,7 +565,7 @@ def test_bad_argument_values_are_refused_before_any_output(work, store, tmp_path
          r"match_distance_um \(--match-distance-um\) must be a finite number > 0, got -1\.0"),
         (["train", "--data", data, "--output_dir", out, "--ema_decay", "2", "--use_ema"], r"--ema_decay must be in \[0, 1\)"),
         (["train", "--data", data, "--output_dir", out, "--checkpoints_total_limit", "-1"], r"--checkpoints_total_limit must be >= 1"),
-    ]  # fmt: skip
+    ]
     for argv, message in cases:
         _refuse_untouched(argv, message, capsys, [genes, data], [out])
 
@@ -583,7 +583,7 @@ def test_bad_python_api_values_raise_named_errors(work):
         ({"gene_names": [None] * len(names)}, r"gene_names must be non-empty gene symbols \(strings\), got \['NoneType'\]"),
         ({"gene_names": list(range(len(names)))}, r"gene_names must be non-empty gene symbols \(strings\), got \['int'\]"),
         ({"genes": np.broadcast_to(np.float32(1), (19, 2, 10**6, 10**6))}, r"genes of shape \(19, 2, 1000000, 1000000\) would take"),
-    ]  # fmt: skip
+    ]
     for change, message in cases:
         with pytest.raises(ValueError, match=message):
             pipe(**{**call, **change})
@@ -601,7 +601,7 @@ def test_refusals_name_the_culprit(store, tmp_path, capsys):
     header_only.write_text("x,y,z,gene\n")
     tifffile.imwrite(images, np.zeros((2, 1, 256, 256), np.uint8))
     _refuse_untouched(["ingest", "table", header_only, "--out", out, "--um-per-px", "0.5", "--images", images, "--quiet"],
-                      r"header_only\.csv: no transcripts \(no rows after the header\)", capsys, [header_only, images], [out])  # fmt: skip
+                      r"header_only\.csv: no transcripts \(no rows after the header\)", capsys, [header_only, images], [out])
     model = tmp_path / "model"
     shutil.copytree(default_model_path(), model)
     _edit_json(model / "unet" / "config.json", lambda c: c.__setitem__("num_genes", str(c["num_genes"])))
@@ -618,6 +618,6 @@ def test_report_json_files_are_strict_json(tmp_path):
         raise AssertionError(f"non-JSON constant {name}")
 
     write_json(tmp_path / "k.json", {"ratio": float("nan"), "rows": [np.float32(np.inf), 1.5], "n": np.int64(3),
-                                     "t": torch.tensor(float("nan"))})  # fmt: skip
+                                     "t": torch.tensor(float("nan"))})
     parsed = json.loads((tmp_path / "k.json").read_text(), parse_constant=refuse_constant)
     assert parsed == {"ratio": None, "rows": [None, 1.5], "n": 3, "t": None}

@@ -16,6 +16,7 @@ def run(args: argparse.Namespace) -> int:
     from ..eval.attention_null import DEFAULT_THRESHOLD, check_significance_arguments, model_gene_tensor, pair_significance
     from ..eval.maps import pathway_map, read_gene_region, save_panels, write_ome_zarr_layers
     from ..eval.report import write_json
+    from ..pipelines.preflight import check_generate_arguments
     from ..pipelines.pipeline_teramind import TeraMindPipeline
 
     pairs = [_parse_pair(p) for p in args.pair]
@@ -24,9 +25,8 @@ def run(args: argparse.Namespace) -> int:
         raise FileExistsError(f"--out {out} exists and is not empty")
     threshold = args.threshold if args.threshold is not None else DEFAULT_THRESHOLD
     check_significance_arguments(threshold=threshold, random_models=args.random_models, permutations=args.permutations,
-                                 alpha=args.alpha)  # fmt: skip
-    if args.threads < 0:
-        raise ValueError(f"--threads must be a whole number >= 0 (0: torch's default), got {args.threads}")
+                                 alpha=args.alpha)
+    check_generate_arguments(num_inference_steps=None, um_per_px=args.um_per_px, threads=args.threads, seed=args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
     region = int_tuple(args.region, 4, "region") if args.region else None
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     results = pair_significance(
         pipe, genes, names, pairs, threshold=threshold,
         random_models=args.random_models, permutations=args.permutations, alpha=args.alpha, seed=args.seed,
-    )  # fmt: skip
+    )
     model_genes = model_gene_tensor(pipe, genes, names)
     attention = pipe.gene_attention(model_genes)
     um = float(args.um_per_px or attrs.get("um_per_px") or 0.5)

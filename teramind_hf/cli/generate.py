@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         num_inference_steps=args.steps, batch_size=args.batch_size, memory_limit_bytes=args.memory_limit_mb * 2**20,
         um_per_px=args.um_per_px, section_spacing_um=args.section_spacing_um, seed=args.seed, threads=args.threads,
         min_gene_overlap=args.min_gene_overlap,
-    )  # fmt: skip
+    )
     check_output_path(args.out)
     check_report_location(args.report_json)
     if args.spatialdata:
@@ -99,7 +99,7 @@ def _check_raw_region(args: argparse.Namespace, region, slices):
     gene_bin = pipe.unet.config.gene_bin
     sections, height, width = merscope_extent(merscope_runs(args.genes), gene_bin)
     check_region((0, sections, height // gene_bin, width // gene_bin), gene_bin, pipe.config["tile_size"], region,
-                 slices, f"MERSCOPE runs {args.genes}")  # fmt: skip
+                 slices, f"MERSCOPE runs {args.genes}")
     return pipe
 
 
@@ -170,7 +170,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--genes", default=None,
         help="gene store (zarr with 'genes' + gene_names, .npy, .npz), a MERSCOPE folder or a SpatialData store "
         "(ingested beside --out); omitted: the main job, a held-out phantom region scored against its truth",
-    )  # fmt: skip
+    )
     p.add_argument("--out", required=True, help="output OME-Zarr folder (path or fsspec URL)")
     p.add_argument("--model", default=None, help="pipeline folder or Hub repo id (default: the embedded model)")
     p.add_argument("--region", default=None, help="y0,x0,h,w in image px, whole tiles (default: everything); a negative "

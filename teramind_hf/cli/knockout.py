@@ -16,6 +16,7 @@ def run(args: argparse.Namespace) -> int:
     from ..eval.maps import read_gene_region, save_panels, write_ome_zarr_layers
     from ..eval.perturb import cell_type_markers, parse_gene_factors
     from ..eval.report import write_json
+    from ..pipelines.preflight import check_generate_arguments
     from ..pipelines.pipeline_teramind import TeraMindPipeline
 
     perturb: dict[str, float] = {}
@@ -37,8 +38,8 @@ def run(args: argparse.Namespace) -> int:
         raise FileExistsError(f"--out {out} exists and is not empty")
     if args.seed == args.noise_seed:
         raise ValueError("--noise-seed must differ from --seed (the noise floor is another seed's sample)")
-    if args.threads < 0:
-        raise ValueError(f"--threads must be a whole number >= 0 (0: torch's default), got {args.threads}")
+    check_generate_arguments(num_inference_steps=args.steps, batch_size=args.batch_size, um_per_px=args.um_per_px,
+                             threads=args.threads, seed=args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
     region = int_tuple(args.region, 4, "region") if args.region else None
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         pipe, genes, names, perturb, seed=args.seed, noise_seed=args.noise_seed, cell_types=cell_types,
         type_names=type_names, targeted=targeted, regions=regions, region_names=region_names, um_per_px=um,
         num_inference_steps=args.steps, batch_size=args.batch_size,
-    )  # fmt: skip
+    )
     out.mkdir(parents=True, exist_ok=True)
     spacing = attrs.get("section_spacing_um")
     for name, volume in (("original", report.original), ("perturbed", report.perturbed), ("difference", report.difference)):
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
          (report.perturbed[0, 1], "perturbed PolyT", {"vmin": -1, "vmax": 1}),
          (diff[0, 1], "PolyT change", style), (floor[0, 1], "PolyT: another seed (noise floor)", style)],
         out / "knockout.png", columns=4,
-    )  # fmt: skip
+    )
     summary = {"genes": str(args.genes), "model": args.model or "embedded default", "steps": args.steps,
                "region_origin_px": [z0, y0, x0], "targeted_cell_types": targeted, **report.to_dict()}  # fmt: skip
     write_json(out / "knockout.json", summary)

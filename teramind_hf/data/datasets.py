@@ -42,7 +42,7 @@ def write_training_store(volume: SpatialVolume, path: str | Path, *, chunk: int 
     group = create_training_store(
         path, volume.panel, volume.num_slices, height, width,
         gene_bin=volume.gene_bin, um_per_px=volume.um_per_px, chunk=chunk,
-    )  # fmt: skip
+    )
     for z in range(volume.num_slices):
         group["images"][:, z] = volume.images[:, z]
         group["genes"][:, z] = volume.genes[:, z]

@@ -134,7 +134,7 @@ def write_spatialdata_points(
     points = PointsModel.parse(
         frame, coordinates={"x": "x", "y": "y"}, feature_key="feature_name",
         transformations={coordinate_system: Translation(list(offset_um), axes=("x", "y"))},
-    )  # fmt: skip
+    )
     spatialdata.SpatialData(points={name: points}).write(path)
     return Path(path)
 

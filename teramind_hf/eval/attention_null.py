@@ -253,7 +253,7 @@ def pair_significance(
     random_null, label_null = attention_null(
         pipe, model_genes, expressed, random_models=random_models, permutations=permutations, seed=seed,
         min_patches=min_patches,
-    )  # fmt: skip
+    )
     results = []
     for (a, b), (ia, ib) in zip(pairs, index_pairs):
         obs = float(spec[ia, ib])

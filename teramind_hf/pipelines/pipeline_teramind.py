@@ -73,7 +73,7 @@ class TeraMindPipeline(DiffusionPipeline):
         self, unet: GeneMorphUNet3DModel, scheduler: SchedulerMixin, tile_size: int | None = None,
         halo: int | None = None, fill_value: float | None = None, grid: str | dict | None = None,
         num_inference_steps: int | None = None,
-    ):  # fmt: skip
+    ):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
         legacy = scheduler.geometry if isinstance(scheduler, BoundaryAwareScheduler) else {}

@@ -133,7 +133,7 @@ def check_gene_values(
     blocks = (
         (s, g, r, c)
         for s in range(s0, s1) for r in range(y0, y1, rows) for c in range(x0, x1, cols) for g in range(0, num_genes, step_g)
-    )  # fmt: skip
+    )
     from tqdm.auto import tqdm
 
     names = source.gene_names
@@ -250,7 +250,7 @@ def preflight_generate(
     check_generate_arguments(
         num_inference_steps=num_inference_steps, batch_size=batch_size, memory_limit_bytes=memory_limit_bytes,
         um_per_px=um_per_px, section_spacing_um=section_spacing_um, seed=generator, min_gene_overlap=min_gene_overlap,
-    )  # fmt: skip
+    )
     check_geometry(cfg, {**pipe.config, "patch_size": cfg.sample_size})  # the tile grid lives in the pipeline config
     check_steps_against_schedule(num_inference_steps, pipe.scheduler)
     check_output_path(out)
@@ -263,5 +263,5 @@ def preflight_generate(
     check_gene_values(
         source, (y0 // b, (y0 + h) // b), (x0 // b, (x0 + w) // b), (max(lo, 0), min(hi, source.num_sections)),
         progress_bar=progress_bar,
-    )  # fmt: skip
+    )
     return y0, x0, h, w, start, stop

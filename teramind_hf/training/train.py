@@ -216,11 +216,11 @@ def train(args: argparse.Namespace) -> dict:
     optimizer = torch.optim.Adam(
         unet.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
         weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
-    )  # fmt: skip
+    )
     lr_scheduler = get_scheduler(
         args.lr_scheduler, optimizer=optimizer,
         num_warmup_steps=args.lr_warmup_steps * world, num_training_steps=(args.lr_total_steps or args.max_train_steps) * world,
-    )  # fmt: skip
+    )
     ema = None
     if args.use_ema:
         ema = EMAModel(unet.parameters(), decay=args.ema_decay, use_ema_warmup=True, power=args.ema_power,

@@ -387,7 +387,7 @@ def ingest_batches(
         store=str(out), source=source, shape=shape, gene_bin=gene_bin, um_per_px=float(um_per_px), rows_read=read,
         rows_binned=binned, rows_dropped=read - binned, batches=count, max_batch_rows=largest,
         max_pending_bins=accumulator.max_pending, flushes=accumulator.flushes, images=images is not None,
-    )  # fmt: skip
+    )
 
 
 def _extent_check(scan: _Scan, gene_bin: int, num_genes: int, max_store_bytes: int, source: str) -> None:

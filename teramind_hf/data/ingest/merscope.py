@@ -158,4 +158,4 @@ def ingest_merscope(
         batches, out, source=str(runs[0].parent if len(runs) > 1 else runs[0]), um_per_px=um_per_px,
         gene_bin=gene_bin, canvas=Canvas(0, 0, height, width, len(runs)), images=write_images,
         origin_um=(float(corner[1]), float(corner[0])), provenance=provenance, batch_rows=batch_rows, **kwargs,
-    )  # fmt: skip
+    )

@@ -163,7 +163,7 @@ def ingest_spatialdata(
     return ingest_batches(
         batches, out, source=source, um_per_px=um_per_px, coordinate_system=coordinate_system, origin=origin,
         provenance=provenance, **kwargs,
-    )  # fmt: skip
+    )
 
 
 def ingest_anndata(

@@ -170,7 +170,7 @@ def read_merscope(
         np.concatenate(rows), np.concatenate(cols), np.concatenate(zs), gene_index, None,
         num_genes=len(panel), num_slices=len(runs), grid_shape=(height // gene_bin, width // gene_bin),
         gene_bin=gene_bin,
-    )  # fmt: skip
+    )
     if um_per_px is None:
         um_per_px = 1.0 / float(np.hypot(transforms[0][0, 0], transforms[0][1, 0]))
     return SpatialVolume(genes=genes, panel=panel, gene_bin=gene_bin, images=images, um_per_px=um_per_px)
