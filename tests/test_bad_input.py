@@ -561,6 +561,7 @@ def test_bad_argument_values_are_refused_before_any_output(work, store, tmp_path
         ([*attention, "--threshold", "nan"], r"threshold \(--threshold\) must be a finite number of transcripts >= 0, got nan"),
         ([*attention, "--threshold", "-1"], r"threshold \(--threshold\) must be a finite number .* got -1\.0"),
         ([*attention, "--threads", "-1"], r"--threads must be a whole number >= 0 .* got -1"),
+        ([*attention, "--um-per-px", "-1"], r"um_per_px \(--um-per-px\) must be a finite number > 0, got -1\.0"),
         (["eval", "report", work / "earlier.ome.zarr", "--truth", data, "--out", out, "--match-distance-um", "-1"],
          r"match_distance_um \(--match-distance-um\) must be a finite number > 0, got -1\.0"),
         (["train", "--data", data, "--output_dir", out, "--ema_decay", "2", "--use_ema"], r"--ema_decay must be in \[0, 1\)"),
