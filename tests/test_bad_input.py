@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from teramind_hf import default_model_path
 from teramind_hf.cli import main as cli_main
@@ -283,7 +284,7 @@ def test_sweep_of_bad_arguments_over_every_sub_command(work, tmp_path, capsys):
         ["generate", "--genes", str(work / "genes.npz"), "--out", str(out), "--region", "-1,-2,-3,-4"],
         ["generate", "--genes", str(work / "genes.npz"), "--out", str(out), "--steps", "-3"],
         ["generate", "--genes", str(work / "genes.npz"), "--out", str(out), "--steps", "abc"],
-    ]  # fmt: skip
+    ]
     for argv in cases:
         try:
             code = cli_main(argv)
@@ -317,7 +318,7 @@ def test_negative_values_parse_as_option_values():
     options = {"--region", "--seed"}
     assert join_negative_values(["generate", "--region", "-256,0,512,512", "--seed", "-1"], options) == [
         "generate", "--region=-256,0,512,512", "--seed=-1",
-    ]  # fmt: skip
+    ]
     assert join_negative_values(["--region", "--quiet"], options) == ["--region", "--quiet"]  # not a value
     assert join_negative_values(["--quiet", "-5"], options) == ["--quiet", "-5"]  # a flag takes no value
 
@@ -580,3 +581,304 @@ def test_export_overwrite_replaces_only_its_own_image_elements(sacred, tmp_path,
     assert cli_main(["export", "spatialdata", str(generated), "--to", str(ours), "--overwrite"]) == 0
     capsys.readouterr()
     assert {"teramind_z0", "teramind_z1"} <= set(spatialdata.read_zarr(ours).images)
+
+
+# ==================================================================================================================
+# damaged data and bad values: damaged or foreign files, attribute / argument values, memory, code execution
+# ==================================================================================================================
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    """A tiny gene/training store (19 genes, 2 sections, 256 x 256 px) and MERSCOPE runs of the same phantom."""
+    from teramind_hf.data.datasets import write_training_store
+    from teramind_hf.data.readers.merscope import write_merscope_runs
+
+    root = tmp_path_factory.mktemp("damaged")
+    phantom = make_phantom(256, 256, num_slices=2, seed=2, um_per_px=0.5)
+    write_training_store(phantom.to_volume(), root / "store.zarr")
+    write_merscope_runs(root / "merscope", phantom.images, phantom.transcripts, 0.5)
+    return root
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst, symlinks=True)
+    return dst
+
+
+def _edit_json(path: Path, edit) -> None:
+    meta = json.loads(path.read_text())
+    edit(meta)
+    path.write_text(json.dumps(meta))
+
+
+def _refuse_untouched(argv: list[str], message: str, capsys, inputs: list[Path], absent: list[Path]) -> str:
+    """``refuse`` plus: every input byte-identical afterwards and no output created."""
+    before = {p: tree(p) if p.is_dir() else p.read_bytes() for p in inputs}
+    err = refuse([str(a) for a in argv], message, capsys)
+    for p, content in before.items():
+        assert (tree(p) if p.is_dir() else p.read_bytes()) == content, p
+    for p in absent:
+        assert not p.exists(), p
+    return err
+
+
+def test_damaged_chunks_and_metadata_of_a_gene_store_are_named(store, tmp_path, capsys):
+    from teramind_hf.data.store import DamagedDataError
+
+    damaged = _copy(store / "store.zarr", tmp_path / "damaged.zarr")
+    (damaged / "genes" / "c" / "0" / "0" / "0" / "0").write_bytes(b"\x00not zstd" * 8)
+    out = tmp_path / "out"
+    chunk = r"damaged\.zarr/genes: a chunk cannot be read \(RuntimeError: Zstd"
+    _refuse_untouched(["generate", "--genes", damaged, "--out", out, "--steps", "1", "--quiet"], chunk, capsys, [damaged], [out])
+    _refuse_untouched(["attention", "--genes", damaged, "--out", out, "--pair", "Gad2,Th", "--random-models", "1",
+                       "--permutations", "0"], chunk, capsys, [damaged], [out])
+    # (train reads the validation region before it creates --output_dir; a chunk first read mid-training is named too)
+    _refuse_untouched(["train", "--data", damaged, "--output_dir", out, "--max_train_steps", "1"], chunk, capsys, [damaged], [out])
+    with pytest.raises(DamagedDataError, match=chunk):
+        open_gene_source(str(damaged)).read((0, 1), (0, 16), (0, 16))
+
+    wrong_dtype = _copy(store / "store.zarr", tmp_path / "dtype.zarr")
+    _edit_json(wrong_dtype / "genes" / "zarr.json", lambda m: m.__setitem__("data_type", "float33"))
+    _refuse_untouched(["generate", "--genes", wrong_dtype, "--out", out, "--quiet"],
+                      r"dtype\.zarr/genes/zarr\.json: not a readable zarr array .*float33", capsys, [wrong_dtype], [out])
+    not_json = _copy(store / "store.zarr", tmp_path / "notjson.zarr")
+    (not_json / "genes" / "zarr.json").write_text("{not json")
+    _refuse_untouched(["generate", "--genes", not_json, "--out", out, "--quiet"],
+                      r"notjson\.zarr/genes/zarr\.json: not valid JSON", capsys, [not_json], [out])
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("um_per_px", -1.0, r"attribute 'um_per_px' must be a finite number > 0, got -1\.0"),
+        ("um_per_px", float("nan"), r"attribute 'um_per_px' must be a finite number > 0, got nan"),
+        ("um_per_px", "abc", r"attribute 'um_per_px' must be a finite number > 0, got 'abc'"),
+        ("gene_bin", 0, r"attribute 'gene_bin' must be a whole number of px >= 1, got 0"),
+        ("gene_bin", "16", r"attribute 'gene_bin' must be a whole number of px >= 1, got '16'"),
+        ("gene_names", [None] * 19, r"attribute 'gene_names' must be a list of non-empty gene symbols"),
+    ],
+)
+def test_bad_store_attributes_are_refused_naming_store_and_attribute(store, tmp_path, key, value, message, capsys):
+    bad = _copy(store / "store.zarr", tmp_path / "attrs.zarr")
+    _edit_json(bad / "zarr.json", lambda m: m["attributes"].__setitem__(key, value))
+    out = tmp_path / "out.ome.zarr"
+    _refuse_untouched(["generate", "--genes", bad, "--out", out, "--quiet"], rf"attrs\.zarr: {message}", capsys, [bad], [out])
+    with pytest.raises(ValueError, match=message):
+        open_gene_source(str(bad))
+
+
+class ClaimedArray:
+    """An array-like claiming any shape and chunk shape; each read returns zeros without allocating (a broadcast
+    view) and records how many values it was asked for."""
+
+    def __init__(self, shape, chunks):
+        self.shape, self.chunks, self.ndim, self.dtype, self.values = shape, chunks, len(shape), np.dtype("float32"), []
+
+    def __getitem__(self, key):
+        block_shape = tuple(len(range(*k.indices(n))) for k, n in zip(key, self.shape))
+        self.values.append(int(np.prod(block_shape)))
+        return np.broadcast_to(np.float32(0), block_shape)
+
+
+@pytest.mark.parametrize("chunks", [(3, 1, 64, 10**6), (3, 1, 64, 64), (3, 1, 1, 1)])
+def test_gene_scan_memory_is_bounded_for_any_chunk_shape(chunks):
+    """A chunk row wider than the scan block (huge claimed dimensions) is read in parts, in y and in x."""
+    block_bytes = 8 * 2**20
+    array = ClaimedArray((3, 1, 64, 10**6), chunks)
+    check_gene_values(open_gene_source(array), block_bytes=block_bytes)
+    assert max(array.values) * 8 <= block_bytes  # float64 copy of every block within the bound
+    assert sum(array.values) == 3 * 64 * 10**6  # and every value was scanned once
+
+
+def _merscope_with_transform(store: Path, tmp_path: Path, text: str) -> Path:
+    runs = _copy(store / "merscope", tmp_path / "runs")
+    for run in sorted(runs.iterdir()):
+        (run / "images" / "micron_to_mosaic_pixel_transform.csv").write_text(text)
+    return runs
+
+
+@pytest.mark.parametrize(
+    "transform, message",
+    [
+        ("0 0 0\n0 0 0\n0 0 1\n", r"section_00/images/micron_to_mosaic_pixel_transform\.csv: transform is singular"),
+        ("nan 0 0\n0 nan 0\n0 0 1\n", r"section_00/images/micron_to_mosaic_pixel_transform\.csv: transform has NaN/inf"),
+        ("-2 0 0\n0 -2 0\n0 0 1\n", r"runs: no transcript falls inside the 256 x 256 px image canvas"),
+    ],
+    ids=["singular", "nan", "negative"],
+)
+def test_bad_merscope_transforms_are_refused_naming_the_file(store, tmp_path, transform, message, capsys):
+    runs = _merscope_with_transform(store, tmp_path, transform)
+    out = tmp_path / "genes.zarr"
+    _refuse_untouched(["ingest", "merscope", runs, "--out", out, "--quiet"], message, capsys, [runs], [out])
+
+
+def test_bad_merscope_runs_and_gene_bin_are_refused(store, tmp_path, capsys):
+    runs = _copy(store / "merscope", tmp_path / "runs")
+    out = tmp_path / "genes.zarr"
+    _refuse_untouched(["ingest", "merscope", runs, "--out", out, "--gene-bin", "0", "--quiet"],
+                      r"gene_bin must be a positive whole number of pixels, got 0", capsys, [runs], [out])
+    (runs / "section_01" / "detected_transcripts.csv").unlink()
+    _refuse_untouched(["ingest", "merscope", runs, "--out", out, "--quiet"],
+                      r"section_01/detected_transcripts\.csv: MERSCOPE transcripts file not found", capsys, [runs], [out])
+
+
+def test_generate_checks_the_region_against_merscope_runs_before_ingesting(store, tmp_path, capsys):
+    runs = _copy(store / "merscope", tmp_path / "runs")
+    out = tmp_path / "gen" / "region.ome.zarr"
+    out.parent.mkdir()
+    _refuse_untouched(["generate", "--genes", runs, "--out", out, "--region", "0,0,512,512", "--quiet"],
+                      r"region y0,x0,h,w = 0,0,512,512 px lies outside .* MERSCOPE runs .*runs", capsys, [runs], [out])
+    assert not any(out.parent.iterdir())  # no <out>.genes.zarr ingested before the refusal
+
+
+def test_damaged_or_foreign_scverse_inputs_are_named(work, store, tmp_path, capsys):
+    pytest.importorskip("spatialdata")
+    not_hdf5, truncated = tmp_path / "text.h5ad", tmp_path / "cut.h5ad"
+    not_hdf5.write_text("not an HDF5 file")
+    truncated.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 40)
+    out = tmp_path / "genes.zarr"
+    for path in (not_hdf5, truncated):
+        _refuse_untouched(["ingest", "anndata", path, "--out", out, "--um-per-px", "0.5", "--quiet"],
+                          rf"{path.name}: not a readable \.h5ad \(HDF5\) file", capsys, [path], [out])
+    foreign = store / "store.zarr"  # a gene store, not SpatialData
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "notes.txt").write_text("keep")
+    _refuse_untouched(["ingest", "spatialdata", foreign, "--out", out, "--um-per-px", "0.5", "--quiet"],
+                      r"store\.zarr: not a SpatialData store", capsys, [foreign], [out])
+    earlier = work / "earlier.ome.zarr"
+    for target in (foreign, plain):
+        _refuse_untouched(["export", "spatialdata", earlier, "--to", target],
+                          rf"--to .*{target.name}: not a (SpatialData|zarr) store", capsys, [earlier, target], [])
+    new = tmp_path / "new_sdata.zarr"
+    _refuse_untouched(["export", "spatialdata", earlier, "--to", new, "--like", plain],
+                      r"--like .*plain: not a zarr store", capsys, [earlier, plain], [new])
+    _refuse_untouched(["export", "spatialdata", earlier, "--to", new, "--name", ""],
+                      r"--name '': an element name prefix must be non-empty", capsys, [earlier], [new])
+
+
+def test_model_folders_with_pickles_loops_or_code_are_refused(work, tmp_path, capsys):
+    from teramind_hf.pipelines.model_folder import ModelFolderError, RemoteCodeError
+    from teramind_hf.pipelines.pipeline_teramind import TeraMindPipeline
+
+    genes, out = work / "genes.npz", tmp_path / "out.ome.zarr"
+    pickled = _copy(default_model_path(), tmp_path / "pickled")
+    for weights in (pickled / "unet").glob("*.safetensors"):
+        weights.rename(weights.with_suffix(".bin"))
+    _refuse_untouched(["generate", "--genes", genes, "--out", out, "--model", pickled, "--quiet"],
+                      r"pickled/unet: holds only pickled weights \['diffusion_pytorch_model\.bin'\], which are never unpickled",
+                      capsys, [pickled], [out])
+    loop = _copy(default_model_path(), tmp_path / "loop")
+    for path in (loop / "unet").iterdir():
+        path.unlink()
+    (loop / "unet").rmdir()
+    (loop / "unet").symlink_to(loop / "unet")
+    _refuse_untouched(["generate", "--genes", genes, "--out", out, "--model", loop, "--quiet"],
+                      r"loop/unet: component folder 'unet' cannot be resolved", capsys, [], [out])
+
+    planted = _copy(default_model_path(), tmp_path / "planted")
+    marker = tmp_path / "payload_ran"
+    (planted / "pipeline.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    (planted / "unet" / "modeling.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    # diffusers imports unet/modeling.py for this entry when trust_remote_code is set (checked: the payload runs)
+    _edit_json(planted / "model_index.json", lambda m: m.__setitem__("unet", ["modeling", "Evil"]))
+    with pytest.raises(RemoteCodeError, match=r"trust_remote_code=True: nothing in a model folder is imported or run"):
+        TeraMindPipeline.from_pretrained(planted, trust_remote_code=True)
+    with pytest.raises(ModelFolderError, match=r"component 'unet' names library 'modeling'"):
+        TeraMindPipeline.from_pretrained(planted)
+    assert not marker.exists()
+
+
+def test_odd_or_deeply_nested_resume_records_are_named(work, store, tmp_path, capsys):
+    from teramind_hf.training.checkpoint import CheckpointFileError, _join_state, read_checkpoint_config
+
+    nested = {"$list": []}
+    for _ in range(200):
+        nested = {"$list": [nested]}
+    with pytest.raises(CheckpointFileError, match=r"opt\.json: nested deeper than"):
+        _join_state(nested, {}, Path("opt.json"))
+    checkpoint = tmp_path / "checkpoint-1"
+    checkpoint.mkdir()
+    for text, message in (("[1, 2]", r"expected a JSON dict, got list"), ("[" * 100000 + "]" * 100000, r"nested too deeply"),
+                          ('{"unet": {}, "seconds": "abc"}', r"'seconds' must be a number >= 0")):
+        (checkpoint / "training_config.json").write_text(text)
+        with pytest.raises(CheckpointFileError, match=rf"checkpoint-1/training_config\.json: .*{message}"):
+            read_checkpoint_config(checkpoint)
+
+    # generate's run record in an earlier output, damaged: named, and the output left as it was
+    earlier = _copy(work / "earlier.ome.zarr", tmp_path / "earlier.ome.zarr")
+    _edit_json(earlier / "zarr.json", lambda m: m["attributes"]["teramind"].__setitem__("complete", "yes"))
+    _refuse_untouched(["generate", "--genes", work / "genes.npz", "--out", earlier, "--steps", "1", "--threads", "1", "--quiet"],
+                      r"earlier\.ome\.zarr/zarr\.json: the 'teramind' run record is damaged", capsys, [earlier], [])
+
+
+def test_bad_argument_values_are_refused_before_any_output(work, store, tmp_path, capsys):
+    genes, data, out = work / "genes.npz", store / "store.zarr", tmp_path / "out"
+    attention = ["attention", "--genes", genes, "--out", out, "--pair", "Gad2,Th"]
+    cases = [
+        ([*attention, "--alpha", "2"], r"alpha \(--alpha\) must be a false discovery rate in \(0, 1\), got 2\.0"),
+        ([*attention, "--threshold", "nan"], r"threshold \(--threshold\) must be a finite number of transcripts >= 0, got nan"),
+        ([*attention, "--threshold", "-1"], r"threshold \(--threshold\) must be a finite number .* got -1\.0"),
+        ([*attention, "--threads", "-1"], r"--threads must be a whole number >= 0 .* got -1"),
+        ([*attention, "--um-per-px", "-1"], r"um_per_px \(--um-per-px\) must be a finite number > 0, got -1\.0"),
+        (["eval", "report", work / "earlier.ome.zarr", "--truth", data, "--out", out, "--match-distance-um", "-1"],
+         r"match_distance_um \(--match-distance-um\) must be a finite number > 0, got -1\.0"),
+        (["train", "--data", data, "--output_dir", out, "--ema_decay", "2", "--use_ema"], r"--ema_decay must be in \[0, 1\)"),
+        (["train", "--data", data, "--output_dir", out, "--checkpoints_total_limit", "-1"], r"--checkpoints_total_limit must be >= 1"),
+    ]
+    for argv, message in cases:
+        _refuse_untouched(argv, message, capsys, [genes, data], [out])
+
+
+def test_bad_python_api_values_raise_named_errors(work):
+    from teramind_hf.pipelines.pipeline_teramind import TeraMindPipeline
+
+    pipe = TeraMindPipeline.from_pretrained()
+    with np.load(work / "genes.npz") as archive:
+        genes, names = archive["genes"], [str(n) for n in archive["gene_names"]]
+    call = {"genes": genes, "gene_names": names, "num_inference_steps": 1, "output_type": "np"}
+    cases = [
+        ({"genes": genes.astype(np.complex64)}, r"genes: dtype complex64 is not real numbers"),
+        ({"num_inference_steps": True}, r"num_inference_steps must be a whole number >= 1, got True"),
+        ({"gene_names": [None] * len(names)}, r"gene_names must be non-empty gene symbols \(strings\), got \['NoneType'\]"),
+        ({"gene_names": list(range(len(names)))}, r"gene_names must be non-empty gene symbols \(strings\), got \['int'\]"),
+        ({"genes": np.broadcast_to(np.float32(1), (19, 2, 10**6, 10**6))}, r"genes of shape \(19, 2, 1000000, 1000000\) would take"),
+    ]
+    for change, message in cases:
+        with pytest.raises(ValueError, match=message):
+            pipe(**{**call, **change})
+
+
+def test_refusals_name_the_culprit(store, tmp_path, capsys):
+    import shutil
+
+    import tifffile
+
+    from teramind_hf.models.unet_genemorph_3d import ConfigFieldError
+    from teramind_hf.pipelines.pipeline_teramind import TeraMindPipeline
+
+    header_only, images, out = tmp_path / "header_only.csv", tmp_path / "images.tif", tmp_path / "genes.zarr"
+    header_only.write_text("x,y,z,gene\n")
+    tifffile.imwrite(images, np.zeros((2, 1, 256, 256), np.uint8))
+    _refuse_untouched(["ingest", "table", header_only, "--out", out, "--um-per-px", "0.5", "--images", images, "--quiet"],
+                      r"header_only\.csv: no transcripts \(no rows after the header\)", capsys, [header_only, images], [out])
+    model = tmp_path / "model"
+    shutil.copytree(default_model_path(), model)
+    _edit_json(model / "unet" / "config.json", lambda c: c.__setitem__("num_genes", str(c["num_genes"])))
+    with pytest.raises(ConfigFieldError, match=r"model/unet/config\.json: model config field 'num_genes' must be a whole number >= 1, got '19' \(str\)"):
+        TeraMindPipeline.from_pretrained(model)
+
+
+def test_report_json_files_are_strict_json(tmp_path):
+    """knockout.json, attention.json and report.json share one writer (`eval.report.write_json`): a non-finite
+    float is null, never a bare NaN (a `teramind knockout` run is exercised in test_eval_knockout.py)."""
+    from teramind_hf.eval.report import write_json
+
+    def refuse_constant(name):
+        raise AssertionError(f"non-JSON constant {name}")
+
+    write_json(tmp_path / "k.json", {"ratio": float("nan"), "rows": [np.float32(np.inf), 1.5], "n": np.int64(3),
+                                     "t": torch.tensor(float("nan"))})
+    parsed = json.loads((tmp_path / "k.json").read_text(), parse_constant=refuse_constant)
+    assert parsed == {"ratio": None, "rows": [None, 1.5], "n": 3, "t": None}

@@ -8,15 +8,16 @@ from ._args import DEVICE_HELP, int_tuple, process_device
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
     import numpy as np
     import torch
 
-    from ..eval.attention_null import DEFAULT_THRESHOLD, model_gene_tensor, pair_significance
+    from ..eval.attention_null import DEFAULT_THRESHOLD, check_significance_arguments, model_gene_tensor, pair_significance
     from ..eval.maps import pathway_map, read_gene_region, save_panels, write_ome_zarr_layers
     from ..output_guard import check_can_create, check_output_location
+    from ..eval.report import write_json
+    from ..pipelines.preflight import check_generate_arguments
     from ..pipelines.pipeline_teramind import TeraMindPipeline
     from ._args import local_model
 
@@ -25,9 +26,11 @@ def run(args: argparse.Namespace) -> int:
     check_output_location(out, {"--genes": args.genes, "--model": local_model(args.model)}, "--out")
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"--out {out} exists and is not empty")
+    threshold = args.threshold if args.threshold is not None else DEFAULT_THRESHOLD
+    check_significance_arguments(threshold=threshold, random_models=args.random_models, permutations=args.permutations,
+                                 alpha=args.alpha)
+    check_generate_arguments(num_inference_steps=None, um_per_px=args.um_per_px, threads=args.threads, seed=args.seed)
     check_can_create(out, "--out")  # before the null models are computed, not after
-    if args.random_models < 1 or args.permutations < 0:
-        raise ValueError("--random-models must be >= 1 and --permutations >= 0")
     device = process_device(args.device, "attention")  # the model and the random-weight null models
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -37,11 +40,10 @@ def run(args: argparse.Namespace) -> int:
     pipe = TeraMindPipeline.from_pretrained(args.model).to(device)
     pipe.set_progress_bar_config(disable=True)
     panel = list(pipe.unet.config.gene_names or [])
-    threshold = args.threshold if args.threshold is not None else DEFAULT_THRESHOLD
     results = pair_significance(
         pipe, genes, names, pairs, threshold=threshold,
         random_models=args.random_models, permutations=args.permutations, alpha=args.alpha, seed=args.seed,
-    )  # fmt: skip
+    )
     model_genes = model_gene_tensor(pipe, genes, names)
     attention = pipe.gene_attention(model_genes)
     um = float(args.um_per_px or attrs.get("um_per_px") or 0.5)
@@ -68,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         "region_origin_px": list(attrs["origin_px"]), "shape": list(np.shape(genes)),
         "pairs": [r.to_dict() for r in results],
     }  # fmt: skip
-    (out / "attention.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
+    write_json(out / "attention.json", summary)
     print(f"wrote {out}/attention.json, pathway_*.ome.zarr, pathway_*.png")
     return 0
 

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         num_inference_steps=args.steps, batch_size=args.batch_size, memory_limit_bytes=args.memory_limit_mb * 2**20,
         um_per_px=args.um_per_px, section_spacing_um=args.section_spacing_um, seed=args.seed, threads=args.threads,
         min_gene_overlap=args.min_gene_overlap,
-    )  # fmt: skip
+    )
     check_output_path(args.out)
     inputs = _inputs(args)
     check_output_location(args.out, inputs, "--out")
@@ -57,11 +57,12 @@ def run(args: argparse.Namespace) -> int:
 
         check_export_target(args.spatialdata, "teramind", args.overwrite, inputs={**inputs, "--out": args.out},
                             argument="--spatialdata")
+    pipe = _check_raw_region(args, region, slices, device)
     genes, truth = _gene_input(args)
     open_gene_source(genes)
     if args.threads:
         torch.set_num_threads(args.threads)
-    pipe = _load_pipeline(args, device)
+    pipe = pipe or _load_pipeline(args, device)
     report = generate_to_zarr(
         pipe,
         genes,
@@ -99,6 +100,24 @@ def run(args: argparse.Namespace) -> int:
 def _inputs(args: argparse.Namespace) -> dict:
     """What `teramind generate` reads, so that nothing it writes lands on, over or inside them."""
     return {"--genes": args.genes, "--model": local_model(args.model)}
+
+
+def _check_raw_region(args: argparse.Namespace, region, slices, device):
+    """A MERSCOPE folder given to --genes with --region/--slices: check them against the mosaics (the model's tile
+    grid) before the folder is ingested beside --out. Returns the pipeline if it was loaded for that, else None."""
+    from ..data.ingest.auto import raw_kind
+
+    if args.genes is None or (region is None and slices is None) or raw_kind(args.genes) != "merscope":
+        return None
+    from ..data.ingest.merscope import merscope_extent, merscope_runs
+    from ..pipelines.preflight import check_region
+
+    pipe = _load_pipeline(args, device)
+    gene_bin = pipe.unet.config.gene_bin
+    sections, height, width = merscope_extent(merscope_runs(args.genes), gene_bin)
+    check_region((0, sections, height // gene_bin, width // gene_bin), gene_bin, pipe.config["tile_size"], region,
+                 slices, f"MERSCOPE runs {args.genes}")
+    return pipe
 
 
 def _gene_input(args: argparse.Namespace) -> tuple[str, str | None]:
@@ -176,7 +195,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--genes", default=None,
         help="gene store (zarr with 'genes' + gene_names, .npy, .npz), a MERSCOPE folder or a SpatialData store "
         "(ingested beside --out); omitted: the main job, a held-out phantom region scored against its truth",
-    )  # fmt: skip
+    )
     p.add_argument("--out", required=True, help="output OME-Zarr folder (path or fsspec URL)")
     p.add_argument("--model", default=None, help="pipeline folder or Hub repo id (default: the embedded model)")
     p.add_argument("--region", default=None, help="y0,x0,h,w in image px, whole tiles (default: everything); a negative "

@@ -8,7 +8,6 @@ from ._args import DEVICE_HELP, int_tuple, process_device
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
     import torch
@@ -17,6 +16,8 @@ def run(args: argparse.Namespace) -> int:
     from ..eval.maps import read_gene_region, save_panels, write_ome_zarr_layers
     from ..eval.perturb import cell_type_markers, parse_gene_factors
     from ..output_guard import check_can_create, check_output_location
+    from ..eval.report import write_json
+    from ..pipelines.preflight import check_generate_arguments
     from ..pipelines.pipeline_teramind import TeraMindPipeline
     from ._args import local_model
 
@@ -42,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
     check_can_create(out, "--out")  # before sampling, not after
     if args.seed == args.noise_seed:
         raise ValueError("--noise-seed must differ from --seed (the noise floor is another seed's sample)")
+    check_generate_arguments(num_inference_steps=args.steps, batch_size=args.batch_size, um_per_px=args.um_per_px,
+                             threads=args.threads, seed=args.seed)
     device = process_device(args.device, "knockout")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -66,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         pipe, genes, names, perturb, seed=args.seed, noise_seed=args.noise_seed, cell_types=cell_types,
         type_names=type_names, targeted=targeted, regions=regions, region_names=region_names, um_per_px=um,
         num_inference_steps=args.steps, batch_size=args.batch_size,
-    )  # fmt: skip
+    )
     out.mkdir(parents=True, exist_ok=True)
     spacing = attrs.get("section_spacing_um")
     for name, volume in (("original", report.original), ("perturbed", report.perturbed), ("difference", report.difference)):
@@ -82,10 +85,10 @@ def run(args: argparse.Namespace) -> int:
          (report.perturbed[0, 1], "perturbed PolyT", {"vmin": -1, "vmax": 1}),
          (diff[0, 1], "PolyT change", style), (floor[0, 1], "PolyT: another seed (noise floor)", style)],
         out / "knockout.png", columns=4,
-    )  # fmt: skip
+    )
     summary = {"genes": str(args.genes), "model": args.model or "embedded default", "steps": args.steps,
                "region_origin_px": [z0, y0, x0], "targeted_cell_types": targeted, **report.to_dict()}  # fmt: skip
-    (out / "knockout.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
+    write_json(out / "knockout.json", summary)
     for key, row in report.changes.items():
         c, f, r = row["change"][-1], row["noise_floor"][-1], row["ratio"][-1]
         print(f"{key:32s} |change| {c:.4f}  noise floor {f:.4f}  ratio {r:5.2f}  ({row['pixels']:,} px)")

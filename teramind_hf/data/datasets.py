@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 
 from .panel import GenePanel
 from .store import create_training_store  # noqa: F401  (the store layout lives in a torch-free module)
+from .store import open_member, open_zarr, store_attributes
 from .volume import SpatialVolume
 
 GENE_CONTEXT = (1, 2)  # gene slices before / after the first image slice: z-1 .. z+2
@@ -41,7 +42,7 @@ def write_training_store(volume: SpatialVolume, path: str | Path, *, chunk: int 
     group = create_training_store(
         path, volume.panel, volume.num_slices, height, width,
         gene_bin=volume.gene_bin, um_per_px=volume.um_per_px, chunk=chunk,
-    )  # fmt: skip
+    )
     for z in range(volume.num_slices):
         group["images"][:, z] = volume.images[:, z]
         group["genes"][:, z] = volume.genes[:, z]
@@ -61,16 +62,16 @@ def read_training_store(path: str | Path) -> SpatialVolume:
 
 
 def _open_store(path: str | Path):
-    import zarr
-
+    """The store's group, with its attributes validated (`store.store_attributes`, errors name the store)."""
     if not Path(path).exists():
         raise FileNotFoundError(f"{path}: training store not found")
-    group = zarr.open_group(str(path), mode="r")
+    group = open_zarr(path, "training store")
     for key in ("images", "genes"):
         if key not in group:
             raise ValueError(f"{path}: training store lacks the {key!r} array")
+    attrs = store_attributes(group.attrs, path)
     for key in ("gene_names", "gene_bin"):
-        if key not in group.attrs:
+        if attrs.get(key) is None:
             raise ValueError(f"{path}: training store lacks the {key!r} attribute")
     return group
 
@@ -102,7 +103,7 @@ class PatchDataset(Dataset):
             raise ValueError(f"z mismatch: store genes have Z={group['genes'].shape[1]}, images Z={self.num_slices}")
         self.crop_size, self.length, self.seed, self.augment = crop_size, length, seed, augment
         self.epoch = 0
-        self._group = None  # opened lazily in each worker
+        self._opened = None  # (images, genes), opened lazily in each worker
 
     def set_epoch(self, epoch: int) -> None:
         """Draw different crops in each epoch (still reproducible)."""
@@ -112,9 +113,10 @@ class PatchDataset(Dataset):
         return self.length
 
     def _arrays(self):
-        if self._group is None:
-            self._group = _open_store(self.path)
-        return self._group["images"], self._group["genes"]
+        if self._opened is None:
+            group = _open_store(self.path)
+            self._opened = tuple(open_member(group, name, self.path) for name in ("images", "genes"))
+        return self._opened
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if not 0 <= index < self.length:

@@ -9,12 +9,13 @@ from: pixel (y, x) of the output is at `origin_um + (region origin + (y, x)) * u
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .ingest.scverse import _require
+from .ingest.scverse import _require, check_spatialdata_store, read_spatialdata
 
 
 # attribute of each image element written here (what --overwrite may replace); name shared with output_guard
@@ -65,6 +66,10 @@ def check_export_target(
         check_replaceable(to / "images" / element, ["exported_image"], argument)
     if not to.exists() and not to.parent.is_dir():
         raise FileNotFoundError(f"{to.parent}: folder of the --spatialdata target does not exist")
+    if to.exists():
+        check_spatialdata_store(to, "--to")
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name or ""):
+        raise ValueError(f"--name {name!r}: an element name prefix must be non-empty letters, digits, '_', '.' or '-'")
     check_can_create(to / "images" if to.is_dir() else to, argument)
 
 
@@ -101,12 +106,14 @@ def export_spatialdata(
     """
     to = Path(to)
     check_export_target(to, name, overwrite, inputs={"OUT (the generated output)": out, "--like": like})
+    if like is not None:
+        check_spatialdata_store(like, "--like")
     spatialdata = _require("spatialdata")
     elements = generated_images(out, name, coordinate_system)
     if to.exists():
         from ..output_guard import check_replaceable
 
-        sdata = spatialdata.read_zarr(to)
+        sdata = read_spatialdata(to, "--to")
         for element_name, image in elements.items():
             if element_name in sdata.images:  # only with overwrite (checked above); spatialdata cannot write
                 # over an element it reads lazily from the same store, so ours (checked again) is deleted first
@@ -118,7 +125,7 @@ def export_spatialdata(
         _mark_exported(to, elements, out)
         return list(elements)
     if like is not None:
-        sdata = spatialdata.read_zarr(like)
+        sdata = read_spatialdata(like, "--like")
         for element_name, image in elements.items():
             sdata.images[element_name] = image
     else:
@@ -157,7 +164,7 @@ def write_spatialdata_points(
     points = PointsModel.parse(
         frame, coordinates={"x": "x", "y": "y"}, feature_key="feature_name",
         transformations={coordinate_system: Translation(list(offset_um), axes=("x", "y"))},
-    )  # fmt: skip
+    )
     spatialdata.SpatialData(points={name: points}).write(path)
     return Path(path)
 

@@ -6,10 +6,15 @@
   `section_spacing_um`, `origin_um`, `coordinate_system` and an `ingest` provenance record).
 
 `teramind generate` reads `genes` + `gene_names`; training and `teramind eval` also need `images`.
+
+Reading a store goes through :func:`open_zarr`, :func:`open_member` and :func:`store_attributes`: damaged metadata
+or chunks raise :class:`DamagedDataError` and bad attributes ``ValueError``, each naming the file and field.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -55,3 +60,124 @@ def create_training_store(
         **extra,
     )
     return group
+
+
+# ---------------------------------------------------------------------------------------------- reading stores
+class DamagedDataError(ValueError):
+    """Stored data that cannot be read back (a chunk that does not decode, metadata that is not a valid zarr or
+    HDF5 header, a file cut short); the message names the file or store."""
+
+
+# what zarr / numcodecs raise when a chunk's bytes do not decode: zstd and blosc RuntimeError, gzip OSError or
+# EOFError, an uncompressed chunk of the wrong size ValueError
+CHUNK_DECODE_ERRORS = (RuntimeError, OSError, EOFError, ValueError)
+# what zarr raises for metadata that is valid JSON but not valid zarr (unknown dtype, wrong field types)
+METADATA_ERRORS = (ValueError, TypeError, KeyError)
+
+
+class CheckedArray:
+    """A read-only view of a zarr array whose reads raise :class:`DamagedDataError` naming the array's path
+    (e.g. ``store.zarr/genes``) when a chunk does not decode. Everything else is the array's own."""
+
+    def __init__(self, array: Any, location: str):
+        self._array, self.location = array, location
+
+    def __getitem__(self, key):
+        try:
+            return self._array[key]
+        except CHUNK_DECODE_ERRORS as err:
+            raise DamagedDataError(
+                f"{self.location}: a chunk cannot be read ({type(err).__name__}: {err}); the store is damaged or was "
+                "written incompletely"
+            ) from err
+
+    def __getattr__(self, name: str):
+        return getattr(self._array, name)
+
+    def __array__(self, dtype=None, copy=None):
+        import numpy as np
+
+        return np.asarray(self[...], dtype=dtype)
+
+    def __len__(self) -> int:
+        return len(self._array)
+
+
+def _check_metadata_files(location: str, members: tuple[str, ...] = ()) -> None:
+    """A local store's ``zarr.json`` (and its members') must be JSON objects: zarr reports anything else with
+    errors that do not name the file."""
+    import json
+
+    if "://" in location and not location.startswith("file://"):
+        return
+    root = Path(location.removeprefix("file://"))
+    for member in ("", *members):
+        path = root / member / "zarr.json"
+        if not path.is_file():
+            continue
+        try:
+            meta = json.loads(path.read_bytes())
+        except (ValueError, UnicodeDecodeError) as err:
+            raise DamagedDataError(f"{path}: not valid JSON ({err}); expected zarr v3 metadata") from err
+        if not isinstance(meta, dict):
+            raise DamagedDataError(f"{path}: expected zarr v3 metadata (a JSON object), got a JSON {type(meta).__name__}")
+
+
+def open_zarr(location: str | Path, what: str = "zarr store"):
+    """``zarr.open(location, mode="r")`` (group or array); a store whose metadata zarr cannot parse is refused with
+    :class:`DamagedDataError` naming its ``zarr.json``. A missing location is ``FileNotFoundError``."""
+    import zarr
+
+    location = str(location)
+    _check_metadata_files(location)
+    try:
+        return zarr.open(location, mode="r")
+    except FileNotFoundError:
+        raise
+    except METADATA_ERRORS as err:
+        raise DamagedDataError(f"{location}/zarr.json: not a readable {what} ({type(err).__name__}: {err})") from err
+
+
+def open_member(group: Any, name: str, location: str | Path) -> CheckedArray:
+    """The array ``group[name]`` of the store at ``location``, as a :class:`CheckedArray`; its metadata is checked
+    the way :func:`open_zarr` checks the group's; ``KeyError`` if there is none."""
+    location = str(location).rstrip("/")
+    _check_metadata_files(location, (name,))
+    try:
+        if name not in group:
+            raise KeyError(f"{location} has no {name!r} array")
+        array = group[name]
+    except KeyError:
+        raise
+    except METADATA_ERRORS as err:
+        raise DamagedDataError(f"{location}/{name}/zarr.json: not a readable zarr array ({type(err).__name__}: {err})") from err
+    return CheckedArray(array, f"{location}/{name}")
+
+
+def _positive_number(value: Any, key: str, location: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{location}: attribute {key!r} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def store_attributes(attrs: Any, location: str | Path) -> dict:
+    """The attributes of a gene / training store, validated where this package reads them: ``gene_names`` a list
+    of non-empty strings, ``gene_bin`` a whole number >= 1, ``um_per_px`` and ``section_spacing_um``
+    finite and > 0 (each may be absent or null). Errors name the store and the attribute."""
+    location = str(location)
+    if not isinstance(attrs, Mapping):
+        raise ValueError(f"{location}: store attributes must be a JSON object, got {type(attrs).__name__}")
+    attrs = dict(attrs)
+    names = attrs.get("gene_names")
+    if names is not None:
+        if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
+            raise ValueError(f"{location}: attribute 'gene_names' must be a list of non-empty gene symbols (strings), got {str(names)[:80]}")
+        if not names:
+            raise ValueError(f"{location}: attribute 'gene_names' is an empty list; expected the store's gene symbols")
+    gene_bin = attrs.get("gene_bin")
+    if gene_bin is not None and (isinstance(gene_bin, bool) or not isinstance(gene_bin, int) or gene_bin < 1):
+        raise ValueError(f"{location}: attribute 'gene_bin' must be a whole number of px >= 1, got {gene_bin!r}")
+    for key in ("um_per_px", "section_spacing_um"):
+        if attrs.get(key) is not None:
+            attrs[key] = _positive_number(attrs[key], key, location)
+    return attrs

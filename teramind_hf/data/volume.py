@@ -117,6 +117,8 @@ def panel_for_transcripts(
     """
     names = genes.astype(str)
     if panel is None:
+        if not len(names):
+            raise ValueError(f"{source}: no transcripts (no rows after the header), so no gene panel; expected at least one transcript")
         panel = GenePanel(sorted(pd.unique(names)))
     lookup = {g.upper(): i for i, g in enumerate(panel.genes)}
     codes, uniques = pd.factorize(names)
@@ -159,7 +161,7 @@ def bin_transcripts(
         (num_genes, num_slices, hb, wb), 12, f"{source}: binning on {gene_bin}-px bins (genes, sections, bins_y, bins_x)",
         max_bytes, "check that the coordinates are pixels of this image (not microns or another frame) and that no "
         "stray transcript lies far outside the tissue",
-    )  # fmt: skip
+    )
     rb = np.floor(np.asarray(rows_px, dtype=np.float64) / gene_bin).astype(np.int64)
     cb = np.floor(np.asarray(cols_px, dtype=np.float64) / gene_bin).astype(np.int64)
     z = np.asarray(sections).astype(np.int64)

@@ -24,6 +24,7 @@ pairs against the random-weight null.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
@@ -200,6 +201,17 @@ def benjamini_hochberg(p_values: Sequence[float]) -> np.ndarray:
     return out
 
 
+def check_significance_arguments(*, threshold: float, random_models: int, permutations: int, alpha: float) -> None:
+    """The numbers of :func:`pair_significance`, named as the CLI spells them (checked before any model runs)."""
+    if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold >= 0):
+        raise ValueError(f"threshold (--threshold) must be a finite number of transcripts >= 0, got {threshold!r}")
+    if not (isinstance(alpha, (int, float)) and 0 < alpha < 1):  # (NaN fails this too)
+        raise ValueError(f"alpha (--alpha) must be a false discovery rate in (0, 1), got {alpha!r}")
+    for name, value, least in (("random_models", random_models, 1), ("permutations", permutations, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} (--{name.replace('_', '-')}) must be a whole number >= {least}, got {value!r}")
+
+
 def pair_significance(
     pipe: Any,
     genes: Any,
@@ -218,6 +230,7 @@ def pair_significance(
     ``pairs`` are gene names of the model panel (default: every pair of the panel); the BH correction runs
     over the pairs given. With ``random_models`` < 19 no pair can reach p <= 0.05.
     """
+    check_significance_arguments(threshold=threshold, random_models=random_models, permutations=permutations, alpha=alpha)
     names = list(pipe.unet.config.gene_names or [])
     if not names:
         raise ValueError("the model config has no gene_names: pairs cannot be named")
@@ -240,7 +253,7 @@ def pair_significance(
     random_null, label_null = attention_null(
         pipe, model_genes, expressed, random_models=random_models, permutations=permutations, seed=seed,
         min_patches=min_patches,
-    )  # fmt: skip
+    )
     results = []
     for (a, b), (ia, ib) in zip(pairs, index_pairs):
         obs = float(spec[ia, ib])

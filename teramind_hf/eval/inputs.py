@@ -116,7 +116,10 @@ def open_volume(obj, role: str) -> EvalVolume:
             raise ValueError(f"{role} {path}: the generation run is not complete (resume it with teramind generate)")
         return _checked(volume, role)
     if "images" in group:
-        return _checked(EvalVolume(group["images"], path, attrs.get("um_per_px"), None, None, attrs), role)
+        from ..data.store import open_member, store_attributes
+
+        attrs = store_attributes(attrs, path)
+        return _checked(EvalVolume(open_member(group, "images", path), path, attrs.get("um_per_px"), None, None, attrs), role)
     raise ValueError(f"{role} {path}: zarr group has neither OME-Zarr multiscales nor an 'images' array")
 
 

@@ -17,6 +17,7 @@ OME-Zarr's run record (model fingerprint, gene source, region, sections, steps, 
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,7 +162,7 @@ def _generate(pipe, genes, out: Path, run: dict, seed: int, region=None, progres
         num_inference_steps=int(run["num_inference_steps"]), generator=int(seed), halo=bool(run.get("halo", True)),
         grid=run.get("grid_schedule"),
         um_per_px=run.get("um_per_px"), section_spacing_um=run.get("section_spacing_um"), progress_bar=progress,
-    )  # fmt: skip
+    )
     volume = open_volume(str(out), "control")
     volume.origin = tuple(run["slices"][:1]) + (y0, x0)  # a shuffled-gene store starts at the region
     return volume
@@ -215,6 +216,9 @@ def evaluation_report(
         raise ValueError(f"seeds must be >= 1, got {seeds}")
     if block < 64:
         raise ValueError(f"block must be >= 64 px, got {block}")
+    for name, value in (("match_distance_um", match_distance_um), ("um_per_px", um_per_px)):
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} (--{name.replace('_', '-')}) must be a finite number > 0, got {value!r}")
     inputs = {"GENERATED": generated, "--truth": truth, "--labels": labels, "--model": model, "--genes": genes}
     inputs = {k: v for k, v in inputs.items() if isinstance(v, (str, Path))}  # arrays are not paths
     check_output_location(out_dir, inputs, "--out")
@@ -285,10 +289,10 @@ def evaluation_report(
         },  # fmt: skip
         "rows": rows,
     }
-    report = EvalReport(_finite(data), rows=list(rows))
+    report = EvalReport(json_safe(data), rows=list(rows))
     if out is not None:
         report.json_path = out / "report.json"
-        report.json_path.write_text(json.dumps(report.data, indent=1, allow_nan=False) + "\n")
+        write_json(report.json_path, report.data)
         report.png_path = save_report_figure(report, samples, truth_vol, out / "report.png")
     return report
 
@@ -343,14 +347,25 @@ def _run_summary(run: dict | None) -> dict | None:
     return {k: run.get(k) for k in keep} | {"genes": (run.get("genes") or {}).get("location")}
 
 
-def _finite(value):
-    """JSON-safe copy: non-finite floats (PSNR of identical images, undefined ratios) become null."""
+def json_safe(value):
+    """JSON-safe copy: non-finite floats (PSNR of identical images, undefined ratios) become null, numpy scalars and
+    arrays plain numbers and lists."""
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [json_safe(v) for v in value]
     if isinstance(value, (float, np.floating)):
         return float(value) if np.isfinite(value) else None
     if isinstance(value, np.integer):
         return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # a 0-d tensor
+        return json_safe(value.item())
     return value
+
+
+def write_json(path: Path, data) -> None:
+    """The one JSON writer of reports (report.json, knockout.json, attention.json): non-finite floats as null,
+    and strict JSON (``allow_nan=False``), never a bare NaN."""
+    Path(path).write_text(json.dumps(json_safe(data), indent=1, allow_nan=False) + "\n")

@@ -96,6 +96,10 @@ class MidBlock(nn.Module):
         return self.res_out(h, temb)
 
 
+class ConfigFieldError(ValueError):
+    """A model config field with a value the model cannot be built from (named)."""
+
+
 class GeneMorphUNet3DModel(ModelMixin, ConfigMixin):
     r"""Gene-conditioned 3D UNet with a gene-gene attention front-end and a boundary-aware collage decoder.
 
@@ -132,7 +136,10 @@ class GeneMorphUNet3DModel(ModelMixin, ConfigMixin):
         folder = Path(pretrained_model_name_or_path) / (kwargs.get("subfolder") or "")
         for file in sorted(folder.glob("*.safetensors")) if folder.is_dir() else ():
             check_safetensors_dtypes(file)
-        model = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        try:
+            model = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        except ConfigFieldError as err:  # a config value this model refuses: name the file
+            raise ConfigFieldError(f"{folder / 'config.json'}: {err}") from err
         check_float_tensors(model.state_dict().items(), source=str(folder))
         return model
 
@@ -166,16 +173,21 @@ class GeneMorphUNet3DModel(ModelMixin, ConfigMixin):
     ):
         super().__init__()
         levels = len(block_out_channels)
+        for name, value in (("num_genes", num_genes), ("gene_bin", gene_bin), ("sample_size", sample_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigFieldError(f"model config field {name!r} must be a whole number >= 1, got {value!r} ({type(value).__name__})")
+        if gene_names is not None and (not isinstance(gene_names, (list, tuple)) or not all(isinstance(n, str) for n in gene_names)):
+            raise ConfigFieldError(f"model config field 'gene_names' must be a list of gene symbols (strings), got {str(gene_names)[:80]}")
         if gene_names is not None and len(gene_names) != num_genes:
-            raise ValueError(f"gene_names has {len(gene_names)} names but num_genes is {num_genes}")
+            raise ConfigFieldError(f"model config: gene_names has {len(gene_names)} names but num_genes is {num_genes}")
         if gene_bin != 2**levels:
-            raise ValueError(f"gene_bin must be 2 ** len(block_out_channels) = {2 ** levels}, got {gene_bin}")
+            raise ConfigFieldError(f"gene_bin must be 2 ** len(block_out_channels) = {2 ** levels}, got {gene_bin}")
         if sample_size % gene_bin:
-            raise ValueError(f"sample_size {sample_size} must be a multiple of gene_bin {gene_bin}")
+            raise ConfigFieldError(f"sample_size {sample_size} must be a multiple of gene_bin {gene_bin}")
         if gene_slices != num_slices + 2:
-            raise ValueError(f"gene_slices must be num_slices + 2 (a 3-deep z conv), got {gene_slices}, {num_slices}")
+            raise ConfigFieldError(f"gene_slices must be num_slices + 2 (a 3-deep z conv), got {gene_slices}, {num_slices}")
         if len(gene_map_channels) != levels - 1:
-            raise ValueError(f"gene_map_channels needs {levels - 1} widths, got {len(gene_map_channels)}")
+            raise ConfigFieldError(f"gene_map_channels needs {levels - 1} widths, got {len(gene_map_channels)}")
 
         base = block_out_channels[0]
         bins = sample_size // gene_bin

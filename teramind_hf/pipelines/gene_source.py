@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .genes import align_genes_to_model, check_counts
+from ..data.store import CheckedArray
 from ..sampling.grid import gene_window_range
 
 
@@ -83,22 +84,23 @@ def _load_npy(path: str):
 def _open_zarr_source(location: str) -> GeneSource:
     import zarr
 
+    from ..data.store import DamagedDataError, open_member, open_zarr, store_attributes
+
     try:
-        node = zarr.open(location, mode="r")
-    except Exception as err:  # zarr raises several types for "not a zarr store"
+        node = open_zarr(location, "zarr store, .npy or .npz gene source")
+    except DamagedDataError:
+        raise
+    except Exception as err:  # zarr raises several types for a path that holds no zarr store at all
         raise ValueError(f"{location}: not a zarr store, .npy or .npz gene source ({err})") from err
     if isinstance(node, zarr.Array):
-        return GeneSource(genes=_check_4d(node, location), gene_names=None, location=location)
-    if "genes" not in node:
-        raise ValueError(f"{location}: zarr group has no 'genes' array (G, Z, Hb, Wb)")
-    attrs = dict(node.attrs)
-    names = attrs.get("gene_names")
-    return GeneSource(
-        genes=_check_4d(node["genes"], location),
-        gene_names=[str(n) for n in names] if names is not None else None,
-        location=location,
-        attrs={k: v for k, v in attrs.items() if k != "gene_names"},
-    )
+        return GeneSource(genes=_check_4d(CheckedArray(node, location), location), gene_names=None, location=location)
+    try:
+        genes = open_member(node, "genes", location)
+    except KeyError:
+        raise ValueError(f"{location}: zarr group has no 'genes' array (G, Z, Hb, Wb)") from None
+    attrs = store_attributes(node.attrs, location)
+    names = attrs.pop("gene_names", None)
+    return GeneSource(genes=_check_4d(genes, location), gene_names=names, location=location, attrs=attrs)
 
 
 def _check_4d(array: Any, location: str) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 import numpy as np
@@ -11,15 +12,37 @@ from ..data.panel import GenePanel, PanelAlignment, apply_alignment
 
 
 def as_dense_genes(genes: Any, argument: str = "genes") -> torch.Tensor:
-    """numpy / torch (dense or sparse COO) / ``sparse.COO`` counts -> dense float32 torch tensor."""
+    """numpy / torch (dense or sparse COO) / ``sparse.COO`` counts -> dense float32 torch tensor. Refused by name:
+    a dtype that is not real numbers (complex: the imaginary part would be dropped; objects, strings), and an array
+    whose dense float32 copy would not fit in this machine's memory (e.g. a broadcast view of absurd size)."""
+    from ..data.volume import physical_memory_bytes
+
+    shape = tuple(int(n) for n in getattr(genes, "shape", ()))
+    dtype = getattr(genes, "dtype", None)
+    if isinstance(dtype, torch.dtype):
+        kind = "c" if dtype.is_complex else ("f" if dtype.is_floating_point else "i")
+    elif dtype is not None:
+        kind = np.dtype(dtype).kind
+    else:
+        kind = None
+    if kind is not None and kind not in "biuf":
+        raise ValueError(f"{argument}: dtype {dtype} is not real numbers; expected integer or float transcript counts")
+    if shape and 4 * math.prod(shape) > physical_memory_bytes():
+        raise ValueError(
+            f"{argument} of shape {shape} would take {4 * math.prod(shape) / 2**30:.3g} GiB as dense float32 counts, more "
+            "than this machine's memory; pass a region of it (or use `teramind generate`, which streams from a store)"
+        )
     if isinstance(genes, torch.Tensor):
         return (genes.to_dense() if genes.is_sparse else genes).float()
     if hasattr(genes, "todense") and hasattr(genes, "coords"):  # pydata sparse.COO
         return torch.from_numpy(np.asarray(genes.todense(), dtype=np.float32))
     try:
-        return torch.from_numpy(np.asarray(genes, dtype=np.float32))
+        array = np.asarray(genes)
+        if array.dtype.kind not in "biuf":
+            raise TypeError(f"dtype {array.dtype}")
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{argument} must be an array of transcript counts, got {type(genes).__name__}") from err
+        raise ValueError(f"{argument} must be an array of transcript counts (real numbers), got {type(genes).__name__} ({err})") from err
 
 
 def check_counts(genes: torch.Tensor, argument: str = "genes") -> None:
@@ -51,6 +74,9 @@ def align_genes_to_model(
                 "pass gene_names to align by name"
             )
         return genes, None
+    if isinstance(gene_names, str) or not all(isinstance(n, str) and n.strip() for n in gene_names):
+        found = sorted({type(n).__name__ for n in gene_names if not isinstance(n, str)}) or ["empty strings"]
+        raise ValueError(f"gene_names must be non-empty gene symbols (strings), got {found} in it")
     if len(gene_names) != genes.shape[0]:
         raise ValueError(f"gene_names has {len(gene_names)} names but genes has {genes.shape[0]} rows on axis 0")
     if model_config.gene_names is None:

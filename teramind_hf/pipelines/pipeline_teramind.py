@@ -14,6 +14,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 
 from ..data.panel import PanelAlignment
+from ..data.volume import physical_memory_bytes
 from ..models.unet_genemorph_3d import GeneMorphUNet3DModel
 from ..sampling.gene_canvas import GeneCanvases
 from ..sampling.grid import TileGrid, exact_region, gene_window, gene_window_range, z_chunks  # noqa: F401 (old import path)
@@ -71,7 +72,7 @@ class TeraMindPipeline(DiffusionPipeline):
         self, unet: GeneMorphUNet3DModel, scheduler: SchedulerMixin, tile_size: int | None = None,
         halo: int | None = None, fill_value: float | None = None, grid: str | dict | None = None,
         num_inference_steps: int | None = None,
-    ):  # fmt: skip
+    ):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
         given = {"tile_size": tile_size, "halo": halo, "fill_value": fill_value}
@@ -113,6 +114,9 @@ class TeraMindPipeline(DiffusionPipeline):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None = None, **kwargs):
         """Load from a local folder or a Hub repo id (resolved with ``huggingface_hub.snapshot_download``,
         which honours ``revision``, ``cache_dir``, ``token``, ``local_files_only`` and ``HF_HUB_OFFLINE``)."""
+        from .model_folder import check_loading_kwargs, check_pipeline_folder
+
+        check_loading_kwargs(kwargs)
         if pretrained_model_name_or_path is None:
             from .. import default_model_path
 
@@ -136,6 +140,7 @@ class TeraMindPipeline(DiffusionPipeline):
             raise FileNotFoundError(f"{path} has no model_index.json: not a TeraMindPipeline folder")
         if kwargs.get("use_safetensors") is False:
             raise ValueError("use_safetensors=False: pickled (.bin) weights are never loaded; convert them to safetensors")
+        check_pipeline_folder(path)
         kwargs["use_safetensors"] = True
         if "torch_dtype" in kwargs:  # the diffusers spelling users know; diffusers now warns for it and wants `dtype`
             kwargs.setdefault("dtype", kwargs.pop("torch_dtype"))
@@ -174,10 +179,9 @@ class TeraMindPipeline(DiffusionPipeline):
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         if tile_order not in TILE_ORDERS:
             raise ValueError(f"tile_order must be one of {TILE_ORDERS}, got {tile_order!r}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        for name, value in (("batch_size", batch_size), ("num_inference_steps", num_inference_steps)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
         bad = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
         if bad:
             raise ValueError(f"callback_on_step_end_tensor_inputs {sorted(bad)} not in {self._callback_tensor_inputs}")
@@ -197,6 +201,13 @@ class TeraMindPipeline(DiffusionPipeline):
         if exact:
             computed = exact_region(wanted, full, probe.margin_tiles(num_inference_steps) * probe.tile, probe.tile)
         grid = self.tile_grid(computed[2], computed[3], origin=computed[:2], start=start, stop=stop)
+        # the in-memory run holds the output and two step buffers of the whole region at once
+        needed = 3 * 4 * self.unet.config.out_channels * (stop - start) * computed[2] * computed[3]
+        if needed > physical_memory_bytes():
+            raise ValueError(
+                f"region {computed[2]} x {computed[3]} px x {stop - start} sections needs about {needed / 2**30:.3g} GiB "
+                "in memory, more than this machine has; pass a smaller region, or stream it with generate_to_zarr"
+            )
         if latents is not None:
             expected = (len(grid.chunk_starts), self.unet.config.out_channels, grid.num_slices, *full)
             if tuple(latents.shape) != expected:

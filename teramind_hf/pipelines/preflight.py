@@ -92,15 +92,18 @@ def check_steps_against_schedule(num_inference_steps: int, scheduler) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- gene values
-def _scan_rows(genes, shape: tuple[int, ...], block_bytes: int) -> int:
-    """Bin rows per scan block: a whole number of the array's row chunks (zarr), within ``block_bytes``."""
-    g, _, _, wb = shape
-    per_row = max(g * wb * 8, 1)  # float64 copy of one row of one section
-    rows = max(block_bytes // per_row, 1)
-    chunks = getattr(genes, "chunks", None)
-    if isinstance(chunks, tuple) and len(chunks) == 4 and chunks[2]:
-        rows = max(rows // chunks[2], 1) * chunks[2]
-    return int(rows)
+def scan_block_shape(shape: tuple[int, ...], chunks: Any, block_bytes: int, width: int) -> tuple[int, int, int]:
+    """``(genes, rows, cols)`` of one scan block of one section, holding at most ``block_bytes`` as float64 for
+    any array shape and chunk shape: whole chunks (zarr ``chunks`` ``(G, 1, rows, cols)``) when one fits, else a
+    part of a chunk; genes are split only when one bin of all genes does not fit. ``width``: bins scanned in x."""
+    budget = max(block_bytes // 8, 1)  # float64 values per block
+    genes = min(int(shape[0]), budget)
+    unit_rows = unit_cols = 1
+    if isinstance(chunks, tuple) and len(chunks) == 4 and genes * chunks[2] * chunks[3] <= budget:
+        unit_rows, unit_cols = int(chunks[2]), int(chunks[3])  # whole chunks: each chunk decoded once
+    cols = min(width, max(budget // (genes * unit_rows) // unit_cols, 1) * unit_cols)
+    rows = max(budget // (genes * cols) // unit_rows, 1) * unit_rows
+    return genes, rows, max(cols, 1)
 
 
 def check_gene_values(
@@ -112,25 +115,30 @@ def check_gene_values(
     progress_bar: bool = False,
 ) -> None:
     """Stream the counts a run reads, block by block, and refuse a non-numeric dtype, NaN, inf or negative values,
-    naming the source and the first bad position (gene, section, bin). Memory is bounded by ``block_bytes``."""
+    naming the source and the first bad position (gene, section, bin). Memory is bounded by ``block_bytes`` whatever
+    the array's chunk shape (:func:`scan_block_shape`)."""
     genes = source.genes
     shape = tuple(int(n) for n in genes.shape)
     dtype = np.dtype(getattr(genes, "dtype", np.float32))
     if dtype.kind not in "uif":
         raise ValueError(f"genes in {source.location}: dtype {dtype} is not a number type; expected integer or float transcript counts")
-    _, z, hb, wb = shape
+    if dtype.kind == "u":  # nothing to find in unsigned integers
+        return
+    num_genes, z, hb, wb = shape
     y0, y1 = bins_y or (0, hb)
     x0, x1 = bins_x or (0, wb)
     s0, s1 = sections or (0, z)
-    rows = _scan_rows(genes, shape, block_bytes)
-    blocks = [(s, r) for s in range(s0, s1) for r in range(y0, y1, rows)]
-    if dtype.kind == "u":  # nothing to find in unsigned integers
-        return
+    step_g, rows, cols = scan_block_shape(shape, getattr(genes, "chunks", None), block_bytes, max(x1 - x0, 1))
+    count = (s1 - s0) * len(range(0, num_genes, step_g)) * len(range(y0, y1, rows)) * len(range(x0, x1, cols))
+    blocks = (
+        (s, g, r, c)
+        for s in range(s0, s1) for r in range(y0, y1, rows) for c in range(x0, x1, cols) for g in range(0, num_genes, step_g)
+    )
     from tqdm.auto import tqdm
 
     names = source.gene_names
-    for s, r in tqdm(blocks, desc="checking gene counts", unit="block", disable=not progress_bar or len(blocks) < 2):
-        block = np.asarray(genes[:, s : s + 1, r : min(r + rows, y1), x0:x1])
+    for s, g0, r, c in tqdm(blocks, total=count, desc="checking gene counts", unit="block", disable=not progress_bar or count < 2):
+        block = np.asarray(genes[g0 : g0 + step_g, s : s + 1, r : min(r + rows, y1), c : min(c + cols, x1)])
         bad = ~np.isfinite(block) if dtype.kind == "f" else np.zeros(block.shape, dtype=bool)
         kind = "NaN/inf"
         if not bad.any():
@@ -138,10 +146,12 @@ def check_gene_values(
             if not bad.any():
                 continue
         g, _, y, x = (int(v) for v in np.argwhere(bad)[0])
+        value = block[g, 0, y, x].item()
+        g += g0
         gene = f"{names[g]!r} (index {g})" if names is not None and g < len(names) else f"index {g}"
         raise ValueError(
             f"genes in {source.location}: {int(bad.sum())} {kind} value(s) in section {s}, first at gene {gene}, "
-            f"bin y={r + y}, x={x0 + x} ({block[g, 0, y, x].item()!r}); expected finite transcript counts >= 0"
+            f"bin y={r + y}, x={c + x} ({value!r}); expected finite transcript counts >= 0"
         )
 
 
@@ -242,7 +252,7 @@ def preflight_generate(
     check_generate_arguments(
         num_inference_steps=num_inference_steps, batch_size=batch_size, memory_limit_bytes=memory_limit_bytes,
         um_per_px=um_per_px, section_spacing_um=section_spacing_um, seed=generator, min_gene_overlap=min_gene_overlap,
-    )  # fmt: skip
+    )
     check_geometry(cfg, {**pipe.config, "patch_size": cfg.sample_size})  # the tile grid lives in the pipeline config
     check_steps_against_schedule(num_inference_steps, pipe.scheduler)
     check_output_path(out)
@@ -255,5 +265,5 @@ def preflight_generate(
     check_gene_values(
         source, (y0 // b, (y0 + h) // b), (x0 // b, (x0 + w) // b), (max(lo, 0), min(hi, source.num_sections)),
         progress_bar=progress_bar,
-    )  # fmt: skip
+    )
     return y0, x0, h, w, start, stop

@@ -181,7 +181,18 @@ def read_existing_record(out: str) -> tuple[bool, dict | None]:
     except Exception:
         return True, None
     state = group.attrs.get("teramind")
-    return True, dict(state) if isinstance(state, dict) else None
+    if not isinstance(state, dict):
+        return True, None
+    levels = state.get("pyramid_levels_done", 0)
+    if (
+        not isinstance(state.get("run"), dict) or not isinstance(state.get("complete"), bool)
+        or isinstance(levels, bool) or not isinstance(levels, int) or levels < 0
+    ):
+        raise ValueError(
+            f"{out.rstrip('/')}/zarr.json: the 'teramind' run record is damaged (expected 'run' an object, 'complete' "
+            f"true/false, 'pyramid_levels_done' a whole number >= 0); remove the output or write to another --out"
+        )
+    return True, dict(state)
 
 
 def describe_difference(old: dict, new: dict) -> str:
@@ -279,11 +290,11 @@ def generate_to_zarr(
     tile_grid = pipe.tile_grid(
         computed.height, computed.width, origin=(computed.y0, computed.x0), start=reg.start, stop=reg.stop,
         unit_tiles=shard_tiles or 1, unit_origin=((reg.y0 - computed.y0) // tile, (reg.x0 - computed.x0) // tile),
-    )  # fmt: skip
+    )
     region_genes = RegionGenes(
         source, cfg, (computed.y0 // cfg.gene_bin, computed.x0 // cfg.gene_bin),
         (computed.height // cfg.gene_bin, computed.width // cfg.gene_bin), min_gene_overlap,
-    )  # fmt: skip
+    )
     scale = PhysicalScale(
         um_per_px=float(um_per_px or source.attrs.get("um_per_px") or DEFAULT_UM_PER_PX),
         section_spacing_um=float(section_spacing_um or source.attrs.get("section_spacing_um") or DEFAULT_SECTION_SPACING_UM),
@@ -295,7 +306,7 @@ def generate_to_zarr(
     sampler = TileSampler(
         pipe.unet, solver, tile_grid, GeneCanvases(region_genes, tile_grid, schedule.all_offsets(steps), halo=halo),
         grid_schedule=schedule, batch_size=batch_size, tile_order=tile_order, halo=halo, device=pipe._execution_device,
-    )  # fmt: skip
+    )
     record = {**run_record(pipe, scheduler, source, reg, seed, steps, halo, scale, schedule, exact), "shard_tiles": shard_tiles}
 
     # decide what to do with the output folder: every process decides the same, only the main one mutates
@@ -365,7 +376,7 @@ def generate_to_zarr(
         seconds=time.perf_counter() - started, sampling_seconds=sampling_seconds, peak_rss_mb=peak_mb,
         step_buffers="disk" if on_disk else "memory", resumed_from_stage=resumed_from, num_processes=state.num_processes,
         device=str(sampler.device),
-    )  # fmt: skip
+    )
 
 
 def _output_writer(image, grid: TileGrid, region: Region) -> Callable:

@@ -19,6 +19,7 @@ example the ``*.pkl`` / ``*.bin`` pickles of ``accelerator.save_state``), naming
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 from pathlib import Path
@@ -28,6 +29,8 @@ import torch
 
 CHECKPOINT_PREFIX = "checkpoint-"
 CONFIG_FILE = "training_config.json"
+# a saved optimizer / scheduler / RNG state nests a few levels; far deeper JSON is not one of ours
+MAX_STATE_DEPTH = 32
 # config fields that must agree between a checkpoint and the model being trained
 ARCH_FIELDS = (
     "num_genes", "gene_names", "block_out_channels", "layers_per_block", "time_embed_dim", "attention_levels",
@@ -77,7 +80,7 @@ def arch_config(unet) -> dict:
 
 def check_checkpoint_config(path: Path, unet) -> None:
     """Refuse a checkpoint whose model config differs from the model being trained, naming the fields."""
-    saved = _read_json(path / CONFIG_FILE)["unet"]
+    saved = read_checkpoint_config(path)["unet"]
     current = arch_config(unet)
     diff = {k: (saved.get(k), current.get(k)) for k in current if saved.get(k) != current.get(k)}
     if diff:
@@ -89,13 +92,30 @@ def check_checkpoint_config(path: Path, unet) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- files
-def _read_json(path: Path):
+def _read_json(path: Path, kind: type | None = None):
+    """The JSON in ``path``; ``kind``: the type the top level must have (dict for every state file)."""
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except FileNotFoundError:
         raise CheckpointFileError(f"{path}: missing from the checkpoint") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointFileError(f"{path}: not a JSON file ({err})") from err
+    except RecursionError:
+        raise CheckpointFileError(f"{path}: JSON nested too deeply to be a checkpoint file") from None
+    if kind is not None and not isinstance(value, kind):
+        raise CheckpointFileError(f"{path}: expected a JSON {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def read_checkpoint_config(path: Path) -> dict:
+    """A checkpoint's training_config.json: its ``unet`` config (an object) and ``seconds`` (a number >= 0)."""
+    config = _read_json(path / CONFIG_FILE, dict)
+    seconds = config.get("seconds", 0.0)
+    if not isinstance(config.get("unet"), dict):
+        raise CheckpointFileError(f"{path / CONFIG_FILE}: expected a 'unet' object (the model config)")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0:
+        raise CheckpointFileError(f"{path / CONFIG_FILE}: 'seconds' must be a number >= 0, got {seconds!r}")
+    return config
 
 
 def _write_json(path: Path, payload) -> None:
@@ -144,19 +164,33 @@ def _split_state(state: dict, prefix: str = "") -> tuple[dict[str, torch.Tensor]
     return tensors, walk(state, prefix)
 
 
-def _join_state(stub, tensors: dict[str, torch.Tensor], source: Path):
+def _join_state(stub, tensors: dict[str, torch.Tensor], source: Path, depth: int = 0):
     """Inverse of :func:`_split_state` (only JSON types and tensors come out)."""
+    if depth > MAX_STATE_DEPTH:
+        raise CheckpointFileError(f"{source}: nested deeper than {MAX_STATE_DEPTH} levels; not a training state")
+    depth += 1
     if isinstance(stub, dict):
         if set(stub) == {"$tensor"}:
             if stub["$tensor"] not in tensors:
                 raise CheckpointFileError(f"{source}: tensor {stub['$tensor']!r} missing from its safetensors file")
             return tensors[stub["$tensor"]]
         if set(stub) == {"$dict"}:
-            return {_join_state(k, tensors, source): _join_state(v, tensors, source) for k, v in stub["$dict"]}
-        if set(stub) == {"$list"}:
-            return [_join_state(v, tensors, source) for v in stub["$list"]]
-        if set(stub) == {"$tuple"}:
-            return tuple(_join_state(v, tensors, source) for v in stub["$tuple"])
+            pairs = stub["$dict"]
+            if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 for p in pairs):
+                raise CheckpointFileError(f"{source}: '$dict' must hold [key, value] pairs")
+            joined = {}
+            for k, v in pairs:
+                key = _join_state(k, tensors, source, depth)
+                if not isinstance(key, (str, int, float, bool, type(None), tuple)):
+                    raise CheckpointFileError(f"{source}: a '$dict' key must be a number or string, got {type(key).__name__}")
+                joined[key] = _join_state(v, tensors, source, depth)
+            return joined
+        if set(stub) in ({"$list"}, {"$tuple"}):
+            items = next(iter(stub.values()))
+            if not isinstance(items, list):
+                raise CheckpointFileError(f"{source}: '{next(iter(stub))}' must hold a list")
+            joined = [_join_state(v, tensors, source, depth) for v in items]
+            return joined if "$list" in stub else tuple(joined)
         raise CheckpointFileError(f"{source}: unexpected entry {sorted(stub)}")
     if isinstance(stub, list):
         raise CheckpointFileError(f"{source}: unexpected bare list")
@@ -170,7 +204,10 @@ def _save_state(folder: Path, name: str, state: dict) -> None:
 
 
 def _load_state(folder: Path, name: str) -> dict:
-    return _join_state(_read_json(folder / f"{name}.json"), _read_tensors(folder / f"{name}.safetensors"), folder / f"{name}.json")
+    state = _join_state(_read_json(folder / f"{name}.json", dict), _read_tensors(folder / f"{name}.safetensors"), folder / f"{name}.json")
+    if not isinstance(state, dict):
+        raise CheckpointFileError(f"{folder / name}.json: expected a state object, got {type(state).__name__}")
+    return state
 
 
 def _rng_state() -> dict:
@@ -257,7 +294,7 @@ def load_training_state(accelerator, folder: Path, unet, optimizer, lr_scheduler
     for param in params:
         if param in inner.state:
             inner.state[param] = {k: _like(param, v) if isinstance(v, torch.Tensor) else v for k, v in inner.state[param].items()}
-    scheduler_state = _join_state(_read_json(folder / SCHEDULER_FILE), {}, folder / SCHEDULER_FILE)
+    scheduler_state = _join_state(_read_json(folder / SCHEDULER_FILE, dict), {}, folder / SCHEDULER_FILE)
     try:
         lr_scheduler.load_state_dict(scheduler_state)
     except (ValueError, KeyError, TypeError) as err:
@@ -274,10 +311,14 @@ def load_training_state(accelerator, folder: Path, unet, optimizer, lr_scheduler
         except (ValueError, TypeError) as err:
             raise CheckpointFileError(f"{folder / (EMA_FILE + '.json')}: not an EMA state ({err})") from err
     if accelerator.scaler is not None:
-        accelerator.scaler.load_state_dict(_read_json(folder / SCALER_FILE))
+        accelerator.scaler.load_state_dict(_read_json(folder / SCALER_FILE, dict))
     rng = folder / f"rng-{accelerator.process_index}.json"
     if rng.is_file():
-        _set_rng_state(_load_state(folder, f"rng-{accelerator.process_index}"))
+        rng_state = _load_state(folder, f"rng-{accelerator.process_index}")
+        try:
+            _set_rng_state(rng_state)
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as err:
+            raise CheckpointFileError(f"{rng}: not a random-number-generator state ({type(err).__name__}: {err})") from err
 
 
 def save_checkpoint(accelerator, output_dir: Path, step: int, unet, optimizer, lr_scheduler, ema, args, seconds: float = 0.0) -> Path:

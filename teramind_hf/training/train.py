@@ -27,16 +27,29 @@ from pathlib import Path
 import torch
 
 from .checkpoint import (
-    CONFIG_FILE,
+    CheckpointFileError,
     check_checkpoint_config,
     checkpoint_step,
     load_training_state,
+    read_checkpoint_config,
     resolve_checkpoint,
     save_checkpoint,
 )
 from .options import add_training_arguments
 
 LOG_FILE = "train_log.jsonl"
+
+
+def _logged_step(line: str, log_path: Path) -> int:
+    """The step of one line of the training log; a line this trainer did not write is refused by name."""
+    try:
+        record = json.loads(line)
+    except (ValueError, RecursionError):
+        record = None
+    step = record.get("step") if isinstance(record, dict) else None
+    if isinstance(step, bool) or not isinstance(step, int):
+        raise CheckpointFileError(f"{log_path}: line {line[:60]!r} is not a training-log record with a whole 'step'")
+    return step
 
 logger = logging.getLogger("teramind_hf.training")
 
@@ -59,6 +72,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--crop_size must be a multiple of the 64-px patch, got {args.crop_size}")
     if not math.isfinite(args.collage_edge_weight) or args.collage_edge_weight <= 0:
         raise ValueError(f"--collage_edge_weight must be a positive number (1 = the official loss), got {args.collage_edge_weight}")
+    if not 0 <= args.ema_decay < 1:  # (a NaN fails this too)
+        raise ValueError(f"--ema_decay must be in [0, 1) (the weight of the old average per step), got {args.ema_decay}")
+    if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
+        raise ValueError(f"--checkpoints_total_limit must be >= 1 (checkpoints kept), got {args.checkpoints_total_limit}")
     check_output_dir(args)
 
 
@@ -211,11 +228,11 @@ def train(args: argparse.Namespace) -> dict:
     optimizer = torch.optim.Adam(
         unet.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
         weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
-    )  # fmt: skip
+    )
     lr_scheduler = get_scheduler(
         args.lr_scheduler, optimizer=optimizer,
         num_warmup_steps=args.lr_warmup_steps * world, num_training_steps=(args.lr_total_steps or args.max_train_steps) * world,
-    )  # fmt: skip
+    )
     ema = None
     if args.use_ema:
         ema = EMAModel(unet.parameters(), decay=args.ema_decay, use_ema_warmup=True, power=args.ema_power,
@@ -226,7 +243,7 @@ def train(args: argparse.Namespace) -> dict:
 
     start_step, prior_seconds = 0, 0.0
     if resume is not None:
-        prior_seconds = float(json.loads((resume / CONFIG_FILE).read_text()).get("seconds", 0.0))
+        prior_seconds = float(read_checkpoint_config(resume).get("seconds", 0.0))
         load_training_state(accelerator, resume, unet, optimizer, lr_scheduler, ema)
         start_step = checkpoint_step(resume)
         log(f"resumed from {resume} at step {start_step}")
@@ -250,7 +267,7 @@ def train(args: argparse.Namespace) -> dict:
     log_path = output_dir / LOG_FILE
     if accelerator.is_main_process and resume is not None and log_path.is_file():
         # drop what an interrupted run logged after its last checkpoint: those steps are re-done now
-        kept = [line for line in log_path.read_text().splitlines() if line and json.loads(line)["step"] <= start_step]
+        kept = [line for line in log_path.read_text().splitlines() if line and _logged_step(line, log_path) <= start_step]
         log_path.write_text("".join(line + "\n" for line in kept))
     log(f"training {sum(p.numel() for p in unet.parameters()):,} parameters, {world} process(es), global batch "
         f"{global_batch}, steps {start_step}..{args.max_train_steps}")  # fmt: skip

@@ -119,6 +119,13 @@ class _Scan:
             self.genes.update(pd.unique(batch.genes.astype(str)))
 
 
+def _scan_meets_canvas(scan: _Scan, canvas) -> bool:
+    """Whether the transcripts' bounding box reaches into the canvas (else binning would drop every one)."""
+    rows = scan.row_max >= canvas.origin_row and scan.row_min < canvas.origin_row + canvas.height
+    cols = scan.col_max >= canvas.origin_col and scan.col_min < canvas.origin_col + canvas.width
+    return bool(rows and cols)
+
+
 # ----------------------------------------------------------------------------------------------- binning
 class BinAccumulator:
     """Sums transcripts of many batches into a zarr `genes` array (G, Z, Hb, Wb) with chunks (G, 1, cb, cb).
@@ -356,6 +363,12 @@ def ingest_batches(
         canvas = canvas_from_scan(scan, gene_bin, origin, source, num_slices)
     elif scan.section_max >= canvas.num_slices:
         raise ValueError(f"z mismatch: {source} has transcripts in section z={scan.section_max} but Z={canvas.num_slices}")
+    if scan.rows and not _scan_meets_canvas(scan, canvas):
+        raise ValueError(
+            f"{source}: no transcript falls inside the {canvas.height} x {canvas.width} px image canvas (transcripts span "
+            f"rows {scan.row_min:.6g}..{scan.row_max:.6g}, columns {scan.col_min:.6g}..{scan.col_max:.6g} px); the "
+            "store would hold no counts: check the micron-to-pixel transform or the coordinate units"
+        )
     if pad_to < 1 or pad_to % gene_bin:
         raise ValueError(f"pad_to must be a positive multiple of gene_bin={gene_bin}, got {pad_to}")
     data_shape = [canvas.height, canvas.width]
@@ -390,7 +403,7 @@ def ingest_batches(
         store=str(out), source=source, shape=shape, gene_bin=gene_bin, um_per_px=float(um_per_px), rows_read=read,
         rows_binned=binned, rows_dropped=read - binned, batches=count, max_batch_rows=largest,
         max_pending_bins=accumulator.max_pending, flushes=accumulator.flushes, images=images is not None,
-    )  # fmt: skip
+    )
 
 
 def _extent_check(scan: _Scan, gene_bin: int, num_genes: int, max_store_bytes: int, source: str) -> None:

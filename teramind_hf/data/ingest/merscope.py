@@ -21,6 +21,7 @@ from ..readers.merscope import (
     read_micron_to_pixel,
     read_section_image,
 )
+from ..volume import check_gene_bin
 from .engine import DEFAULT_BATCH_ROWS, Batch, Canvas, IngestReport, check_coordinates, ingest_batches
 
 
@@ -29,14 +30,31 @@ def is_merscope_run(path: str | Path) -> bool:
 
 
 def merscope_runs(location: str | Path) -> list[Path]:
-    """A run folder itself, or a folder whose sub-folders (sorted by name) are runs, one per section."""
+    """A run folder itself, or a folder whose sub-folders (sorted by name) are runs, one per section. A sub-folder
+    that looks like a run (it has the run's ``images/`` or transform) but lacks its transcripts is refused by name,
+    not skipped (a section would silently go missing)."""
     path = Path(location)
     if is_merscope_run(path):
         return [path]
-    runs = sorted(p for p in path.iterdir() if p.is_dir() and is_merscope_run(p)) if path.is_dir() else []
+    folders = sorted(p for p in path.iterdir() if p.is_dir()) if path.is_dir() else []
+    runs = [p for p in folders if is_merscope_run(p)]
     if not runs:
         raise FileNotFoundError(f"{path}: not a MERSCOPE run (no {TRANSCRIPTS_FILE}) nor a folder of runs")
+    incomplete = [p for p in folders if not is_merscope_run(p) and ((p / "images").is_dir() or (p / TRANSFORM_FILE).exists())]
+    if incomplete:
+        raise FileNotFoundError(
+            f"{incomplete[0] / TRANSCRIPTS_FILE}: MERSCOPE transcripts file not found, but {incomplete[0].name} holds a "
+            f"run's images ({len(incomplete)} such folder(s)); every section needs its {TRANSCRIPTS_FILE}"
+        )
     return runs
+
+
+def merscope_extent(runs: Sequence[str | Path], gene_bin: int = 16) -> tuple[int, int, int]:
+    """``(sections, height, width)`` px of the store `ingest_merscope` would write (the largest mosaic cropped to
+    whole bins), from the TIFF headers only: a region can be checked against it before anything is ingested."""
+    check_gene_bin(gene_bin)
+    shapes = [_mosaic_shape(Path(run), "DAPI") for run in runs]
+    return len(shapes), max(s[0] for s in shapes) // gene_bin * gene_bin, max(s[1] for s in shapes) // gene_bin * gene_bin
 
 
 def _mosaic_shape(run: Path, stain: str) -> tuple[int, int]:
@@ -79,6 +97,7 @@ def ingest_merscope(
     """Ingest MERSCOPE runs into gene store `out` (with images); `um_per_px` defaults to 1 / the first run's
     transform scale. Other keyword arguments (panel, section_spacing_um, overwrite, ...) go to `ingest_batches`."""
     runs = [Path(r) for r in runs]
+    check_gene_bin(gene_bin)
     if not runs:
         raise ValueError("ingest_merscope: runs is empty (expected one run folder per section)")
     transforms, shapes = [], []
@@ -139,4 +158,4 @@ def ingest_merscope(
         batches, out, source=str(runs[0].parent if len(runs) > 1 else runs[0]), um_per_px=um_per_px,
         gene_bin=gene_bin, canvas=Canvas(0, 0, height, width, len(runs)), images=write_images,
         origin_um=(float(corner[1]), float(corner[0])), provenance=provenance, batch_rows=batch_rows, **kwargs,
-    )  # fmt: skip
+    )

@@ -34,6 +34,73 @@ def _require(module: str):
         ) from err
 
 
+# SpatialData's element groups: a store (older versions write no `spatialdata_attrs`) holds only these
+SPATIALDATA_GROUPS = ("images", "labels", "points", "shapes", "tables")
+# what spatialdata / anndata / h5py raise for a file or folder that holds damaged or foreign data
+READ_ERRORS = (ValueError, KeyError, TypeError, OSError, EOFError)
+
+
+def check_spatialdata_store(path: str | Path, argument: str = "SpatialData store") -> Path:
+    """``path`` must be a SpatialData zarr store (root attribute ``spatialdata_attrs``, or only SpatialData element
+    groups): ValueError naming it and what it holds otherwise (a gene store, an OME-Zarr, any other folder)."""
+    import json
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{argument} {path}: not found")
+    if not path.is_dir():
+        raise NotADirectoryError(f"{argument} {path}: is a file; expected a SpatialData .zarr folder")
+    attrs = {}
+    for meta_name, key in (("zarr.json", "attributes"), (".zattrs", None)):
+        meta_path = path / meta_name
+        if meta_path.is_file():
+            try:
+                meta = json.loads(meta_path.read_bytes())
+            except (ValueError, UnicodeDecodeError) as err:
+                raise ValueError(f"{meta_path}: not valid JSON ({err}); expected a SpatialData store's metadata") from err
+            meta = meta.get(key, {}) if key and isinstance(meta, dict) else meta
+            attrs = meta if isinstance(meta, dict) else {}
+            break
+    else:
+        if not (path / ".zgroup").is_file():
+            raise ValueError(f"{argument} {path}: not a zarr store (no zarr.json); expected a SpatialData .zarr folder")
+    folders = sorted(p.name for p in path.iterdir() if p.is_dir())
+    if "spatialdata_attrs" not in attrs and not (folders and set(folders) <= set(SPATIALDATA_GROUPS)):
+        raise ValueError(
+            f"{argument} {path}: not a SpatialData store (no 'spatialdata_attrs' attribute; it holds {folders[:6]}, "
+            f"expected only {list(SPATIALDATA_GROUPS)})"
+        )
+    return path
+
+
+def read_spatialdata(path: str | Path, argument: str = "SpatialData store"):
+    """``spatialdata.read_zarr`` of a store checked by :func:`check_spatialdata_store`; a store that does not read
+    back is refused with `DamagedDataError` naming it."""
+    from ..store import DamagedDataError
+
+    spatialdata = _require("spatialdata")
+    path = check_spatialdata_store(path, argument)
+    try:
+        return spatialdata.read_zarr(path)
+    except READ_ERRORS as err:
+        raise DamagedDataError(f"{argument} {path}: cannot be read as SpatialData ({type(err).__name__}: {err})") from err
+
+
+def read_h5ad(path: str | Path):
+    """``anndata.read_h5ad(path, backed="r")``; a file that is not HDF5, or is cut short, is refused with
+    `DamagedDataError` naming it."""
+    from ..store import DamagedDataError
+
+    anndata = _require("anndata")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: .h5ad file not found")
+    try:
+        return anndata.read_h5ad(path, backed="r")
+    except READ_ERRORS as err:
+        raise DamagedDataError(f"{path}: not a readable .h5ad (HDF5) file ({type(err).__name__}: {err})") from err
+
+
 def is_spatialdata_store(path: str | Path) -> bool:
     path = Path(path)
     return path.is_dir() and (path / "points").is_dir() and not (path / "genes").exists()
@@ -61,11 +128,8 @@ def ingest_spatialdata(
     **kwargs,
 ) -> IngestReport:
     """A SpatialData store's points element -> gene store `out` (partition by partition)."""
-    spatialdata = _require("spatialdata")
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: SpatialData store not found")
-    sdata = spatialdata.read_zarr(path)
+    sdata = read_spatialdata(path)
     names = list(sdata.points)
     if points is None:
         if len(names) != 1:
@@ -99,7 +163,7 @@ def ingest_spatialdata(
     return ingest_batches(
         batches, out, source=source, um_per_px=um_per_px, coordinate_system=coordinate_system, origin=origin,
         provenance=provenance, **kwargs,
-    )  # fmt: skip
+    )
 
 
 def ingest_anndata(
@@ -115,13 +179,10 @@ def ingest_anndata(
     **kwargs,
 ) -> IngestReport:
     """An `.h5ad` of binned counts (obs = bins, var = genes, obsm[spatial_key] = (x, y)) -> gene store `out`."""
-    anndata = _require("anndata")
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: .h5ad file not found")
     if units not in ("px", "um"):
         raise ValueError(f"units must be 'px' or 'um', got {units!r}")
-    adata = anndata.read_h5ad(path, backed="r")
+    adata = read_h5ad(path)
     source = str(path)
     if spatial_key not in adata.obsm:
         raise ValueError(f"{source}: no obsm[{spatial_key!r}] coordinates; obsm has {list(adata.obsm.keys())}")

@@ -47,6 +47,12 @@ def read_micron_to_pixel(path: str | Path) -> np.ndarray:
     if matrix.shape != (3, 3):
         shape = "x".join(str(len(r)) for r in rows[:1]) if rows else "empty"
         raise ValueError(f"{path}: transform must be a 3x3 matrix, got {len(rows)} rows ({shape} first row)")
+    if not np.isfinite(matrix).all():
+        raise ValueError(f"{path}: transform has NaN/inf entries; expected a finite micron -> pixel affine")
+    if not np.allclose(matrix[2], (0.0, 0.0, 1.0)):
+        raise ValueError(f"{path}: transform's last row is {matrix[2].tolist()}; expected 0 0 1 (an affine)")
+    if not np.linalg.cond(matrix[:2, :2]) < 1e12:  # singular (cond inf) or numerically so
+        raise ValueError(f"{path}: transform is singular (its 2x2 part {matrix[:2, :2].tolist()} has no inverse); expected a micron -> pixel scale")
     return matrix
 
 
@@ -164,7 +170,7 @@ def read_merscope(
         np.concatenate(rows), np.concatenate(cols), np.concatenate(zs), gene_index, None,
         num_genes=len(panel), num_slices=len(runs), grid_shape=(height // gene_bin, width // gene_bin),
         gene_bin=gene_bin,
-    )  # fmt: skip
+    )
     if um_per_px is None:
         um_per_px = 1.0 / float(np.hypot(transforms[0][0, 0], transforms[0][1, 0]))
     return SpatialVolume(genes=genes, panel=panel, gene_bin=gene_bin, images=images, um_per_px=um_per_px)
