@@ -54,7 +54,7 @@ class InstantUNet(GeneMorphUNet3DModel):
         half = self.config.sample_size // 2
         b, _, z, h, w = sample.shape
         InstantUNet.canvases += b
-        out = torch.zeros(b, self.config.out_channels, z, h - 2 * half, w - 2 * half, dtype=self.dtype, device=sample.device)
+        out = torch.zeros(b, self.config.out_channels, z, h - 2 * half, w - 2 * half, dtype=sample.dtype, device=sample.device)
         return GeneMorphUNet3DOutput(sample=out) if return_dict else (out,)
 
 
@@ -137,7 +137,7 @@ def main() -> None:
     print(machine_facts())
     pipe = instant_pipeline()
     timer = LoopTimer()
-    profiler = cProfile.Profile() if args.profile else None
+    profiler = cProfile.Profile(time.process_time) if args.profile else None  # CPU time of this thread
     results: dict[str, list[dict]] = {n: [] for n in names}
     with tempfile.TemporaryDirectory() as tmp:
         store = write_store(Path(tmp) / "genes.zarr", args.size, args.sections)

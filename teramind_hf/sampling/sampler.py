@@ -134,6 +134,23 @@ class TileSampler:
         scaled = self.solver.scale_model_input(state.read_x(parity, k, ys, xs), step)
         return F.pad(scaled, pad, value=grid.fill_value)
 
+    def read_canvases(self, state: TileState, parity: int, batch, step: int, offset) -> torch.Tensor:
+        """The model input canvases of a batch under an offset, ``(B, stains, slices, H, W)``: each tile's part inside
+        the region is read straight into one batch tensor and scaled there; ``fill_value`` outside."""
+        grid = self.grid
+        if not self.halo:
+            return torch.stack([self.read_canvas(state, parity, k, r, c, step, offset) for k, r, c in batch])
+        shape = grid.canvas_box(0, 0, offset)
+        canvases = torch.full((len(batch), self.stains, grid.num_slices, shape.height, shape.width), float(grid.fill_value))
+        for j, (k, r, c) in enumerate(batch):
+            ys, xs, (left, right, top, bottom) = grid.inside(grid.canvas_box(r, c, offset))
+            inside = canvases[j, :, :, top : shape.height - bottom, left : shape.width - right]
+            state.read_x_into(parity, k, ys, xs, inside)
+            scaled = self.solver.scale_model_input(inside, step)
+            if scaled is not inside:
+                inside.copy_(scaled)
+        return canvases
+
     def model_output(self, state: TileState, parity: int, batch, step: int) -> torch.Tensor:
         """The (blended) model output of a batch of tiles at a step: ``(B, stains, slices, tile, tile)``."""
         grid, t = self.grid, self.solver.timesteps[step]
@@ -141,7 +158,7 @@ class TileSampler:
         weights = self._weights.get(offsets)
         combined = None
         for j, offset in enumerate(offsets):
-            canvases = torch.stack([self.read_canvas(state, parity, k, r, c, step, offset) for k, r, c in batch])
+            canvases = self.read_canvases(state, parity, batch, step, offset)
             genes = torch.stack([self.genes.canvas(k, r, c, offset) for k, r, c in batch])
             out = self.unet(canvases.to(device=self.device, dtype=self.dtype), t,
                             genes.to(device=self.device, dtype=self.dtype), path="collage").sample.float().cpu()  # fmt: skip
@@ -160,14 +177,24 @@ class TileSampler:
         return tile_noise(self.grid, self.solver.seed, k, row, col, self.stains, self.solver.init_noise_sigma)
 
     def run_noise(self, state: TileState, jobs, latents) -> None:
-        for k, r, c in jobs:
-            state.write_x(0, k, r, c, self.initial_noise(k, r, c, latents))
-            state.mark(k, r, c, 0)
+        state.begin_step()
+        for b in range(0, len(jobs), self.batch_size):
+            batch = jobs[b : b + self.batch_size]
+            for k, r, c in batch:
+                state.write_x(0, k, r, c, self.initial_noise(k, r, c, latents))
+            self._mark(state, batch, 0)
         self.tile_steps_run += len(jobs)
+
+    @staticmethod
+    def _mark(state: TileState, batch, stage: int) -> None:
+        """Record a batch's tiles as done with ``stage``, after all their data: a recorded tile is complete."""
+        for k in dict.fromkeys(k for k, _, _ in batch):
+            state.mark_many(k, [(r, c) for kk, r, c in batch if kk == k], stage)
 
     def run_step(self, state: TileState, step: int, jobs, write_final: Callable | None, model_outputs: dict | None) -> None:
         parity, last = step % 2, step == self.solver.num_steps - 1
         needed = self.solver.needed_at(step)
+        state.begin_step()
         for b in range(0, len(jobs), self.batch_size):
             batch = jobs[b : b + self.batch_size]
             output = self.model_output(state, parity, batch, step)
@@ -186,7 +213,7 @@ class TileSampler:
                     state.write_x(1 - parity, k, r, c, prev[j])
                     if not last:
                         state.write_history(1 - parity, k, r, c, {s: v[j] for s, v in after.items()})
-                state.mark(k, r, c, step + 1)  # after the data: a recorded tile is complete
+            self._mark(state, batch, step + 1)
             self.tile_steps_run += len(batch)
 
     def run(
