@@ -137,7 +137,7 @@ def main() -> None:
     print(machine_facts())
     pipe = instant_pipeline()
     timer = LoopTimer()
-    profiler = cProfile.Profile(time.process_time) if args.profile else None  # CPU time of this thread
+    profiler = cProfile.Profile(time.thread_time) if args.profile else None  # CPU time of the main thread
     results: dict[str, list[dict]] = {n: [] for n in names}
     with tempfile.TemporaryDirectory() as tmp:
         store = write_store(Path(tmp) / "genes.zarr", args.size, args.sections)

@@ -10,13 +10,16 @@ half-way can be redone from the unchanged parity.
 * :class:`ZarrState`: zarr arrays (``MemoryStore``, a local folder or an fsspec URL) holding one z chunk at a
   time (chunks are sampled one after another), one zarr chunk per tile, plus the progress record
   ``progress[z chunk, row, col]`` (-1: nothing, 0: initial noise written, ``i + 1``: step ``i`` written).
-  A tile's data chunks are written before its record, and zarr writes each chunk object atomically (local:
-  temporary file + rename), so after SIGKILL a tile is either recorded with complete data or redone; a
-  resumed run reproduces the uninterrupted bytes.
+  A tile's data chunks are written before its record, so after SIGKILL a tile is either recorded with complete
+  data or redone. The data chunks may be overwritten in place (local folders, :mod:`.chunk_files`): a chunk
+  cut short by SIGKILL belongs to a tile whose step is not recorded, in the parity that step writes and that
+  nothing reads before every tile has finished the step; the redone step rewrites it from the other parity,
+  which it never writes. Record chunks are replaced atomically. A resumed run reproduces the uninterrupted bytes.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 
 import numpy as np
@@ -120,6 +123,7 @@ class ZarrState(TileState):
         width = grid.cols if grid.unit_tiles == 1 else min(grid.unit_tiles, grid.cols)
         self.cache_tiles = cache_tiles if cache_tiles is not None else 3 * (width + 2)
         self._cache: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
+        self._cache_lock = threading.Lock()  # written tiles leave the cache from the write-behind thread
 
     @staticmethod
     def create(group, grid: TileGrid, slots: list[Slot], stains: int) -> None:
@@ -143,18 +147,21 @@ class ZarrState(TileState):
         group.attrs["history_slots"] = [s.name for s in slots]
 
     def begin_step(self) -> None:
-        self._cache.clear()
+        with self._cache_lock:
+            self._cache.clear()
 
     def _tile(self, parity: int, row: int, col: int) -> np.ndarray:
         key = (parity, row, col)
-        tile = self._cache.get(key)
-        if tile is None:
-            tile = self._x_chunks[parity].read((0, 0, 0, row, col))[0]
+        with self._cache_lock:
+            tile = self._cache.get(key)
+            if tile is not None:
+                self._cache.move_to_end(key)
+                return tile
+        tile = self._x_chunks[parity].read((0, 0, 0, row, col))[0]
+        with self._cache_lock:
             self._cache[key] = tile
             if len(self._cache) > self.cache_tiles:
                 self._cache.popitem(last=False)
-        else:
-            self._cache.move_to_end(key)
         return tile
 
     def read_x(self, parity: int, k: int, ys: slice, xs: slice) -> torch.Tensor:
@@ -178,8 +185,9 @@ class ZarrState(TileState):
                 ]
 
     def write_x(self, parity: int, k: int, row: int, col: int, value: torch.Tensor) -> None:
-        self._cache.pop((parity, row, col), None)
-        self._x_chunks[parity].write((0, 0, 0, row, col), value.cpu().numpy()[None])
+        with self._cache_lock:
+            self._cache.pop((parity, row, col), None)
+        self._x_chunks[parity].write((0, 0, 0, row, col), value.cpu().numpy()[None], in_place=True)
 
     def read_history(self, parity: int, k: int, row: int, col: int, slots: list[Slot]) -> dict[Slot, torch.Tensor]:
         return {
@@ -188,7 +196,7 @@ class ZarrState(TileState):
 
     def write_history(self, parity: int, k: int, row: int, col: int, values: dict[Slot, torch.Tensor]) -> None:
         for s, v in values.items():
-            self._history_chunks.write((parity, self.slot_index[s], 0, 0, row, col), v.cpu().numpy()[None, None])
+            self._history_chunks.write((parity, self.slot_index[s], 0, 0, row, col), v.cpu().numpy()[None, None], in_place=True)
 
     def mark(self, k: int, row: int, col: int, stage: int) -> None:
         self.mark_many(k, [(row, col)], stage)
@@ -220,7 +228,7 @@ class ZarrState(TileState):
         return torch.from_numpy(np.asarray(self.x[parity][...]))
 
     def set_latents(self, parity: int, chunks: list[int], value: torch.Tensor) -> None:
-        self._cache.clear()
+        self.begin_step()
         self.x[parity][...] = value.to(torch.float32).cpu().numpy()
 
 
