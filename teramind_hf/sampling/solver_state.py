@@ -68,6 +68,7 @@ class TileSolver:
         self.stochastic = self._draws_noise(base)
         self._before, self.slots, self._present = self._replay(base)
         self._read = self._read_slots()
+        self._scalers: dict = {}
         self.batched_noise = self.stochastic and self._noise_can_be_given()
 
     # ------------------------------------------------------------------ template
@@ -218,7 +219,9 @@ class TileSolver:
 
     # ------------------------------------------------------------------ stepping
     def scale_model_input(self, sample: torch.Tensor, step: int) -> torch.Tensor:
-        stepper = self._work(step, {})
+        stepper = self._scalers.get(step)
+        if stepper is None:  # one copy of the scalar state per step (scaling only reads it), not one per canvas
+            stepper = self._scalers[step] = self._work(step, {})
         return stepper.scale_model_input(sample, self.scheduler.inner_timestep(self.timesteps[step]))
 
     def _work(self, step: int, history: dict[Slot, torch.Tensor]):
