@@ -380,19 +380,34 @@ def generate_to_zarr(
 
 
 def _output_writer(image, grid: TileGrid, region: Region) -> Callable:
-    """Write a tile's final state as uint8 into level 0 (c, z, y, x): only tiles inside the requested region
-    (exact mode computes a margin around it), trimming a z chunk that overhangs the stop."""
+    """Write a batch of tiles' final states as uint8 into level 0 (c, z, y, x): only tiles inside the requested
+    region (exact mode computes a margin around it), trimming a z chunk that overhangs the stop. Tiles of one z
+    chunk that fill a rectangle (a batch along a work-unit row) go in one write: one rewrite of their shard
+    instead of one per tile."""
     dy, dx = region.y0 - grid.origin[0], region.x0 - grid.origin[1]
+    t = grid.tile
 
-    def write(k: int, row: int, col: int, tile_state: torch.Tensor) -> None:
-        ys, xs = grid.tile_slices(row, col)
-        y, x = ys.start - dy, xs.start - dx
-        if not (0 <= y < region.height and 0 <= x < region.width):
-            return
-        z_out = grid.chunk_starts[k] - region.start
-        keep = min(grid.num_slices, region.stop - region.start - z_out)
-        pixels = _to_output_type(tile_state[:, :keep].clamp(-1, 1), "uint8")
-        image[:, z_out : z_out + keep, y : y + grid.tile, x : x + grid.tile] = pixels
+    def write(batch: list[tuple[int, int, int]], tile_states: torch.Tensor) -> None:
+        by_chunk: dict[int, dict[tuple[int, int], np.ndarray]] = {}
+        for (k, row, col), tile_state in zip(batch, tile_states):
+            y, x = row * t - dy, col * t - dx
+            if not (0 <= y < region.height and 0 <= x < region.width):
+                continue
+            keep = min(grid.num_slices, region.stop - grid.chunk_starts[k])
+            by_chunk.setdefault(k, {})[(y // t, x // t)] = _to_output_type(tile_state[:, :keep].clamp(-1, 1), "uint8")
+        for k, tiles in by_chunk.items():
+            z_out = grid.chunk_starts[k] - region.start
+            rows, cols = sorted({r for r, _ in tiles}), sorted({c for _, c in tiles})
+            rectangle = len(tiles) == len(rows) * len(cols) and rows == list(range(rows[0], rows[-1] + 1)) and cols == list(range(cols[0], cols[-1] + 1))
+            if not rectangle:
+                for (r, c), pixels in tiles.items():
+                    image[:, z_out : z_out + pixels.shape[1], r * t : (r + 1) * t, c * t : (c + 1) * t] = pixels
+                continue
+            first = next(iter(tiles.values()))
+            block = np.empty((*first.shape[:2], len(rows) * t, len(cols) * t), dtype=first.dtype)
+            for (r, c), pixels in tiles.items():
+                block[:, :, (r - rows[0]) * t : (r - rows[0] + 1) * t, (c - cols[0]) * t : (c - cols[0] + 1) * t] = pixels
+            image[:, z_out : z_out + block.shape[1], rows[0] * t : (rows[-1] + 1) * t, cols[0] * t : (cols[-1] + 1) * t] = block
 
     return write
 

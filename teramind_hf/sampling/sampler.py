@@ -10,7 +10,8 @@ in memory; one after another when streaming, so the buffers hold one chunk):
    parity ``i % 2`` (tile + halo, ``fill_value`` outside the region; larger under a grid offset), the model
    runs on the batch at every offset of the step (outputs blended per pixel if several), the solver steps each
    tile with that tile's history, and x_{t-1}, the history and the progress record are written to parity
-   ``(i + 1) % 2`` (the last step goes to ``write_final`` if given);
+   ``(i + 1) % 2`` (the last step goes to ``write_final(batch, x_0)`` if given), by a write-behind thread
+   (:mod:`.write_behind`) drained before the step ends;
 3. a barrier between steps when several processes share the state (work units are split across processes
    with accelerate's ``split_between_processes``).
 
@@ -20,6 +21,7 @@ tile order, batch size, number of processes and interruption (resume continues f
 
 from __future__ import annotations
 
+import functools
 from contextlib import nullcontext
 from typing import Callable
 
@@ -33,6 +35,7 @@ from .grid import TileGrid
 from .schedule import GridSchedule, blend_weights
 from .solver_state import TileSolver
 from .state import TileState
+from .write_behind import WriteBehind
 
 TILE_ORDERS = ("raster", "reverse")
 
@@ -134,6 +137,26 @@ class TileSampler:
         scaled = self.solver.scale_model_input(state.read_x(parity, k, ys, xs), step)
         return F.pad(scaled, pad, value=grid.fill_value)
 
+    def read_canvases(self, state: TileState, parity: int, batch, step: int, offset) -> torch.Tensor:
+        """The model input canvases of a batch under an offset, ``(B, stains, slices, H, W)``: each tile's part inside
+        the region is read straight into one batch tensor and scaled there; ``fill_value`` outside."""
+        grid = self.grid
+        if not self.halo:
+            return torch.stack([self.read_canvas(state, parity, k, r, c, step, offset) for k, r, c in batch])
+        shape = grid.canvas_box(0, 0, offset)
+        canvases = torch.empty((len(batch), self.stains, grid.num_slices, shape.height, shape.width))
+        for j, (k, r, c) in enumerate(batch):
+            ys, xs, (left, right, top, bottom) = grid.inside(grid.canvas_box(r, c, offset))
+            canvas = canvases[j]
+            for band in (canvas[..., :top, :], canvas[..., shape.height - bottom :, :], canvas[..., :left], canvas[..., shape.width - right :]):
+                band.fill_(grid.fill_value)  # outside the region (only the empty bands when the canvas is inside)
+            inside = canvas[:, :, top : shape.height - bottom, left : shape.width - right]
+            state.read_x_into(parity, k, ys, xs, inside)
+            scaled = self.solver.scale_model_input(inside, step)
+            if scaled is not inside:
+                inside.copy_(scaled)
+        return canvases
+
     def model_output(self, state: TileState, parity: int, batch, step: int) -> torch.Tensor:
         """The (blended) model output of a batch of tiles at a step: ``(B, stains, slices, tile, tile)``."""
         grid, t = self.grid, self.solver.timesteps[step]
@@ -141,7 +164,7 @@ class TileSampler:
         weights = self._weights.get(offsets)
         combined = None
         for j, offset in enumerate(offsets):
-            canvases = torch.stack([self.read_canvas(state, parity, k, r, c, step, offset) for k, r, c in batch])
+            canvases = self.read_canvases(state, parity, batch, step, offset)
             genes = torch.stack([self.genes.canvas(k, r, c, offset) for k, r, c in batch])
             out = self.unet(canvases.to(device=self.device, dtype=self.dtype), t,
                             genes.to(device=self.device, dtype=self.dtype), path="collage").sample.float().cpu()  # fmt: skip
@@ -159,35 +182,58 @@ class TileSampler:
             return latents[k, :, :, ys, xs].float().cpu()
         return tile_noise(self.grid, self.solver.seed, k, row, col, self.stains, self.solver.init_noise_sigma)
 
-    def run_noise(self, state: TileState, jobs, latents) -> None:
-        for k, r, c in jobs:
-            state.write_x(0, k, r, c, self.initial_noise(k, r, c, latents))
-            state.mark(k, r, c, 0)
+    def run_noise(self, state: TileState, jobs, latents, writer: WriteBehind) -> None:
+        state.begin_step()
+        for b in range(0, len(jobs), self.batch_size):
+            batch = jobs[b : b + self.batch_size]
+            noise = [self.initial_noise(k, r, c, latents) for k, r, c in batch]
+            writer.submit(functools.partial(self._write_noise, state, batch, noise))
         self.tile_steps_run += len(jobs)
 
-    def run_step(self, state: TileState, step: int, jobs, write_final: Callable | None, model_outputs: dict | None) -> None:
-        parity, last = step % 2, step == self.solver.num_steps - 1
+    def _write_noise(self, state: TileState, batch, noise: list[torch.Tensor]) -> None:
+        for (k, r, c), value in zip(batch, noise):
+            state.write_x(0, k, r, c, value)
+        self._mark(state, batch, 0)
+
+    @staticmethod
+    def _mark(state: TileState, batch, stage: int) -> None:
+        """Record a batch's tiles as done with ``stage``, after all their data: a recorded tile is complete."""
+        for k in dict.fromkeys(k for k, _, _ in batch):
+            state.mark_many(k, [(r, c) for kk, r, c in batch if kk == k], stage)
+
+    def run_step(
+        self, state: TileState, step: int, jobs, write_final: Callable | None, model_outputs: dict | None, writer: WriteBehind
+    ) -> None:  # fmt: skip
+        parity = step % 2
         needed = self.solver.needed_at(step)
+        state.begin_step()
         for b in range(0, len(jobs), self.batch_size):
             batch = jobs[b : b + self.batch_size]
             output = self.model_output(state, parity, batch, step)
-            ys_xs = [self.grid.tile_slices(r, c) for _, r, c in batch]
-            x = torch.stack([state.read_x(parity, k, ys, xs) for (k, _, _), (ys, xs) in zip(batch, ys_xs)])
+            x = torch.empty(output.shape)  # the state is float32 on the CPU
+            for j, (k, r, c) in enumerate(batch):
+                state.read_x_into(parity, k, *self.grid.tile_slices(r, c), x[j])
             histories = [state.read_history(parity, k, r, c, needed) for k, r, c in batch]
             history = {s: torch.stack([h[s] for h in histories]) for s in needed}
             keys = [(self.grid.chunk_starts[k], *self.grid.global_index(r, c)) for k, r, c in batch]
             prev, after = self.solver.step(step, output, x, history, keys)
-            for j, (k, r, c) in enumerate(batch):
-                if model_outputs is not None:
+            if model_outputs is not None:
+                for j, (k, r, c) in enumerate(batch):
                     model_outputs.setdefault(k, {})[(r, c)] = output[j]
-                if last and write_final is not None:
-                    write_final(k, r, c, prev[j])
-                else:
-                    state.write_x(1 - parity, k, r, c, prev[j])
-                    if not last:
-                        state.write_history(1 - parity, k, r, c, {s: v[j] for s, v in after.items()})
-                state.mark(k, r, c, step + 1)  # after the data: a recorded tile is complete
+            writer.submit(functools.partial(self._write_step, state, step, batch, prev, after, write_final))
             self.tile_steps_run += len(batch)
+
+    def _write_step(self, state: TileState, step: int, batch, prev: torch.Tensor, after: dict, write_final) -> None:
+        """A batch's results (x_{t-1} and history, or the output at the last step), then its progress records."""
+        parity, last = step % 2, step == self.solver.num_steps - 1
+        if last and write_final is not None:
+            write_final(batch, prev)
+        else:
+            for j, (k, r, c) in enumerate(batch):
+                state.write_x(1 - parity, k, r, c, prev[j])
+                if not last:
+                    state.write_history(1 - parity, k, r, c, {s: v[j] for s, v in after.items()})
+        self._mark(state, batch, step + 1)
 
     def run(
         self, state: TileState, *, snapshot: np.ndarray | None = None, chunks_together: bool = True,
@@ -210,7 +256,7 @@ class TileSampler:
         was_training = self.unet.training
         self.unet.eval()  # dropout off while sampling; restored after (training validation)
         try:
-            with (progress_bar(total) if progress_bar else nullcontext()) as bar, torch.no_grad():
+            with (progress_bar(total) if progress_bar else nullcontext()) as bar, torch.no_grad(), WriteBehind() as writer:
                 for chunks, first in plan:
                     for k in chunks:
                         self.genes.load(k, self.my_tiles())  # once per z chunk, for all its steps
@@ -218,9 +264,10 @@ class TileSampler:
                         jobs = self._jobs(chunks, stage, snapshot if stage == first else None)
                         outputs = {} if callback is not None else None
                         if stage == -1:
-                            self.run_noise(state, jobs, latents)
+                            self.run_noise(state, jobs, latents, writer)
                         else:
-                            self.run_step(state, stage, jobs, write_final, outputs)
+                            self.run_step(state, stage, jobs, write_final, outputs, writer)
+                        writer.drain()  # every write of this stage is done before anyone reads it
                         self.processes.wait()  # step i + 1 reads what every process wrote at step i
                         if stage >= 0:
                             if callback is not None:

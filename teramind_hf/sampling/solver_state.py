@@ -23,6 +23,7 @@ import copy
 from dataclasses import dataclass
 
 import torch
+from diffusers.utils.torch_utils import randn_tensor
 
 from ..schedulers.scheduling_boundary_aware import BoundaryAwareScheduler, _step_params, tile_seed
 
@@ -46,6 +47,10 @@ def _copy_state(state: dict) -> dict:
     return {k: (list(v) if isinstance(v, list) else v) for k, v in state.items()}
 
 
+def _same(a, b) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and torch.equal(a, b))
+
+
 def _is_sample(value, shape) -> bool:
     return torch.is_tensor(value) and tuple(value.shape) == tuple(shape)
 
@@ -62,6 +67,9 @@ class TileSolver:
         self._base = base
         self.stochastic = self._draws_noise(base)
         self._before, self.slots, self._present = self._replay(base)
+        self._read = self._read_slots()
+        self._scalers: dict = {}
+        self.batched_noise = self.stochastic and self._noise_can_be_given()
 
     # ------------------------------------------------------------------ template
     def _draws_noise(self, stepper) -> bool:
@@ -106,6 +114,75 @@ class TileSolver:
         scalars = [{k: v for k, v in state.items() if k not in {s.attribute for s in slots}} for state in states]
         return scalars, slots, present
 
+    def _trajectory(self, keep: list[list[Slot]] | None = None, drop: tuple[int, Slot] | None = None):
+        """Replay every step on random dummy tensors (fixed seeds): (x_{t-1} and the slots after each step).
+
+        ``keep[i]``: the only slots step ``i`` is given (the others are None, as when they are not stored);
+        ``drop = (i, slot)``: step ``i`` runs without ``slot``. A step that fails without a slot returns None.
+        """
+        values = torch.Generator().manual_seed(1234)
+        sample = torch.randn(_DUMMY_SHAPE, generator=values)
+        history: dict[Slot, torch.Tensor] = {}
+        trace = []
+        for i, t in enumerate(self.timesteps):
+            given = {s: v for s, v in history.items() if (keep is None or s in keep[i]) and (drop is None or drop != (i, s))}
+            work = self._work(i, given)
+            output = torch.randn(_DUMMY_SHAPE, generator=values)
+            generator = torch.Generator().manual_seed(i) if self.stochastic else None
+            try:
+                sample = self.scheduler.solver_step(work, output, t, sample, generator).prev_sample
+            except Exception:
+                return None
+            state = vars(work)
+            history = {s: self._get(state, s) for s in self.present_after(i)}
+            trace.append((sample, history))
+        return trace
+
+    def _read_slots(self) -> list[list[Slot]]:
+        """Per step, the history slots whose values the step uses: a slot is unused at step ``i`` when step ``i``
+        gives the same x_{t-1} and the same used slots after it without it (e.g. DPM-Solver++ 2M shifts its
+        oldest model output out before reading the list). Such slots are neither stored nor read. Checked on the
+        whole replay; any difference keeps every slot."""
+        full = [[s for s in self.slots if s in self.present_after(i - 1)] if i else [] for i in range(self.num_steps)]
+        reference = self._trajectory()
+        if reference is None:
+            return full
+        read: list[list[Slot]] = [[] for _ in range(self.num_steps)]
+        used_after: list[Slot] = []
+        for i in reversed(range(self.num_steps)):
+            for slot in full[i]:
+                run = self._trajectory(drop=(i, slot))
+                same = run is not None and torch.equal(run[i][0], reference[i][0]) and all(
+                    _same(run[i][1].get(s), reference[i][1].get(s)) for s in used_after
+                )
+                if not same:
+                    read[i].append(slot)
+            used_after = read[i]
+        pruned = self._trajectory(keep=read)
+        if pruned is None or not all(torch.equal(a[0], b[0]) for a, b in zip(pruned, reference)):
+            return full
+        return read
+
+    def _noise_can_be_given(self) -> bool:
+        """Whether the solver takes its noise as ``variance_noise`` and uses it exactly as the noise it draws from
+        the generator (then a batch of tiles steps in one call, each tile's noise drawn from its own generator)."""
+        if "variance_noise" not in _step_params(self._base):
+            return False
+        for i, t in enumerate(self.timesteps):
+            runs = []
+            for given in (False, True):
+                work = self._work(i, {s: torch.full(_DUMMY_SHAPE, 0.2) for s in self.needed_at(i)})
+                sample, output = torch.full(_DUMMY_SHAPE, 0.1), torch.full(_DUMMY_SHAPE, 0.05 * (i + 1))
+                generator = torch.Generator().manual_seed(i)
+                if given:
+                    noise = randn_tensor(_DUMMY_SHAPE, generator=generator, device=sample.device, dtype=torch.float32)
+                    runs.append(self.scheduler.solver_step(work, output, t, sample, variance_noise=noise).prev_sample)
+                else:
+                    runs.append(self.scheduler.solver_step(work, output, t, sample, generator).prev_sample)
+            if not torch.equal(*runs):
+                return False
+        return True
+
     def _check_supported(self, name: str, values: list) -> None:
         kind = type(self._base).__name__
         for value in values:
@@ -129,16 +206,22 @@ class TileSolver:
         return value[slot.index] if isinstance(value, (list, tuple)) and slot.index < len(value) else None
 
     def present_after(self, step: int) -> list[Slot]:
-        """The slots holding a tensor after step ``step`` (to be saved; the others stay empty)."""
-        return [s for s, p in zip(self.slots, self._present[step]) if p]
+        """The slots holding a tensor after step ``step``."""
+        return [] if step < 0 else [s for s, p in zip(self.slots, self._present[step]) if p]
 
     def needed_at(self, step: int) -> list[Slot]:
-        """The slots step ``step`` reads (what the previous step saved)."""
-        return [] if step == 0 else self.present_after(step - 1)
+        """The slots step ``step`` reads (what the previous step saves)."""
+        return self._read[step]
+
+    def saved_after(self, step: int) -> list[Slot]:
+        """The slots to store after step ``step``: those the next step reads (the others stay empty)."""
+        return self._read[step + 1] if step + 1 < self.num_steps else []
 
     # ------------------------------------------------------------------ stepping
     def scale_model_input(self, sample: torch.Tensor, step: int) -> torch.Tensor:
-        stepper = self._work(step, {})
+        stepper = self._scalers.get(step)
+        if stepper is None:  # one copy of the scalar state per step (scaling only reads it), not one per canvas
+            stepper = self._scalers[step] = self._work(step, {})
         return stepper.scale_model_input(sample, self.scheduler.inner_timestep(self.timesteps[step]))
 
     def _work(self, step: int, history: dict[Slot, torch.Tensor]):
@@ -159,19 +242,29 @@ class TileSolver:
         tile_keys: list[tuple[int, ...]] | None = None,
     ) -> tuple[torch.Tensor, dict[Slot, torch.Tensor]]:  # fmt: skip
         """Step a batch of tiles at ``step``: ``(x_{t-1}, history after the step)`` (history stacked like the
-        batch, holding the slots of :meth:`needed_at`)."""
-        if self.stochastic and sample.shape[0] > 1:  # one tile per call, each with its own noise stream
+        batch, holding the slots of :meth:`saved_after`)."""
+        t = self.timesteps[step]
+        work = self._work(step, history)
+        if not self.stochastic:
+            prev = self.scheduler.solver_step(work, model_output, t, sample).prev_sample
+        elif self.batched_noise:  # each tile's noise from its own generator, the batch stepped in one call
+            noise = torch.cat([
+                randn_tensor(sample[j : j + 1].shape, generator=self.generator(step, key), device=sample.device, dtype=torch.float32)
+                for j, key in enumerate(tile_keys)
+            ])  # fmt: skip
+            prev = self.scheduler.solver_step(work, model_output, t, sample, variance_noise=noise).prev_sample
+        elif sample.shape[0] > 1:  # one tile per call, each with its own noise stream
             parts = [
                 self.step(step, model_output[j : j + 1], sample[j : j + 1], {s: v[j : j + 1] for s, v in history.items()},
                           [tile_keys[j]])  # fmt: skip
                 for j in range(sample.shape[0])
             ]
-            return torch.cat([p[0] for p in parts]), {s: torch.cat([p[1][s] for p in parts]) for s in self.present_after(step)}
-        t = self.timesteps[step]
-        work = self._work(step, history)
-        generator = None
-        if self.stochastic:
-            generator = torch.Generator().manual_seed(tile_seed(self.seed, 1, step, *tile_keys[0]))
-        prev = self.scheduler.solver_step(work, model_output, t, sample, generator).prev_sample
+            return torch.cat([p[0] for p in parts]), {s: torch.cat([p[1][s] for p in parts]) for s in self.saved_after(step)}
+        else:
+            prev = self.scheduler.solver_step(work, model_output, t, sample, self.generator(step, tile_keys[0])).prev_sample
         state = vars(work)
-        return prev, {s: self._get(state, s) for s in self.present_after(step)}
+        return prev, {s: self._get(state, s) for s in self.saved_after(step)}
+
+    def generator(self, step: int, tile_key: tuple[int, ...]) -> torch.Generator:
+        """The generator of a stochastic solver's noise at ``step`` for the tile with global key ``tile_key``."""
+        return torch.Generator().manual_seed(tile_seed(self.seed, 1, step, *tile_key))

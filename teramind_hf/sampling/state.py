@@ -10,16 +10,22 @@ half-way can be redone from the unchanged parity.
 * :class:`ZarrState`: zarr arrays (``MemoryStore``, a local folder or an fsspec URL) holding one z chunk at a
   time (chunks are sampled one after another), one zarr chunk per tile, plus the progress record
   ``progress[z chunk, row, col]`` (-1: nothing, 0: initial noise written, ``i + 1``: step ``i`` written).
-  A tile's data chunks are written before its record, and zarr writes each chunk object atomically (local:
-  temporary file + rename), so after SIGKILL a tile is either recorded with complete data or redone; a
-  resumed run reproduces the uninterrupted bytes.
+  A tile's data chunks are written before its record, so after SIGKILL a tile is either recorded with complete
+  data or redone. The data chunks may be overwritten in place (local folders, :mod:`.chunk_files`): a chunk
+  cut short by SIGKILL belongs to a tile whose step is not recorded, in the parity that step writes and that
+  nothing reads before every tile has finished the step; the redone step rewrites it from the other parity,
+  which it never writes. Record chunks are replaced atomically. A resumed run reproduces the uninterrupted bytes.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+
 import numpy as np
 import torch
 
+from .chunk_files import ChunkFiles, chunk_io
 from .grid import TileGrid
 from .solver_state import Slot
 
@@ -36,6 +42,18 @@ class TileState:
     def snapshot(self) -> np.ndarray | None:
         """The progress record (z chunks, rows, cols), or None if nothing was recorded yet."""
         return None
+
+    def read_x_into(self, parity: int, k: int, ys: slice, xs: slice, out: torch.Tensor) -> None:
+        """Copy x_t of region pixels ``(ys, xs)`` into ``out`` (a CPU tensor, e.g. a view of a batch of canvases)."""
+        out.copy_(self.read_x(parity, k, ys, xs))
+
+    def begin_step(self) -> None:
+        """A new step starts: what was read before may have been rewritten (by any process)."""
+
+    def mark_many(self, k: int, tiles: list[tuple[int, int]], stage: int) -> None:
+        """Record ``stage`` for ``tiles`` of chunk ``k`` (after their data are written)."""
+        for row, col in tiles:
+            self.mark(k, row, col, stage)
 
     # subclasses implement: read_x, write_x, read_history, write_history, mark, latents, set_latents
 
@@ -83,22 +101,34 @@ class ZarrState(TileState):
     """Zarr step buffers of one z chunk at a time and the progress record (see module doc).
 
     ``group`` is an open zarr group (``zarr.open_group(MemoryStore())``, a folder or an fsspec URL); the arrays
-    are created by :meth:`create` once and reopened as they are on resume.
+    are created by :meth:`create` once and reopened as they are on resume. Chunks are read and written whole
+    (:mod:`.chunk_files`: plain files for uncompressed local arrays). Tiles of x_t read during a step are kept
+    in a least-recently-used cache of ``cache_tiles`` tiles, cleared by :meth:`begin_step`: within a step the
+    parity it reads does not change, so each tile is read about once per step instead of once per canvas that
+    overlaps it (default: three tile rows of a work unit and their neighbours, what raster order revisits).
     """
 
     persistent = True
 
-    def __init__(self, grid: TileGrid, slots: list[Slot], stains: int, group):
+    def __init__(self, grid: TileGrid, slots: list[Slot], stains: int, group, cache_tiles: int | None = None):
         super().__init__(grid, slots, stains)
         self.group = group
         self.x = (group["x_a"], group["x_b"])
         self.history = group["history"] if self.slots else None
         self.progress = group["progress"]
+        self._x_chunks = tuple(chunk_io(a) for a in self.x)
+        self._history_chunks = chunk_io(self.history) if self.slots else None
+        self._progress_chunks = chunk_io(self.progress)
+        self._progress_blocks: dict[tuple[int, ...], np.ndarray] = {}  # progress chunks this process wrote (sole writer)
+        width = grid.cols if grid.unit_tiles == 1 else min(grid.unit_tiles, grid.cols)
+        self.cache_tiles = cache_tiles if cache_tiles is not None else 3 * (width + 2)
+        self._cache: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
+        self._cache_lock = threading.Lock()  # written tiles leave the cache from the write-behind thread
 
     @staticmethod
     def create(group, grid: TileGrid, slots: list[Slot], stains: int) -> None:
-        """The buffers (float32, one zarr chunk per tile and slot) and, last, the progress record: its presence
-        means the buffers exist."""
+        """The buffers (float32, uncompressed, one zarr chunk per tile and slot) and, last, the progress record:
+        its presence means the buffers exist."""
         buffer = (1, stains, grid.num_slices, grid.height, grid.width)
         chunk = (1, stains, grid.num_slices, grid.tile, grid.tile)
         for name in ("x_a", "x_b"):
@@ -106,35 +136,89 @@ class ZarrState(TileState):
         if slots:
             group.create_array("history", shape=(2, len(slots), *buffer[1:]), chunks=(1, 1, *chunk[1:]),
                                dtype="float32", fill_value=0.0, compressors=None)  # fmt: skip
-        # one record per tile, sharded by work unit (its owner is the only writer): ~190 k objects for a whole
-        # brain instead of ~3 M. The step buffers stay one object per tile: a sharded buffer would rewrite its
-        # whole shard for every tile written, at every step.
-        # zarr shards start at index 0: a unit grid offset from it (exact mode) keeps one object per tile instead
+        # one record chunk per work unit (its owner is the only writer): ~190 k objects for a whole brain instead
+        # of ~3 M, each rewritten whole by its owner. The step buffers stay one object per tile.
+        # a unit grid offset from the chunk grid (exact mode) keeps one record object per tile instead
         u = grid.unit_tiles
         aligned = all(o % u == 0 for o in grid.unit_origin)
-        shards = None if u == 1 or not aligned else (1, min(u, grid.rows), min(u, grid.cols))
-        group.create_array("progress", shape=(len(grid.chunk_starts), grid.rows, grid.cols), chunks=(1, 1, 1),
-                           shards=shards, dtype="int32", fill_value=-1, compressors=None)  # fmt: skip
+        chunks = (1, min(u, grid.rows), min(u, grid.cols)) if aligned else (1, 1, 1)
+        group.create_array("progress", shape=(len(grid.chunk_starts), grid.rows, grid.cols), chunks=chunks,
+                           dtype="int32", fill_value=-1, compressors=None)  # fmt: skip
         group.attrs["history_slots"] = [s.name for s in slots]
 
+    def begin_step(self) -> None:
+        with self._cache_lock:
+            self._cache.clear()
+
+    def _tile(self, parity: int, row: int, col: int) -> np.ndarray:
+        key = (parity, row, col)
+        with self._cache_lock:
+            tile = self._cache.get(key)
+            if tile is not None:
+                self._cache.move_to_end(key)
+                return tile
+        tile = self._x_chunks[parity].read((0, 0, 0, row, col))[0]
+        with self._cache_lock:
+            self._cache[key] = tile
+            if len(self._cache) > self.cache_tiles:
+                self._cache.popitem(last=False)
+        return tile
+
     def read_x(self, parity: int, k: int, ys: slice, xs: slice) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(self.x[parity][0, :, :, ys, xs]))
+        out = np.empty((self.stains, self.grid.num_slices, ys.stop - ys.start, xs.stop - xs.start), dtype=np.float32)
+        self._copy_x(parity, ys, xs, out)
+        return torch.from_numpy(out)
+
+    def read_x_into(self, parity: int, k: int, ys: slice, xs: slice, out: torch.Tensor) -> None:
+        self._copy_x(parity, ys, xs, out.numpy())
+
+    def _copy_x(self, parity: int, ys: slice, xs: slice, out: np.ndarray) -> None:
+        """Region pixels ``(ys, xs)`` of x_t assembled from the (cached) tiles that hold them."""
+        t = self.grid.tile
+        for row in range(ys.start // t, (ys.stop - 1) // t + 1):
+            y0, y1 = max(ys.start, row * t), min(ys.stop, (row + 1) * t)
+            for col in range(xs.start // t, (xs.stop - 1) // t + 1):
+                x0, x1 = max(xs.start, col * t), min(xs.stop, (col + 1) * t)
+                tile = self._tile(parity, row, col)
+                out[:, :, y0 - ys.start : y1 - ys.start, x0 - xs.start : x1 - xs.start] = tile[
+                    :, :, y0 - row * t : y1 - row * t, x0 - col * t : x1 - col * t
+                ]
 
     def write_x(self, parity: int, k: int, row: int, col: int, value: torch.Tensor) -> None:
-        ys, xs = self.grid.tile_slices(row, col)
-        self.x[parity][0, :, :, ys, xs] = value.numpy()
+        with self._cache_lock:
+            self._cache.pop((parity, row, col), None)
+        self._x_chunks[parity].write((0, 0, 0, row, col), value.cpu().numpy()[None], in_place=True)
 
     def read_history(self, parity: int, k: int, row: int, col: int, slots: list[Slot]) -> dict[Slot, torch.Tensor]:
-        ys, xs = self.grid.tile_slices(row, col)
-        return {s: torch.from_numpy(np.asarray(self.history[parity, self.slot_index[s], :, :, ys, xs])) for s in slots}
+        return {
+            s: torch.from_numpy(self._history_chunks.read((parity, self.slot_index[s], 0, 0, row, col))[0, 0]) for s in slots
+        }
 
     def write_history(self, parity: int, k: int, row: int, col: int, values: dict[Slot, torch.Tensor]) -> None:
-        ys, xs = self.grid.tile_slices(row, col)
         for s, v in values.items():
-            self.history[parity, self.slot_index[s], :, :, ys, xs] = v.numpy()
+            self._history_chunks.write((parity, self.slot_index[s], 0, 0, row, col), v.cpu().numpy()[None, None], in_place=True)
 
     def mark(self, k: int, row: int, col: int, stage: int) -> None:
-        self.progress[k, row, col] = stage
+        self.mark_many(k, [(row, col)], stage)
+
+    def mark_many(self, k: int, tiles: list[tuple[int, int]], stage: int) -> None:
+        if not isinstance(self._progress_chunks, ChunkFiles):
+            rows, cols = zip(*tiles)
+            self.progress.set_coordinate_selection(([k] * len(tiles), list(rows), list(cols)), stage)
+            return
+        ck, cr, cc = self.progress.chunks
+        touched: dict[tuple[int, ...], np.ndarray] = {}
+        for row, col in tiles:
+            coords = (k // ck, row // cr, col // cc)
+            block = touched.get(coords)
+            if block is None:
+                block = self._progress_blocks.get(coords)
+                if block is None:  # first write of this chunk by this process: what is stored (resume)
+                    block = np.array(self._progress_chunks.read(coords))
+                touched[coords] = self._progress_blocks[coords] = block
+            block[k % ck, row % cr, col % cc] = stage
+        for coords, block in touched.items():
+            self._progress_chunks.write(coords, block)
 
     def snapshot(self) -> np.ndarray | None:
         progress = np.asarray(self.progress[...])
@@ -144,6 +228,7 @@ class ZarrState(TileState):
         return torch.from_numpy(np.asarray(self.x[parity][...]))
 
     def set_latents(self, parity: int, chunks: list[int], value: torch.Tensor) -> None:
+        self.begin_step()
         self.x[parity][...] = value.to(torch.float32).cpu().numpy()
 
 

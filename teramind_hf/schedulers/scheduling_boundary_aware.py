@@ -16,6 +16,7 @@ any diffusers scheduler. Tile geometry is not a scheduler concern: it lives in
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import warnings
@@ -259,10 +260,13 @@ class BoundaryAwareScheduler(SchedulerMixin, ConfigMixin):
         result = self.solver_step(self._stepper, model_output, timestep, sample, generator)
         return result if return_dict else (result.prev_sample,)
 
-    def solver_step(self, stepper, model_output, timestep, sample, generator=None) -> BoundaryAwareSchedulerOutput:
-        """``stepper.step`` at model timestep ``timestep`` with the clip rule (used for whole regions and tiles)."""
+    def solver_step(self, stepper, model_output, timestep, sample, generator=None, variance_noise=None) -> BoundaryAwareSchedulerOutput:
+        """``stepper.step`` at model timestep ``timestep`` with the clip rule (used for whole regions and tiles);
+        ``variance_noise``: the noise of a stochastic solver given instead of drawn (solvers that take it)."""
         params = _step_params(stepper)
         kwargs = {"generator": generator} if generator is not None and "generator" in params else {}
+        if variance_noise is not None:
+            kwargs["variance_noise"] = variance_noise
         if "eta" in params:
             kwargs["eta"] = 0.0
         if "use_clipped_model_output" in params:
@@ -314,7 +318,13 @@ def clip_model_output(stepper, model_output: torch.Tensor, sample: torch.Tensor,
 
 
 def _step_params(scheduler: SchedulerMixin) -> set[str]:
-    return set(inspect.signature(scheduler.step).parameters)
+    """The parameters of ``scheduler.step`` (per class, computed once: called at every solver step)."""
+    return _class_step_params(type(scheduler))
+
+
+@functools.lru_cache(maxsize=None)
+def _class_step_params(kind: type) -> frozenset[str]:
+    return frozenset(inspect.signature(kind.step).parameters) - {"self"}
 
 
 def _training_alphas_cumprod(config) -> np.ndarray:

@@ -1,0 +1,168 @@
+"""Engine floor: the work outside the model per tile-step of `teramind generate`, in CPU ms (all threads) and wall ms.
+
+The embedded model (``TeraMindPipeline.from_pretrained()``) keeps its config and weights, but its forward is an
+instant stand-in that returns zeros of the collage output's shape, so everything the engine does around the model
+is what is timed: canvases, gene canvases, the solver step, the step-buffer reads and writes (on disk: memory
+limit 0), progress records and the output writer. The region is a 1024 x 1024 px x 2-section phantom saved as a
+gene store; torch runs 1 thread. The samplers compared run interleaved (A B, then B A, ...) and medians are
+printed:
+
+* ``default``: the embedded model's own default (DPM-Solver++ 2M SDE, 8 steps, diagonal grid);
+* ``official``: ``preset="official"`` (DDIM, 15 steps, official grid).
+
+A tile-step is one tile at one denoising step (the initial-noise stage is not counted), counted from the run
+(``GenerateReport.tile_steps_run`` less the noise stage). Two figures per sampler:
+
+* *loop*: CPU and wall time of the sampling loop (``TileSampler.run``) per tile-step: the engine floor a GPU
+  run pays per tile-step on top of the model;
+* *call*: the whole ``generate_to_zarr`` call (setup, checks, run record, pyramid) per tile-step.
+
+    python benchmarks/engine_floor.py                       # both samplers, 5 rounds
+    python benchmarks/engine_floor.py --samplers default --rounds 3 --profile /tmp/floor.prof
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import zarr
+
+from _perf_common import machine_facts
+from teramind_hf import DEFAULT_MODEL_UM_PER_PX, GeneMorphUNet3DModel, TeraMindPipeline
+from teramind_hf.data.phantom import make_phantom
+from teramind_hf.models.unet_genemorph_3d import GeneMorphUNet3DOutput
+from teramind_hf.pipelines.streaming import generate_to_zarr
+from teramind_hf.sampling.sampler import TileSampler
+
+TARGET_MS = 5.0
+SAMPLERS = {"default": {}, "official": {"preset": "official"}}
+
+
+class InstantUNet(GeneMorphUNet3DModel):
+    """The model with an instant forward: zeros of the collage output's shape (the canvas less half a patch on
+    every side). Same config, weights and class hierarchy, so the engine runs exactly as with the real model."""
+
+    canvases = 0  # canvases seen (model calls x batch), to cross-check the tile-step count
+
+    def forward(self, sample, timestep, genes, path="collage", return_dict=True):
+        half = self.config.sample_size // 2
+        b, _, z, h, w = sample.shape
+        InstantUNet.canvases += b
+        out = torch.zeros(b, self.config.out_channels, z, h - 2 * half, w - 2 * half, dtype=sample.dtype, device=sample.device)
+        return GeneMorphUNet3DOutput(sample=out) if return_dict else (out,)
+
+
+def instant_pipeline() -> TeraMindPipeline:
+    pipe = TeraMindPipeline.from_pretrained()
+    instant = InstantUNet.from_config(pipe.unet.config)
+    instant.load_state_dict(pipe.unet.state_dict())
+    pipe.register_modules(unet=instant.eval())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+class LoopTimer:
+    """CPU and wall seconds spent in ``TileSampler.run`` (wrapped for the benchmark; the engine is unchanged)."""
+
+    def __init__(self):
+        self.cpu = self.wall = 0.0
+        original = TileSampler.run
+
+        def timed(sampler, *args, **kwargs):
+            cpu, wall = time.process_time(), time.perf_counter()
+            try:
+                return original(sampler, *args, **kwargs)
+            finally:
+                self.cpu += time.process_time() - cpu
+                self.wall += time.perf_counter() - wall
+
+        TileSampler.run = timed
+
+    def reset(self) -> None:
+        self.cpu = self.wall = 0.0
+
+
+def write_store(path: Path, size: int, sections: int, seed: int = 5) -> Path:
+    phantom = make_phantom(size, size, num_slices=sections, seed=seed, um_per_px=DEFAULT_MODEL_UM_PER_PX)
+    group = zarr.open_group(str(path), mode="w")
+    group.create_array("genes", data=phantom.genes, chunks=(phantom.genes.shape[0], 1, 16, 16))
+    group.attrs.update({"gene_names": list(phantom.panel), "gene_bin": phantom.gene_bin, "um_per_px": phantom.um_per_px})
+    return path
+
+
+def run_once(pipe, store: Path, out: Path, timer: LoopTimer, options: dict, batch_size: int, profiler=None) -> dict:
+    timer.reset()
+    InstantUNet.canvases = 0
+    cpu, wall = time.process_time(), time.perf_counter()
+    if profiler is not None:
+        profiler.enable()
+    report = generate_to_zarr(
+        pipe, store, out, generator=0, batch_size=batch_size, memory_limit_bytes=0, overwrite=True,
+        progress_bar=False, **options,
+    )  # fmt: skip
+    if profiler is not None:
+        profiler.disable()
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    if report.step_buffers != "disk":
+        raise RuntimeError(f"step buffers went to {report.step_buffers}, expected disk")
+    tile_steps = report.tile_steps_run - report.tiles  # less the initial-noise stage (one per tile)
+    return {
+        "tile_steps": tile_steps, "canvases": InstantUNet.canvases, "steps": report.steps,
+        "loop_cpu_ms": 1e3 * timer.cpu / tile_steps, "loop_wall_ms": 1e3 * timer.wall / tile_steps,
+        "call_cpu_ms": 1e3 * cpu / tile_steps, "call_wall_ms": 1e3 * wall / tile_steps,
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samplers", default=",".join(SAMPLERS), help=f"comma-separated, of {', '.join(SAMPLERS)}")
+    parser.add_argument("--size", type=int, default=1024, help="region edge, px (whole 256-px tiles)")
+    parser.add_argument("--sections", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--profile", help="write a cProfile of the timed rounds (all samplers) to this file")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    names = args.samplers.split(",")
+    unknown = [n for n in names if n not in SAMPLERS]
+    if unknown:
+        parser.error(f"--samplers: unknown {unknown}; known: {', '.join(SAMPLERS)}")
+    print(machine_facts())
+    pipe = instant_pipeline()
+    timer = LoopTimer()
+    profiler = cProfile.Profile(time.thread_time) if args.profile else None  # CPU time of the main thread
+    results: dict[str, list[dict]] = {n: [] for n in names}
+    with tempfile.TemporaryDirectory() as tmp:
+        store = write_store(Path(tmp) / "genes.zarr", args.size, args.sections)
+        for name in names:  # warm-up
+            run_once(pipe, store, Path(tmp) / f"{name}.ome.zarr", timer, SAMPLERS[name], args.batch_size)
+        for round_ in range(args.rounds):
+            for name in names if round_ % 2 == 0 else names[::-1]:
+                results[name].append(
+                    run_once(pipe, store, Path(tmp) / f"{name}.ome.zarr", timer, SAMPLERS[name], args.batch_size, profiler)
+                )
+    if profiler is not None:
+        profiler.dump_stats(args.profile)
+    print(f"region {args.size} x {args.size} px x {args.sections} sections, step buffers on disk, batch {args.batch_size}, "
+          f"{args.threads} torch thread(s), instant stand-in model; medians of {args.rounds} interleaved rounds")  # fmt: skip
+    for name in names:
+        runs = results[name]
+        med = {key: statistics.median(r[key] for r in runs) for key in runs[0] if key.endswith("_ms")}
+        first = runs[0]
+        print(
+            f"{name:>9}: {first['tile_steps']} tile-steps ({first['steps']} steps, {first['canvases']} model canvases); "
+            f"loop {med['loop_cpu_ms']:.2f} ms CPU ({med['loop_cpu_ms'] / TARGET_MS:.2f}x the {TARGET_MS:g} ms target), "
+            f"{med['loop_wall_ms']:.2f} ms wall per tile-step; whole call {med['call_cpu_ms']:.2f} ms CPU, "
+            f"{med['call_wall_ms']:.2f} ms wall per tile-step"
+        )
+
+
+if __name__ == "__main__":
+    main()
