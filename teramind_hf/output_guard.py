@@ -207,12 +207,24 @@ def remove_output(location: PathLike, kinds: Iterable[str], argument: str = "--o
         shutil.rmtree(Path(location.removeprefix("file://")))
 
 
+def probe_writable(folder: Path, what: str) -> None:
+    """Create and remove an empty file in ``folder``: PermissionError naming it (after ``what``) if that fails. The
+    probe's name carries host and process, so processes on a shared file system never meet."""
+    import os
+    import socket
+    import uuid
+
+    probe = folder / f".teramind-write-probe-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(f"{what}: {folder} is not writable ({err.strerror})") from err
+
+
 def check_can_create(location: PathLike, argument: str = "--out") -> None:
     """Before a long computation: the nearest existing folder at or above a local ``location`` can be written
     (PermissionError naming it otherwise). URLs are not probed."""
-    import os
-    import uuid
-
     text = str(location)
     if _is_url(text):
         return
@@ -221,9 +233,4 @@ def check_can_create(location: PathLike, argument: str = "--out") -> None:
         folder = folder.parent
     if not folder.is_dir():
         raise NotADirectoryError(f"{argument} {location}: {folder} is a file, so nothing can be created below it")
-    probe = folder / f".teramind-write-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise PermissionError(f"{argument} {location}: {folder} is not writable ({err.strerror})") from err
+    probe_writable(folder, f"{argument} {location}")

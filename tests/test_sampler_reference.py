@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import hashlib
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -32,11 +31,8 @@ STEPS = 3
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def one_thread(one_torch_thread):
+    """Every test of this module on one torch thread (conftest)."""
 
 
 @pytest.fixture(scope="module")

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..output_guard import probe_writable
 
 # a block of the gene scan holds at most this many bytes (as read + as float64 for the checks)
 DEFAULT_SCAN_BLOCK_BYTES = 64 * 2**20
@@ -173,16 +174,6 @@ def check_output_path(out: str | Path, argument: str = "--out", kind: str = "an 
             if not parent.is_dir():
                 raise FileExistsError(f"{argument} {out}: {parent} is a file, so no folder can be created below it")
             break
-
-
-def probe_writable(folder: Path, what: str) -> None:
-    """Create and remove an empty file in ``folder``: PermissionError naming it if that fails."""
-    probe = folder / f".teramind-write-probe-{socket.gethostname()}-{os.getpid()}"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise PermissionError(f"{what}: {folder} is not writable ({err.strerror})") from err
 
 
 def check_report_location(report_json: str | None) -> None:
