@@ -76,6 +76,8 @@ class TileSampler:
         grid_schedule: offsets and blending per step (:class:`GridSchedule`; default official).
         batch_size: canvases per model call; tile_order: ``"raster"`` or ``"reverse"`` (no effect on bytes).
         halo: False for the naive-tiling baseline (each tile alone, no neighbour halo; official grid only).
+        reuse_encoder: encode each patch shared by canvases of one model call once (:mod:`..models.patch_reuse`;
+            same bytes; canvases with a halo only, since naive tiles each see their own fill).
         processes: :class:`Processes` sharing a persistent state (default: this process alone).
         device, dtype: where and in which dtype the model runs (state and solver stay float32 on the CPU).
     """
@@ -83,7 +85,7 @@ class TileSampler:
     def __init__(
         self, unet, solver: TileSolver, grid: TileGrid, genes: GeneCanvases, *, grid_schedule: GridSchedule | None = None,
         batch_size: int = 4, tile_order: str = "raster", halo: bool = True, processes: Processes | None = None,
-        device=None, dtype=None,
+        device=None, dtype=None, reuse_encoder: bool = True,
     ):  # fmt: skip
         if tile_order not in TILE_ORDERS:
             raise ValueError(f"tile_order must be one of {TILE_ORDERS}, got {tile_order!r}")
@@ -94,6 +96,7 @@ class TileSampler:
             raise ValueError("the naive-tiling baseline (no halo) runs on the official grid only")
         self.unet, self.solver, self.grid, self.genes = unet, solver, grid, genes
         self.batch_size, self.tile_order, self.halo = batch_size, tile_order, halo
+        self.reuse_encoder = reuse_encoder and halo
         self.processes = processes or Processes()
         self.device = device if device is not None else unet.device
         self.dtype = dtype if dtype is not None else unet.dtype
@@ -143,8 +146,10 @@ class TileSampler:
         for j, offset in enumerate(offsets):
             canvases = torch.stack([self.read_canvas(state, parity, k, r, c, step, offset) for k, r, c in batch])
             genes = torch.stack([self.genes.canvas(k, r, c, offset) for k, r, c in batch])
+            # a canvas's patch at a region position holds the step buffer there (or the fill), whatever the tile
+            ids = torch.stack([grid.patch_ids(k, r, c, offset) for k, r, c in batch]) if self.reuse_encoder else None
             out = self.unet(canvases.to(device=self.device, dtype=self.dtype), t,
-                            genes.to(device=self.device, dtype=self.dtype), path="collage").sample.float().cpu()  # fmt: skip
+                            genes.to(device=self.device, dtype=self.dtype), path="collage", patch_ids=ids).sample.float().cpu()  # fmt: skip
             box = grid.canvas_box(0, 0, offset)
             out = out[..., box.crop_y : box.crop_y + grid.tile, box.crop_x : box.crop_x + grid.tile]
             if weights is None:
