@@ -126,3 +126,16 @@ def test_the_model_encodes_a_shared_patch_once_bit_for_bit_and_refuses_an_id_sha
         assert counter.count == 7 + 8
         per_canvas = torch.tensor([10, 10])  # per-canvas timesteps, equal where ids are shared
         assert torch.equal(unet(sample, per_canvas, genes, patch_ids=ids).sample, unet(sample, per_canvas, genes).sample)
+
+
+def test_batches_of_four_are_2x2_blocks_of_neighbouring_tiles(pipe):
+    """On a 2 x 4-tile region the sampler batches tiles in two-row bands: two 2 x 2 blocks of 9 x 9 distinct
+    patches (162 encoded) instead of two tile rows of 5 x 17 (170)."""
+    assert TileGrid.band_order([(r, c) for r in range(3) for c in range(2)]) == [(0, 0), (1, 0), (0, 1), (1, 1), (2, 0), (2, 1)]
+    genes = np.random.default_rng(2).poisson(1.0, (len(TINY_GENES), 2, 2 * TILE // 16, 4 * TILE // 16)).astype(np.float32)
+    counter = EncodedPatches(pipe.unet)
+    try:
+        pipe(genes, gene_names=TINY_GENES, num_inference_steps=1, generator=0, output_type="pt", batch_size=4)
+    finally:
+        counter.handle.remove()
+    assert counter.count == 2 * 81

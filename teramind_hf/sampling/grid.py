@@ -141,6 +141,12 @@ class TileGrid:
             for c0, c1 in spans(self.cols, self.unit_origin[1])
         ]
 
+    @staticmethod
+    def band_order(tiles: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """``tiles`` in bands of two tile rows, column by column: consecutive tiles are neighbours, so a batch
+        of four canvases is a 2 x 2 block whose canvases share patches (encoder reuse), not a row segment."""
+        return sorted(tiles, key=lambda tile: (tile[0] // 2, tile[1], tile[0] % 2))
+
     # ------------------------------------------------------------------ canvases
     def check_offset(self, offset: tuple[int, int]) -> tuple[int, int]:
         """An offset reduced to ``[0, patch)`` (a shift by a whole patch is the same grid); gene-bin aligned."""

@@ -6,7 +6,8 @@ in memory; one after another when streaming, so the buffers hold one chunk):
 
 1. *initial noise* per tile from a generator seeded by ``(seed, z chunk start, global row, global col)``
    (or the ``latents`` given), written to parity 0;
-2. for each step ``i``, for each batch of tiles (in the requested order): each tile's canvas is read from
+2. for each step ``i``, for each batch of tiles (in the requested order, by default in bands of two tile rows so
+   that a batch's canvases share patches, each encoded once): each tile's canvas is read from
    parity ``i % 2`` (tile + halo, ``fill_value`` outside the region; larger under a grid offset), the model
    runs on the batch at every offset of the step (outputs blended per pixel if several), the solver steps each
    tile with that tile's history, and x_{t-1}, the history and the progress record are written to parity
@@ -115,7 +116,7 @@ class TileSampler:
         return [tile for unit in self.processes.split(self.grid.work_units()) for tile in unit]
 
     def _jobs(self, chunks: list[int], stage: int, snapshot: np.ndarray | None) -> list[tuple[int, int, int]]:
-        jobs = [(k, r, c) for k in chunks for r, c in self.my_tiles()]
+        jobs = [(k, r, c) for k in chunks for r, c in self.grid.band_order(self.my_tiles())]
         if snapshot is not None:
             jobs = [(k, r, c) for k, r, c in jobs if snapshot[k, r, c] < stage + 1]
         return jobs[::-1] if self.tile_order == "reverse" else jobs
