@@ -34,10 +34,6 @@ class PatchReuse:
             0, self.inverse, positions, reduce="amin"
         )
 
-    @property
-    def num_unique(self) -> int:
-        return self.first.numel()
-
     def unique(self, patches: torch.Tensor) -> torch.Tensor:
         """One row per id (its first occurrence) of a ``(N, ...)`` tensor."""
         return patches.index_select(0, self.first)
