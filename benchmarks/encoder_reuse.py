@@ -65,8 +65,8 @@ def layouts(grid: TileGrid) -> dict[str, list[list[tuple[int, int]]]]:
     block = [(0, 0), (0, 1), (1, 0), (1, 1)]
     return {
         "batch 1 (nothing to share)": [[(0, 0)]],
-        "batch 4, one tile row (raster order, default batch size)": [row],
-        "batch 4, a 2 x 2 block of tiles": [block],
+        "batch 4, one tile row (raster order)": [row],
+        "batch 4, a 2 x 2 block of tiles (the sampler's band order, default batch size)": [block],
         f"batch {REGION_TILES ** 2}, a whole {REGION_TILES} x {REGION_TILES}-tile region": [grid.tiles()],
     }
 
