@@ -337,10 +337,9 @@ class GeneMorphUNet3DModel(ModelMixin, ConfigMixin):
         batch = sample.shape[0]
         timestep = torch.as_tensor(timestep, device=sample.device)
         if timestep.ndim == 0:
-            # one embedding row for a shared timestep, kept as one row down to every ResBlock's time projection
-            # (broadcast over the patches there): a 1-row matmul is computed the same way whatever the number of
-            # rows beside it, so results do not depend on how many canvases (or distinct patches) share a call
-            temb = self.time_embedding(self.time_proj(timestep[None]).to(self.dtype))
+            # one embedding row for a shared timestep: a 1-row matmul is computed the same way whatever the
+            # batch size, so results do not depend on how many canvases are batched together
+            temb = self.time_embedding(self.time_proj(timestep[None]).to(self.dtype)).expand(batch, -1)
         else:
             if timestep.shape != (batch,):
                 raise ValueError(f"timestep must be a scalar or have shape ({batch},), got {tuple(timestep.shape)}")
@@ -349,18 +348,16 @@ class GeneMorphUNet3DModel(ModelMixin, ConfigMixin):
         x = patchify(sample.to(self.dtype), cfg.sample_size)
         gene_patches = patchify(genes.to(self.dtype), cfg.sample_size // cfg.gene_bin)
         patches_per_canvas = grid[0] * grid[1]
-        shared_temb = timestep.ndim == 0
-        temb_patch = temb if shared_temb else temb.repeat_interleave(patches_per_canvas, dim=0)
+        temb_patch = temb.repeat_interleave(patches_per_canvas, dim=0)
         if patch_ids is None:
             h, skips, gene_maps = self._encode(x, gene_patches, temb_patch)
         else:
             reuse = PatchReuse(torch.as_tensor(patch_ids, device=sample.device), grid, batch)
             reuse.check_shared("noisy sample", x)
             reuse.check_shared("genes", gene_patches)
-            if not shared_temb:
+            if timestep.ndim:
                 reuse.check_shared("timestep", timestep.repeat_interleave(patches_per_canvas))
-            temb_unique = temb_patch if shared_temb else reuse.unique(temb_patch)
-            h, skips, gene_maps = self._encode(reuse.unique(x), reuse.unique(gene_patches), temb_unique)
+            h, skips, gene_maps = self._encode(reuse.unique(x), reuse.unique(gene_patches), reuse.unique(temb_patch))
             h, skips, gene_maps = reuse.expand(h), [reuse.expand(s) for s in skips], [reuse.expand(g) for g in gene_maps]
 
         patch_out = collage_out = None
@@ -368,7 +365,7 @@ class GeneMorphUNet3DModel(ModelMixin, ConfigMixin):
             patch_out = unpatchify(self._decode(h, skips, gene_maps, temb_patch), grid)
         if path in ("collage", "both"):
             collage_grid = (grid[0] - 1, grid[1] - 1)
-            temb_collage = temb if shared_temb else temb.repeat_interleave(collage_grid[0] * collage_grid[1], dim=0)
+            temb_collage = temb.repeat_interleave(collage_grid[0] * collage_grid[1], dim=0)
             out = self._decode(
                 collage(h, grid),
                 [collage(s, grid) for s in skips],
