@@ -20,6 +20,7 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from .blocks import GeneGeneAttention, GeneMorphAttention, RMSNorm, ResBlock, upsample_hw
+from .patch_reuse import PatchReuse
 
 PATHS = ("collage", "patch", "both")
 
@@ -277,6 +278,18 @@ class GeneMorphUNet3DModel(ModelMixin, ConfigMixin):
         return self.gene_attention.attention_logits(tokens)
 
     # ------------------------------------------------------------------ UNet
+    def _encode(
+        self, x: torch.Tensor, gene_patches: torch.Tensor, temb_patch: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """The patch-local part, each patch alone: (mid-block output, encoder skips, gene maps)."""
+        gene_maps = self.encode_genes(gene_patches)
+        h = self.conv_in(x)
+        skips = [h]
+        for stage, level, uses_genes in zip(self.encoder_blocks, self.encoder_levels, self.encoder_uses_genes):
+            h = stage(torch.cat([h, gene_maps[level]], dim=1) if uses_genes else h, temb_patch, gene_maps[level])
+            skips.append(h)
+        return self.mid_block(h, temb_patch, gene_maps[-1]), skips, gene_maps
+
     def _decode(
         self,
         h: torch.Tensor,
@@ -315,6 +328,7 @@ class GeneMorphUNet3DModel(ModelMixin, ConfigMixin):
         genes: torch.Tensor,
         path: str = "collage",
         return_dict: bool = True,
+        patch_ids: torch.Tensor | None = None,
     ) -> GeneMorphUNet3DOutput | tuple:
         r"""Predict the noise of a canvas.
 
@@ -325,6 +339,10 @@ class GeneMorphUNet3DModel(ModelMixin, ConfigMixin):
             path: ``"collage"`` (inference: only the boundary-aware path, ``(B, stains, Z, H-P, W-P)``, the
                 canvas minus half a patch on every side), ``"patch"`` (each patch alone, same size as the
                 input) or ``"both"`` (training: collage in ``sample``, per-patch in ``patch_sample``).
+            patch_ids: optional ``(B, p1, p2)`` integer id per patch (encoder reuse, :mod:`.patch_reuse`). Patches
+                with the same id are encoded once (encoder, mid block, gene maps) and the result is shared: ids are
+                only equal where sample, genes and timestep are (checked; a ValueError otherwise). The decoders
+                still run on every canvas. None (default): every patch is encoded.
         """
         grid = self._check_inputs(sample, genes, path)
         cfg = self.config
@@ -340,16 +358,19 @@ class GeneMorphUNet3DModel(ModelMixin, ConfigMixin):
             temb = self.time_embedding(self.time_proj(timestep).to(self.dtype))
 
         x = patchify(sample.to(self.dtype), cfg.sample_size)
-        gene_maps = self.encode_genes(patchify(genes.to(self.dtype), cfg.sample_size // cfg.gene_bin))
-
+        gene_patches = patchify(genes.to(self.dtype), cfg.sample_size // cfg.gene_bin)
         patches_per_canvas = grid[0] * grid[1]
         temb_patch = temb.repeat_interleave(patches_per_canvas, dim=0)
-        h = self.conv_in(x)
-        skips = [h]
-        for stage, level, uses_genes in zip(self.encoder_blocks, self.encoder_levels, self.encoder_uses_genes):
-            h = stage(torch.cat([h, gene_maps[level]], dim=1) if uses_genes else h, temb_patch, gene_maps[level])
-            skips.append(h)
-        h = self.mid_block(h, temb_patch, gene_maps[-1])
+        if patch_ids is None:
+            h, skips, gene_maps = self._encode(x, gene_patches, temb_patch)
+        else:
+            reuse = PatchReuse(torch.as_tensor(patch_ids, device=sample.device), grid, batch)
+            reuse.check_shared("noisy sample", x)
+            reuse.check_shared("genes", gene_patches)
+            if timestep.ndim:
+                reuse.check_shared("timestep", timestep.repeat_interleave(patches_per_canvas))
+            h, skips, gene_maps = self._encode(reuse.unique(x), reuse.unique(gene_patches), reuse.unique(temb_patch))
+            h, skips, gene_maps = reuse.expand(h), [reuse.expand(s) for s in skips], [reuse.expand(g) for g in gene_maps]
 
         patch_out = collage_out = None
         if path in ("patch", "both"):

@@ -141,6 +141,12 @@ class TileGrid:
             for c0, c1 in spans(self.cols, self.unit_origin[1])
         ]
 
+    @staticmethod
+    def band_order(tiles: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """``tiles`` in bands of two tile rows, column by column: consecutive tiles are neighbours, so a batch
+        of four canvases is a 2 x 2 block whose canvases share patches (encoder reuse), not a row segment."""
+        return sorted(tiles, key=lambda tile: (tile[0] // 2, tile[1], tile[0] % 2))
+
     # ------------------------------------------------------------------ canvases
     def check_offset(self, offset: tuple[int, int]) -> tuple[int, int]:
         """An offset reduced to ``[0, patch)`` (a shift by a whole patch is the same grid); gene-bin aligned."""
@@ -171,6 +177,21 @@ class TileGrid:
         xa, xb = max(box.x0, 0), min(box.x0 + box.width, self.width)
         pad = (xa - box.x0, box.x0 + box.width - xb, ya - box.y0, box.y0 + box.height - yb)
         return slice(ya, yb), slice(xa, xb), pad
+
+    def patch_ids(self, k: int, row: int, col: int, offset: tuple[int, int] = (0, 0)) -> torch.Tensor:
+        """``(p1, p2)`` int64 ids of the canvas's patches on the patch grid of ``offset`` (encoder reuse).
+
+        Canvases under one offset are cut on one patch grid (tiles are whole patches), so a patch at the same
+        region position of the same z chunk ``k`` gets the same id in every canvas that contains it, whatever the
+        tile; ids of different offsets are not comparable (one model call runs one offset).
+        """
+        box = self.canvas_box(row, col, offset)
+        # patch rows/cols from -2 (a shifted canvas starts less than 1.5 patches before the region) upwards
+        first_row, first_col = box.y0 // self.patch + 2, box.x0 // self.patch + 2
+        rows, cols = self.height // self.patch + 4, self.width // self.patch + 4
+        ys = torch.arange(first_row, first_row + box.height // self.patch)
+        xs = torch.arange(first_col, first_col + box.width // self.patch)
+        return (k * rows + ys[:, None]) * cols + xs[None, :]
 
     def gene_box(self, box: CanvasBox) -> tuple[int, int, int, int]:
         """The canvas in gene bins: (y0, x0, height, width), region coordinates."""

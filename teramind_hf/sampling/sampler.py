@@ -6,7 +6,8 @@ in memory; one after another when streaming, so the buffers hold one chunk):
 
 1. *initial noise* per tile from a generator seeded by ``(seed, z chunk start, global row, global col)``
    (or the ``latents`` given), written to parity 0;
-2. for each step ``i``, for each batch of tiles (in the requested order): each tile's canvas is read from
+2. for each step ``i``, for each batch of tiles (in the requested order, by default in bands of two tile rows so
+   that a batch's canvases share patches, each encoded once): each tile's canvas is read from
    parity ``i % 2`` (tile + halo, ``fill_value`` outside the region; larger under a grid offset), the model
    runs on the batch at every offset of the step (outputs blended per pixel if several), the solver steps each
    tile with that tile's history, and x_{t-1}, the history and the progress record are written to parity
@@ -79,6 +80,8 @@ class TileSampler:
         grid_schedule: offsets and blending per step (:class:`GridSchedule`; default official).
         batch_size: canvases per model call; tile_order: ``"raster"`` or ``"reverse"`` (no effect on bytes).
         halo: False for the naive-tiling baseline (each tile alone, no neighbour halo; official grid only).
+        reuse_encoder: encode each patch shared by canvases of one model call once (:mod:`..models.patch_reuse`;
+            same bytes; canvases with a halo only, since naive tiles each see their own fill).
         processes: :class:`Processes` sharing a persistent state (default: this process alone).
         device, dtype: where and in which dtype the model runs (state and solver stay float32 on the CPU).
     """
@@ -86,7 +89,7 @@ class TileSampler:
     def __init__(
         self, unet, solver: TileSolver, grid: TileGrid, genes: GeneCanvases, *, grid_schedule: GridSchedule | None = None,
         batch_size: int = 4, tile_order: str = "raster", halo: bool = True, processes: Processes | None = None,
-        device=None, dtype=None,
+        device=None, dtype=None, reuse_encoder: bool = True,
     ):  # fmt: skip
         if tile_order not in TILE_ORDERS:
             raise ValueError(f"tile_order must be one of {TILE_ORDERS}, got {tile_order!r}")
@@ -97,6 +100,7 @@ class TileSampler:
             raise ValueError("the naive-tiling baseline (no halo) runs on the official grid only")
         self.unet, self.solver, self.grid, self.genes = unet, solver, grid, genes
         self.batch_size, self.tile_order, self.halo = batch_size, tile_order, halo
+        self.reuse_encoder = reuse_encoder and halo
         self.processes = processes or Processes()
         self.device = device if device is not None else unet.device
         self.dtype = dtype if dtype is not None else unet.dtype
@@ -115,7 +119,7 @@ class TileSampler:
         return [tile for unit in self.processes.split(self.grid.work_units()) for tile in unit]
 
     def _jobs(self, chunks: list[int], stage: int, snapshot: np.ndarray | None) -> list[tuple[int, int, int]]:
-        jobs = [(k, r, c) for k in chunks for r, c in self.my_tiles()]
+        jobs = [(k, r, c) for k in chunks for r, c in self.grid.band_order(self.my_tiles())]
         if snapshot is not None:
             jobs = [(k, r, c) for k, r, c in jobs if snapshot[k, r, c] < stage + 1]
         return jobs[::-1] if self.tile_order == "reverse" else jobs
@@ -166,8 +170,10 @@ class TileSampler:
         for j, offset in enumerate(offsets):
             canvases = self.read_canvases(state, parity, batch, step, offset)
             genes = torch.stack([self.genes.canvas(k, r, c, offset) for k, r, c in batch])
+            # a canvas's patch at a region position holds the step buffer there (or the fill), whatever the tile
+            ids = torch.stack([grid.patch_ids(k, r, c, offset) for k, r, c in batch]) if self.reuse_encoder else None
             out = self.unet(canvases.to(device=self.device, dtype=self.dtype), t,
-                            genes.to(device=self.device, dtype=self.dtype), path="collage").sample.float().cpu()  # fmt: skip
+                            genes.to(device=self.device, dtype=self.dtype), path="collage", patch_ids=ids).sample.float().cpu()  # fmt: skip
             box = grid.canvas_box(0, 0, offset)
             out = out[..., box.crop_y : box.crop_y + grid.tile, box.crop_x : box.crop_x + grid.tile]
             if weights is None:
