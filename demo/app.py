@@ -39,7 +39,7 @@ from teramind_hf.data import make_phantom  # noqa: E402
 from teramind_hf.data.phantom import PLANTED_PAIRS, Phantom  # noqa: E402
 from teramind_hf.data.readers.table import read_transcript_table  # noqa: E402
 from teramind_hf.eval.attention import gene_expression_map, in_silico_knockout, pair_attention_map  # noqa: E402
-from teramind_hf.pipelines.pipeline_teramind import _to_output_type  # noqa: E402
+from teramind_hf.pipelines.sampling_run import to_output_type  # noqa: E402
 from teramind_hf.sampling import Preset  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------- limits
@@ -227,7 +227,7 @@ def crop(source: Source, request: Request) -> tuple[np.ndarray, np.ndarray | Non
 
 def to_uint8(volume: np.ndarray) -> np.ndarray:
     """[-1, 1] floats to uint8 exactly as `TeraMindPipeline(output_type="uint8")` does."""
-    return _to_output_type(torch.from_numpy(volume), "uint8")
+    return to_output_type(torch.from_numpy(volume), "uint8")
 
 
 _SAMPLING_LOCK = threading.Lock()  # one sampling run at a time: the CPU is the bottleneck

@@ -157,7 +157,7 @@ def test_a_model_with_a_zero_tile_size_is_refused(work, tmp_path, capsys):
     for tile in (0, -256):
         config_path.write_text(json.dumps({**config, "tile_size": tile}))
         refuse(["generate", "--genes", str(work / "genes.npz"), "--out", str(tmp_path / "o"), "--model", str(model), "--quiet"],
-               r"tile_size must be a positive number of px|tile_size .* must be multiples", capsys)  # fmt: skip
+               rf"tile geometry does not fit \(tile_size={tile}, .*must be a positive multiple of the patch", capsys)  # fmt: skip
         assert not (tmp_path / "o").exists()
 
 

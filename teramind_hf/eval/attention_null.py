@@ -65,7 +65,7 @@ def expressed_mask(model_genes: Any, config: Any, threshold: float = DEFAULT_THR
     Counts are summed over the gene window of the chunk (the ``gene_slices`` sections its attention sees),
     in the layout of `TeraMindPipeline.gene_attention`.
     """
-    from ..pipelines.pipeline_teramind import gene_window, z_chunks
+    from ..sampling.grid import gene_window, z_chunks
 
     genes = torch.as_tensor(_as_numpy(model_genes))
     g, sections, bins_h, bins_w = genes.shape

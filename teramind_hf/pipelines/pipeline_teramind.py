@@ -16,19 +16,16 @@ from diffusers.utils import BaseOutput
 from ..data.panel import PanelAlignment
 from ..data.volume import physical_memory_bytes
 from ..models.unet_genemorph_3d import GeneMorphUNet3DModel
-from ..sampling.gene_canvas import GeneCanvases
-from ..sampling.grid import TileGrid, exact_region, gene_window, gene_window_range, z_chunks  # noqa: F401 (old import path)
+from ..sampling.grid import TileGrid, gene_window, z_chunks
 from ..sampling.presets import Preset, resolve_preset, scheduler_from_name
-from ..sampling.sampler import TILE_ORDERS, TileSampler, tile_noise
+from ..sampling.sampler import tile_noise
 from ..sampling.schedule import GridSchedule, resolve_grid
-from ..sampling.solver_state import TileSolver
 from ..sampling.state import MemoryState
 from ..schedulers.scheduling_boundary_aware import BoundaryAwareScheduler
-from .gene_source import GeneSource, RegionGenes
+from .gene_source import GeneSource
 from .genes import align_genes_to_model, as_dense_genes, check_counts
 from .inputs import as_gene_input
-
-OUTPUT_TYPES = ("np", "pt", "uint8")
+from .sampling_run import OUTPUT_TYPES, SamplingPlan, prepare_sampling, to_output_type
 DEFAULT_GEOMETRY = {"tile_size": 256, "halo": 32, "fill_value": -1.0}
 DEFAULT_STEPS = 15  # the official sampler's; a checkpoint may set its own (``num_inference_steps`` in its config)
 
@@ -168,51 +165,34 @@ class TeraMindPipeline(DiffusionPipeline):
         return align_genes_to_model(dense, gene_names, self.unet.config, min_gene_overlap)
 
     # ------------------------------------------------------------------ sampling
-    def check_inputs(
-        self, gene_shape: tuple[int, ...], slices, output_type: str, batch_size: int, tile_order: str,
-        callback_on_step_end_tensor_inputs: list[str], region, exact: bool, latents: torch.Tensor | None,
-        num_inference_steps: int,
-    ) -> tuple[TileGrid, tuple[int, int, int, int], tuple[int, int]]:  # fmt: skip
-        """Check the arguments (named errors before any work); returns (grid to compute, requested region
-        ``(y0, x0, h, w)`` in px, section range)."""
+    def prepare_sampling(self, source: GeneSource, **kwargs) -> SamplingPlan:
+        """The one preparation of a sampling run (this call and ``generate_to_zarr``): :func:`prepare_sampling`."""
+        return prepare_sampling(self, source, **kwargs)
+
+    def check_inputs(self, output_type: str, callback_on_step_end_tensor_inputs: list[str]) -> None:
+        """Named errors for the arguments only this in-memory call has (the sampling ones: :meth:`prepare_sampling`)."""
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        if tile_order not in TILE_ORDERS:
-            raise ValueError(f"tile_order must be one of {TILE_ORDERS}, got {tile_order!r}")
-        for name, value in (("batch_size", batch_size), ("num_inference_steps", num_inference_steps)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
         bad = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
         if bad:
             raise ValueError(f"callback_on_step_end_tensor_inputs {sorted(bad)} not in {self._callback_tensor_inputs}")
-        _, sections, bins_h, bins_w = gene_shape
-        gene_bin = self.unet.config.gene_bin
-        full = (bins_h * gene_bin, bins_w * gene_bin)
-        start, stop = _slice_range(slices, sections)
-        self.tile_grid(*full)  # named error if the genes are not whole tiles
-        wanted = tuple(region) if region is not None else (0, 0, *full)
-        y0, x0, h, w = wanted
-        if h <= 0 or w <= 0 or y0 < 0 or x0 < 0 or y0 + h > full[0] or x0 + w > full[1]:
-            raise ValueError(f"region y0,x0,h,w = {wanted} px lies outside the genes ({full[0]} x {full[1]} px)")
-        if exact and region is None:
-            raise ValueError("exact=True needs a region (the sub-region of the genes to generate exactly)")
-        probe = self.tile_grid(h, w, origin=(y0, x0), start=start, stop=stop)
-        computed = wanted
-        if exact:
-            computed = exact_region(wanted, full, probe.margin_tiles(num_inference_steps) * probe.tile, probe.tile)
-        grid = self.tile_grid(computed[2], computed[3], origin=computed[:2], start=start, stop=stop)
+
+    def check_in_memory(self, plan: SamplingPlan, gene_shape: tuple[int, ...], latents: torch.Tensor | None) -> None:
+        """The whole computed region fits in memory, and ``latents`` has the whole genes' layout."""
+        grid = plan.tile_grid
         # the in-memory run holds the output and two step buffers of the whole region at once
-        needed = 3 * 4 * self.unet.config.out_channels * (stop - start) * computed[2] * computed[3]
+        needed = 3 * 4 * self.unet.config.out_channels * grid.num_slices * len(grid.chunk_starts) * grid.height * grid.width
         if needed > physical_memory_bytes():
             raise ValueError(
-                f"region {computed[2]} x {computed[3]} px x {stop - start} sections needs about {needed / 2**30:.3g} GiB "
-                "in memory, more than this machine has; pass a smaller region, or stream it with generate_to_zarr"
+                f"region {grid.height} x {grid.width} px x {plan.sections[1] - plan.sections[0]} sections needs about "
+                f"{needed / 2**30:.3g} GiB in memory, more than this machine has; pass a smaller region, or stream it "
+                "with generate_to_zarr"
             )
         if latents is not None:
+            full = (gene_shape[2] * self.unet.config.gene_bin, gene_shape[3] * self.unet.config.gene_bin)
             expected = (len(grid.chunk_starts), self.unet.config.out_channels, grid.num_slices, *full)
             if tuple(latents.shape) != expected:
                 raise ValueError(f"latents must have shape {expected} (z chunks, stains, slices, H, W), got {tuple(latents.shape)}")
-        return grid, wanted, (start, stop)
 
     def prepare_latents(self, grid: TileGrid, seed: int, init_noise_sigma: float, latents: torch.Tensor | None = None) -> torch.Tensor:
         """Initial noise of the grid's region ``(z chunks, stains, slices, h, w)``: the given ``latents``
@@ -287,31 +267,26 @@ class TeraMindPipeline(DiffusionPipeline):
             callback_on_step_end: ``fn(pipe, step_index, timestep, callback_kwargs) -> dict`` after each step;
                 may replace ``latents`` (``(z chunks, stains, 2, h, w)`` of the computed region).
         """
-        chosen, num_inference_steps, schedule = self.sampling_plan(num_inference_steps, grid, preset)
+        # 1. the arguments only this call has
+        self.check_inputs(output_type, callback_on_step_end_tensor_inputs)
+        # 2. the genes, as a tensor aligned to the model panel
         genes, gene_names = as_gene_input(genes, gene_names, um_per_px, self.unet.config.gene_bin, self.config.tile_size)
         gene_tensor, alignment = self._prepare_genes(genes, gene_names, min_gene_overlap)
         if perturb:
             from ..eval.perturb import perturb_genes
 
             gene_tensor = perturb_genes(gene_tensor, self.unet.config.gene_names, perturb)
-        tile_grid, wanted, _ = self.check_inputs(
-            tuple(gene_tensor.shape), slices, output_type, batch_size, tile_order, callback_on_step_end_tensor_inputs,
-            region, exact, latents, num_inference_steps,
-        )  # fmt: skip
-        seed = _draw_seed(generator)
-        solver = TileSolver(self.sampling_scheduler(chosen), num_inference_steps, seed)
-
-        gene_bin = tile_grid.gene_bin
-        bins = (tile_grid.origin[0] // gene_bin, tile_grid.origin[1] // gene_bin)
-        size = (tile_grid.height // gene_bin, tile_grid.width // gene_bin)
-        reader = RegionGenes(GeneSource(gene_tensor, None, "genes"), self.unet.config, bins, size)
-        gene_canvases = GeneCanvases(reader, tile_grid, schedule.all_offsets(num_inference_steps), halo=halo)
-        sampler = TileSampler(
-            self.unet, solver, tile_grid, gene_canvases, grid_schedule=schedule, batch_size=batch_size,
-            tile_order=tile_order, halo=halo, device=self._execution_device,
-        )  # fmt: skip
-        state = MemoryState(tile_grid, solver.slots, self.unet.config.out_channels)
-        noise = self.prepare_latents(tile_grid, seed, solver.init_noise_sigma, latents)
+        # 3. the sampling run (checked once, as for generate_to_zarr), in memory
+        plan = self.prepare_sampling(
+            GeneSource(gene_tensor, None, "genes"), region=region, slices=slices, num_inference_steps=num_inference_steps,
+            generator=generator, batch_size=batch_size, tile_order=tile_order, halo=halo, exact=exact, grid=grid,
+            preset=preset, min_gene_overlap=min_gene_overlap,
+        )
+        self.check_in_memory(plan, tuple(gene_tensor.shape), latents)
+        tile_grid, wanted, num_inference_steps = plan.tile_grid, plan.region, plan.num_inference_steps
+        state = MemoryState(tile_grid, plan.solver.slots, self.unet.config.out_channels)
+        # 4. the initial noise: per tile from the seed (on the CPU, whatever the device), or the given latents
+        noise = self.prepare_latents(tile_grid, plan.seed, plan.solver.init_noise_sigma, latents)
 
         callback = None
         if callback_on_step_end is not None:
@@ -324,17 +299,18 @@ class TeraMindPipeline(DiffusionPipeline):
                 out = callback_on_step_end(self, step, timestep, local) or {}
                 return out.get("latents")
 
-        sampler.run(state, chunks_together=True, latents=noise, callback=callback,
+        # 5. the steps
+        plan.sampler.run(state, chunks_together=True, latents=noise, callback=callback,
                     progress_bar=lambda total: self.progress_bar(total=total))  # fmt: skip
 
-        # (chunks, stains, 2, h, w) -> (Z, stains, H, W) of the requested region, trimming an overhanging chunk
+        # 6. the output: (chunks, stains, 2, h, w) -> (Z, stains, H, W) of the requested region, trimming an overhanging chunk
         y, x = wanted[0] - tile_grid.origin[0], wanted[1] - tile_grid.origin[1]
         final = state.x[num_inference_steps % 2][..., y : y + wanted[2], x : x + wanted[3]]
         stains = final.shape[1]
         volume = final.permute(0, 2, 1, 3, 4).reshape(-1, stains, wanted[2], wanted[3])
         volume = volume[: tile_grid.stop - tile_grid.start].clamp(-1, 1)
         self.maybe_free_model_hooks()
-        images = _to_output_type(volume, output_type)
+        images = to_output_type(volume, output_type)
         if not return_dict:
             return (images, alignment)
         return TeraMindPipelineOutput(images=images, gene_alignment=alignment)
@@ -355,34 +331,3 @@ class TeraMindPipeline(DiffusionPipeline):
         windows = torch.stack([gene_window(gene_tensor, s, cfg.num_slices, cfg.gene_slices) for s in z_chunks(0, sections, cfg.num_slices)])
         maps = self.unet.gene_attention_maps(windows.to(self._execution_device))
         return maps.reshape(windows.shape[0], bins_h // per_patch, bins_w // per_patch, cfg.num_genes, cfg.num_genes)
-
-
-def _slice_range(slices: tuple[int, int] | range | None, sections: int) -> tuple[int, int]:
-    if slices is None:
-        return 0, sections
-    start, stop = (slices.start, slices.stop) if isinstance(slices, range) else slices
-    if not 0 <= start < stop <= sections:
-        raise ValueError(f"slices must satisfy 0 <= start < stop <= {sections} (sections in genes), got {start}, {stop}")
-    return start, stop
-
-
-def _draw_seed(generator: torch.Generator | int | None) -> int:
-    if generator is None:
-        return int(torch.randint(0, 2**62, (1,)).item())
-    if isinstance(generator, int):
-        return generator
-    if isinstance(generator, list):
-        if len(generator) != 1:
-            raise ValueError("pass one generator: a region is one sample whose tiles are seeded from it")
-        generator = generator[0]
-    if not isinstance(generator, torch.Generator):
-        raise ValueError(f"generator must be a torch.Generator or an int seed, got {type(generator).__name__}")
-    return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
-
-
-def _to_output_type(volume: torch.Tensor, output_type: str):
-    if output_type == "pt":
-        return volume
-    if output_type == "uint8":
-        return ((volume + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
-    return volume.numpy()

@@ -6,15 +6,16 @@ config and the gene source; each raises ``ValueError`` / ``FileExistsError`` / `
 argument or file and what was expected (the CLI prints that one line, no traceback):
 
 * :func:`check_generate_arguments`: numbers (steps, batch size, memory limit, physical scale, seed);
-* :func:`check_geometry`: the model's gene bin and patch, and the tile / halo sizes of the pipeline config;
 * :func:`check_steps_against_schedule`: no more denoising steps than the training schedule has timesteps;
-* :func:`check_region`, :func:`check_panel`: the region and sections against the gene data, the panel overlap;
+* :func:`check_region`: the region and sections against the gene data;
 * :func:`check_gene_values`: the gene counts the run reads, streamed block by block (bounded memory): dtype, NaN,
   inf, negative values, with the first bad position;
 * :func:`check_output_path`, :func:`check_report_location`: where the output and the JSON report go.
 
-:func:`preflight_generate` runs them all; `generate_to_zarr` calls it before it opens the output, the CLI calls
-the argument and path checks before it even loads the model.
+:func:`teramind_hf.pipelines.sampling_run.prepare_sampling` (the one preparation of a run, in memory or streamed)
+runs the argument, schedule and region checks, the tile geometry (``TileGrid``) and the panel alignment;
+:func:`preflight_generate` adds what only a streamed run needs (output path, gene scan) before the output is opened;
+the CLI calls the argument and path checks before it even loads the model.
 """
 
 from __future__ import annotations
@@ -64,22 +65,6 @@ def check_generate_arguments(
     if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
         if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
             raise ValueError(f"seed (--seed) must be in [0, 2**63 - 1], got {seed}")
-
-
-def check_geometry(model_config, scheduler_config) -> None:
-    """The model's gene bin and the tile geometry must be positive and fit one another (else every tile fails)."""
-    gene_bin = model_config.gene_bin
-    if not isinstance(gene_bin, int) or gene_bin < 1:
-        raise ValueError(f"the model's gene_bin must be a positive number of px, got {gene_bin!r}")
-    tile, halo, patch = (scheduler_config.get(k) for k in ("tile_size", "halo", "patch_size"))
-    if not isinstance(tile, int) or tile < 1:
-        raise ValueError(f"the tile_size must be a positive number of px, got {tile!r}")
-    if not isinstance(halo, int) or halo < 0:
-        raise ValueError(f"the halo must be >= 0 px, got {halo!r}")
-    if tile % gene_bin or halo % gene_bin:
-        raise ValueError(f"the tile_size ({tile}) and halo ({halo}) must be multiples of the model's gene_bin ({gene_bin})")
-    if patch is not None and (not isinstance(patch, int) or patch < 1 or tile % patch):
-        raise ValueError(f"the tile_size ({tile}) must be a multiple of the patch_size ({patch!r})")
 
 
 def check_steps_against_schedule(num_inference_steps: int, scheduler) -> None:
@@ -207,6 +192,9 @@ def check_region(
             f"region y0,x0,h,w = {y0},{x0},{h},{w} px lies outside the gene data ({full_h} x {full_w} px = "
             f"{bins_h} x {bins_w} bins of {gene_bin} px in {location})"
         )
+    if region is None and (full_h % tile_size or full_w % tile_size):
+        raise ValueError(f"the gene data ({location}) is {full_h} x {full_w} px, not whole {tile_size}-px tiles: "
+                         "pad it to whole tiles or pass a region of whole tiles")
     for name, value in (("y0", y0), ("x0", x0), ("h", h), ("w", w)):
         if value % tile_size:
             raise ValueError(f"region {name}={value} px must be a multiple of the tile size ({tile_size} px)")
@@ -216,45 +204,22 @@ def check_region(
     return y0, x0, h, w, start, stop
 
 
-def check_panel(source, model_config, min_gene_overlap: float) -> None:
-    """The source's panel must overlap the model's enough (named error), checked on a 1-bin probe."""
-    import torch
-
-    from .genes import align_genes_to_model
-
-    align_genes_to_model(torch.zeros(source.shape[0], 1, 1, 1), source.gene_names, model_config, min_gene_overlap)
-
-
 # ---------------------------------------------------------------------------------------------- all
-def preflight_generate(
-    pipe, source, out: str, region: tuple[int, int, int, int] | None, slices: tuple[int, int] | None,
-    num_inference_steps: int, batch_size: int, memory_limit_bytes: float, um_per_px: float | None,
-    section_spacing_um: float | None, generator: Any, min_gene_overlap: float = 0.5, progress_bar: bool = False,
-) -> tuple[int, int, int, int, int, int]:  # fmt: skip
-    """All checks of a streamed run before the output is opened, cheap ones first; returns the resolved region
-    ``(y0, x0, h, w, start, stop)``.
+def preflight_generate(source, out: str, plan, progress_bar: bool = False) -> None:
+    """The checks of a streamed run that its sampling plan (``TeraMindPipeline.prepare_sampling``, which checks the
+    arguments, geometry, region and panel) leaves: the output path, and every gene count the run reads, streamed.
 
-    The gene scan covers the bins of the region and every section its gene windows read (a z chunk is conditioned
-    on neighbouring sections too).
+    The gene scan covers the bins of the computed region and every section its gene windows read (a z chunk is
+    conditioned on neighbouring sections too).
     """
-    from .pipeline_teramind import gene_window_range, z_chunks
+    from ..sampling.grid import gene_window_range
 
-    cfg = pipe.unet.config
-    check_generate_arguments(
-        num_inference_steps=num_inference_steps, batch_size=batch_size, memory_limit_bytes=memory_limit_bytes,
-        um_per_px=um_per_px, section_spacing_um=section_spacing_um, seed=generator, min_gene_overlap=min_gene_overlap,
-    )
-    check_geometry(cfg, {**pipe.config, "patch_size": cfg.sample_size})  # the tile grid lives in the pipeline config
-    check_steps_against_schedule(num_inference_steps, pipe.scheduler)
     check_output_path(out)
-    y0, x0, h, w, start, stop = check_region(source.shape, cfg.gene_bin, pipe.config["tile_size"], region, slices, source.location)
-    check_panel(source, cfg, min_gene_overlap)
-    starts = z_chunks(start, stop, cfg.num_slices)
-    lo = gene_window_range(starts[0], cfg.num_slices, cfg.gene_slices)[0]
-    hi = gene_window_range(starts[-1], cfg.num_slices, cfg.gene_slices)[1]
-    b = cfg.gene_bin
+    grid, b = plan.tile_grid, plan.tile_grid.gene_bin
+    y0, x0, h, w = plan.computed
+    lo = gene_window_range(grid.chunk_starts[0], grid.num_slices, grid.gene_slices)[0]
+    hi = gene_window_range(grid.chunk_starts[-1], grid.num_slices, grid.gene_slices)[1]
     check_gene_values(
         source, (y0 // b, (y0 + h) // b), (x0 // b, (x0 + w) // b), (max(lo, 0), min(hi, source.num_sections)),
         progress_bar=progress_bar,
     )
-    return y0, x0, h, w, start, stop

@@ -30,7 +30,7 @@ import torch
 from ..constants import DEFAULT_SHARD_TILES
 from ..constants import DEFAULT_STEP_BUFFER_LIMIT as DEFAULT_MEMORY_LIMIT
 from .acceleration import is_compiled
-from .gene_source import GeneSource, RegionGenes, open_gene_source
+from .gene_source import GeneSource, open_gene_source
 from .ome_zarr import (
     DEFAULT_SECTION_SPACING_UM,
     DEFAULT_UM_PER_PX,
@@ -39,17 +39,16 @@ from .ome_zarr import (
     create_image,
     level_blocks,
 )
-from ..sampling.gene_canvas import GeneCanvases
-from ..sampling.grid import TileGrid, exact_region
+from ..sampling.grid import TileGrid
 from ..sampling.presets import scheduler_from_name
-from ..sampling.sampler import TILE_ORDERS, Processes, TileSampler
+from ..sampling.sampler import Processes
 from ..sampling.schedule import GridSchedule
-from ..sampling.solver_state import TileSolver
 from ..sampling.state import open_zarr_state
 from ..schedulers.scheduling_boundary_aware import BoundaryAwareScheduler
-from .pipeline_teramind import TeraMindPipeline, _draw_seed, _to_output_type
-from ..output_guard import check_output_location, check_replaceable, remove_output
-from .preflight import preflight_generate, probe_writable
+from .pipeline_teramind import TeraMindPipeline
+from .sampling_run import to_output_type
+from ..output_guard import check_output_location, check_replaceable, probe_writable, remove_output
+from .preflight import check_generate_arguments, preflight_generate
 
 RECORD_FORMAT = "teramind-generate/1"
 STEP_STORE = "_teramind_steps"  # child of the output group holding step buffers and progress
@@ -271,41 +270,29 @@ def generate_to_zarr(
     out = str(out)
     if isinstance(genes, (str, Path)):
         check_output_location(out, {"genes": genes}, "out")
-    if tile_order not in TILE_ORDERS:
-        raise ValueError(f"tile_order must be one of {TILE_ORDERS}, got {tile_order!r}")
-    chosen, steps, schedule = pipe.sampling_plan(num_inference_steps, grid, preset)
-    cfg = pipe.unet.config
-    tile = pipe.config.tile_size
     source = open_gene_source(genes)
-    reg = Region(*preflight_generate(pipe, source, out, region, slices, steps, batch_size, memory_limit_bytes, um_per_px, section_spacing_um, generator, min_gene_overlap, progress_bar))
-    if shard_tiles is not None and shard_tiles < 1:
-        raise ValueError(f"shard_tiles must be >= 1 or None (unsharded), got {shard_tiles}")
-    computed = reg
-    if exact:
-        full = (source.shape[2] * cfg.gene_bin, source.shape[3] * cfg.gene_bin)
-        probe = pipe.tile_grid(reg.height, reg.width)
-        y0, x0, h, w = exact_region((reg.y0, reg.x0, reg.height, reg.width), full, probe.margin_tiles(steps) * tile, tile)
-        computed = Region(y0, x0, h, w, reg.start, reg.stop)
-    # work units = output shards: aligned to the requested region (exact mode computes a margin around it)
-    tile_grid = pipe.tile_grid(
-        computed.height, computed.width, origin=(computed.y0, computed.x0), start=reg.start, stop=reg.stop,
-        unit_tiles=shard_tiles or 1, unit_origin=((reg.y0 - computed.y0) // tile, (reg.x0 - computed.x0) // tile),
+    # the sampling run, checked once (as for the in-memory pipeline); work units = output shards, aligned to the
+    # requested region (exact mode computes a margin around it)
+    check_generate_arguments(memory_limit_bytes=memory_limit_bytes, um_per_px=um_per_px,
+                             section_spacing_um=section_spacing_um, seed=generator, min_gene_overlap=min_gene_overlap,
+                             num_inference_steps=num_inference_steps, batch_size=batch_size)
+    if shard_tiles is not None and (isinstance(shard_tiles, bool) or not isinstance(shard_tiles, int) or shard_tiles < 1):
+        raise ValueError(f"shard_tiles must be >= 1 or None (unsharded), got {shard_tiles!r}")
+    plan = pipe.prepare_sampling(
+        source, region=region, slices=slices, num_inference_steps=num_inference_steps, generator=generator,
+        batch_size=batch_size, tile_order=tile_order, halo=halo, exact=exact, grid=grid, preset=preset,
+        min_gene_overlap=min_gene_overlap, unit_tiles=shard_tiles or 1,
     )
-    region_genes = RegionGenes(
-        source, cfg, (computed.y0 // cfg.gene_bin, computed.x0 // cfg.gene_bin),
-        (computed.height // cfg.gene_bin, computed.width // cfg.gene_bin), min_gene_overlap,
-    )
+    preflight_generate(source, out, plan, progress_bar)
+    cfg, steps, schedule, seed, scheduler, solver = (pipe.unet.config, plan.num_inference_steps, plan.grid_schedule,
+                                                     plan.seed, plan.scheduler, plan.solver)
+    tile, tile_grid, sampler = pipe.config.tile_size, plan.tile_grid, plan.sampler
+    reg = Region(*plan.region, *plan.sections)
+    computed = Region(*plan.computed, *plan.sections)
     scale = PhysicalScale(
         um_per_px=float(um_per_px or source.attrs.get("um_per_px") or DEFAULT_UM_PER_PX),
         section_spacing_um=float(section_spacing_um or source.attrs.get("section_spacing_um") or DEFAULT_SECTION_SPACING_UM),
         origin_px=(reg.start, reg.y0, reg.x0),
-    )
-    seed = _draw_seed(generator)
-    scheduler = pipe.sampling_scheduler(chosen)
-    solver = TileSolver(scheduler, steps, seed)  # named error for a scheduler whose state cannot be kept per tile
-    sampler = TileSampler(
-        pipe.unet, solver, tile_grid, GeneCanvases(region_genes, tile_grid, schedule.all_offsets(steps), halo=halo),
-        grid_schedule=schedule, batch_size=batch_size, tile_order=tile_order, halo=halo, device=pipe._execution_device,
     )
     record = {**run_record(pipe, scheduler, source, reg, seed, steps, halo, scale, schedule, exact), "shard_tiles": shard_tiles}
 
@@ -394,7 +381,7 @@ def _output_writer(image, grid: TileGrid, region: Region) -> Callable:
             if not (0 <= y < region.height and 0 <= x < region.width):
                 continue
             keep = min(grid.num_slices, region.stop - grid.chunk_starts[k])
-            by_chunk.setdefault(k, {})[(y // t, x // t)] = _to_output_type(tile_state[:, :keep].clamp(-1, 1), "uint8")
+            by_chunk.setdefault(k, {})[(y // t, x // t)] = to_output_type(tile_state[:, :keep].clamp(-1, 1), "uint8")
         for k, tiles in by_chunk.items():
             z_out = grid.chunk_starts[k] - region.start
             rows, cols = sorted({r for r, _ in tiles}), sorted({c for _, c in tiles})
