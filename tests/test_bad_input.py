@@ -840,7 +840,7 @@ def test_bad_python_api_values_raise_named_errors(work):
     call = {"genes": genes, "gene_names": names, "num_inference_steps": 1, "output_type": "np"}
     cases = [
         ({"genes": genes.astype(np.complex64)}, r"genes: dtype complex64 is not real numbers"),
-        ({"num_inference_steps": True}, r"num_inference_steps must be a whole number >= 1, got True"),
+        ({"num_inference_steps": True}, r"num_inference_steps \(--steps\) must be a whole number >= 1, got True"),
         ({"gene_names": [None] * len(names)}, r"gene_names must be non-empty gene symbols \(strings\), got \['NoneType'\]"),
         ({"gene_names": list(range(len(names)))}, r"gene_names must be non-empty gene symbols \(strings\), got \['int'\]"),
         ({"genes": np.broadcast_to(np.float32(1), (19, 2, 10**6, 10**6))}, r"genes of shape \(19, 2, 1000000, 1000000\) would take"),
