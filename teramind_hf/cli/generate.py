@@ -19,6 +19,7 @@ def run(args: argparse.Namespace) -> int:
     from ..output_guard import check_output_location, check_replaceable
     from ..pipelines.gene_source import open_gene_source
     from ..pipelines.preflight import check_generate_arguments, check_output_path, check_report_location
+    from ..pipelines.sampling_run import check_sampling_arguments
     from ..pipelines.streaming import distributed_state, generate_to_zarr
 
     from ..sampling.presets import resolve_preset
@@ -28,8 +29,6 @@ def run(args: argparse.Namespace) -> int:
     # what can be checked without the model, before loading it (the rest: generate_to_zarr, before any write)
     region = int_tuple(args.region, 4, "region") if args.region else None
     slices = int_tuple(args.slices, 2, "slices") if args.slices else None
-    if args.exact and not args.region:
-        raise ValueError("--exact needs --region (the sub-region to generate exactly as in the full run)")
     grid = resolve_grid(args.grid) if args.grid else None
     if args.blend_offsets or args.blend_steps:
         if not (args.blend_offsets and args.blend_steps):
@@ -40,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     if args.preset:
         resolve_preset(args.preset)  # an unknown preset fails here, before anything is written
     # steps: --steps, else the preset's, else the model's own default (resolved by the pipeline's sampling plan)
+    check_sampling_arguments(num_inference_steps=args.steps, batch_size=args.batch_size, exact=args.exact, region=region)
     check_generate_arguments(
         num_inference_steps=args.steps, batch_size=args.batch_size, memory_limit_bytes=args.memory_limit_mb * 2**20,
         um_per_px=args.um_per_px, section_spacing_um=args.section_spacing_um, seed=args.seed, threads=args.threads,

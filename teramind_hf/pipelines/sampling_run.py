@@ -16,7 +16,7 @@ import torch
 from ..sampling.gene_canvas import GeneCanvases
 from ..sampling.grid import TileGrid, exact_region
 from ..sampling.presets import Preset
-from ..sampling.sampler import TILE_ORDERS, TileSampler
+from ..sampling.sampler import TileSampler
 from ..sampling.schedule import GridSchedule
 from ..sampling.solver_state import TileSolver
 from ..schedulers.scheduling_boundary_aware import BoundaryAwareScheduler
@@ -44,13 +44,10 @@ class SamplingPlan:
     sampler: TileSampler
 
 
-def check_sampling_arguments(
-    *, num_inference_steps: Any, batch_size: Any, tile_order: Any, exact: bool, region: Any
-) -> None:
-    """The arguments of a run that need no data: whole numbers, a known tile order, ``exact`` with a region."""
+def check_sampling_arguments(*, num_inference_steps: Any, batch_size: Any, exact: bool, region: Any) -> None:
+    """The arguments of a run that need no data: whole numbers, ``exact`` with a region (the tile order is
+    :class:`TileSampler`'s own argument, checked where it is built)."""
     check_generate_arguments(num_inference_steps=num_inference_steps, batch_size=batch_size)
-    if tile_order not in TILE_ORDERS:
-        raise ValueError(f"tile_order must be one of {TILE_ORDERS}, got {tile_order!r}")
     if exact and region is None:
         raise ValueError("exact=True (--exact) needs a region (the sub-region of the genes to generate exactly)")
 
@@ -78,8 +75,7 @@ def prepare_sampling(
     a streamed run); no effect on the bytes.
     """
     chosen, steps, schedule = pipe.sampling_plan(num_inference_steps, grid, preset)
-    check_sampling_arguments(num_inference_steps=steps, batch_size=batch_size, tile_order=tile_order, exact=exact,
-                             region=region)
+    check_sampling_arguments(num_inference_steps=steps, batch_size=batch_size, exact=exact, region=region)
     check_steps_against_schedule(steps, pipe.scheduler)
     cfg, tile = pipe.unet.config, pipe.config.tile_size
     try:
