@@ -25,7 +25,7 @@ from ..sampling.solver_state import TileSolver
 from ..sampling.state import MemoryState
 from ..schedulers.scheduling_boundary_aware import BoundaryAwareScheduler
 from .gene_source import GeneSource, RegionGenes
-from .genes import align_genes_to_model, as_dense_genes, check_counts
+from .genes import align_genes_to_model, as_dense_genes, check_counts, perturb_genes
 from .inputs import as_gene_input
 
 OUTPUT_TYPES = ("np", "pt", "uint8")
@@ -291,8 +291,6 @@ class TeraMindPipeline(DiffusionPipeline):
         genes, gene_names = as_gene_input(genes, gene_names, um_per_px, self.unet.config.gene_bin, self.config.tile_size)
         gene_tensor, alignment = self._prepare_genes(genes, gene_names, min_gene_overlap)
         if perturb:
-            from ..eval.perturb import perturb_genes
-
             gene_tensor = perturb_genes(gene_tensor, self.unet.config.gene_names, perturb)
         tile_grid, wanted, _ = self.check_inputs(
             tuple(gene_tensor.shape), slices, output_type, batch_size, tile_order, callback_on_step_end_tensor_inputs,
