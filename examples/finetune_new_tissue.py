@@ -79,7 +79,7 @@ def training_command(args: argparse.Namespace, store: Path, output_dir: Path, pr
         "--checkpointing_steps", str(max(args.train_steps, 1)), "--checkpoints_total_limit", "1",
         "--no_validation", "--no_progress", "--num_threads", str(args.threads),
         "--dataset_name", "phantom-new-tissue-seed3", "--seed", "0",
-    ]  # fmt: skip
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,12 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     images = pipe(
         tissue.genes[:, :, : tile // tissue.gene_bin, : tile // tissue.gene_bin], gene_names=list(tissue.panel),
         num_inference_steps=args.steps, generator=0, output_type="uint8",
-    ).images  # fmt: skip
+    ).images
     truth = tissue.images[:, :, :tile, :tile]
     png = save_panels(
         [(images[0, 0], "fine-tuned DAPI"), (images[0, 1], "fine-tuned PolyT"), (truth[0, 0], "true DAPI"), (truth[1, 0], "true PolyT")],
         out / "finetuned.png", vmin=0, vmax=255,
-    )  # fmt: skip
+    )
     np.save(out / "finetuned_volume.npy", images)
     print(f"wrote {output_dir} (pipeline + model card) and {png}")
     return 0

@@ -53,7 +53,7 @@ def test_marker_knockout_beats_noise_floor_inside_only_and_null_gene_does_nothin
         if counts["nuclei"] >= MIN_NUCLEI_TO_JUDGE:  # judged: the seed-to-seed turnover alone is no change
             assert "removed" not in report.morphology[name] or name == "dopaminergic", (name, report.morphology)
     null = knockout_report(pipe, tissue.genes, list(tissue.panel), {NULL_GENE: 0.0}, original=report.original,
-                           other_seed=report.other_seed, **common)  # fmt: skip
+                           other_seed=report.other_seed, **common)
     for key, row in null.changes.items():
         assert row["ratio"][-1] <= 1.0, (key, row)
     assert report.to_dict()["stains"] == ["DAPI", "PolyT", "both"]
@@ -110,6 +110,6 @@ def test_knockout_cli_writes_volumes_and_refuses_bad_input(tmp_path, tissue):
     assert (out / "knockout.png").stat().st_size > 1000
     bad = str(tmp_path / "bad")
     for wrong in (["--set", "Nope=0"], ["--set", "Th=2"], ["--cell-type", "neuron"], ["--scale", "Th"], [],
-                  ["--set", "Th=0", "--device", "cuda:99"]):  # fmt: skip
+                  ["--set", "Th=0", "--device", "cuda:99"]):
         assert main(["knockout", "--genes", store, "--out", bad, "--steps", "1", *wrong]) == 2, wrong
     assert not (tmp_path / "bad").exists()

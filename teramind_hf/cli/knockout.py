@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         out / "knockout.png", columns=4,
     )
     summary = {"genes": str(args.genes), "model": args.model or "embedded default", "steps": steps,
-               "region_origin_px": [z0, y0, x0], "targeted_cell_types": targeted, **report.to_dict()}  # fmt: skip
+               "region_origin_px": [z0, y0, x0], "targeted_cell_types": targeted, **report.to_dict()}
     write_json(out / "knockout.json", summary)
     for key, row in report.changes.items():
         c, f, r = row["change"][-1], row["noise_floor"][-1], row["ratio"][-1]

@@ -141,7 +141,7 @@ def describe_morphology(changed: dict, floor: dict, margin: float = 0.1, min_nuc
     words = []
     if changed["removed_fraction"] > floor["removed_fraction"] + margin:
         words.append(f"cells removed ({100 * changed['removed_fraction']:.0f}% of nuclei gone, noise floor "
-                     f"{100 * floor['removed_fraction']:.0f}%)")  # fmt: skip
+                     f"{100 * floor['removed_fraction']:.0f}%)")
     for key, small, large in (("median_area_ratio", "shrunk", "enlarged"), ("median_brightness_ratio", "dimmer", "brighter")):
         value, base = changed[key], floor[key]
         if np.isfinite(value) and np.isfinite(base) and abs(value - 1) > abs(base - 1) + margin:
@@ -174,7 +174,7 @@ class KnockoutReport:
             "stains": ["DAPI", "PolyT", "both"], "changes": self.changes, "nuclei": self.nuclei,
             "nuclei_noise_floor": self.nuclei_noise_floor, "morphology": self.morphology,
             "min_nuclei_to_judge": MIN_NUCLEI_TO_JUDGE,
-        }  # fmt: skip
+        }
 
 
 def knockout_report(
@@ -239,7 +239,7 @@ def knockout_report(
     report = KnockoutReport(
         perturb=dict(perturb), seed=seed, noise_seed=noise_seed, original=original, perturbed=perturbed,
         other_seed=other, changes=change_table(original, perturbed, other, masks),
-    )  # fmt: skip
+    )
     if morphology:
         um = um_per_px or DEFAULT_MODEL_UM_PER_PX
         report.nuclei = nucleus_changes(original, perturbed, cell_types, type_names, um)

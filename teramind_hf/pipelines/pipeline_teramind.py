@@ -99,7 +99,7 @@ class TeraMindPipeline(DiffusionPipeline):
         """The :class:`TileGrid` of a ``height x width``-px region with this pipeline's geometry."""
         cfg = self.config
         return TileGrid.for_model(self.unet.config, height, width, tile=cfg.tile_size, halo=cfg.halo,
-                                  fill_value=cfg.fill_value, **kwargs)  # fmt: skip
+                                  fill_value=cfg.fill_value, **kwargs)
 
     def sampling_scheduler(self, preset: Preset | None = None) -> BoundaryAwareScheduler:
         """The scheduler sampling runs with: the preset's, else ``self.scheduler``, wrapped in the official
@@ -172,7 +172,7 @@ class TeraMindPipeline(DiffusionPipeline):
         self, gene_shape: tuple[int, ...], slices, output_type: str, batch_size: int, tile_order: str,
         callback_on_step_end_tensor_inputs: list[str], region, exact: bool, latents: torch.Tensor | None,
         num_inference_steps: int,
-    ) -> tuple[TileGrid, tuple[int, int, int, int], tuple[int, int]]:  # fmt: skip
+    ) -> tuple[TileGrid, tuple[int, int, int, int], tuple[int, int]]:
         """Check the arguments (named errors before any work); returns (grid to compute, requested region
         ``(y0, x0, h, w)`` in px, section range)."""
         if output_type not in OUTPUT_TYPES:
@@ -295,7 +295,7 @@ class TeraMindPipeline(DiffusionPipeline):
         tile_grid, wanted, _ = self.check_inputs(
             tuple(gene_tensor.shape), slices, output_type, batch_size, tile_order, callback_on_step_end_tensor_inputs,
             region, exact, latents, num_inference_steps,
-        )  # fmt: skip
+        )
         seed = _draw_seed(generator)
         solver = TileSolver(self.sampling_scheduler(chosen), num_inference_steps, seed)
 
@@ -307,7 +307,7 @@ class TeraMindPipeline(DiffusionPipeline):
         sampler = TileSampler(
             self.unet, solver, tile_grid, gene_canvases, grid_schedule=schedule, batch_size=batch_size,
             tile_order=tile_order, halo=halo, device=self._execution_device,
-        )  # fmt: skip
+        )
         state = MemoryState(tile_grid, solver.slots, self.unet.config.out_channels)
         noise = self.prepare_latents(tile_grid, seed, solver.init_noise_sigma, latents)
 
@@ -323,7 +323,7 @@ class TeraMindPipeline(DiffusionPipeline):
                 return out.get("latents")
 
         sampler.run(state, chunks_together=True, latents=noise, callback=callback,
-                    progress_bar=lambda total: self.progress_bar(total=total))  # fmt: skip
+                    progress_bar=lambda total: self.progress_bar(total=total))
 
         # (chunks, stains, 2, h, w) -> (Z, stains, H, W) of the requested region, trimming an overhanging chunk
         y, x = wanted[0] - tile_grid.origin[0], wanted[1] - tile_grid.origin[1]

@@ -196,7 +196,7 @@ def check_report_location(report_json: str | None) -> None:
 def check_region(
     shape: tuple[int, int, int, int], gene_bin: int, tile_size: int, region: tuple[int, int, int, int] | None,
     slices: tuple[int, int] | None, location: str = "the gene data",
-) -> tuple[int, int, int, int, int, int]:  # fmt: skip
+) -> tuple[int, int, int, int, int, int]:
     """``(y0, x0, h, w, start, stop)``: the requested region (image px, whole tiles) and sections, checked against
     the gene data's ``(G, Z, Hb, Wb)`` shape; defaults: everything."""
     _, sections, bins_h, bins_w = shape
@@ -230,7 +230,7 @@ def preflight_generate(
     pipe, source, out: str, region: tuple[int, int, int, int] | None, slices: tuple[int, int] | None,
     num_inference_steps: int, batch_size: int, memory_limit_bytes: float, um_per_px: float | None,
     section_spacing_um: float | None, generator: Any, min_gene_overlap: float = 0.5, progress_bar: bool = False,
-) -> tuple[int, int, int, int, int, int]:  # fmt: skip
+) -> tuple[int, int, int, int, int, int]:
     """All checks of a streamed run before the output is opened, cheap ones first; returns the resolved region
     ``(y0, x0, h, w, start, stop)``.
 
