@@ -38,7 +38,7 @@ def write_genes(path: Path, gene_names: list[str], tiles: int, gene_bin: int = 1
 
 def run(genes: Path, out: Path, steps: int, model: str | None, report: Path) -> dict:
     cmd = [sys.executable, "-m", "teramind_hf.cli", "generate", "--genes", str(genes), "--out", str(out),
-           "--steps", str(steps), "--quiet", "--threads", "1", "--report-json", str(report)]  # fmt: skip
+           "--steps", str(steps), "--quiet", "--threads", "1", "--report-json", str(report)]
     if model:
         cmd += ["--model", model]
     subprocess.run(cmd, check=True, env=ENV)
@@ -62,7 +62,7 @@ def main() -> None:
             results[tiles] = run(genes, Path(tmp) / f"out_{tiles}.ome.zarr", args.steps, args.model, Path(tmp) / f"r{tiles}.json")
             r = results[tiles]
             print(f"{tiles}x{tiles} tiles: peak RSS {r['peak_rss_mb']:.0f} MB, step buffers in {r['step_buffers']}, "
-                  f"{r['voxels']:,} voxels in {r['seconds']:.1f} s")  # fmt: skip
+                  f"{r['voxels']:,} voxels in {r['seconds']:.1f} s")
         ratio = results[8]["peak_rss_mb"] / results[2]["peak_rss_mb"]
         print(f"peak RSS ratio 8x8 / 2x2 = {ratio:.3f} (target <= 1.15)")
 

@@ -30,7 +30,7 @@ def free_port() -> int:
 
 def run(processes: int, genes: Path, out: Path, steps: int, model: str | None, report: Path) -> dict:
     cli = ["generate", "--genes", str(genes), "--out", str(out), "--steps", str(steps), "--quiet",
-           "--threads", "1", "--batch-size", "1", "--memory-limit-mb", "0", "--report-json", str(report)]  # fmt: skip
+           "--threads", "1", "--batch-size", "1", "--memory-limit-mb", "0", "--report-json", str(report)]
     if model:
         cli += ["--model", model]
     if processes == 1:
@@ -38,7 +38,7 @@ def run(processes: int, genes: Path, out: Path, steps: int, model: str | None, r
     else:  # on CPU, `--multi_gpu` is what starts N torchrun workers; they form a gloo group
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(free_port()), "-m", "teramind_hf.cli", *cli]  # fmt: skip
+               "--main_process_port", str(free_port()), "-m", "teramind_hf.cli", *cli]
     subprocess.run(cmd, check=True, env=ENV, stderr=subprocess.DEVNULL)
     return json.loads(report.read_text())
 
@@ -64,7 +64,7 @@ def main() -> None:
             per_step = r["sampling_seconds"] / (r["tiles"] * r["steps"]) * n
             print(f"{n} process(es): {r['tiles']} tiles x ({r['steps']} steps + init) in {r['sampling_seconds']:.1f} s of sampling "
                   f"({r['seconds']:.1f} s in all) = "
-                  f"{rates[n]:.3f} tile-stages/s ({per_step:.2f} s per tile-step per process)")  # fmt: skip
+                  f"{rates[n]:.3f} tile-stages/s ({per_step:.2f} s per tile-step per process)")
     print(f"load after: {os.getloadavg()}")
     print(f"speed-up {args.processes} vs 1 process: {rates[args.processes] / rates[1]:.2f}x (target >= 1.7 for 2)")
 

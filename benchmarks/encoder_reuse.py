@@ -79,18 +79,18 @@ def flop_table(model, grid: TileGrid) -> None:
         per_canvas = call_flops(model, 1, box.height, box.width)
         patches = (box.height // grid.patch) * (box.width // grid.patch)
         print(f"\n[{name}] canvas {box.height} x {box.width} px = {patches} patches; "
-              f"{per_canvas / 1e9:,.1f} GFLOP per tile call without reuse")  # fmt: skip
+              f"{per_canvas / 1e9:,.1f} GFLOP per tile call without reuse")
         for label, batches in layouts(grid).items():
             tiles = sum(len(b) for b in batches)
             unique = sum(torch.stack([grid.patch_ids(0, r, c, offset) for r, c in b]).unique().numel() for b in batches)
             saved = (tiles * patches - unique) * per_patch
             print(f"  {label}: {unique / tiles:.2f} of {patches} patches encoded per tile, "
                   f"{(per_canvas - saved / tiles) / 1e9:,.1f} GFLOP per tile call, {saved / tiles / 1e9:,.1f} saved "
-                  f"({saved / (tiles * per_canvas):.1%})")  # fmt: skip
+                  f"({saved / (tiles * per_canvas):.1%})")
         inner = (grid.tile // grid.patch) ** 2
         saved = (patches - inner) * per_patch
         print(f"  limit, an interior tile of a large region in one call: {inner} of {patches} patches encoded, "
-              f"{saved / 1e9:,.1f} GFLOP saved ({saved / per_canvas:.1%})")  # fmt: skip
+              f"{saved / 1e9:,.1f} GFLOP saved ({saved / per_canvas:.1%})")
 
 
 def region_canvases(grid: TileGrid, x: torch.Tensor, genes: torch.Tensor, tiles, offset=(0, 0)):
@@ -135,13 +135,13 @@ def time_pair(model, grid: TileGrid, rounds: int) -> None:
                 wall[name].append(time.perf_counter() - started_wall)
     a, b = outputs["without reuse"], outputs["with reuse"]
     print(f"\n[CPU seconds] 2 neighbouring {grid.canvas}-px canvases in one call ({ids.numel()} patches, {unique} distinct), "
-          f"{rounds} interleaved round(s), medians:")  # fmt: skip
+          f"{rounds} interleaved round(s), medians:")
     for name in names:
         print(f"  {name}: {statistics.median(cpu[name]):.1f} CPU s ({statistics.median(wall[name]):.1f} s wall); "
-              f"all CPU s {', '.join(f'{v:.1f}' for v in cpu[name])}")  # fmt: skip
+              f"all CPU s {', '.join(f'{v:.1f}' for v in cpu[name])}")
     ratio = statistics.median(cpu["without reuse"]) / statistics.median(cpu["with reuse"])
     print(f"  CPU-second ratio without / with reuse: {ratio:.3f} (FLOP ratio {expected:.3f}); "
-          f"outputs bit-identical: {torch.equal(a, b)} (max |difference| {float((a - b).abs().max()):.2e})")  # fmt: skip
+          f"outputs bit-identical: {torch.equal(a, b)} (max |difference| {float((a - b).abs().max()):.2e})")
 
 
 def main() -> None:

@@ -105,7 +105,7 @@ def run_once(pipe, store: Path, out: Path, timer: LoopTimer, options: dict, batc
     report = generate_to_zarr(
         pipe, store, out, generator=0, batch_size=batch_size, memory_limit_bytes=0, overwrite=True,
         progress_bar=False, **options,
-    )  # fmt: skip
+    )
     if profiler is not None:
         profiler.disable()
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
@@ -116,7 +116,7 @@ def run_once(pipe, store: Path, out: Path, timer: LoopTimer, options: dict, batc
         "tile_steps": tile_steps, "canvases": InstantUNet.canvases, "steps": report.steps,
         "loop_cpu_ms": 1e3 * timer.cpu / tile_steps, "loop_wall_ms": 1e3 * timer.wall / tile_steps,
         "call_cpu_ms": 1e3 * cpu / tile_steps, "call_wall_ms": 1e3 * wall / tile_steps,
-    }  # fmt: skip
+    }
 
 
 def main() -> None:
@@ -151,7 +151,7 @@ def main() -> None:
     if profiler is not None:
         profiler.dump_stats(args.profile)
     print(f"region {args.size} x {args.size} px x {args.sections} sections, step buffers on disk, batch {args.batch_size}, "
-          f"{args.threads} torch thread(s), instant stand-in model; medians of {args.rounds} interleaved rounds")  # fmt: skip
+          f"{args.threads} torch thread(s), instant stand-in model; medians of {args.rounds} interleaved rounds")
     for name in names:
         runs = results[name]
         med = {key: statistics.median(r[key] for r in runs) for key in runs[0] if key.endswith("_ms")}

@@ -18,7 +18,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 COLUMNS = ("dapi_psnr", "dapi_ssim", "dapi_ms_ssim", "polyt_psnr", "polyt_ssim", "nuclei_f1", "nuclei_count_error",
-           "nuclei_area_wasserstein_um2", "dapi_hf_ratio", "polyt_hf_ratio", "dapi_spectrum_distance")  # fmt: skip
+           "nuclei_area_wasserstein_um2", "dapi_hf_ratio", "polyt_hf_ratio", "dapi_spectrum_distance")
 
 
 def main() -> None:

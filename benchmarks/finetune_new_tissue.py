@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         "--train_batch_size", "4", "--learning_rate", "2e-4", "--lr_scheduler", "constant",
         "--checkpointing_steps", str(max(args.steps, 1)), "--num_threads", str(args.threads), "--no_progress",
         "--no_validation", "--seed", "0",
-    ]))  # fmt: skip
+    ]))
     finetuned = TeraMindPipeline.from_pretrained(str(out))
     finetuned.set_progress_bar_config(disable=True)
     after = image_metrics(sample_region(finetuned, region), region.images)

@@ -103,7 +103,7 @@ def agreement(device: torch.device, size: int, steps: int | None, grid: str | No
         pipe.set_progress_bar_config(disable=True)
         started = time.perf_counter()
         outputs[str(where)] = pipe(tissue.genes, gene_names=list(tissue.panel), num_inference_steps=steps, grid=grid,
-                                   generator=0, output_type="uint8").images  # fmt: skip
+                                   generator=0, output_type="uint8").images
         seconds = time.perf_counter() - started
         print(f"agreement | run on {where}: {seconds:.2f} s wall")
     a, b = (outputs[k].astype(np.float64) for k in ("cpu", str(device)))
@@ -111,7 +111,7 @@ def agreement(device: torch.device, size: int, steps: int | None, grid: str | No
     psnr = math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
     print(f"agreement | embedded fp32 {device} vs cpu | max |diff| {np.abs(a - b).max():.0f} grey levels | "
           f"PSNR {psnr:.2f} dB | differing voxels {(a != b).mean():.4%} | {size} x {size} px x 2 sections, "
-          f"{'default sampler' if steps is None else f'{steps} step(s), {grid} grid'}")  # fmt: skip
+          f"{'default sampler' if steps is None else f'{steps} step(s), {grid} grid'}")
 
 
 def tile_calls(device: torch.device, small: bool, batch: int, repeats: int, budget_s: float, started: float) -> dict:
@@ -162,7 +162,7 @@ def tile_calls(device: torch.device, small: bool, batch: int, repeats: int, budg
         medians = interleaved_device_medians({f"{k[0]} {k[1]}": v for k, v in candidates.items()}, repeats, device)
     size = "paper-size" if not small else "tiny (--small)"
     print(f"tile-call | {size} model, random weights, {params / 1e6:.1f} M parameters, {batch} canvas(es) of {CANVAS} px "
-          f"per call, {repeats} interleaved calls each, medians")  # fmt: skip
+          f"per call, {repeats} interleaved calls each, medians")
     results = {}
     for name in DTYPES:
         for mode in ("eager", "compiled"):
@@ -174,7 +174,7 @@ def tile_calls(device: torch.device, small: bool, batch: int, repeats: int, budg
             device_ms, cpu_ms = medians[key]
             results[(name, mode)] = device_ms / batch
             print(f"tile-call | {name:4s} {mode:8s} | {device_ms / batch:10.3f} ms per canvas on {device} | "
-                  f"{cpu_ms / batch:10.3f} CPU ms per canvas")  # fmt: skip
+                  f"{cpu_ms / batch:10.3f} CPU ms per canvas")
     return results
 
 
@@ -205,7 +205,7 @@ def engine_floor(device: torch.device, folder: Path, size: int, steps: int) -> d
         out = folder / f"floor_{run_steps}_{len(measured.get(run_steps, []))}.ome.zarr"
         cpu, wall = time.process_time(), time.perf_counter()
         report = generate_to_zarr(pipe, store, out, num_inference_steps=run_steps, generator=0, memory_limit_bytes=0,
-                                  progress_bar=False, um_per_px=DEFAULT_MODEL_UM_PER_PX)  # fmt: skip
+                                  progress_bar=False, um_per_px=DEFAULT_MODEL_UM_PER_PX)
         measured.setdefault(run_steps, []).append((time.process_time() - cpu, time.perf_counter() - wall, report))
     tiles = measured[steps][0][2].tiles
     assert measured[steps][0][2].step_buffers == "disk"
@@ -216,7 +216,7 @@ def engine_floor(device: torch.device, folder: Path, size: int, steps: int) -> d
     sampler = f"{config.get('inner_scheduler')} {dict(config.get('inner_config') or {}).get('algorithm_type', '')}".strip()
     print(f"engine-floor | default sampler ({steps} steps, {grid_name(grid)} grid; {sampler}), step buffers on disk, "
           f"instant stand-in model on {device}, {size} x {size} px x 2 sections = {tiles} tiles, runs of {steps} and 1 "
-          f"steps, medians of 2 | {per_cpu:.2f} CPU ms per tile-step (all threads) | {per_wall:.2f} wall ms per tile-step")  # fmt: skip
+          f"steps, medians of 2 | {per_cpu:.2f} CPU ms per tile-step (all threads) | {per_wall:.2f} wall ms per tile-step")
     return {"cpu_ms": per_cpu, "wall_ms": per_wall}
 
 
@@ -239,7 +239,7 @@ def preset_calls() -> dict[str, tuple[int, str, int]]:
 def brain_hours(calls: dict, per_canvas: dict, floor: dict, small: bool) -> None:
     note = " (--small: NOT a brain figure, a tiny model on this device)" if small else ""
     print(f"brain | whole mouse brain, {BRAIN_TILE_CHUNKS:,} tile-chunks, {GPUS} GPUs, hours = tile-chunks x calls "
-          f"per tile x ms per canvas / {GPUS}; '+ floor' adds the engine floor CPU ms per tile-step in series{note}")  # fmt: skip
+          f"per tile x ms per canvas / {GPUS}; '+ floor' adds the engine floor CPU ms per tile-step in series{note}")
     best_key = min(per_canvas, key=per_canvas.get)
     for name, (steps, grid, n_calls) in calls.items():
         hours = {}
@@ -250,7 +250,7 @@ def brain_hours(calls: dict, per_canvas: dict, floor: dict, small: bool) -> None
         with_floor = best + BRAIN_TILE_CHUNKS * steps * floor["cpu_ms"] / GPUS / 3.6e6
         print(f"brain | {name:8s} | {steps:2d} steps | {grid:8s} | {n_calls:2d} calls/tile | "
               + " | ".join(f"{d} {hours[d]:10.1f} h" if not math.isnan(hours[d]) else f"{d} not measured" for d in DTYPES)
-              + f" | best ({' '.join(best_key)}) + floor {with_floor:10.1f} h")  # fmt: skip
+              + f" | best ({' '.join(best_key)}) + floor {with_floor:10.1f} h")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     print(machine_facts())
     if device.type == "cuda":
         print(f"device: {torch.cuda.get_device_name(device)}; TF32 matmul {torch.backends.cuda.matmul.allow_tf32}, "
-              f"TF32 cuDNN {torch.backends.cudnn.allow_tf32}, cuDNN benchmark {torch.backends.cudnn.benchmark}")  # fmt: skip
+              f"TF32 cuDNN {torch.backends.cudnn.allow_tf32}, cuDNN benchmark {torch.backends.cudnn.benchmark}")
     else:
         print(f"device: {device}")
     with tempfile.TemporaryDirectory(prefix="teramind-gpu-check-") as tmp:

@@ -36,7 +36,7 @@ def child_peak_rss_mb(statement: str, argv: list[str] = ()) -> tuple[float, floa
     """(peak RSS MB, seconds, stdout) of `statement` run in a fresh Python process."""
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", PEAK, statement, *argv], capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     seconds = time.perf_counter() - started
     if proc.returncode:
         raise SystemExit(f"{statement} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
@@ -121,7 +121,7 @@ def main() -> None:
     read_mb = rows * head.memory_usage(deep=True).sum() / len(head) / 2**20
     print(f"table: {rows:,} rows, {in_memory_mb:,.0f} MB as a pandas DataFrame built in memory, {read_mb:,.0f} MB as "
           f"pandas reads the file ({min(in_memory_mb, read_mb) / args.budget_mb:.1f}x the {args.budget_mb:.0f} MB budget "
-          f"or more), {table.stat().st_size / 2**20:,.0f} MB on disk")  # fmt: skip
+          f"or more), {table.stat().st_size / 2**20:,.0f} MB on disk")
 
     baseline, _, _ = child_peak_rss_mb("import numpy, pandas, pyarrow.parquet, zarr, tqdm, teramind_hf.data.ingest")
     store = work / "genes.zarr"
@@ -130,7 +130,7 @@ def main() -> None:
         ["ingest", "table", str(table), "--out", str(store), "--um-per-px", "0.5", "--memory-mb", str(args.budget_mb),
          *(["--batch-rows", str(args.batch_rows)] if args.batch_rows else []),
          *(["--buffer-bins", str(args.buffer_bins)] if args.buffer_bins else []), "--overwrite", "--quiet"],
-    )  # fmt: skip
+    )
     print(out.strip())
     import zarr
 
@@ -138,7 +138,7 @@ def main() -> None:
     print(f"counts in the store: {total:,.0f} (rows {rows:,}: {'equal' if total == rows else 'DIFFERENT'})")
     print(f"peak RSS of `teramind ingest table`: {peak:,.0f} MB = {peak / args.budget_mb:.2f} x budget "
           f"({'under' if peak < args.budget_mb else 'OVER'} {args.budget_mb:.0f} MB); bare imports {baseline:,.0f} MB; "
-          f"{seconds:.0f} s")  # fmt: skip
+          f"{seconds:.0f} s")
     if args.naive:
         reader = "pandas.read_parquet" if args.format == "parquet" else "pandas.read_csv"
         naive, _, _ = child_peak_rss_mb(f"import pandas; {reader}({str(table)!r})")

@@ -125,7 +125,7 @@ def main() -> None:
         if "compile" in variants:  # compile once outside the timed rounds (graphs for full and last batches)
             started = time.perf_counter()
             generate_to_zarr(variants["compile"][0], store, Path(tmp) / "warm.ome.zarr", num_inference_steps=1,
-                             batch_size=args.batch_size, progress_bar=False)  # fmt: skip
+                             batch_size=args.batch_size, progress_bar=False)
             print(f"compile warm-up (1 step): {time.perf_counter() - started:.1f} s")
         runs: dict[str, list[dict]] = {name: [] for name in names}
         level0: dict[str, np.ndarray] = {}
@@ -137,7 +137,7 @@ def main() -> None:
                 out = Path(tmp) / f"{name}_{round_}.ome.zarr"
                 with peak_rss() as rss, Stopwatch() as watch:
                     report = generate_to_zarr(pipe, store, out, num_inference_steps=args.steps, generator=0,
-                                              batch_size=args.batch_size, progress_bar=False)  # fmt: skip
+                                              batch_size=args.batch_size, progress_bar=False)
                 pixels = zarr.open_group(str(out), mode="r")["0"][...]
                 if name in level0:
                     assert np.array_equal(level0[name], pixels), f"{name}: two runs gave different bytes"
@@ -147,11 +147,11 @@ def main() -> None:
                     "voxels": report.voxels,
                     "model_cpu": timer.cpu if timer is not None else float("nan"), "rss": rss["peak_mb"],
                     "tile_steps": report.tiles * args.steps,
-                })  # fmt: skip
+                })
                 print(f"  round {round_} {name}: {watch.cpu:.1f} CPU-s ({watch.wall:.1f} s wall); {report.summary()}")
 
         print(f"\n{args.tiles}x{args.tiles} tiles x {args.sections} sections x {args.steps} steps, batch {args.batch_size}, "
-              f"phantom seed {args.seed}; medians of {args.rounds} interleaved round(s) (A B A B)")  # fmt: skip
+              f"phantom seed {args.seed}; medians of {args.rounds} interleaved round(s) (A B A B)")
         reference = level0["fp32"]
         base = {k: statistics.median(r[k] for r in runs["fp32"]) for k in ("cpu", "wall")}
         for name in names:

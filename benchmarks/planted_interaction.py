@@ -36,7 +36,7 @@ def interaction_phantom(spec: dict, um_per_px: float):
     from teramind_hf.data import make_phantom
 
     return make_phantom(spec["height"], spec["width"], num_slices=spec["num_slices"], seed=spec["seed"],
-                        um_per_px=um_per_px, planted_interaction=True)  # fmt: skip
+                        um_per_px=um_per_px, planted_interaction=True)
 
 
 def train_store(path: Path, um_per_px: float) -> Path:
@@ -58,7 +58,7 @@ def fine_tune(work: Path, model: str, steps: int, threads: int, um_per_px: float
         "--lr_scheduler", "cosine", "--lr_warmup_steps", "20", "--use_ema", "--ema_decay", "0.99",
         "--checkpointing_steps", "50", "--checkpoints_total_limit", "1", "--resume_from_checkpoint", "latest",
         "--num_threads", str(threads), "--no_progress", "--no_validation", "--seed", "0", "--save_dtype", "fp16",
-    ]))  # fmt: skip
+    ]))
     return out
 
 
@@ -152,7 +152,7 @@ def nuclei_by_group(images, tissue, um_per_px: float) -> dict:
         found = sel & np.isfinite(area)
         out[name] = {"cells": int(sel.sum()), "found": int(found.sum()),
                      "median_area_um2": float(np.median(area[found])) if found.any() else float("nan"),
-                     "median_brightness": float(np.median(bright[found])) if found.any() else float("nan")}  # fmt: skip
+                     "median_brightness": float(np.median(bright[found])) if found.any() else float("nan")}
     return out
 
 
@@ -168,7 +168,7 @@ def evaluate(finetuned: Path, pretrained: str, um_per_px: float, null_models: in
     pipe = TeraMindPipeline.from_pretrained(str(finetuned))
     pipe.set_progress_bar_config(disable=True)
     result: dict = {"held_out": HELD_OUT, "pair": list(INTERACTION_PAIR),
-                    "coexpression_rank": coexpression_rank(tissue.genes, names, INTERACTION_PAIR)}  # fmt: skip
+                    "coexpression_rank": coexpression_rank(tissue.genes, names, INTERACTION_PAIR)}
     # 1. did the fine-tuned model learn the joint effect on nuclei? (and does removing one gene undo it?)
     truth = tissue.images.transpose(1, 0, 2, 3).astype(np.float32) / 127.5 - 1
     kwargs = dict(gene_names=names, generator=0, num_inference_steps=steps, output_type="np")

@@ -51,7 +51,7 @@ def grid_of(text: str, steps: int) -> GridSchedule:
         if text.startswith(prefix):
             tail = text[len(prefix):]
             return GridSchedule(blend_offsets=offsets, blend_steps=steps if tail == "all" else int(tail),
-                                blend_power=float(power or 1))  # fmt: skip
+                                blend_power=float(power or 1))
     raise ValueError(f"unknown grid {text!r}")
 
 
@@ -96,7 +96,7 @@ def summary(metrics: dict) -> dict[str, float]:
     m = metrics["mean"]
     keep = ("nuclei_f1", "nuclei_area_wasserstein_um2", "dapi_hf_ratio", "polyt_hf_ratio")
     return {**{k: m[k] for k in keep}, "psnr": (m["dapi_psnr"] + m["polyt_psnr"]) / 2,
-            "ssim": (m["dapi_ssim"] + m["polyt_ssim"]) / 2}  # fmt: skip
+            "ssim": (m["dapi_ssim"] + m["polyt_ssim"]) / 2}
 
 
 def realism_fails(c: dict, ref: dict, calls: int, ref_calls: int) -> list[str]:
@@ -175,13 +175,13 @@ def main(argv: list[str] | None = None) -> None:
     calls = {n: calls_per_tile(pipe, specs[n]) for n in names}
     print(f"{len(args.seeds)} held-out regions (seeds {args.seeds}), {args.size} px x 2 sections, noise seed "
           f"{args.noise_seed}; means over regions; b64/b256 worst 2-D phase pooled over regions; grid verdict vs "
-          f"{baseline} and truth + {TRUTH_MARGIN}; realism verdict vs {reference}")  # fmt: skip
+          f"{baseline} and truth + {TRUTH_MARGIN}; realism verdict vs {reference}")
     print("null64/null256: median worst-phase score of the same image with its line positions shuffled (no period)")
     print("{:<14} {:>5} {:>6} {:>6} {:>6} {:>7} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}  {:<22} {}".format(
         "candidate", "calls", "b64", "null64", "b256", "null256", "F1", "areaW", "dHF", "pHF", "PSNR", "SSIM", "grid", "realism"))
     t = rows["truth"]
     print(f"{'truth':<14} {'':>5} {t.get('b64', np.nan):6.3f} {t.get('null64', np.nan):6.3f} {t.get('b256', np.nan):6.3f} "
-          f"{t.get('null256', np.nan):7.3f}")  # fmt: skip
+          f"{t.get('null256', np.nan):7.3f}")
     for n in names:
         r = rows[n]
         g = grid_fails(r, rows[baseline], t)
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{r.get('null256', np.nan):7.3f} {r['nuclei_f1']:6.3f} "
               f"{r['nuclei_area_wasserstein_um2']:6.2f} {r['dapi_hf_ratio']:6.3f} {r['polyt_hf_ratio']:6.3f} "
               f"{r['psnr']:6.2f} {r['ssim']:6.3f}  {'PASS' if not g else 'fails ' + ','.join(g):<22} "
-              f"{'reference' if n == reference else ('PASS' if not f else 'fails ' + ','.join(f))}")  # fmt: skip
+              f"{'reference' if n == reference else ('PASS' if not f else 'fails ' + ','.join(f))}")
     if args.png:
         write_png(pictures, ["truth", *names], args.png)
 

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         rw = r.random_weights
         summary["planted_pairs"]["-".join(r.pair)] = {"rank": r.rank, "of": r.pairs_ranked, **r.to_dict()}
         print(f"planted pair {'-'.join(r.pair)}: {r.patches} expressed patches, rank {r.rank} of {r.pairs_ranked}; "
-              f"vs {rw['n']} random-weight models z {rw['z']:.2f}, p {rw['p']:.3f}, learned={r.learned}")  # fmt: skip
+              f"vs {rw['n']} random-weight models z {rw['z']:.2f}, p {rw['p']:.3f}, learned={r.learned}")
     model_genes = model_gene_tensor(pipe, tissue.genes, data_names)
     attention = pipe.gene_attention(model_genes)
     means, _ = expressed_pair_attention(attention, expressed_mask(model_genes, pipe.unet.config))
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     a, b = pairs[0] if pairs else (names[0], names[1])
     maps = pathway_map(attention, model_genes, names, a, b, pipe.unet.config)
     save_panels([(maps["attention"][0], f"attention {a}-{b}"), (maps["pathway"][0], "attention x expression")],
-                out / "pair_map.png", cmap="viridis")  # fmt: skip
+                out / "pair_map.png", cmap="viridis")
 
     # 2. in-silico knockout of a cell type's markers, same seed, against the noise floor (another seed)
     markers = {g: 0.0 for g in cell_type_markers(args.cell_type) if g.lower() in lower}
@@ -98,13 +98,13 @@ def main(argv: list[str] | None = None) -> int:
         pipe, tissue.genes, data_names, markers, seed=args.seed, noise_seed=args.seed + 1,
         cell_types=tissue.cell_types, type_names=[t.name for t in CELL_TYPES], targeted=[args.cell_type],
         um_per_px=DEFAULT_MODEL_UM_PER_PX, num_inference_steps=args.steps,
-    )  # fmt: skip
+    )
     diff = report.difference
     save_panels(
         [(diff[0, 0], "DAPI change"), (diff[0, 1], "PolyT change"),
          (report.other_seed[0, 1] - report.original[0, 1], "PolyT: another seed (noise floor)")],
         out / "knockout.png", cmap="RdBu_r", vmin=-1, vmax=1,
-    )  # fmt: skip
+    )
     inside, outside = report.changes["inside_targeted"], report.changes["outside_targeted"]
     summary["knockout"] = {"gene": sorted(markers), "cell_type": args.cell_type, **report.to_dict()}
     print(f"knockout of {args.cell_type} markers {sorted(markers)}: |change| / noise floor inside those cells "

@@ -76,7 +76,7 @@ def generate_command(args: argparse.Namespace, genes: Path, out: Path) -> list[s
     options = [
         "generate", "--genes", str(genes), "--out", str(out), "--steps", str(args.steps), "--seed", str(args.seed),
         "--batch-size", str(args.batch_size), "--report-json", str(out.parent / "report.json"), "--quiet",
-    ]  # fmt: skip
+    ]
     if args.model:
         options += ["--model", args.model]
     if args.device:
@@ -88,7 +88,7 @@ def generate_command(args: argparse.Namespace, genes: Path, out: Path) -> list[s
             sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(args.processes),
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
             "--main_process_port", str(free_port()),
-        ]  # fmt: skip
+        ]
         return [*launch, "-m", "teramind_hf.cli", *options, "--threads", "1"]
     return [sys.executable, "-m", "teramind_hf.cli", *options]
 
@@ -101,7 +101,7 @@ def run_api(args: argparse.Namespace, genes: Path, out: Path) -> None:
     report = generate_to_zarr(
         load_pipeline(args.model, device=resolve_device(args.device)), genes, out, num_inference_steps=args.steps, generator=args.seed,
         batch_size=args.batch_size, progress_bar=False,
-    )  # fmt: skip
+    )
     print(report.summary())
     (out.parent / "report.json").write_text(json.dumps({"summary": report.summary(), "voxels": report.voxels}))
 
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     png = save_panels(
         [(full[0], "DAPI, section 0"), (full[1], "PolyT, section 0"), (coarse[0], f"DAPI, level {len(levels) - 1}")],
         root / "overview.png", vmin=0, vmax=255,
-    )  # fmt: skip
+    )
     print(f"wrote {out} and {png}")
     return 0
 

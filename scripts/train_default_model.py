@@ -42,7 +42,7 @@ TRAIN_ARGS = [
     "--checkpoints_total_limit", "2",
     "--validation_steps", "100",
     "--save_dtype", "fp16",
-]  # fmt: skip
+]
 # (name, um/px, steps, extra arguments); stage k > 1 starts from stage k-1's pipeline
 STAGES = [
     ("stage1", 1.0, 500, ["--learning_rate", "5e-4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "40", "--seed", "0"]),
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--resume_from_checkpoint", "latest", *TRAIN_ARGS, *extra,
                 "--dataset_name", f"synthetic-phantom-{um_per_px:g}um-seed0",
                 *(["--pretrained", str(previous)] if previous else []),
-            ]  # fmt: skip
+            ]
             print(" ".join(cmd), flush=True)
             subprocess.run(cmd, check=True)
         previous = run
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
          "--heldout", str(held_out), "--train_log", str(run / "train_log.jsonl"),
          *(["--previous_logs", *[str(work / ("run" if n == "stage1" else n) / "train_log.jsonl") for n, _, _, _ in STAGES[: args.stages - 1]]] if args.stages > 1 else []), "--write_card"],
         check=True,
-    )  # fmt: skip
+    )
     return 0
 
 

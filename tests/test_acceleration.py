@@ -43,7 +43,7 @@ def test_low_precision_pipeline_keeps_float32_state(tiny_pipeline, tiny_genes, d
     out = tiny_pipeline(
         tiny_genes, gene_names=TINY_GENES, num_inference_steps=2, generator=0, output_type="pt",
         callback_on_step_end=lambda p, i, t, kw: seen.append(kw["latents"].dtype) or {},
-    ).images  # fmt: skip
+    ).images
     assert seen == [torch.float32, torch.float32] and out.dtype == torch.float32  # scheduler state stays float32
     difference = (out - reference).abs()
     assert 0 < float(difference.max()) < 0.5 and float(difference.mean()) < 0.02  # rounding, not a different image
@@ -56,7 +56,7 @@ def test_generate_cli_bf16_end_to_end_and_recorded(tmp_path, tiny_pipeline, tiny
     group.create_array("genes", data=tiny_genes.numpy(), chunks=(len(TINY_GENES), 1, 16, 16))
     group.attrs["gene_names"] = TINY_GENES
     args = ["generate", "--genes", str(store), "--out", str(out), "--model", str(model_dir), "--steps", "1", "--quiet",
-            "--region", "0,0,256,512", "--slices", "0,2"]  # fmt: skip
+            "--region", "0,0,256,512", "--slices", "0,2"]
     assert cli_main([*args, "--dtype", "bf16"]) == 0
     result = zarr.open_group(str(out), mode="r")
     assert result.attrs["teramind"]["run"]["model_dtype"] == "bfloat16"

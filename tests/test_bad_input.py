@@ -38,7 +38,7 @@ def work(tmp_path_factory) -> Path:
     phantom = make_phantom(256, 256, num_slices=2, seed=2, um_per_px=0.5)
     np.savez(root / "genes.npz", genes=phantom.genes, gene_names=np.array(list(phantom.panel)))
     assert cli_main(["generate", "--genes", str(root / "genes.npz"), "--out", str(root / "earlier.ome.zarr"),
-                     "--steps", "1", "--threads", "1", "--quiet"]) == 0  # fmt: skip
+                     "--steps", "1", "--threads", "1", "--quiet"]) == 0
     return root
 
 
@@ -141,10 +141,10 @@ def test_an_output_path_that_is_a_file_is_never_replaced(work, capsys):
     existing.write_text("keep me")
     for overwrite in ([], ["--overwrite"]):
         refuse(["generate", "--genes", str(work / "genes.npz"), "--out", str(existing), "--quiet", *overwrite],
-               r"--out .*notes\.txt is an existing file, not an OME-Zarr folder", capsys)  # fmt: skip
+               r"--out .*notes\.txt is an existing file, not an OME-Zarr folder", capsys)
         assert existing.read_text() == "keep me"
     refuse(["generate", "--genes", str(work / "genes.npz"), "--out", str(existing / "sub.ome.zarr"), "--quiet"],
-           r"notes\.txt is a file, so no folder can be created below it", capsys)  # fmt: skip
+           r"notes\.txt is a file, so no folder can be created below it", capsys)
 
 
 def test_a_model_with_a_zero_tile_size_is_refused(work, tmp_path, capsys):
@@ -157,7 +157,7 @@ def test_a_model_with_a_zero_tile_size_is_refused(work, tmp_path, capsys):
     for tile in (0, -256):
         config_path.write_text(json.dumps({**config, "tile_size": tile}))
         refuse(["generate", "--genes", str(work / "genes.npz"), "--out", str(tmp_path / "o"), "--model", str(model), "--quiet"],
-               rf"tile geometry does not fit \(tile_size={tile}, .*must be a positive multiple of the patch", capsys)  # fmt: skip
+               rf"tile geometry does not fit \(tile_size={tile}, .*must be a positive multiple of the patch", capsys)
         assert not (tmp_path / "o").exists()
 
 

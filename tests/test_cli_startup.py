@@ -14,7 +14,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 def _python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-W", "always", "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, env=ENV, timeout=600)  # fmt: skip
+                          text=True, env=ENV, timeout=600)
 
 
 def test_parser_and_every_help_import_no_heavy_library():

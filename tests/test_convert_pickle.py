@@ -23,7 +23,7 @@ from teramind_hf.models.weights import WeightsError
 from .conftest import OFFICIAL_SMALL
 
 LIGHTNING = ("pytorch_lightning", "pytorch_lightning.utilities", "pytorch_lightning.utilities.parsing",
-             "pytorch_lightning.callbacks", "pytorch_lightning.callbacks.model_checkpoint")  # fmt: skip
+             "pytorch_lightning.callbacks", "pytorch_lightning.callbacks.model_checkpoint")
 
 
 class Payload:

@@ -149,7 +149,7 @@ def test_iterating_large_store_keeps_memory_flat(tmp_path):
     store_bytes = sum(p.stat().st_size for p in (tmp_path / "big.zarr").rglob("*") if p.is_file())
     assert store_bytes > 290e6
     result = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(tmp_path / "big.zarr")],
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     growth = json.loads(result.stdout.strip().splitlines()[-1])["growth"]
     assert growth < store_bytes / 4, (growth, store_bytes)

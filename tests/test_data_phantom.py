@@ -31,7 +31,7 @@ def test_same_seed_same_arrays_and_bytes(tmp_path):
     for out in ("a", "b"):
         assert cli_main([
             "phantom", str(tmp_path / out), "--size", "128,96", "--slices", "2", "--seed", "7", "--um-per-px", "0.5",
-        ]) == 0  # fmt: skip
+        ]) == 0
     digests = _file_digests(tmp_path / "a")
     assert "transcripts.parquet" in digests and "images.tif" in digests and len(digests) >= 7
     assert digests == _file_digests(tmp_path / "b")

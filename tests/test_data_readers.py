@@ -82,7 +82,7 @@ def test_merscope_reader_on_phantom(phantom, tmp_path):
     for z in range(phantom.images.shape[1]):
         sec = phantom.transcripts[phantom.transcripts["z"] == z]
         table = pd.DataFrame({"barcode_id": 0, "global_x": sec["x"] * um, "global_y": sec["y"] * um,
-                              "global_z": z % 3, "gene": sec["gene"]})  # fmt: skip
+                              "global_z": z % 3, "gene": sec["gene"]})
         wide = [phantom.images[s, z].astype(np.uint16) * 257 for s in (0, 1)]
         dim = [(w // 2).astype(np.uint16) for w in wide]  # a dimmer plane: max projection keeps the bright one
         _write_merscope_run(tmp_path / f"run{z}", [wide[0], dim[0]], [dim[1], wide[1]], table, transform)
@@ -105,7 +105,7 @@ def test_merscope_fixture_round_trip(tmp_path):
         "barcode_id": rng.integers(0, 4, n), "global_x": rng.uniform(-5, 70, n), "global_y": rng.uniform(0, 50, n),
         "global_z": rng.integers(0, 7, n).astype(float), "x": 0.0, "y": 0.0, "fov": 1,
         "gene": rng.choice(genes, n), "transcript_id": "t", "cell_id": -1,
-    })  # fmt: skip
+    })
     planes = rng.integers(0, 65535, (3, 100, 136), dtype=np.uint16)
     _write_merscope_run(tmp_path / "run", planes, planes[::-1], table, transform)
     volume = read_merscope([tmp_path / "run"], plane=1)
@@ -137,7 +137,7 @@ def test_official_fixture_round_trip(tmp_path):
         name = f"0_256_{c0}_{c0 + 256}_{r0m}_{r1m}_{c0m}_{c1m}"
         inside = (cols >= c0m) & (cols < c1m)
         coo = sparse.COO(np.stack([rows[inside] - r0m, cols[inside] - c0m, chan[inside]]), counts[inside],
-                         shape=(r1m - r0m, c1m - c0m, z_count * slots))  # fmt: skip
+                         shape=(r1m - r0m, c1m - c0m, z_count * slots))
         sparse.save_npz(tmp_path / "gene" / f"{name}.npz", coo)
         store = zarr.storage.ZipStore(tmp_path / "img" / f"{name}.zip", mode="w")
         arr = zarr.create_array(store, shape=(2 * z_count, r1m - r0m, c1m - c0m), dtype="uint8", zarr_format=2)
@@ -154,7 +154,7 @@ def test_csv_table_with_counts_and_points(tmp_path):
     rng = np.random.default_rng(2)
     n = 400
     table = pd.DataFrame({"x": rng.uniform(0, 64, n), "y": rng.uniform(0, 48, n), "z": rng.integers(0, 3, n),
-                          "gene": rng.choice(["b", "a"], n), "count": rng.integers(0, 5, n)})  # fmt: skip
+                          "gene": rng.choice(["b", "a"], n), "count": rng.integers(0, 5, n)})
     table.to_csv(tmp_path / "t.csv", index=False)
     volume = read_transcript_table(tmp_path / "t.csv", shape=(48, 64))
     expected = _direct_bins(table["y"], table["x"], table["z"], table["gene"].map({"a": 0, "b": 1}), 2, 3, 3, 4, table["count"])
@@ -162,7 +162,7 @@ def test_csv_table_with_counts_and_points(tmp_path):
     assert volume.images is None
     # SpatialData-style points: feature_name gene column, microns
     points = pd.DataFrame({"x": table["x"] * 0.25, "y": table["y"] * 0.25, "z": table["z"], "feature_name": table["gene"],
-                           "n": table["count"]})  # fmt: skip
+                           "n": table["count"]})
     via_points = read_points(points, gene_key="feature_name", count_key="n", units="um", um_per_px=0.25, shape=(48, 64))
     np.testing.assert_allclose(via_points.genes, volume.genes)
 
@@ -181,7 +181,7 @@ def test_missing_columns_named(tmp_path):
         read_transcript_table(_table().drop(columns="gene"), shape=(16, 16))
     run = tmp_path / "run"
     _write_merscope_run(run, [np.zeros((16, 16), np.uint16)], [np.zeros((16, 16), np.uint16)],
-                        pd.DataFrame({"global_x": [1.0], "global_y": [1.0], "gene": ["Th"]}), np.eye(3))  # fmt: skip
+                        pd.DataFrame({"global_x": [1.0], "global_y": [1.0], "gene": ["Th"]}), np.eye(3))
     with pytest.raises(ValueError, match=r"detected_transcripts.csv: missing column\(s\) \['global_z'\]"):
         read_merscope([run])
 

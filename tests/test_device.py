@@ -88,7 +88,7 @@ def test_accelerate_state_is_read_like_a_placement():
 
 # what accelerate's launchers put in the environment (accelerate/utils/launch.py)
 SIMPLE_LAUNCH_OF_2 = {"ACCELERATE_USE_CPU": "False", "ACCELERATE_MIXED_PRECISION": "no", "ACCELERATE_DYNAMO_BACKEND": "NO",
-                      "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}  # fmt: skip
+                      "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
 SIMPLE_LAUNCH_OF_1 = {k: v for k, v in SIMPLE_LAUNCH_OF_2.items() if not k.startswith("MASTER")}
 TORCHRUN_LAUNCH = {**SIMPLE_LAUNCH_OF_2, "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}
 
@@ -98,7 +98,7 @@ TORCHRUN_LAUNCH = {**SIMPLE_LAUNCH_OF_2, "WORLD_SIZE": "2", "RANK": "1", "LOCAL_
     [(SIMPLE_LAUNCH_OF_2, 1, True), (SIMPLE_LAUNCH_OF_1, 1, False), (TORCHRUN_LAUNCH, 2, False),
      ({"MASTER_ADDR": "10.0.0.1"}, 1, False), ({}, 1, False), (SIMPLE_LAUNCH_OF_2, 2, False)],
     ids=["simple-launcher-of-2", "simple-launcher-of-1", "multi-gpu", "not-accelerate", "plain-python", "mpirun"],
-)  # fmt: skip
+)
 def test_single_worker_launch_is_detected(environ, processes, warns):
     message = single_worker_launch(environ, processes)
     assert (message is not None) == warns
@@ -153,10 +153,10 @@ def test_accelerate_launch_without_multi_gpu_is_reported(run_inputs, tmp_path):
     genes, model = run_inputs
     out = tmp_path / "one_worker.ome.zarr"
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "teramind_hf.cli"]  # fmt: skip
+              "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "teramind_hf.cli"]
     # --device meta fails fast (exit 2) right after the launch check, before the model loads or anything is written
     result = subprocess.run([*launch, *generate_args(genes, model, out, "--device", "meta")], env=ENV,
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert "started 1 process" in result.stderr and "accelerate launch --multi_gpu --num_processes N" in result.stderr
     assert "--device meta" in result.stderr

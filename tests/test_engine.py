@@ -29,7 +29,7 @@ TILE = 256  # (the tiny model is not bit-batch-invariant on 192-px canvases of 1
 # size, but byte equality across batch sizes needs a model whose oneDNN kernels are batch-invariant, which is
 # not true of every small config (e.g. layers_per_block=1 with level-2 attention is not); this one is
 ENGINE_UNET = dict(block_out_channels=(2, 4, 8, 16), time_embed_dim=16, gene_map_channels=(4, 4, 2), layers_per_block=1,
-                   attention_levels=())  # fmt: skip
+                   attention_levels=())
 STEPS = 3
 REGION = (0, 0, 2 * TILE, 2 * TILE)  # 2 x 2 tiles
 SOLVERS = ["ddim", "dpm", "unipc"]
@@ -104,7 +104,7 @@ def cli_args(gene_store: Path, out: Path, model_dir: Path, solver: str, *extra: 
     return [
         "generate", "--genes", str(gene_store), "--out", str(out), "--model", str(model_dir), "--scheduler", solver,
         "--region", ",".join(map(str, REGION)), "--steps", str(STEPS), "--seed", "0", "--quiet", "--threads", "1", *extra,
-    ]  # fmt: skip
+    ]
 
 
 # ---------------------------------------------------------------------------------- determinism per solver
@@ -115,11 +115,11 @@ def test_batch_order_and_streaming_give_the_same_bytes(solver, grid, model_dir, 
     assert reference.std() > 1  # not a constant image
     pipe = _pipe(model_dir, solver)
     other = pipe(genes, gene_names=TINY_GENES, num_inference_steps=STEPS, generator=0, output_type="uint8",
-                 batch_size=1, tile_order="reverse", grid=grid).images  # fmt: skip
+                 batch_size=1, tile_order="reverse", grid=grid).images
     np.testing.assert_array_equal(other.transpose(1, 0, 2, 3), reference)
     out = workdir / f"stream_{case}.ome.zarr"
     report = generate_to_zarr(pipe, gene_store, out, region=REGION, num_inference_steps=STEPS, generator=0,
-                              batch_size=1, tile_order="reverse", memory_limit_bytes=0, progress_bar=False, grid=grid)  # fmt: skip
+                              batch_size=1, tile_order="reverse", memory_limit_bytes=0, progress_bar=False, grid=grid)
     assert report.step_buffers == "disk"
     np.testing.assert_array_equal(level0(out), reference)
     if case != "ddim":
@@ -268,7 +268,7 @@ def test_cli_without_steps_runs_the_model_default_steps(model_dir, gene_store, w
     pipe.save_pretrained(workdir / "tiny_two_steps")
     out = workdir / "two_steps.ome.zarr"
     assert cli_main(["generate", "--genes", str(gene_store), "--out", str(out), "--model", str(workdir / "tiny_two_steps"),
-                     "--region", f"0,0,{TILE},{TILE}", "--seed", "0", "--quiet", "--threads", "1"]) == 0  # fmt: skip
+                     "--region", f"0,0,{TILE},{TILE}", "--seed", "0", "--quiet", "--threads", "1"]) == 0
     assert zarr.open_group(str(out), mode="r").attrs["teramind"]["run"]["num_inference_steps"] == 2
 
 
@@ -301,7 +301,7 @@ def test_blended_grid_schedule_keeps_streaming_equal_to_memory(model_dir, genes,
     assert not np.array_equal(memory.transpose(1, 0, 2, 3), in_memory["ddim"])
     out = workdir / "blend.ome.zarr"
     generate_to_zarr(pipe, gene_store, out, region=REGION, num_inference_steps=STEPS, generator=0, batch_size=3,
-                     grid=schedule, memory_limit_bytes=0, progress_bar=False)  # fmt: skip
+                     grid=schedule, memory_limit_bytes=0, progress_bar=False)
     np.testing.assert_array_equal(level0(out), memory.transpose(1, 0, 2, 3))
     record = zarr.open_group(str(out), mode="r").attrs["teramind"]["run"]
     assert GridSchedule.from_dict(record["grid_schedule"]) == schedule

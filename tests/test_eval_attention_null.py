@@ -81,7 +81,7 @@ def test_attention_cli_writes_scores_maps_and_pngs(tmp_path, region):
     store = write_training_store(region.to_volume(), tmp_path / "store.zarr")
     out = tmp_path / "att"
     args = ["attention", "--genes", str(store), "--pair", "Slc17a6,Slc17a7", "--pair", "Nr4a2,Th", "--out", str(out),
-            "--random-models", "4", "--permutations", "1", "--threads", "1"]  # fmt: skip
+            "--random-models", "4", "--permutations", "1", "--threads", "1"]
     assert main(args) == 0
     summary = json.loads((out / "attention.json").read_text())
     assert [p["pair"] for p in summary["pairs"]] == [["Slc17a6", "Slc17a7"], ["Nr4a2", "Th"]]

@@ -22,6 +22,24 @@ def test_perturb_genes_is_exact_and_pure():
     assert perturb_genes(genes, NAMES, {}) is genes
 
 
+def test_perturb_genes_lives_in_the_pipelines_layer_and_keeps_its_eval_name():
+    """The pipeline applies ``perturb=`` without importing from `teramind_hf.eval`, the layer above it."""
+    import ast
+    from pathlib import Path
+
+    import teramind_hf.pipelines as pipelines
+    from teramind_hf.pipelines.genes import perturb_genes as in_pipelines
+
+    assert perturb_genes is in_pipelines
+    for module in Path(pipelines.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.ImportFrom):  # `from ..eval...` (level 2) or `from teramind_hf.eval...`
+                target = ("teramind_hf." if node.level == 2 else "") + (node.module or "")
+                assert not target.startswith("teramind_hf.eval"), (module.name, ast.dump(node))
+            if isinstance(node, ast.Import):
+                assert not any(a.name.startswith("teramind_hf.eval") for a in node.names), module.name
+
+
 def test_perturb_errors_name_the_problem():
     genes = torch.ones(4, 1, 2, 2)
     with pytest.raises(ValueError, match=r"\['Nope'\] not in the model panel .*Th, Nr4a2"):

@@ -26,7 +26,7 @@ def run(tmp_path_factory, one_torch_thread):
     write_phantom(phantom, root / "phantom", formats=("store",))
     out = root / "gen.ome.zarr"
     assert cli_main(["generate", "--genes", str(root / "phantom" / "store.zarr"), "--out", str(out),
-                     "--steps", str(STEPS), "--threads", "1", "--quiet"]) == 0  # fmt: skip
+                     "--steps", str(STEPS), "--threads", "1", "--quiet"]) == 0
     return root, phantom
 
 
@@ -35,7 +35,7 @@ def test_cli_report_with_controls(run, capsys):
     out = root / "report"
     code = cli_main(["eval", "report", str(root / "gen.ome.zarr"), "--truth", str(root / "phantom" / "store.zarr"),
                      "--labels", str(root / "phantom" / "ground_truth" / "regions.tif"), "--out", str(out),
-                     "--threads", "1", "--quiet"])  # fmt: skip
+                     "--threads", "1", "--quiet"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "shuffled_genes" in printed and "mean_image" in printed and "report.png" in printed
@@ -83,7 +83,7 @@ def test_report_of_arrays_is_blockwise_exact(run):
         for key, value in reference[z].items():
             assert section[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
     exact = ("dapi_psnr", "polyt_psnr_pool4", "dapi_histogram_distance",
-             "border_64", "border_64_truth", "polyt_mean_intensity")  # fmt: skip
+             "border_64", "border_64_truth", "polyt_mean_intensity")
     for key in exact:
         assert blocked.row("model")[key] == pytest.approx(whole.row("model")[key], rel=1e-9), key
     # nuclei: each block is segmented with its own Otsu threshold, so a few nuclei may differ

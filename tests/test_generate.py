@@ -80,7 +80,7 @@ def accelerate_launch(processes: int) -> list[str]:
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
         "--main_process_port", str(free_port()), "-m", "teramind_hf.cli",
-    ]  # fmt: skip
+    ]
 
 
 def level0(out: Path) -> np.ndarray:
@@ -91,7 +91,7 @@ def cli_args(gene_store: Path, out: Path, model_dir: Path, *extra: str) -> list[
     return [
         "generate", "--genes", str(gene_store), "--out", str(out), "--model", str(model_dir),
         "--region", ",".join(map(str, REGION)), "--steps", str(STEPS), "--seed", "0", "--quiet", *extra,
-    ]  # fmt: skip
+    ]
 
 
 @pytest.mark.parametrize("batch_size,memory_limit", [(4, 2**40), (1, 0)], ids=["memory-batch4", "disk-batch1"])
@@ -100,7 +100,7 @@ def test_streaming_equals_in_memory_pipeline(pipe, gene_store, reference, workdi
     report = generate_to_zarr(
         pipe, gene_store, out, region=REGION, num_inference_steps=STEPS, generator=0, batch_size=batch_size,
         memory_limit_bytes=memory_limit, progress_bar=False,
-    )  # fmt: skip
+    )
     assert report.step_buffers == ("memory" if memory_limit else "disk")
     assert report.voxels == reference.size and report.tiles == 8
     np.testing.assert_array_equal(level0(out), reference)
@@ -133,7 +133,7 @@ def test_two_processes_with_accelerate(gene_store, model_dir, reference, workdir
     out = workdir / "two_procs.ome.zarr"
     launch = accelerate_launch(2)
     result = subprocess.run([*launch, *cli_args(gene_store, out, model_dir, "--batch-size", "2", "--threads", "1", "--shard-tiles", "1")],
-                            env=ENV, capture_output=True, text=True, timeout=170)  # fmt: skip
+                            env=ENV, capture_output=True, text=True, timeout=170)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 process(es)" in result.stdout
     np.testing.assert_array_equal(level0(out), reference)

@@ -15,7 +15,7 @@ ROOT = Path(__file__).parents[1]
 def test_gpu_check_smoke_on_cpu():
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--small", "--threads", "1"],
-                            env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+                            env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = {}
     for line in result.stdout.splitlines():

@@ -90,7 +90,7 @@ def test_csv_and_column_mapping_and_microns(phantom, written, tmp_path):
     report = ingest_table(
         tmp_path / "t.csv", tmp_path / "g.zarr", um_per_px=UM, units="um", batch_rows=1000, progress_bar=False,
         columns={"x": "gx", "y": "gy", "z": "section", "gene": "target"}, images=written / "images.tif",
-    )  # fmt: skip
+    )
     group = zarr.open_group(str(tmp_path / "g.zarr"), mode="r")
     genes = group["genes"][...]
     np.testing.assert_array_equal(group["images"][:, :, :96, :128], phantom.images)
@@ -138,7 +138,7 @@ def test_cli_ingest_three_commands_and_errors(phantom, written, tmp_path, capsys
     assert cli_main(["ingest", "merscope", str(written / "merscope"), "--out", str(store), "--quiet"]) == 2
     assert "exists; pass overwrite" in capsys.readouterr().err
     assert cli_main(["ingest", "table", str(written / "transcripts.parquet"), "--out", str(tmp_path / "t.zarr"),
-                     "--um-per-px", "0.5", "--column", "x=nope", "--quiet"]) == 2  # fmt: skip
+                     "--um-per-px", "0.5", "--column", "x=nope", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "missing column(s) ['nope']" in err and "Traceback" not in err
     assert not (tmp_path / "t.zarr").exists()

@@ -20,7 +20,7 @@ def phantom_dir(tmp_path_factory):
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("real_route") / "ph"
     assert cli_main(["phantom", str(out), "--size", "256,512", "--slices", "2", "--seed", "3", "--um-per-px", "0.5",
-                     "--formats", "merscope"]) == 0  # fmt: skip
+                     "--formats", "merscope"]) == 0
     return out
 
 

@@ -51,7 +51,7 @@ def test_spatialdata_points_round_trip(phantom, sdata_path, tmp_path):
 def test_h5ad_round_trip(phantom, tmp_path):
     path = write_anndata_bins(tmp_path / "bins.h5ad", phantom.genes, list(phantom.panel.genes), UM, 16)
     report = ingest_anndata(path, tmp_path / "g.zarr", um_per_px=UM, section_key="section", origin="zero",
-                            batch_rows=7, progress_bar=False)  # fmt: skip
+                            batch_rows=7, progress_bar=False)
     genes = zarr.open_group(str(tmp_path / "g.zarr"), mode="r")["genes"][...]
     expected = sorted_genes(phantom)
     np.testing.assert_array_equal(genes[:, :, : expected.shape[2], : expected.shape[3]], expected)
@@ -71,7 +71,7 @@ def test_generated_images_land_in_the_input_coordinate_system(sdata_path, tmp_pa
     """SpatialData store -> generate (on the fly) -> image elements beside the input points, in microns."""
     out, copy = tmp_path / "r.ome.zarr", tmp_path / "side_by_side.zarr"
     code = cli_main(["generate", "--genes", str(sdata_path), "--out", str(out), "--um-per-px", str(UM),
-                     "--steps", "1", "--threads", "1", "--quiet", "--spatialdata", str(copy)])  # fmt: skip
+                     "--steps", "1", "--threads", "1", "--quiet", "--spatialdata", str(copy)])
     assert code == 0
     assert "ingested spatialdata" in capsys.readouterr().out
     sdata = spatialdata.read_zarr(copy)
@@ -87,7 +87,7 @@ def test_generated_images_land_in_the_input_coordinate_system(sdata_path, tmp_pa
     # and generate refuses that target before generating anything
     again = tmp_path / "again.ome.zarr"
     assert cli_main(["generate", "--genes", str(sdata_path), "--out", str(again), "--um-per-px", str(UM),
-                     "--steps", "1", "--quiet", "--spatialdata", str(copy)]) == 2  # fmt: skip
+                     "--steps", "1", "--quiet", "--spatialdata", str(copy)]) == 2
     assert "exist; pass --overwrite" in capsys.readouterr().err and not again.exists()
     assert cli_main(["export", "spatialdata", str(out), "--to", str(copy), "--name", "again"]) == 0
     assert "again_z1" in spatialdata.read_zarr(copy).images

@@ -22,19 +22,19 @@ def machine_launch(rank: int, port: int) -> list[str]:
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "2",
         "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
         "--num_processes", "2", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "teramind_hf.cli",
-    ]  # fmt: skip
+    ]
 
 
 def test_two_machines_give_the_bytes_of_one_process(pipe, gene_store, model_dir, workdir):  # noqa: F811
     one = workdir / "one_process.ome.zarr"
     generate_to_zarr(pipe, gene_store, one, region=REGION, slices=SLICES, num_inference_steps=STEPS, generator=0,
-                     shard_tiles=None, progress_bar=False)  # unsharded, one process  # fmt: skip
+                     shard_tiles=None, progress_bar=False)  # unsharded, one process
     out, port = workdir / "two_machines.ome.zarr", free_port()
     cli = [
         "generate", "--genes", str(gene_store), "--out", str(out), "--model", str(model_dir), "--quiet",
         "--region", ",".join(map(str, REGION)), "--slices", ",".join(map(str, SLICES)), "--steps", str(STEPS),
         "--seed", "0", "--batch-size", "1", "--threads", "1", "--shard-tiles", "1",  # 4 work units for 2 machines
-    ]  # fmt: skip
+    ]
     machines = [
         subprocess.Popen([*machine_launch(rank, port), *cli], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for rank in (0, 1)

@@ -28,7 +28,7 @@ def scores():
     result = {"truth": step_profile(tissue.images).worst_phase_2d(64)[0]}
     for grid in ("official", "diagonal"):  # DDIM on either grid
         out = pipe(tissue.genes, gene_names=list(tissue.panel), preset=Preset("ddim", STEPS), grid=grid, generator=0,
-                   output_type="uint8")  # fmt: skip
+                   output_type="uint8")
         result[grid] = step_profile(out.images).worst_phase_2d(64)[0]
     # the shipped default sampler (the model's own scheduler and grid: DPM-Solver++ SDE on "diagonal"), at 3 steps
     out = pipe(tissue.genes, gene_names=list(tissue.panel), num_inference_steps=STEPS, generator=0, output_type="uint8")

@@ -24,7 +24,7 @@ def test_sharded_level0_equals_unsharded_and_has_one_object_per_work_unit(pipe, 
     for shard_tiles in (None, 1, 2):
         out = workdir / f"shards_{shard_tiles}.ome.zarr"
         generate_to_zarr(pipe, gene_store, out, region=REGION, num_inference_steps=STEPS, generator=0,
-                         shard_tiles=shard_tiles, batch_size=3, progress_bar=False)  # fmt: skip
+                         shard_tiles=shard_tiles, batch_size=3, progress_bar=False)
         outputs[shard_tiles] = out
         np.testing.assert_array_equal(level0(out), reference)  # the pixels do not depend on the layout
     unsharded, per_tile, per_block = (zarr.open_array(str(outputs[k] / "0"), mode="r") for k in (None, 1, 2))

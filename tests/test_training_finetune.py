@@ -105,7 +105,7 @@ def test_finetune_default_model_with_new_panel_end_to_end(tmp_path):
         "--pretrained", str(default_model_path()), "--extend_panel", "--max_train_steps", "3",
         "--train_batch_size", "2", "--learning_rate", "2e-4", "--validation_inference_steps", "4",
         "--checkpointing_steps", "100", "--num_threads", "1", "--no_progress",
-    ]))  # fmt: skip
+    ]))
     pipe = TeraMindPipeline.from_pretrained(str(out))
     base = json.loads((default_model_path() / "unet" / "config.json").read_text())
     names = list(pipe.unet.config.gene_names)
@@ -130,11 +130,11 @@ def held_out_denoising_loss(unet, scheduler, store: Path, windows: int = 16, see
     items = [samples[i] for i in range(windows)]
     batch = draw_windows(torch.stack([item["images"] for item in items]), torch.stack([item["genes"] for item in items]),
                          [sample_seed(seed, 0, i, "held-out") for i in range(windows)],
-                         patch_size=unet.config.sample_size, gene_bin=unet.config.gene_bin)  # fmt: skip
+                         patch_size=unet.config.sample_size, gene_bin=unet.config.gene_bin)
     batch.timesteps = torch.linspace(0, 999, windows + 2)[1:-1].round().long()  # not drawn: evenly spread
     with torch.no_grad():
         out = boundary_aware_loss(unet, batch, training_alphas_cumprod(scheduler), patch_size=unet.config.sample_size,
-                                  prediction_type=scheduler.config.prediction_type)  # fmt: skip
+                                  prediction_type=scheduler.config.prediction_type)
     return float(out.loss)
 
 
@@ -156,7 +156,7 @@ def test_finetuning_lowers_the_held_out_denoising_loss(tmp_path):
         "--data", str(data), "--output_dir", str(tmp_path / "finetuned"), "--pretrained", str(default_model_path()),
         "--extend_panel", "--max_train_steps", "4", "--train_batch_size", "2", "--learning_rate", "1e-4",
         "--checkpointing_steps", "100", "--num_threads", "1", "--no_progress", "--no_validation", "--seed", "0",
-    ])  # fmt: skip
+    ])
     start, _, _, scheduler = build_unet(args, open_training_store(data, crop_size=256, length=1, seed=0).panel, lambda *_: None)
     before = held_out_denoising_loss(start, scheduler, held_out)
     assert train(args)["steps"] == 4
@@ -177,6 +177,6 @@ def test_finetuning_improves_validation_psnr(tmp_path):
     result = subprocess.run(
         [sys.executable, str(root / "benchmarks" / "finetune_new_tissue.py"), "--work", str(tmp_path), "--steps", "60"],
         check=True, capture_output=True, text=True, timeout=1800,
-    )  # fmt: skip
+    )
     numbers = json.loads(result.stdout.strip().splitlines()[-1])
     assert numbers["finetuned"]["psnr"] > numbers["pretrained"]["psnr"], numbers

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 TINY = [
     "--block_out_channels", "4", "8", "8", "8", "--gene_map_channels", "8", "8", "4", "--time_embed_dim", "16",
     "--dropout", "0", "--learning_rate", "1e-3", "--no_validation", "--no_progress", "--num_threads", "1",
-]  # fmt: skip
+]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "TQDM_DISABLE": "1"}
 
 
@@ -58,11 +58,11 @@ def test_two_processes_match_one_process_and_accumulation(store, tmp_path):
     subprocess.run(
         _train_cmd(store, accum, "--train_batch_size", "1", "--gradient_accumulation_steps", "2", *steps),
         check=True, env=ENV, timeout=120,
-    )  # fmt: skip
+    )
     ddp = tmp_path / "ddp"
     # on a machine without GPU, `--multi_gpu` starts 2 processes and the trainer sets up DDP over gloo
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m"]  # fmt: skip
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m"]
     subprocess.run(_train_cmd(store, ddp, "--train_batch_size", "1", *steps, launcher=launcher), check=True, env=ENV, timeout=180)
 
     assert json.loads((ddp / "train_summary.json").read_text())["world"] == 2  # really two processes
@@ -77,7 +77,7 @@ def test_two_processes_match_one_process_and_accumulation(store, tmp_path):
 
 def test_kill_and_resume_equals_uninterrupted(store, tmp_path):
     common = ["--train_batch_size", "2", "--max_train_steps", "6", "--checkpointing_steps", "2",
-              "--checkpoints_total_limit", "2", "--use_ema", "--lr_scheduler", "cosine", "--lr_warmup_steps", "2"]  # fmt: skip
+              "--checkpoints_total_limit", "2", "--use_ema", "--lr_scheduler", "cosine", "--lr_warmup_steps", "2"]
     full = tmp_path / "full"
     subprocess.run(_train_cmd(store, full, *common), check=True, env=ENV, timeout=120)
 
@@ -134,24 +134,24 @@ def test_panel_with_no_overlap(store, tmp_path):
     from teramind_hf.data import PanelOverlapError
 
     unet = GeneMorphUNet3DModel(num_genes=3, gene_names=["Foo1", "Foo2", "Foo3"], block_out_channels=(4, 8, 8, 8),
-                                gene_map_channels=(8, 8, 4), time_embed_dim=16)  # fmt: skip
+                                gene_map_channels=(8, 8, 4), time_embed_dim=16)
     TeraMindPipeline(unet=unet, scheduler=BoundaryAwareScheduler()).save_pretrained(str(tmp_path / "foo_model"))
     with pytest.raises(PanelOverlapError, match=r"--data: gene panel overlap too small: 0 of the model's 3 genes"):
         _run_in_process(["--data", str(store), "--output_dir", str(tmp_path / "o"), *TINY,
-                         "--pretrained", str(tmp_path / "foo_model")])  # fmt: skip
+                         "--pretrained", str(tmp_path / "foo_model")])
 
 
 def test_checkpoint_of_another_model_config(store, tmp_path):
     first = tmp_path / "first"
     _run_in_process(["--data", str(store), "--output_dir", str(first), *TINY, "--max_train_steps", "1",
-                     "--checkpointing_steps", "1", "--train_batch_size", "1"])  # fmt: skip
+                     "--checkpointing_steps", "1", "--train_batch_size", "1"])
     other = [a if a != "16" else "32" for a in TINY]  # a different time_embed_dim
     with pytest.raises(ValueError, match=r"checkpoint-1: the checkpoint belongs to another model config \(time_embed_dim: checkpoint 16 vs model 32\)"):
         _run_in_process(["--data", str(store), "--output_dir", str(tmp_path / "second"), *other,
-                         "--resume_from_checkpoint", str(first / "checkpoint-1")])  # fmt: skip
+                         "--resume_from_checkpoint", str(first / "checkpoint-1")])
     with pytest.raises(ValueError, match=r"--resume_from_checkpoint .*first: not a checkpoint written by teramind train"):
         _run_in_process(["--data", str(store), "--output_dir", str(tmp_path / "third"), *TINY,
-                         "--resume_from_checkpoint", str(first)])  # fmt: skip
+                         "--resume_from_checkpoint", str(first)])
 
 
 def test_teramind_cli_reports_bad_input(tmp_path, capsys):
@@ -171,7 +171,7 @@ def test_bf16_mixed_precision_and_ema_run(store, tmp_path):
         _train_cmd(store, out, "--mixed_precision", "bf16", "--use_ema", "--max_train_steps", "2", "--train_batch_size", "1",
                    "--checkpointing_steps", "1", "--checkpoints_total_limit", "1"),
         check=True, env=ENV, timeout=120,
-    )  # fmt: skip
+    )
     losses = _losses(out)
     assert sorted(losses) == [1, 2] and all(0 < v < 10 for v in losses.values())
     assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-2"]

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         a, b = r.pair
         maps = pathway_map(attention, model_genes, panel, a, b, pipe.unet.config)
         write_ome_zarr_layers(out / f"pathway_{a}-{b}.ome.zarr", maps, um_per_px=um * pipe.unet.config.gene_bin,
-                              section_spacing_um=attrs.get("section_spacing_um"))  # fmt: skip
+                              section_spacing_um=attrs.get("section_spacing_um"))
         null = r.random_weights
         save_panels(
             [(maps["attention"][0], f"attention {a}-{b} (patch)", {"cmap": "viridis"}),
@@ -60,16 +60,16 @@ def run(args: argparse.Namespace) -> int:
              (maps["pathway"][0], f"attention x expression\nz={null['z']:.2f} vs random weights, p={null['p']:.3f}",
               {"cmap": "inferno"})],
             out / f"pathway_{a}-{b}.png",
-        )  # fmt: skip
+        )
         print(f"{a}-{b}: {r.patches} expressed patches, specificity {r.specificity:.2f} (rank {r.rank}/{r.pairs_ranked}); "
               f"vs random weights z {null['z']:.2f}, p {null['p']:.3f} (BH {r.p_adjusted:.3f}, learned={r.learned}); "
-              f"vs label permutation p {r.label_permutation['p']:.3f}")  # fmt: skip
+              f"vs label permutation p {r.label_permutation['p']:.3f}")
     summary = {
         "genes": str(args.genes), "model": args.model or "embedded default", "threshold": threshold,
         "random_models": args.random_models, "permutations": args.permutations, "alpha": args.alpha,
         "region_origin_px": list(attrs["origin_px"]), "shape": list(np.shape(genes)),
         "pairs": [r.to_dict() for r in results],
-    }  # fmt: skip
+    }
     write_json(out / "attention.json", summary)
     print(f"wrote {out}/attention.json, pathway_*.ome.zarr, pathway_*.png")
     return 0

@@ -11,7 +11,7 @@ def run_spatialdata(args: argparse.Namespace) -> int:
     names = export_spatialdata(
         args.out, args.to, like=args.like, name=args.name, coordinate_system=args.coordinate_system,
         overwrite=args.overwrite,
-    )  # fmt: skip
+    )
     print(f"wrote image element(s) {', '.join(names)} to {args.to}")
     return 0
 

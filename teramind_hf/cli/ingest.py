@@ -53,22 +53,22 @@ def run(args: argparse.Namespace) -> int:
             [run for location in args.inputs for run in ingest.merscope_runs(location)], args.out,
             plane=args.plane, rescale=args.rescale, drop_blanks=not args.keep_blanks, um_per_px=args.um_per_px,
             **common,
-        )  # fmt: skip
+        )
     elif args.source == "table":
         report = ingest.ingest_table(
             args.input, args.out, um_per_px=args.um_per_px, units=args.units, columns=_columns(args.column),
             images=args.images, origin=args.origin, **common,
-        )  # fmt: skip
+        )
     elif args.source == "spatialdata":
         report = ingest.ingest_spatialdata(
             args.input, args.out, um_per_px=args.um_per_px, points=args.points, coordinate_system=args.coordinate_system,
             columns=_columns(args.column), origin=args.origin, **common,
-        )  # fmt: skip
+        )
     else:
         report = ingest.ingest_anndata(
             args.input, args.out, um_per_px=args.um_per_px, spatial_key=args.spatial_key, section_key=args.section_key,
             units=args.units, origin=args.origin, **common,
-        )  # fmt: skip
+        )
     print(report.summary())
     return 0
 

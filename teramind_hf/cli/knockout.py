@@ -65,10 +65,12 @@ def run(args: argparse.Namespace) -> int:
     if unknown:  # before sampling: the pipeline would refuse them too, after the first sample
         raise ValueError(f"gene(s) {unknown} not in the model panel ({', '.join(pipe.unet.config.gene_names or [])})")
     um = float(args.um_per_px or attrs.get("um_per_px") or 0.5)
+    # --steps, else the model's own default: resolved by the pipeline's sampling plan, as in `teramind generate`
+    _, steps, _ = pipe.sampling_plan(args.steps, None, None)
     report = knockout_report(
         pipe, genes, names, perturb, seed=args.seed, noise_seed=args.noise_seed, cell_types=cell_types,
         type_names=type_names, targeted=targeted, regions=regions, region_names=region_names, um_per_px=um,
-        num_inference_steps=args.steps, batch_size=args.batch_size,
+        num_inference_steps=steps, batch_size=args.batch_size,
     )
     out.mkdir(parents=True, exist_ok=True)
     spacing = attrs.get("section_spacing_um")
@@ -86,8 +88,8 @@ def run(args: argparse.Namespace) -> int:
          (diff[0, 1], "PolyT change", style), (floor[0, 1], "PolyT: another seed (noise floor)", style)],
         out / "knockout.png", columns=4,
     )
-    summary = {"genes": str(args.genes), "model": args.model or "embedded default", "steps": args.steps,
-               "region_origin_px": [z0, y0, x0], "targeted_cell_types": targeted, **report.to_dict()}  # fmt: skip
+    summary = {"genes": str(args.genes), "model": args.model or "embedded default", "steps": steps,
+               "region_origin_px": [z0, y0, x0], "targeted_cell_types": targeted, **report.to_dict()}
     write_json(out / "knockout.json", summary)
     for key, row in report.changes.items():
         c, f, r = row["change"][-1], row["noise_floor"][-1], row["ratio"][-1]
@@ -146,7 +148,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="pipeline folder or Hub repo id (default: the embedded model)")
     p.add_argument("--region", default=None, help="y0,x0,h,w in image px, whole 256-px tiles (default: everything)")
     p.add_argument("--slices", default=None, help="a,b sections [a, b) (default: all)")
-    p.add_argument("--steps", type=int, default=15, help="denoising steps")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's, as in generate: 8 for the embedded model)")
     p.add_argument("--seed", type=int, default=0, help="seed of the original and the perturbed sample")
     p.add_argument("--noise-seed", type=int, default=1, help="seed of the noise-floor sample")
     p.add_argument("--batch-size", type=int, default=4)

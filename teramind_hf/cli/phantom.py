@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     phantom = make_phantom(
         height, width, args.slices, args.seed, um_per_px=args.um_per_px, gene_bin=args.gene_bin,
         planted_interaction=args.planted_interaction,
-    )  # fmt: skip
+    )
     out = write_phantom(phantom, args.out, formats)
     print(
         f"phantom {args.slices}x{height}x{width} px at {args.um_per_px} um/px, {len(phantom.cells)} cells, "

@@ -28,11 +28,11 @@ _STORAGE_DTYPES = {
     "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
     "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
     "ComplexFloatStorage": torch.complex64, "ComplexDoubleStorage": torch.complex128, "UntypedStorage": torch.uint8,
-}  # fmt: skip
+}
 # plain builtins a checkpoint's containers are made of (their constructors take data, not code)
 # (not bytes / bytearray: `bytearray(10**12)` would be a memory bomb; they stay inert)
 _PLAIN_BUILTINS = {"dict": dict, "list": list, "tuple": tuple, "set": set, "frozenset": frozenset, "int": int,
-                   "float": float, "complex": complex, "bool": bool, "str": str}  # fmt: skip
+                   "float": float, "complex": complex, "bool": bool, "str": str}
 
 
 class Inert:

@@ -45,7 +45,7 @@ def _output_placement(out: str | Path) -> dict:
     return {
         "level0": level0, "slices": run["slices"], "um_per_px": um, "coordinate_system": system,
         "translation_yx": (origin_um[0] + y0 * um, origin_um[1] + x0 * um),
-    }  # fmt: skip
+    }
 
 
 def check_export_target(
@@ -98,7 +98,7 @@ def generated_images(out: str | Path, name: str = "teramind", coordinate_system:
 def export_spatialdata(
     out: str | Path, to: str | Path, *, like: str | Path | None = None, name: str = "teramind",
     coordinate_system: str | None = None, overwrite: bool = False,
-) -> list[str]:  # fmt: skip
+) -> list[str]:
     """Write the generated DAPI/PolyT of `out` as image elements into the SpatialData store `to`.
 
     An existing `to` gains the elements (point `to` at the input store to see real and generated together);
@@ -146,7 +146,7 @@ def _mark_exported(to: Path, elements: dict, out: str | Path) -> None:
 def write_spatialdata_points(
     path: str | Path, transcripts: pd.DataFrame, um_per_px: float, *, name: str = "transcripts",
     coordinate_system: str = "global", offset_um: tuple[float, float] = (0.0, 0.0),
-) -> Path:  # fmt: skip
+) -> Path:
     """A transcripts table (x, y px, z section, gene) as a 2-D SpatialData points element in microns (x, y,
     `section`, `feature_name`), placed at `offset_um` (x, y) by a translation."""
     spatialdata = _require("spatialdata")

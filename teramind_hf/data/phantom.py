@@ -456,7 +456,7 @@ def write_phantom(phantom: Phantom, out_dir: str | Path, formats: tuple[str, ...
         meta["planted_interaction"] = {
             "genes": list(INTERACTION_PAIR), "fraction_per_gene": INTERACTION_FRACTION,
             "nucleus_scale": INTERACTION_NUCLEUS_SCALE, "dapi_scale": INTERACTION_DAPI_SCALE,
-        }  # fmt: skip
+        }
     (out / "phantom.json").write_text(json.dumps(meta, indent=1, default=list) + "\n")
     return out
 

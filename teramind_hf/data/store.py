@@ -49,7 +49,7 @@ def create_training_store(
         group.create_array(
             "images", shape=(2, num_slices, height, width), dtype="uint8", chunks=(1, 1, chunk, chunk), fill_value=0,
             **extra,
-        )  # fmt: skip
+        )
     cb = chunk // gene_bin
     group.create_array(
         "genes",

@@ -104,7 +104,7 @@ def blocks(height: int, width: int, block: int):
 def accumulate_section(
     generated, truth, z: int, um_per_px: float, *, labels=None, block: int = DEFAULT_BLOCK,
     match_distance_um: float = MATCH_DISTANCE_UM, nuclei_method: str = "watershed",
-) -> SectionStats:  # fmt: skip
+) -> SectionStats:
     """:class:`SectionStats` of section ``z`` of two aligned :class:`~.inputs.EvalVolume` (and region labels)."""
     _, _, height, width = generated.shape
     side = min(block, height, width)
@@ -190,7 +190,7 @@ def section_thresholds(generated, truth, z: int, um_per_px: float, block: int) -
             dapi = as_unit_float(volume.block(z, slice(hy0, hy1), slice(hx0, hx1))[0])
             core = smoothed(dapi, um_per_px)[y0 - hy0 : y1 - hy0, x0 - hx0 : x1 - hx0]
             counts[r] += np.bincount(np.minimum((core * THRESHOLD_BINS).astype(np.int64), THRESHOLD_BINS - 1).ravel(),
-                                     minlength=THRESHOLD_BINS)  # fmt: skip
+                                     minlength=THRESHOLD_BINS)
     return otsu_from_histogram(counts[0]), otsu_from_histogram(counts[1])
 
 
@@ -331,4 +331,4 @@ def _sum_profiles(profiles: list[StepProfile]) -> StepProfile:
     return StepProfile(
         sum(p.y_sum for p in profiles), sum(p.x_sum for p in profiles),
         first.y_pairs_per_position * len(profiles), first.x_pairs_per_position * len(profiles),
-    )  # fmt: skip
+    )

@@ -143,7 +143,7 @@ def _null_summary(observed: float, null: np.ndarray) -> dict:
     return {
         "n": n, "z": float(z), "percentile": float(100.0 * (null < observed - tol).mean()),
         "p": (1 + exceed) / (n + 1), "mean": float(null.mean()), "std": std,
-    }  # fmt: skip
+    }
 
 
 def _random_unet(config: Any, seed: int):
@@ -263,7 +263,7 @@ def pair_significance(
                 specificity=obs, rank=int((ranked > obs).sum()) + 1 if np.isfinite(obs) else 0,
                 pairs_ranked=int(ranked.size), random_weights=_null_summary(obs, random_null[:, ia, ib]),
                 label_permutation=_null_summary(obs, label_null[:, ia, ib]),
-            )  # fmt: skip
+            )
         )
     adjusted = benjamini_hochberg([r.random_weights["p"] for r in results])
     for r, q in zip(results, adjusted):

@@ -55,10 +55,10 @@ class StepProfile:
         reads many more lines than one region has."""
         if self.y_sum.shape != other.y_sum.shape or self.x_sum.shape != other.x_sum.shape:
             raise ValueError(f"step profiles of different shapes cannot be pooled: {self.y_sum.shape + self.x_sum.shape} "
-                             f"vs {other.y_sum.shape + other.x_sum.shape}")  # fmt: skip
+                             f"vs {other.y_sum.shape + other.x_sum.shape}")
         return StepProfile(self.y_sum + other.y_sum, self.x_sum + other.x_sum,
                            self.y_pairs_per_position + other.y_pairs_per_position,
-                           self.x_pairs_per_position + other.x_pairs_per_position)  # fmt: skip
+                           self.x_pairs_per_position + other.x_pairs_per_position)
 
     @staticmethod
     def _axis_split(sums: np.ndarray, per_position: int, period: int, phase: int) -> tuple[float, int, float, int]:

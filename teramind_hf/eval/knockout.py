@@ -9,7 +9,9 @@ A mean says how much changed, not what. Nuclei are segmented in the DAPI of each
 (`teramind_hf.eval.nuclei.segment_nuclei`) and matched one to one between original and perturbed by centroid
 (within `MATCH_DISTANCE_UM`); per cell type (the type under the original nucleus' centroid) the report gives the
 fraction of nuclei removed (no match), added, and the median area and DAPI-brightness ratios of matched nuclei, each
-next to the same numbers between original and the other seed.
+next to the same numbers between original and the other seed. Those numbers are only put into words for a cell type
+with at least `MIN_NUCLEI_TO_JUDGE` nuclei: with fewer, one nucleus is a large fraction ("14 % removed" can be one
+nucleus of seven), and the phrase says there are too few to judge.
 """
 
 from __future__ import annotations
@@ -19,9 +21,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["KnockoutReport", "change_table", "knockout_report", "nucleus_changes"]
+__all__ = ["MIN_NUCLEI_TO_JUDGE", "KnockoutReport", "change_table", "describe_morphology", "knockout_report", "nucleus_changes"]
 
 MATCH_DISTANCE_UM = 5.0  # centroids this close are the same nucleus (about a nucleus radius)
+# Fewest nuclei of a cell type whose changes are put into words: from this count on, one nucleus is at most the
+# 10-point margin a change must exceed the noise floor by, so a single nucleus can never make a phrase alone.
+MIN_NUCLEI_TO_JUDGE = 10
 
 
 def _abs_change(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> list[float]:
@@ -124,14 +129,19 @@ def _type_at(cell_types: np.ndarray | None, z: int, points: np.ndarray) -> np.nd
     return cell_types[z, y, x].astype(np.int64)
 
 
-def describe_morphology(changed: dict, floor: dict, margin: float = 0.1) -> str:
-    """One phrase for a cell type: what changed beyond the seed-to-seed variation (``margin`` = 10 points / 10 %)."""
+def describe_morphology(changed: dict, floor: dict, margin: float = 0.1, min_nuclei: int = MIN_NUCLEI_TO_JUDGE) -> str:
+    """One phrase for a cell type: what changed beyond the seed-to-seed variation (``margin`` = 10 points / 10 %).
+
+    With fewer than ``min_nuclei`` nuclei of the type in the original the phrase says so instead of judging.
+    """
     if not changed["nuclei"]:
         return "no nuclei"
+    if changed["nuclei"] < min_nuclei:
+        return f"too few nuclei to judge ({changed['nuclei']}, fewer than {min_nuclei})"
     words = []
     if changed["removed_fraction"] > floor["removed_fraction"] + margin:
         words.append(f"cells removed ({100 * changed['removed_fraction']:.0f}% of nuclei gone, noise floor "
-                     f"{100 * floor['removed_fraction']:.0f}%)")  # fmt: skip
+                     f"{100 * floor['removed_fraction']:.0f}%)")
     for key, small, large in (("median_area_ratio", "shrunk", "enlarged"), ("median_brightness_ratio", "dimmer", "brighter")):
         value, base = changed[key], floor[key]
         if np.isfinite(value) and np.isfinite(base) and abs(value - 1) > abs(base - 1) + margin:
@@ -163,7 +173,8 @@ class KnockoutReport:
             "perturb": self.perturb, "seed": self.seed, "noise_seed": self.noise_seed,
             "stains": ["DAPI", "PolyT", "both"], "changes": self.changes, "nuclei": self.nuclei,
             "nuclei_noise_floor": self.nuclei_noise_floor, "morphology": self.morphology,
-        }  # fmt: skip
+            "min_nuclei_to_judge": MIN_NUCLEI_TO_JUDGE,
+        }
 
 
 def knockout_report(
@@ -191,7 +202,8 @@ def knockout_report(
     background; regions 0..R-1 named ``region_names``) of the generated sections. ``targeted`` names the cell
     types the perturbation aims at: the table then also has ``inside_targeted`` and ``outside_targeted``.
     ``um_per_px`` is needed for the nuclei (default: `teramind_hf.DEFAULT_MODEL_UM_PER_PX`). Extra keyword
-    arguments (``num_inference_steps``, ``slices`` ...) go to the pipeline. ``original`` / ``other_seed``
+    arguments (``num_inference_steps``, ``slices`` ...) go to the pipeline; without ``num_inference_steps`` the
+    pipeline's default steps are used, as in a plain call. ``original`` / ``other_seed``
     (float ``(Z, 2, H, W)`` results of the same calls with ``seed`` / ``noise_seed``) skip those samples when
     several perturbations of one region are compared.
     """
@@ -227,7 +239,7 @@ def knockout_report(
     report = KnockoutReport(
         perturb=dict(perturb), seed=seed, noise_seed=noise_seed, original=original, perturbed=perturbed,
         other_seed=other, changes=change_table(original, perturbed, other, masks),
-    )  # fmt: skip
+    )
     if morphology:
         um = um_per_px or DEFAULT_MODEL_UM_PER_PX
         report.nuclei = nucleus_changes(original, perturbed, cell_types, type_names, um)

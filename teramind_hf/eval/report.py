@@ -189,7 +189,7 @@ def evaluation_report(
     out_dir: str | Path | None = None, model: str | None = None, genes: str | None = None,
     block: int = DEFAULT_BLOCK, match_distance_um: float = MATCH_DISTANCE_UM, progress: bool = True,
     device=None,
-) -> EvalReport:  # fmt: skip
+) -> EvalReport:
     """Evaluate ``generated`` against ``truth`` with controls; write ``report.json`` and ``report.png`` to
     ``out_dir`` (when given).
 
@@ -254,14 +254,14 @@ def evaluation_report(
                 samples["model"].append(
                     _generate(pipe, location, work / "controls" / f"seed_{base_seed + extra}.ome.zarr", gen.run,
                               base_seed + extra, progress=progress)
-                )  # fmt: skip
+                )
             if "shuffled_genes" in controls:
                 store = _shuffled_gene_store(location, gen.run, work / "controls" / "shuffled_genes.npz")
                 _, _, h, w = gen.run["region_yxhw"]
                 samples["shuffled_genes"] = [
                     _generate(pipe, str(store), work / "controls" / "shuffled_genes.ome.zarr", gen.run, base_seed,
                               region=(0, 0, h, w), progress=progress)
-                ]  # fmt: skip
+                ]
         if "mean_image" in controls:
             samples["mean_image"] = [EvalVolume(_ConstantVolume(truth_means(truth_vol, block), gen.shape), "mean image")]
         rows = _evaluate_rows(samples, truth_vol, um, region_labels, block, match_distance_um, progress)
@@ -286,7 +286,7 @@ def evaluation_report(
                        "threshold": "Otsu per section and image (from block histograms when it spans blocks)"},
             "controls": list(controls),
             "seeds": seeds,
-        },  # fmt: skip
+        },
         "rows": rows,
     }
     report = EvalReport(json_safe(data), rows=list(rows))
@@ -310,7 +310,7 @@ def _evaluate_rows(samples, truth, um, labels, block, match_distance_um, progres
             stats = []
             for z in range(num_sections):
                 stats.append(accumulate_section(volume, truth, z, um, labels=labels, block=block,
-                                                match_distance_um=match_distance_um))  # fmt: skip
+                                                match_distance_um=match_distance_um))
                 bar.update(1)
             entry = {
                 "source": volume.source,

@@ -68,7 +68,7 @@ def save_report_figure(report, samples: dict, truth, path: Path) -> Path:
     if run:
         subtitle += f"  |  {run.get('num_inference_steps')} steps, seed {run.get('seed')}"
     fig.suptitle("teramind eval report: section 0 (centre crop); bars: all sections, dashed = truth/ideal\n" + subtitle,
-                 fontsize=10)  # fmt: skip
+                 fontsize=10)
     path = Path(path)
     fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)

@@ -43,6 +43,6 @@ def check_safetensors_dtypes(path: str | Path) -> None:
 
     with safe_open(str(path), framework="pt") as handle:
         bad = [f"{k} ({handle.get_slice(k).get_dtype()})" for k in handle.keys()
-               if handle.get_slice(k).get_dtype() not in SAFETENSORS_FLOAT_DTYPES]  # fmt: skip
+               if handle.get_slice(k).get_dtype() not in SAFETENSORS_FLOAT_DTYPES]
     if bad:
         raise WeightsError(f"{path}: expected floating-point weights, but these tensors are not: {_listed(bad)}")

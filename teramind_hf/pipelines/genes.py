@@ -1,9 +1,10 @@
-"""Gene input for the pipeline: dense conversion, count checks and alignment to the model's panel."""
+"""Gene input for the pipeline: dense conversion, count checks, alignment to the model's panel and perturbation
+(`perturb_genes`, the pipeline's ``perturb=``; re-exported by `teramind_hf.eval.perturb`)."""
 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -85,3 +86,29 @@ def align_genes_to_model(
         list(gene_names), min_overlap=min_overlap, orthologues=orthologues, overrides=overrides
     )
     return apply_alignment(genes, alignment), alignment
+
+
+def perturb_genes(genes: torch.Tensor, names: Sequence[str] | None, perturb: Mapping[str, float]) -> torch.Tensor:
+    """A copy of ``genes`` ``(G, ...)`` with each named gene's counts multiplied by its factor (0 = knockout).
+
+    ``names`` is the panel of axis 0 (case-insensitive match). Unknown genes and negative or non-finite factors
+    raise a ValueError naming them; an empty ``perturb`` returns ``genes`` itself.
+    """
+    if not perturb:
+        return genes
+    if names is None:
+        raise ValueError("perturb needs gene names: the model config has no gene_names")
+    names = list(names)
+    if len(names) != genes.shape[0]:
+        raise ValueError(f"{len(names)} gene names for {genes.shape[0]} genes on axis 0")
+    lowered = {n.lower(): i for i, n in enumerate(names)}
+    unknown = [g for g in perturb if str(g).lower() not in lowered]
+    if unknown:
+        raise ValueError(f"perturb: gene(s) {unknown} not in the model panel ({len(names)} genes: {', '.join(names)})")
+    bad = {g: f for g, f in perturb.items() if not (isinstance(f, (int, float)) and math.isfinite(f) and f >= 0)}
+    if bad:
+        raise ValueError(f"perturb: factors must be finite numbers >= 0 (0 = knockout), got {bad}")
+    out = genes.clone()
+    for gene, factor in perturb.items():
+        out[lowered[str(gene).lower()]] *= float(factor)
+    return out

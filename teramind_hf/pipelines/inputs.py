@@ -60,7 +60,7 @@ def _bin_points(frame, um_per_px: float | None, gene_bin: int, tile_size: int):
         extent.append(max(-(-int(np.floor(px.max()) + 1) // tile_size) * tile_size, tile_size) if len(px) else tile_size)
     sections = int(frame[z_key].max()) + 1 if z_key is not None and len(frame) else 1
     check_grid((frame[gene_key].nunique(), sections, extent[0] // gene_bin, extent[1] // gene_bin),
-               DEFAULT_MAX_STORE_BYTES, "points DataFrame", f"coordinates up to {extent[0]} x {extent[1]} px")  # fmt: skip
+               DEFAULT_MAX_STORE_BYTES, "points DataFrame", f"coordinates up to {extent[0]} x {extent[1]} px")
     return read_points(
         frame, gene_key=gene_key, z_key=z_key, units="um", um_per_px=um_per_px, gene_bin=gene_bin, shape=tuple(extent)
     )

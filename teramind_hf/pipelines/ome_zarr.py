@@ -95,7 +95,7 @@ def multiscales_metadata(
 def create_image(
     group, shape: tuple[int, int, int, int], tile_size: int, scale: PhysicalScale, shard_tiles: int | None = None,
     shard_slices: int = 2,
-) -> list:  # fmt: skip
+) -> list:
     """Create the pyramid arrays (chunks ``(1, 1, tile, tile)``, optionally sharded) and the NGFF metadata.
 
     ``shard_tiles``: shards of ``(all stains, shard_slices sections, shard_tiles * tile px, same)`` at every

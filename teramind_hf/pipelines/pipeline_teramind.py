@@ -23,7 +23,7 @@ from ..sampling.schedule import GridSchedule, resolve_grid
 from ..sampling.state import MemoryState
 from ..schedulers.scheduling_boundary_aware import BoundaryAwareScheduler
 from .gene_source import GeneSource
-from .genes import align_genes_to_model, as_dense_genes, check_counts
+from .genes import align_genes_to_model, as_dense_genes, check_counts, perturb_genes
 from .inputs import as_gene_input
 from .sampling_run import OUTPUT_TYPES, SamplingPlan, prepare_sampling, to_output_type
 DEFAULT_GEOMETRY = {"tile_size": 256, "halo": 32, "fill_value": -1.0}
@@ -96,7 +96,7 @@ class TeraMindPipeline(DiffusionPipeline):
         """The :class:`TileGrid` of a ``height x width``-px region with this pipeline's geometry."""
         cfg = self.config
         return TileGrid.for_model(self.unet.config, height, width, tile=cfg.tile_size, halo=cfg.halo,
-                                  fill_value=cfg.fill_value, **kwargs)  # fmt: skip
+                                  fill_value=cfg.fill_value, **kwargs)
 
     def sampling_scheduler(self, preset: Preset | None = None) -> BoundaryAwareScheduler:
         """The scheduler sampling runs with: the preset's, else ``self.scheduler``, wrapped in the official
@@ -273,8 +273,6 @@ class TeraMindPipeline(DiffusionPipeline):
         genes, gene_names = as_gene_input(genes, gene_names, um_per_px, self.unet.config.gene_bin, self.config.tile_size)
         gene_tensor, alignment = self._prepare_genes(genes, gene_names, min_gene_overlap)
         if perturb:
-            from ..eval.perturb import perturb_genes
-
             gene_tensor = perturb_genes(gene_tensor, self.unet.config.gene_names, perturb)
         # 3. the sampling run (checked once, as for generate_to_zarr), in memory
         plan = self.prepare_sampling(
@@ -301,7 +299,7 @@ class TeraMindPipeline(DiffusionPipeline):
 
         # 5. the steps
         plan.sampler.run(state, chunks_together=True, latents=noise, callback=callback,
-                    progress_bar=lambda total: self.progress_bar(total=total))  # fmt: skip
+                    progress_bar=lambda total: self.progress_bar(total=total))
 
         # 6. the output: (chunks, stains, 2, h, w) -> (Z, stains, H, W) of the requested region, trimming an overhanging chunk
         y, x = wanted[0] - tile_grid.origin[0], wanted[1] - tile_grid.origin[1]

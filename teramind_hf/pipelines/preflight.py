@@ -181,7 +181,7 @@ def check_report_location(report_json: str | None) -> None:
 def check_region(
     shape: tuple[int, int, int, int], gene_bin: int, tile_size: int, region: tuple[int, int, int, int] | None,
     slices: tuple[int, int] | None, location: str = "the gene data",
-) -> tuple[int, int, int, int, int, int]:  # fmt: skip
+) -> tuple[int, int, int, int, int, int]:
     """``(y0, x0, h, w, start, stop)``: the requested region (image px, whole tiles) and sections, checked against
     the gene data's ``(G, Z, Hb, Wb)`` shape; defaults: everything."""
     _, sections, bins_h, bins_w = shape

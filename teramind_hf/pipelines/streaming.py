@@ -117,7 +117,7 @@ def model_fingerprint(unet: torch.nn.Module) -> str:
 def run_record(
     pipe: TeraMindPipeline, scheduler, source: GeneSource, region: Region, seed: int, steps: int, halo: bool,
     scale: PhysicalScale, grid: GridSchedule, exact: bool = False,
-) -> dict:  # fmt: skip
+) -> dict:
     """What determines the output bytes; stored in the output and compared on resume."""
     record = {
         "format": RECORD_FORMAT,
@@ -349,7 +349,7 @@ def generate_to_zarr(
             store, snapshot=snapshot, chunks_together=False, write_final=write_final,
             progress_bar=lambda total: tqdm(total=total, desc="teramind generate (z chunk x step)", unit="step", disable=not show),
             callback=_stream_callback(pipe, callback_on_step_end),
-        )  # fmt: skip
+        )
         sampling_seconds = time.perf_counter() - sampling_started
         _build_pyramid(group, levels, teramind_state.get("pyramid_levels_done", 0), state)
         if state.is_main_process:

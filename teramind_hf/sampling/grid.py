@@ -94,7 +94,7 @@ class TileGrid:
     def for_model(cls, model_config, height: int, width: int, **kwargs) -> "TileGrid":
         """A grid with the model's patch, gene bin and slice counts."""
         return cls(height=height, width=width, patch=model_config.sample_size, gene_bin=model_config.gene_bin,
-                   num_slices=model_config.num_slices, gene_slices=model_config.gene_slices, **kwargs)  # fmt: skip
+                   num_slices=model_config.num_slices, gene_slices=model_config.gene_slices, **kwargs)
 
     # ------------------------------------------------------------------ tiles
     @property
@@ -168,7 +168,7 @@ class TileGrid:
         return CanvasBox(
             y0=row * self.tile - self.halo + dy - ey, x0=col * self.tile - self.halo + dx - ex,
             height=self.canvas + ey, width=self.canvas + ex, crop_y=ey - dy, crop_x=ex - dx,
-        )  # fmt: skip
+        )
 
     def inside(self, box: CanvasBox) -> tuple[slice, slice, tuple[int, int, int, int]]:
         """(rows, cols) of the box inside the region and the F.pad amounts (left, right, top, bottom) that

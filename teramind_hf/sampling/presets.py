@@ -85,5 +85,5 @@ def scheduler_from_name(name: str, base_scheduler, **options):
         base = BoundaryAwareScheduler.wrap(base_scheduler)
         keep = {k: v for k, v in dict(base.config).items() if not k.startswith("_") and k not in ("inner_scheduler", "inner_config")}
         return BoundaryAwareScheduler(**{**keep, "inner_scheduler": "DDIMScheduler", "inner_config": options or None,
-                                         "timestep_spacing_mode": "official"})  # fmt: skip
+                                         "timestep_spacing_mode": "official"})
     return solver_class(class_name).from_config(config, **{**defaults, **options})

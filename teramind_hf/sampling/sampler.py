@@ -90,7 +90,7 @@ class TileSampler:
         self, unet, solver: TileSolver, grid: TileGrid, genes: GeneCanvases, *, grid_schedule: GridSchedule | None = None,
         batch_size: int = 4, tile_order: str = "raster", halo: bool = True, processes: Processes | None = None,
         device=None, dtype=None, reuse_encoder: bool = True,
-    ):  # fmt: skip
+    ):
         if tile_order not in TILE_ORDERS:
             raise ValueError(f"tile_order must be one of {TILE_ORDERS}, got {tile_order!r}")
         if batch_size < 1:
@@ -173,7 +173,7 @@ class TileSampler:
             # a canvas's patch at a region position holds the step buffer there (or the fill), whatever the tile
             ids = torch.stack([grid.patch_ids(k, r, c, offset) for k, r, c in batch]) if self.reuse_encoder else None
             out = self.unet(canvases.to(device=self.device, dtype=self.dtype), t,
-                            genes.to(device=self.device, dtype=self.dtype), path="collage", patch_ids=ids).sample.float().cpu()  # fmt: skip
+                            genes.to(device=self.device, dtype=self.dtype), path="collage", patch_ids=ids).sample.float().cpu()
             box = grid.canvas_box(0, 0, offset)
             out = out[..., box.crop_y : box.crop_y + grid.tile, box.crop_x : box.crop_x + grid.tile]
             if weights is None:
@@ -209,7 +209,7 @@ class TileSampler:
 
     def run_step(
         self, state: TileState, step: int, jobs, write_final: Callable | None, model_outputs: dict | None, writer: WriteBehind
-    ) -> None:  # fmt: skip
+    ) -> None:
         parity = step % 2
         needed = self.solver.needed_at(step)
         state.begin_step()
@@ -245,7 +245,7 @@ class TileSampler:
         self, state: TileState, *, snapshot: np.ndarray | None = None, chunks_together: bool = True,
         latents: torch.Tensor | None = None, write_final: Callable | None = None, progress_bar: Callable | None = None,
         callback: Callable | None = None,
-    ) -> int | None:  # fmt: skip
+    ) -> int | None:
         """All stages not yet done (per ``snapshot``); returns the first stage that had work if resumed.
 
         ``callback(step, timestep, latents_fn, model_output_fn) -> latents or None`` runs after each step (the

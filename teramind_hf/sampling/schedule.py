@@ -69,7 +69,7 @@ class GridSchedule:
     @classmethod
     def from_dict(cls, data: dict) -> "GridSchedule":
         return cls(**{**data, "shifts": tuple(map(tuple, data.get("shifts", ((0, 0),)))),
-                      "blend_offsets": tuple(map(tuple, data.get("blend_offsets", ())))})  # fmt: skip
+                      "blend_offsets": tuple(map(tuple, data.get("blend_offsets", ())))})
 
 
 GRID_SCHEDULES: dict[str, GridSchedule] = {

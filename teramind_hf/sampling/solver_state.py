@@ -240,7 +240,7 @@ class TileSolver:
     def step(
         self, step: int, model_output: torch.Tensor, sample: torch.Tensor, history: dict[Slot, torch.Tensor],
         tile_keys: list[tuple[int, ...]] | None = None,
-    ) -> tuple[torch.Tensor, dict[Slot, torch.Tensor]]:  # fmt: skip
+    ) -> tuple[torch.Tensor, dict[Slot, torch.Tensor]]:
         """Step a batch of tiles at ``step``: ``(x_{t-1}, history after the step)`` (history stacked like the
         batch, holding the slots of :meth:`saved_after`)."""
         t = self.timesteps[step]
@@ -251,12 +251,12 @@ class TileSolver:
             noise = torch.cat([
                 randn_tensor(sample[j : j + 1].shape, generator=self.generator(step, key), device=sample.device, dtype=torch.float32)
                 for j, key in enumerate(tile_keys)
-            ])  # fmt: skip
+            ])
             prev = self.scheduler.solver_step(work, model_output, t, sample, variance_noise=noise).prev_sample
         elif sample.shape[0] > 1:  # one tile per call, each with its own noise stream
             parts = [
                 self.step(step, model_output[j : j + 1], sample[j : j + 1], {s: v[j : j + 1] for s, v in history.items()},
-                          [tile_keys[j]])  # fmt: skip
+                          [tile_keys[j]])
                 for j in range(sample.shape[0])
             ]
             return torch.cat([p[0] for p in parts]), {s: torch.cat([p[1][s] for p in parts]) for s in self.saved_after(step)}

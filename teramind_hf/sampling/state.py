@@ -135,7 +135,7 @@ class ZarrState(TileState):
             group.create_array(name, shape=buffer, chunks=chunk, dtype="float32", fill_value=0.0, compressors=None)
         if slots:
             group.create_array("history", shape=(2, len(slots), *buffer[1:]), chunks=(1, 1, *chunk[1:]),
-                               dtype="float32", fill_value=0.0, compressors=None)  # fmt: skip
+                               dtype="float32", fill_value=0.0, compressors=None)
         # one record chunk per work unit (its owner is the only writer): ~190 k objects for a whole brain instead
         # of ~3 M, each rewritten whole by its owner. The step buffers stay one object per tile.
         # a unit grid offset from the chunk grid (exact mode) keeps one record object per tile instead
@@ -143,7 +143,7 @@ class ZarrState(TileState):
         aligned = all(o % u == 0 for o in grid.unit_origin)
         chunks = (1, min(u, grid.rows), min(u, grid.cols)) if aligned else (1, 1, 1)
         group.create_array("progress", shape=(len(grid.chunk_starts), grid.rows, grid.cols), chunks=chunks,
-                           dtype="int32", fill_value=-1, compressors=None)  # fmt: skip
+                           dtype="int32", fill_value=-1, compressors=None)
         group.attrs["history_slots"] = [s.name for s in slots]
 
     def begin_step(self) -> None:

@@ -192,7 +192,7 @@ class BoundaryAwareScheduler(SchedulerMixin, ConfigMixin):
             schedule.setdefault("clip_sample", True)  # the official clip rule applies to every solver
         spacing = kwargs.pop("timestep_spacing_mode", "official" if type(solver).__name__ == "DDIMScheduler" else "inner")
         return cls(**schedule, inner_scheduler=type(solver).__name__, inner_config=config or None,
-                   timestep_spacing_mode=spacing, **kwargs)  # fmt: skip
+                   timestep_spacing_mode=spacing, **kwargs)
 
     @property
     def init_noise_sigma(self) -> float:

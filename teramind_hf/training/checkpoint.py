@@ -35,7 +35,7 @@ MAX_STATE_DEPTH = 32
 ARCH_FIELDS = (
     "num_genes", "gene_names", "block_out_channels", "layers_per_block", "time_embed_dim", "attention_levels",
     "gene_map_channels", "sample_size", "gene_bin", "num_slices", "gene_slices", "in_channels", "out_channels",
-)  # fmt: skip
+)
 MODEL_FILE, EMA_FILE, OPTIMIZER_FILE = "model.safetensors", "ema", "optimizer"
 SCHEDULER_FILE, SCALER_FILE = "lr_scheduler.json", "grad_scaler.json"
 

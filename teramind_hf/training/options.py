@@ -12,7 +12,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     a("--data", required=True, help="training store (zarr, see teramind_hf.data.datasets)")
     a("--output_dir", required=True, help="where checkpoints, logs, validation images and the pipeline go")
     a("--pretrained", default=None, help="pipeline folder or Hub repo id to fine-tune (default: train from scratch)")
-    a("--extend_panel", action="store_true", help="add data genes unknown to --pretrained with fresh input weights")
+    a("--extend_panel", action="store_true", help="add data genes unknown to --pretrained with zero input weights (their attention tokens still shift the output a little before training)")
     a("--orthologues", action="store_true", help="match genes across species by upper-case symbol (e.g. human data)")
     a("--min_gene_overlap", type=float, default=0.5, help="smallest fraction of model genes that the data must have")
     # model (from scratch)

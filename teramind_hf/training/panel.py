@@ -7,9 +7,16 @@ gene-conditioned attention (AdaLN and K/V from the gene map) in encoder level 3,
 level 3. Gene channels are always the *last* channels of a concatenation, so new genes are appended.
 
 New slices: along an output axis (dim 0, biases, norm weights) they keep the fresh initialisation of a new
-model; along an input axis they are zero, so the new genes start with no effect on what the model already
-does, and learn from there (gradients reach them through the zero weights, as with zero-initialised
+model; along an input axis they are zero, so no weight carries a new gene's channel into an existing one, and
+the new genes learn from there (gradients reach them through the zero weights, as with zero-initialised
 adapters).
+
+The extended model does **not** reproduce the old one exactly, even where the new genes are all zero: the
+gene-gene attention (`teramind_hf.models.blocks.GeneGeneAttention`) has every gene as a token, and a new gene's
+token (zero counts still give the bias of its query and value projections) enters the softmax over genes of
+every existing gene, so the old genes' embeddings shift before any training. Excluding the new tokens would need
+a gene mask in that attention, which the official architecture and weights do not have; fine-tuning after
+``--extend_panel`` is expected to absorb the shift.
 """
 
 from __future__ import annotations

@@ -236,7 +236,7 @@ def train(args: argparse.Namespace) -> dict:
     ema = None
     if args.use_ema:
         ema = EMAModel(unet.parameters(), decay=args.ema_decay, use_ema_warmup=True, power=args.ema_power,
-                       model_cls=GeneMorphUNet3DModel, model_config=unet.config)  # fmt: skip
+                       model_cls=GeneMorphUNet3DModel, model_config=unet.config)
     unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
     if ema is not None:
         ema.to(accelerator.device)
@@ -251,7 +251,7 @@ def train(args: argparse.Namespace) -> dict:
         log(f"no checkpoint in {output_dir} yet: starting from step 0")
 
     sampler = StepSampler(start_step=start_step, max_steps=args.max_train_steps, batch_size=args.train_batch_size,
-                          accumulation=args.gradient_accumulation_steps, rank=rank, world=world)  # fmt: skip
+                          accumulation=args.gradient_accumulation_steps, rank=rank, world=world)
     loader = DataLoader(samples, batch_size=args.train_batch_size, sampler=sampler, num_workers=args.dataloader_num_workers)
     abar = training_alphas_cumprod(scheduler)
     prediction_type = scheduler.config.prediction_type
@@ -270,10 +270,10 @@ def train(args: argparse.Namespace) -> dict:
         kept = [line for line in log_path.read_text().splitlines() if line and _logged_step(line, log_path) <= start_step]
         log_path.write_text("".join(line + "\n" for line in kept))
     log(f"training {sum(p.numel() for p in unet.parameters()):,} parameters, {world} process(es), global batch "
-        f"{global_batch}, steps {start_step}..{args.max_train_steps}")  # fmt: skip
+        f"{global_batch}, steps {start_step}..{args.max_train_steps}")
 
     progress = tqdm(range(start_step, args.max_train_steps), initial=start_step, total=args.max_train_steps,
-                    disable=args.no_progress or not accelerator.is_local_main_process, desc="steps")  # fmt: skip
+                    disable=args.no_progress or not accelerator.is_local_main_process, desc="steps")
     step, started = start_step, time.time()
     running = torch.zeros(3)
     skipped = 0
@@ -312,7 +312,7 @@ def train(args: argparse.Namespace) -> dict:
         losses = accelerator.reduce(running.to(accelerator.device) / args.gradient_accumulation_steps, "mean").cpu()
         running.zero_()
         record = {"step": step, "loss": float(losses[0]), "collage_loss": float(losses[1]),
-                  "patch_loss": float(losses[2]), "lr": lr_scheduler.get_last_lr()[0]}  # fmt: skip
+                  "patch_loss": float(losses[2]), "lr": lr_scheduler.get_last_lr()[0]}
         progress.update(1)
         progress.set_postfix(loss=f"{record['loss']:.4f}")
         if accelerator.is_main_process:

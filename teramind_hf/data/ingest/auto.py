@@ -37,7 +37,7 @@ def raw_kind(location: str | Path) -> str | None:
 
 
 def gene_store_for(location: str | Path, out: str | Path, *, um_per_px: float | None = None,
-                   progress_bar: bool = True) -> tuple[str, str | None]:  # fmt: skip
+                   progress_bar: bool = True) -> tuple[str, str | None]:
     """(gene source to read, message or None): raw inputs are ingested into the sibling store of `out`."""
     import zarr
 

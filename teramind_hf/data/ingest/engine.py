@@ -148,7 +148,7 @@ class BinAccumulator:
         self.flushes = 0
 
     def add(self, bin_rows: np.ndarray, bin_cols: np.ndarray, sections: np.ndarray, genes: np.ndarray,
-            counts: np.ndarray | None) -> int:  # fmt: skip
+            counts: np.ndarray | None) -> int:
         """Add transcripts at in-grid bins (callers drop the rest); returns how many were added."""
         cb = self.cb
         chunk = (sections * self.chunk_rows + bin_rows // cb) * self.chunk_cols + bin_cols // cb
@@ -244,7 +244,7 @@ def canvas_from_scan(
 def _bin_batches(
     batches: Iterable[Batch], accumulator: BinAccumulator, canvas: Canvas, panel: GenePanel, gene_bin: int,
     source: str, drop_unknown: bool, progress,
-) -> tuple[int, int, int, int]:  # fmt: skip
+) -> tuple[int, int, int, int]:
     """Pass 2: returns (rows read, rows binned, batches, largest batch)."""
     read = binned = count = largest = 0
     for batch in batches:
@@ -255,7 +255,7 @@ def _bin_batches(
         keep = (
             (rb >= 0) & (rb < canvas.height // gene_bin) & (cb >= 0) & (cb < canvas.width // gene_bin)
             & (z >= 0) & (z < canvas.num_slices) & (gene_index >= 0)
-        )  # fmt: skip
+        )
         counts = None if batch.counts is None else batch.counts[keep]
         binned += accumulator.add(rb[keep], cb[keep], z[keep], gene_index[keep], counts)
         read, count, largest = read + len(batch), count + 1, max(largest, len(batch))
@@ -390,7 +390,7 @@ def ingest_batches(
         group = create_training_store(
             partial, panel, canvas.num_slices, canvas.height, canvas.width, gene_bin=gene_bin,
             um_per_px=float(um_per_px), chunk=chunk, images=images is not None, attrs=attrs,
-        )  # fmt: skip
+        )
         accumulator = BinAccumulator(group["genes"], buffer_bins)
         with tqdm(total=scan.rows, desc=f"bin {Path(source).name}", unit=" rows", disable=not progress_bar) as bar:
             read, binned, count, largest = _bin_batches(

@@ -153,7 +153,7 @@ def ingest_merscope(
     provenance = {
         "format": "merscope", "inputs": [str(r) for r in runs], "plane": plane, "rescale": rescale,
         "drop_blanks": drop_blanks,
-    }  # fmt: skip
+    }
     return ingest_batches(
         batches, out, source=str(runs[0].parent if len(runs) > 1 else runs[0]), um_per_px=um_per_px,
         gene_bin=gene_bin, canvas=Canvas(0, 0, height, width, len(runs)), images=write_images,

@@ -213,13 +213,13 @@ def ingest_anndata(
             yield Batch(
                 rows=rows[obs], cols=cols[obs], sections=sections[obs],
                 genes=pd.Series(pd.Categorical.from_codes(block.col, categories=gene_names)), counts=counts,
-            )  # fmt: skip
+            )
 
     provenance = {"format": "anndata", "inputs": [str(path)], "spatial_key": spatial_key, "section_key": section_key}
     try:
         return ingest_batches(
             batches, out, source=source, um_per_px=um_per_px, origin=origin, provenance=provenance,
             batch_rows=batch_rows, **kwargs,
-        )  # fmt: skip
+        )
     finally:
         adata.file.close()

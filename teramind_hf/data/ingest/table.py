@@ -60,7 +60,7 @@ def table_header(path: Path) -> list[str]:
 def resolve_columns(
     found: Sequence[str], columns: dict[str, str] | None, source: str, defaults: dict[str, str] | None = None,
     require_z: bool = True,
-) -> dict[str, str]:  # fmt: skip
+) -> dict[str, str]:
     """Map our names (x, y, z, gene [, count]) to the file's; ValueError naming the expected ones.
 
     Without `require_z`, a missing z column (not asked for in `columns`) means every row is in section 0.
@@ -88,7 +88,7 @@ def resolve_columns(
 def table_batches(
     path: str | Path, *, columns: dict[str, str] | None = None, units: str = "px", um_per_px: float | None = None,
     batch_rows: int = DEFAULT_BATCH_ROWS,
-) -> Callable[[], Iterator[Batch]]:  # fmt: skip
+) -> Callable[[], Iterator[Batch]]:
     """A factory of `Batch` streams over a CSV/Parquet transcripts table (checked on the way)."""
     path = Path(path)
     if not path.is_file():
@@ -161,4 +161,4 @@ def ingest_table(
     return ingest_batches(
         batches, out, source=str(path), um_per_px=um_per_px, canvas=canvas, images=write_images,
         provenance=provenance, batch_rows=batch_rows, inputs={"table": path, "--images": images}, **kwargs,
-    )  # fmt: skip
+    )

@@ -173,7 +173,7 @@ def read_official_tiles(
         rows, cols, channel // gene_slots, slot_to_gene[channel % gene_slots], data,
         num_genes=len(panel), num_slices=num_slices,
         grid_shape=((R1 - R0) // gene_bin, (C1 - C0) // gene_bin), gene_bin=gene_bin,
-    )  # fmt: skip
+    )
     return SpatialVolume(genes=genes, panel=panel, gene_bin=gene_bin, images=images, um_per_px=um_per_px)
 
 

@@ -89,7 +89,7 @@ def read_transcript_table(
     genes = bin_transcripts(
         rows, cols, z, gene_index, counts, num_genes=len(panel), num_slices=num_slices,
         grid_shape=(height // gene_bin, width // gene_bin), gene_bin=gene_bin, max_bytes=max_bytes, source=source,
-    )  # fmt: skip
+    )
     return SpatialVolume(genes=genes, panel=panel, gene_bin=gene_bin, images=image_array, um_per_px=um_per_px)
 
 
