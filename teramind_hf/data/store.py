@@ -106,8 +106,6 @@ class CheckedArray:
 def _check_metadata_files(location: str, members: tuple[str, ...] = ()) -> None:
     """A local store's ``zarr.json`` (and its members') must be JSON objects: zarr reports anything else with
     errors that do not name the file."""
-    import json
-
     if "://" in location and not location.startswith("file://"):
         return
     root = Path(location.removeprefix("file://"))
@@ -115,12 +113,20 @@ def _check_metadata_files(location: str, members: tuple[str, ...] = ()) -> None:
         path = root / member / "zarr.json"
         if not path.is_file():
             continue
-        try:
-            meta = json.loads(path.read_bytes())
-        except (ValueError, UnicodeDecodeError) as err:
-            raise DamagedDataError(f"{path}: not valid JSON ({err}); expected zarr v3 metadata") from err
-        if not isinstance(meta, dict):
-            raise DamagedDataError(f"{path}: expected zarr v3 metadata (a JSON object), got a JSON {type(meta).__name__}")
+        read_json_object(path, "zarr v3 metadata (a JSON object)", DamagedDataError)
+
+
+def read_json_object(path: Path, expected: str = "a JSON object", error: type[ValueError] = ValueError) -> dict:
+    """A JSON file that must hold an object: ``error`` naming the file and what was expected otherwise."""
+    import json
+
+    try:
+        value = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise error(f"{path}: not valid JSON ({err}); expected {expected}") from err
+    if not isinstance(value, dict):
+        raise error(f"{path}: expected {expected}, got a JSON {type(value).__name__}")
+    return value
 
 
 def open_zarr(location: str | Path, what: str = "zarr store"):

@@ -12,9 +12,10 @@ Each error is a :class:`ModelFolderError` (a ``ValueError``) naming the file and
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
+
+from ..data.store import read_json_object
 
 # keyword arguments of diffusers' from_pretrained that load Python code from the folder or the Hub
 CODE_LOADING_KWARGS = ("trust_remote_code", "custom_pipeline", "custom_revision")
@@ -51,12 +52,7 @@ def check_pipeline_folder(path: str | Path) -> None:
     """The folder's model_index.json, component folders and weight files (see module doc)."""
     path = Path(path)
     index_path = path / "model_index.json"
-    try:
-        index = json.loads(index_path.read_bytes())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ModelFolderError(f"{index_path}: not valid JSON ({err})") from err
-    if not isinstance(index, dict):
-        raise ModelFolderError(f"{index_path}: expected a JSON object, got {type(index).__name__}")
+    index = read_json_object(index_path, "a pipeline index (a JSON object)", ModelFolderError)
     if index.get("_class_name", PIPELINE_CLASS) != PIPELINE_CLASS:
         raise ModelFolderError(f"{index_path}: _class_name {index['_class_name']!r} is not {PIPELINE_CLASS!r} (custom pipeline code is never loaded)")
     for name, value in index.items():
