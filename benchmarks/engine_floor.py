@@ -50,7 +50,7 @@ class InstantUNet(GeneMorphUNet3DModel):
 
     canvases = 0  # canvases seen (model calls x batch), to cross-check the tile-step count
 
-    def forward(self, sample, timestep, genes, path="collage", return_dict=True):
+    def forward(self, sample, timestep, genes, path="collage", return_dict=True, patch_ids=None):  # ids: no encoder here
         half = self.config.sample_size // 2
         b, _, z, h, w = sample.shape
         InstantUNet.canvases += b

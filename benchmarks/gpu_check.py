@@ -182,7 +182,7 @@ def _instant_forward(unet: GeneMorphUNet3DModel):
     """A forward that returns zeros of the collage output's shape on the model's device (no computation)."""
     patch = unet.config.sample_size
 
-    def forward(sample, timestep, genes, path="collage", return_dict=True):
+    def forward(sample, timestep, genes, path="collage", return_dict=True, patch_ids=None):  # ids: nothing to reuse
         b, _, z, h, w = sample.shape
         zeros = torch.zeros(b, unet.config.out_channels, z, h - patch, w - patch, device=sample.device, dtype=sample.dtype)
         return SimpleNamespace(sample=zeros)

@@ -193,7 +193,7 @@ def check_region(
             f"{bins_h} x {bins_w} bins of {gene_bin} px in {location})"
         )
     if region is None and (full_h % tile_size or full_w % tile_size):
-        raise ValueError(f"the gene data ({location}) is {full_h} x {full_w} px, not whole {tile_size}-px tiles: "
+        raise ValueError(f"the gene data ({location}) is {full_h} x {full_w} px, not a whole number of {tile_size}-px tiles: "
                          "pad it to whole tiles or pass a region of whole tiles")
     for name, value in (("y0", y0), ("x0", x0), ("h", h), ("w", w)):
         if value % tile_size:
