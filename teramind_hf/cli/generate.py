@@ -41,8 +41,8 @@ def run(args: argparse.Namespace) -> int:
     # steps: --steps, else the preset's, else the model's own default (resolved by the pipeline's sampling plan)
     check_sampling_arguments(num_inference_steps=args.steps, batch_size=args.batch_size, exact=args.exact, region=region)
     check_generate_arguments(
-        num_inference_steps=args.steps, batch_size=args.batch_size, memory_limit_bytes=args.memory_limit_mb * 2**20,
-        um_per_px=args.um_per_px, section_spacing_um=args.section_spacing_um, seed=args.seed, threads=args.threads,
+        memory_limit_bytes=args.memory_limit_mb * 2**20, um_per_px=args.um_per_px,
+        section_spacing_um=args.section_spacing_um, seed=args.seed, threads=args.threads,
         min_gene_overlap=args.min_gene_overlap,
     )
     check_output_path(args.out)

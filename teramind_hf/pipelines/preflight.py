@@ -37,7 +37,7 @@ SEED_RANGE = (0, 2**63 - 1)
 # ---------------------------------------------------------------------------------------------- arguments
 def check_generate_arguments(
     *,
-    num_inference_steps: int | None,
+    num_inference_steps: int | None = None,
     batch_size: int = 1,
     memory_limit_bytes: float = 0,
     um_per_px: float | None = None,

@@ -274,8 +274,7 @@ def generate_to_zarr(
     # the sampling run, checked once (as for the in-memory pipeline); work units = output shards, aligned to the
     # requested region (exact mode computes a margin around it)
     check_generate_arguments(memory_limit_bytes=memory_limit_bytes, um_per_px=um_per_px,
-                             section_spacing_um=section_spacing_um, seed=generator, min_gene_overlap=min_gene_overlap,
-                             num_inference_steps=num_inference_steps, batch_size=batch_size)
+                             section_spacing_um=section_spacing_um, seed=generator, min_gene_overlap=min_gene_overlap)
     if shard_tiles is not None and (isinstance(shard_tiles, bool) or not isinstance(shard_tiles, int) or shard_tiles < 1):
         raise ValueError(f"shard_tiles must be >= 1 or None (unsharded), got {shard_tiles!r}")
     plan = pipe.prepare_sampling(
