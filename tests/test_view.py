@@ -139,13 +139,13 @@ def test_neuroglancer_state_shows_both_stains_in_xy_in_micrometres(output):
     assert [layer["name"] for layer in state["layers"]] == ["DAPI", "PolyT"]
     for k, layer in enumerate(state["layers"]):
         assert layer["type"] == "image" and layer["source"] == "zarr3://http://127.0.0.1:8123/"
-        assert layer["localDimensions"] == {"c'": [1, ""]} and layer["localPosition"] == [k + 0.5]
+        assert layer["localDimensions"] == {"c'": [1, ""]} and layer["localPosition"] == [k]
         assert layer["blend"] == "additive"
     assert '"#0000ff"' in state["layers"][0]["shader"] and '"#00ff00"' in state["layers"][1]["shader"]
     assert "range=[0, 255]" in state["layers"][0]["shader"]
-    # the middle of the region in x, y (voxel corners at the NGFF translation), the first section in z
+    # the middle of the region in x, y, the centre of the first section in z (voxel centres at the translation)
     z0, y0, x0 = ORIGIN_PX
-    assert state["position"] == [x0 + 768 / 2, y0 + 1024 / 2, z0 + 0.5]
+    assert state["position"] == [x0 + 767 / 2, y0 + 1023 / 2, z0]
 
 
 def with_translation(output: Path, tmp_path: Path, translation: list, outer: list | None = None) -> Path:
@@ -173,7 +173,7 @@ def test_napari_layers_and_neuroglancer_follow_the_translation_in_the_metadata(o
     assert arguments["multiscale"] and arguments["units"] == ("micrometer",) * 3
     assert arguments["axis_labels"] == ("z", "y", "x")
     state = neuroglancer_state(read_ome_image(moved), "http://127.0.0.1:1/")
-    assert state["position"] == [320.5 / UM_PER_PX + 384, 1232.25 / UM_PER_PX + 512, 3.5]
+    assert state["position"] == [320.5 / UM_PER_PX + 383.5, 1232.25 / UM_PER_PX + 511.5, 3]
 
 
 def test_multiscale_transformations_apply_after_the_datasets_and_units_convert_to_micrometres(output, tmp_path):

@@ -4,8 +4,9 @@ layer per stain in its colour, added together, in micrometres.
 Neuroglancer reads the placement itself from the OME-NGFF metadata (scale and translation of every level); the
 state only names the display: global dimensions x, y, z in metres at the level-0 pixel size, the x-y layout,
 the view centred on the first section, and per layer the channel (the OME channel axis ``c`` is neuroglancer's
-local dimension ``c'``) and a shader that draws it in the stain's colour. Neuroglancer places voxel ``i`` over
-``[i, i + 1)`` in its source coordinates, so the centre of voxel ``i`` is at ``i + 0.5``.
+local dimension ``c'``) and a shader that draws it in the stain's colour. Neuroglancer follows the NGFF pixel-centre
+convention for OME-Zarr (seen in neuroglancer 2.41: with translation 0, voxel 0 covers [-0.5, 0.5) and position
+z = 0.5 already shows section 1), so the centre of voxel ``i`` is at ``translation / scale + i`` display units.
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ def neuroglancer_state(image: OmeImage, base_url: str) -> dict:
     position = []
     for a in order:
         i = index[a]
-        # x, y: the middle of the section; other axes (z): the middle of the first section
-        voxel = shape[i] / 2 if a in ("x", "y") else 0.5
+        # x, y: the middle of the section; other axes (z): the centre of the first section
+        voxel = (shape[i] - 1) / 2 if a in ("x", "y") else 0
         position.append(shifts[i] / scales[i] + voxel)
     source = zarr_source(image, base_url)
     layers = []
@@ -57,9 +58,9 @@ def neuroglancer_state(image: OmeImage, base_url: str) -> dict:
             "shader": SHADER.format(low=_number(channel.window[0]), high=_number(channel.window[1]), color=channel.color.lower()),
         }
         if image.channel_axis is not None:
-            # the middle of channel k's voxel along the local channel dimension
+            # voxel centres at integers here too: channel k is at k
             layer["localDimensions"] = {f"{image.axes[image.channel_axis]}'": [1, ""]}
-            layer["localPosition"] = [k + 0.5]
+            layer["localPosition"] = [k]
         layers.append(layer)
     return {
         "title": f"teramind: {image.path.name}",
