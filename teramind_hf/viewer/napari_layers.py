@@ -48,19 +48,27 @@ def napari_available() -> str | None:
     return None
 
 
-def open_in_napari(image: OmeImage, run: bool = True):
-    """Open ``image`` in a napari viewer (levels read lazily by zarr); with ``run``, block until it is closed."""
-    import napari
+def add_to_napari(viewer, image: OmeImage) -> list:
+    """Add ``image`` to a napari viewer (a ``napari.Viewer`` or a window-less ``ViewerModel``), levels read lazily
+    by zarr; returns the layers (one per channel)."""
     import zarr
 
     levels = [zarr.open_array(str(image.path / p), mode="r") for p in image.level_paths]
     arguments = napari_layer_arguments(image)
-    accepted = inspect.signature(napari.Viewer.add_image).parameters
+    accepted = inspect.signature(viewer.add_image).parameters
     arguments = {k: v for k, v in arguments.items() if k in accepted}  # older napari: no units / axis_labels
+    layers = viewer.add_image(levels if arguments.get("multiscale") else levels[0], **arguments)
+    return layers if isinstance(layers, list) else [layers]
+
+
+def open_in_napari(image: OmeImage, run: bool = True):
+    """Open ``image`` in a napari window with a scale bar in micrometres; with ``run``, block until it closes."""
+    import napari
+
     viewer = napari.Viewer(title=f"teramind: {image.path.name}")
-    viewer.add_image(levels if arguments.get("multiscale") else levels[0], **arguments)
-    viewer.scale_bar.visible = True
-    viewer.scale_bar.unit = "um"
+    add_to_napari(viewer, image)
+    overlays = getattr(getattr(viewer, "canvas", None), "overlays", None)  # napari >= 0.9; before: viewer.scale_bar
+    (overlays.scale_bar if overlays is not None else viewer.scale_bar).visible = True
     if run:
         napari.run()
     return viewer
