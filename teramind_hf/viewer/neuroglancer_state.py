@@ -69,7 +69,6 @@ def neuroglancer_state(image: OmeImage, base_url: str) -> dict:
         "position": position,
         "crossSectionScale": max(shape[index["x"]], shape[index["y"]]) / VIEWPORT_PX,
         "layers": layers,
-        "selectedLayer": {"visible": True, "layer": layers[0]["name"]} if layers else {"visible": False},
         "layout": "xy",
     }
 
