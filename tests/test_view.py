@@ -236,3 +236,20 @@ def test_view_bad_input_is_one_line_and_exit_2(output, tmp_path, capsys):
         assert main(["view", str(output), "--neuroglancer", "--no-browser", "--port", str(port)]) == 2
     err = capsys.readouterr().err
     assert f"port {port} on 127.0.0.1 is already in use" in err and err.count("\n") == 1, err
+
+
+def test_napari_takes_the_layer_arguments(output):
+    """With napari installed (the `viewer` extra), a window-less ViewerModel gets one multiscale layer per stain."""
+    pytest.importorskip("napari", reason="napari is the optional `viewer` extra")
+    from napari.components import ViewerModel
+
+    from teramind_hf.viewer import add_to_napari
+
+    layers = add_to_napari(ViewerModel(), read_ome_image(output))
+    assert [layer.name for layer in layers] == ["DAPI", "PolyT"]
+    assert [layer.colormap.name for layer in layers] == ["blue", "green"]
+    z0, y0, x0 = ORIGIN_PX
+    for layer in layers:
+        assert layer.multiscale and len(layer.data) == 3 and layer.blending == "additive"
+        np.testing.assert_allclose(layer.scale, (SPACING_UM, UM_PER_PX, UM_PER_PX))
+        np.testing.assert_allclose(layer.translate, (z0 * SPACING_UM, y0 * UM_PER_PX, x0 * UM_PER_PX))
