@@ -9,7 +9,7 @@ import sys
 def run(args: argparse.Namespace) -> int:
     from ..viewer import (
         make_range_server, napari_available, neuroglancer_link, neuroglancer_state, open_in_napari, read_ome_image,
-        serve_until_interrupted,
+        serve_until_interrupted, server_url,
     )
 
     image = read_ome_image(args.out)
@@ -20,9 +20,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         print(f"teramind view: {why_not}; serving for neuroglancer instead", file=sys.stderr)
     server = make_range_server(image.path, host=args.host, port=args.port)
-    host, port = server.server_address[:2]
-    url_host = f"[{host}]" if ":" in host else host
-    base_url = f"http://{url_host}:{port}/"
+    base_url = server_url(server)
     link = neuroglancer_link(neuroglancer_state(image, base_url), args.client)
     print(f"serving {image.path} at {base_url} (byte ranges, CORS); Ctrl-C stops", flush=True)
     print(f"neuroglancer: {link}", flush=True)

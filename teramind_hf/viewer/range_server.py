@@ -149,8 +149,11 @@ def make_range_server(
     if not 0 <= port <= 65535:
         raise ValueError(f"port {port}: expected 0 (any free port) to 65535")
     handler = type("Handler", (RangeRequestHandler,), {"log_requests": log_requests})
+    server_class = QuietThreadingHTTPServer
+    if ":" in host:  # an IPv6 address
+        server_class = type("IPv6Server", (QuietThreadingHTTPServer,), {"address_family": socket.AF_INET6})
     try:
-        return QuietThreadingHTTPServer((host, port), partial(handler, directory=str(folder)))
+        return server_class((host, port), partial(handler, directory=str(folder)))
     except socket.gaierror as err:
         raise ValueError(f"host {host!r}: not a known address ({err.strerror})") from None
     except OSError as err:
@@ -159,6 +162,14 @@ def make_range_server(
         if err.errno == errno.EADDRNOTAVAIL:
             raise ValueError(f"host {host!r}: not an address of this machine") from None
         raise
+
+
+def server_url(server: ThreadingHTTPServer) -> str:
+    """``http://host:port/`` of a bound server; a wildcard address (all interfaces) is named by its loopback, which
+    a browser on this machine can open."""
+    host, port = server.server_address[:2]
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
 def serve_until_interrupted(server: ThreadingHTTPServer) -> None:
