@@ -1,0 +1,138 @@
+"""Micrometre placement end to end: a table whose micron origin is off zero and off the tile grid goes through
+`teramind ingest`, `generate` and `export spatialdata`; the images land on the transcripts in SpatialData's own
+transforms, the OME-Zarr says the same, and the export is the same from any working directory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+
+from teramind_hf.cli import main as cli_main
+
+pytest.importorskip("spatialdata")
+
+UM_PER_PX = 0.5
+OFFSET_UM = (320.3, 1232.7)  # (y, x): not a multiple of the pixel, bin or tile
+COMMON = ["--steps", "1", "--threads", "1", "--quiet", "--region", "0,0,256,256", "--slices", "0,2"]
+
+
+def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "teramind_hf.cli", *args], cwd=cwd, env=env, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def placed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("placement")
+    assert cli_main(["phantom", str(root / "ph"), "--size", "256,256", "--slices", "2", "--seed", "3",
+                     "--um-per-px", str(UM_PER_PX), "--formats", "table"]) == 0
+    table = pd.read_parquet(root / "ph" / "transcripts.parquet")
+    table["x"] = table["x"] * UM_PER_PX + OFFSET_UM[1]
+    table["y"] = table["y"] * UM_PER_PX + OFFSET_UM[0]
+    table.to_csv(root / "t_um.csv", index=False)
+    assert cli_main(["ingest", "table", str(root / "t_um.csv"), "--out", str(root / "g.zarr"), "--units", "um",
+                     "--um-per-px", str(UM_PER_PX), "--origin", "extent", "--pad-to", "256", "--quiet"]) == 0
+    assert cli_main(["generate", "--genes", str(root / "g.zarr"), "--out", str(root / "o.ome.zarr"), *COMMON]) == 0
+    return root, table
+
+
+def _transforms_and_bytes(store: Path):
+    import spatialdata
+    from spatialdata.transformations import get_transformation
+
+    sdata = spatialdata.read_zarr(store)
+    out = {}
+    for name, image in sdata.images.items():
+        levels = [image[k]["image"] for k in sorted(image.keys())]
+        out[name] = (
+            [get_transformation(level, "global").to_affine_matrix(("y", "x"), ("y", "x")) for level in levels],
+            [np.asarray(level.data) for level in levels],
+        )
+    return out
+
+
+def test_images_land_on_the_transcripts_from_any_folder(placed):
+    from spatialdata.transformations import get_transformation
+
+    import spatialdata
+
+    root, table = placed
+    store = dict(zarr.open_group(str(root / "g.zarr"), mode="r").attrs)
+    origin = np.array(store["origin_um"])
+    run = dict(zarr.open_group(str(root / "o.ome.zarr"), mode="r").attrs["teramind"])["run"]
+    assert run["origin_um"] == pytest.approx(list(origin))  # numbers in the run record, not a path
+    # the OME-Zarr: every level's NGFF translation starts at the store's origin (plus the coarser levels' shift)
+    datasets = zarr.open_group(str(root / "o.ome.zarr"), mode="r").attrs["ome"]["multiscales"][0]["datasets"]
+    for level, dataset in enumerate(datasets):
+        translation = dataset["coordinateTransformations"][1]["translation"]
+        shift = (2**level - 1) / 2 * UM_PER_PX
+        assert translation[2:] == pytest.approx(list(origin + shift))
+    assert len(datasets) == 1  # 256 px: one tile, no coarser level (pyramid checked below on a larger output)
+
+    # export from the output's folder and from an unrelated folder, with relative paths: same bytes, same transforms
+    elsewhere = root / "elsewhere"
+    elsewhere.mkdir()
+    here = _cli(["export", "spatialdata", "o.ome.zarr", "--to", "a.zarr"], cwd=root)
+    assert here.returncode == 0, here.stderr
+    there = _cli(["export", "spatialdata", "../o.ome.zarr", "--to", "b.zarr"], cwd=elsewhere)
+    assert there.returncode == 0, there.stderr
+    a, b = _transforms_and_bytes(root / "a.zarr"), _transforms_and_bytes(elsewhere / "b.zarr")
+    assert sorted(a) == sorted(b) == ["teramind_z0", "teramind_z1"]
+    for name in a:
+        for matrix_a, matrix_b in zip(a[name][0], b[name][0]):
+            np.testing.assert_array_equal(matrix_a, matrix_b)
+        for data_a, data_b in zip(a[name][1], b[name][1]):
+            np.testing.assert_array_equal(data_a, data_b)
+    np.testing.assert_array_equal(a["teramind_z0"][1][0], zarr.open_group(str(root / "o.ome.zarr"), mode="r")["0"][:, 0])
+
+    # each transcript maps, through SpatialData's own transform, into the pixel the gene store binned it in
+    image = spatialdata.read_zarr(root / "a.zarr").images["teramind_z0"]["scale0"]["image"]
+    to_pixels = get_transformation(image, "global").inverse().to_affine_matrix(("y", "x"), ("y", "x"))
+    microns = table[["y", "x"]].to_numpy()
+    intrinsic = (to_pixels @ np.c_[microns, np.ones(len(microns))].T).T[:, :2]
+    stored_px = np.floor(microns / UM_PER_PX) - np.round(origin / UM_PER_PX)  # the ingest's binning frame
+    inside = (stored_px >= 0).all(axis=1) & (stored_px < 256).all(axis=1)
+    assert inside.sum() > 1000
+    assert np.abs(intrinsic[inside] - (stored_px[inside] + 0.5)).max() <= 0.5 + 1e-6
+
+
+def test_unknown_origin_is_said_and_needs_a_choice(placed, tmp_path):
+    root, _ = placed
+    genes = np.asarray(zarr.open_group(str(root / "g.zarr"), mode="r")["genes"])
+    np.save(tmp_path / "g.npy", genes)  # an array carries no origin
+    out = tmp_path / "o.ome.zarr"
+    gen = _cli(["generate", "--genes", str(tmp_path / "g.npy"), "--out", str(out), *COMMON, "--min-gene-overlap", "0"],
+               cwd=tmp_path)
+    assert gen.returncode == 0, gen.stderr
+    assert "records no micron origin" in gen.stderr
+    assert dict(zarr.open_group(str(out), mode="r").attrs["teramind"])["run"]["origin_um"] is None
+    refused = _cli(["export", "spatialdata", str(out), "--to", str(tmp_path / "s.zarr")], cwd=tmp_path)
+    assert refused.returncode == 2 and "--origin-um Y,X" in refused.stderr and "Traceback" not in refused.stderr
+    assert not (tmp_path / "s.zarr").exists()
+    given = _cli(["export", "spatialdata", str(out), "--to", str(tmp_path / "s.zarr"), "--origin-um", "-10.5,7"], cwd=tmp_path)
+    assert given.returncode == 0, given.stderr
+    from spatialdata import read_zarr
+    from spatialdata.transformations import get_transformation
+
+    image = read_zarr(tmp_path / "s.zarr").images["teramind_z0"]["scale0"]["image"]
+    corner = get_transformation(image, "global").to_affine_matrix(("y", "x"), ("y", "x"))[:2, 2]
+    np.testing.assert_allclose(corner, [-10.5, 7.0])
+
+
+@pytest.mark.parametrize("value", ["1", "1,2,3", "a,b", "nan,0", ""])
+def test_bad_origin_is_one_line_before_anything_is_written(tmp_path, capsys, value):
+    out = tmp_path / "o.ome.zarr"
+    assert cli_main(["generate", "--genes", str(tmp_path / "missing.zarr"), "--out", str(out), "--origin-um", value]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--origin-um" in err and len(err.splitlines()) == 1 and not out.exists()
+    assert cli_main(["export", "spatialdata", str(tmp_path / "none.ome.zarr"), "--to", str(tmp_path / "s.zarr"),
+                     "--origin-um", value]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--origin-um" in err and len(err.splitlines()) == 1 and not (tmp_path / "s.zarr").exists()
