@@ -20,7 +20,7 @@ pytest.importorskip("spatialdata")
 
 UM_PER_PX = 0.5
 OFFSET_UM = (320.3, 1232.7)  # (y, x): not a multiple of the pixel, bin or tile
-COMMON = ["--steps", "1", "--threads", "1", "--quiet", "--region", "0,0,256,256", "--slices", "0,2"]
+COMMON = ["--steps", "1", "--threads", "1", "--quiet", "--region", "0,0,256,512", "--slices", "0,2"]
 
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -31,7 +31,7 @@ def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def placed(tmp_path_factory):
     root = tmp_path_factory.mktemp("placement")
-    assert cli_main(["phantom", str(root / "ph"), "--size", "256,256", "--slices", "2", "--seed", "3",
+    assert cli_main(["phantom", str(root / "ph"), "--size", "256,512", "--slices", "2", "--seed", "3",
                      "--um-per-px", str(UM_PER_PX), "--formats", "table"]) == 0
     table = pd.read_parquet(root / "ph" / "transcripts.parquet")
     table["x"] = table["x"] * UM_PER_PX + OFFSET_UM[1]
@@ -50,7 +50,7 @@ def _transforms_and_bytes(store: Path):
     sdata = spatialdata.read_zarr(store)
     out = {}
     for name, image in sdata.images.items():
-        levels = [image[k]["image"] for k in sorted(image.keys())]
+        levels = [image[k]["image"] for k in sorted(image.keys())] if hasattr(image, "children") else [image]
         out[name] = (
             [get_transformation(level, "global").to_affine_matrix(("y", "x"), ("y", "x")) for level in levels],
             [np.asarray(level.data) for level in levels],
@@ -74,7 +74,7 @@ def test_images_land_on_the_transcripts_from_any_folder(placed):
         translation = dataset["coordinateTransformations"][1]["translation"]
         shift = (2**level - 1) / 2 * UM_PER_PX
         assert translation[2:] == pytest.approx(list(origin + shift))
-    assert len(datasets) == 1  # 256 px: one tile, no coarser level (pyramid checked below on a larger output)
+    assert len(datasets) == 2  # 256 x 512 px: level 1 is 128 x 256
 
     # export from the output's folder and from an unrelated folder, with relative paths: same bytes, same transforms
     elsewhere = root / "elsewhere"
@@ -90,7 +90,12 @@ def test_images_land_on_the_transcripts_from_any_folder(placed):
             np.testing.assert_array_equal(matrix_a, matrix_b)
         for data_a, data_b in zip(a[name][1], b[name][1]):
             np.testing.assert_array_equal(data_a, data_b)
-    np.testing.assert_array_equal(a["teramind_z0"][1][0], zarr.open_group(str(root / "o.ome.zarr"), mode="r")["0"][:, 0])
+    # the export carries the output's own pyramid: same levels, same pixels, scale 2^level
+    output = zarr.open_group(str(root / "o.ome.zarr"), mode="r")
+    for level, (matrix, data) in enumerate(zip(*a["teramind_z1"])):
+        np.testing.assert_array_equal(data, output[str(level)][:, 1])
+        np.testing.assert_allclose(np.diag(matrix)[:2], [UM_PER_PX * 2**level] * 2)
+        np.testing.assert_allclose(matrix[:2, 2], origin)
 
     # each transcript maps, through SpatialData's own transform, into the pixel the gene store binned it in
     image = spatialdata.read_zarr(root / "a.zarr").images["teramind_z0"]["scale0"]["image"]
@@ -98,7 +103,7 @@ def test_images_land_on_the_transcripts_from_any_folder(placed):
     microns = table[["y", "x"]].to_numpy()
     intrinsic = (to_pixels @ np.c_[microns, np.ones(len(microns))].T).T[:, :2]
     stored_px = np.floor(microns / UM_PER_PX) - np.round(origin / UM_PER_PX)  # the ingest's binning frame
-    inside = (stored_px >= 0).all(axis=1) & (stored_px < 256).all(axis=1)
+    inside = (stored_px >= 0).all(axis=1) & (stored_px < [256, 512]).all(axis=1)
     assert inside.sum() > 1000
     assert np.abs(intrinsic[inside] - (stored_px[inside] + 0.5)).max() <= 0.5 + 1e-6
 
