@@ -143,10 +143,10 @@ def export_spatialdata(
     a new one holds them plus, with `like`, every element of that input store. Returns the element names.
     """
     to = Path(to)
-    _output_placement(out, origin_um, origin_unknown)  # placement known before anything is written
     check_export_target(to, name, overwrite, inputs={"OUT (the generated output)": out, "--like": like})
     if like is not None:
         check_spatialdata_store(like, "--like")
+    _output_placement(out, origin_um, origin_unknown)  # placement known before anything is written
     spatialdata = _require("spatialdata")
     elements = generated_images(out, name, coordinate_system, origin_um=origin_um, origin_unknown=origin_unknown)
     if to.exists():
