@@ -139,3 +139,19 @@ def test_bad_origin_is_one_line_before_anything_is_written(tmp_path, capsys, val
                      "--origin-um", value]) == 2
     err = capsys.readouterr().err.strip()
     assert "--origin-um" in err and len(err.splitlines()) == 1 and not (tmp_path / "s.zarr").exists()
+
+
+def test_an_output_from_before_origins_is_not_resumed_nor_placed_at_zero(placed, tmp_path, capsys):
+    import shutil
+
+    root, _ = placed
+    old = tmp_path / "old.ome.zarr"
+    shutil.copytree(root / "o.ome.zarr", old)
+    group = zarr.open_group(str(old), mode="r+")
+    state = dict(group.attrs["teramind"])
+    state["run"] = {k: v for k, v in state["run"].items() if k not in ("origin_um", "coordinate_system")}
+    group.attrs["teramind"] = state
+    assert cli_main(["generate", "--genes", str(root / "g.zarr"), "--out", str(old), *COMMON]) == 2
+    assert "older teramind" in capsys.readouterr().err
+    assert cli_main(["export", "spatialdata", str(old), "--to", str(tmp_path / "s.zarr")]) == 2
+    assert "predates micron origins" in capsys.readouterr().err and not (tmp_path / "s.zarr").exists()
