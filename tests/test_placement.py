@@ -75,6 +75,15 @@ def test_images_land_on_the_transcripts_from_any_folder(placed, monkeypatch, cap
         shift = (2**level - 1) / 2 * UM_PER_PX
         assert translation[2:] == pytest.approx(list(origin + shift))
     assert len(datasets) == 2  # 256 x 512 px: level 1 is 128 x 256
+    # the same placement as an independent reader (ome-zarr-py) sees it
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    image = list(Reader(parse_url(str(root / "o.ome.zarr")))())[0]
+    assert [np.asarray(level).shape for level in image.data] == [(2, 2, 256, 512), (2, 2, 128, 256)]
+    for level, transforms in enumerate(image.metadata["coordinateTransformations"]):
+        assert transforms[0]["scale"][2:] == [UM_PER_PX * 2**level] * 2
+        assert transforms[1]["translation"][2:] == pytest.approx(list(origin + (2**level - 1) / 2 * UM_PER_PX))
 
     # export from the output's folder and from an unrelated folder, with relative paths: same bytes, same transforms
     elsewhere = root / "elsewhere"

@@ -89,8 +89,9 @@ def check_export_target(
     check_can_create(to / "images" if to.is_dir() else to, argument)
 
 
-# dask blocks of the exported images (px per side): a few MB each, so the export's memory stays flat
-EXPORT_BLOCK_PX = 2048
+# dask blocks of the exported images (px per side): a few MB each and few enough tasks (a graph of one task per
+# 256-px zarr chunk grows with the image), so the export's memory stays flat
+EXPORT_BLOCK_PX = 1024
 
 
 def generated_images(
@@ -113,7 +114,10 @@ def generated_images(
     # level 0's pixel (y, x) covers [origin + (region origin + (y, x)) * um, + um): SpatialData's pixel-corner
     # convention; a level-l pixel covers 2^l fine pixels (SpatialData's multiscale convention, no half-pixel shift)
     base = Sequence([Scale([um, um], axes=("y", "x")), Translation(list(place["translation_yx"]), axes=("y", "x"))])
-    levels = [dask.array.from_zarr(level) for level in place["levels"]]
+    levels = [
+        dask.array.from_zarr(level, chunks=(level.shape[0], 1, EXPORT_BLOCK_PX, EXPORT_BLOCK_PX))
+        for level in place["levels"]
+    ]
     channels = list(STAIN_NAMES[: levels[0].shape[0]])
     elements = {}
     for k, section in enumerate(range(*place["slices"])):
@@ -121,9 +125,8 @@ def generated_images(
         for level, array in enumerate(levels):
             factor = 2 ** level
             transform = base if level == 0 else Sequence([Scale([factor, factor], axes=("y", "x")), base])
-            block = (array.shape[0], EXPORT_BLOCK_PX, EXPORT_BLOCK_PX)
             image = Image2DModel.parse(
-                array[:, k].rechunk(block), dims=("c", "y", "x"), c_coords=channels, transformations={system: transform}
+                array[:, k], dims=("c", "y", "x"), c_coords=channels, transformations={system: transform}
             )
             scales[f"scale{level}"] = image.to_dataset(name="image")
         tree = DataTree.from_dict(scales)
