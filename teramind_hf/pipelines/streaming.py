@@ -48,7 +48,7 @@ from ..schedulers.scheduling_boundary_aware import BoundaryAwareScheduler
 from .pipeline_teramind import TeraMindPipeline
 from .sampling_run import to_output_type
 from ..output_guard import check_output_location, check_replaceable, probe_writable, remove_output
-from .preflight import check_generate_arguments, preflight_generate
+from .preflight import check_generate_arguments, preflight_generate, resolve_origin_um
 
 RECORD_FORMAT = "teramind-generate/1"
 STEP_STORE = "_teramind_steps"  # child of the output group holding step buffers and progress
@@ -384,30 +384,6 @@ def generate_to_zarr(
         step_buffers="disk" if on_disk else "memory", resumed_from_stage=resumed_from, num_processes=state.num_processes,
         device=str(sampler.device),
     )
-
-
-def resolve_origin_um(source: GeneSource, origin_um, origin_unknown: bool) -> tuple[float, float] | None:
-    """The micron origin (y, x) of the source's pixel (0, 0): given, else the store's; None only when the caller
-    says it is unknown. Never a silent zero."""
-    from ..data.store import check_origin_um
-
-    if origin_um is not None and origin_unknown:
-        raise ValueError("origin_um (--origin-um) and origin_unknown (--origin-unknown) exclude each other")
-    if origin_um is not None:
-        return check_origin_um(origin_um, "origin_um (--origin-um)")
-    if source.attrs.get("origin_um") is not None:
-        return check_origin_um(source.attrs["origin_um"], f"{source.location}: attribute 'origin_um'")
-    if not origin_unknown:
-        import warnings
-
-        warnings.warn(
-            f"{source.location}: the gene source records no micron origin (no 'origin_um' attribute, which `teramind "
-            f"ingest` writes): the output is placed in its pixel frame and its run record says origin_um null; pass "
-            f"--origin-um Y,X (origin_um=(y, x), micrometres of its pixel (0, 0)), or --origin-unknown "
-            f"(origin_unknown=True) to silence this",
-            UserWarning, stacklevel=3,
-        )
-    return None
 
 
 def _output_writer(image, grid: TileGrid, region: Region) -> Callable:
