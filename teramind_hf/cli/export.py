@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--to", required=True, help="SpatialData store to add to (created if absent)")
     p.add_argument("--like", default=None, help="input SpatialData store whose elements a new --to store also gets")
     p.add_argument("--name", default="teramind", help="element name prefix (elements NAME_z<section>)")
-    p.add_argument("--coordinate-system", default=None, help="default: the gene store's (from `teramind ingest`)")
+    p.add_argument("--coordinate-system", default=None, help="default: the one the output's run record copied from its gene store (`teramind ingest` writes it), else global")
     p.add_argument("--overwrite", action="store_true", help="replace elements of the same name")
     add_origin_arguments(p, "default: the origin the output's run record holds")
     p.set_defaults(func=run_spatialdata)
