@@ -20,6 +20,25 @@ def int_tuple(text: str, n: int, name: str) -> tuple[int, ...]:
     return values
 
 
+def add_origin_arguments(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--origin-um Y,X`` and ``--origin-unknown``: where the gene source's pixel (0, 0) lies in micrometres."""
+    parser.add_argument("--origin-um", default=None, metavar="Y,X",
+                        help=f"micrometre position (y, x) of the gene source's pixel (0, 0) ({default})")
+    parser.add_argument("--origin-unknown", action="store_true",
+                        help="the source has no known micron origin: place the output in its pixel frame")
+
+
+def origin_arguments(args: argparse.Namespace) -> tuple[float, float] | None:
+    """``--origin-um`` as numbers (checked before anything is written); refused together with ``--origin-unknown``."""
+    from ..data.store import parse_origin_um
+
+    if args.origin_um is None:
+        return None
+    if args.origin_unknown:
+        raise ValueError("--origin-um and --origin-unknown exclude each other")
+    return parse_origin_um(args.origin_um)
+
+
 def blend_steps_arg(text: str) -> int | str:
     """``--blend-steps``: a number of last steps (>= 0) or ``all``."""
     if text == "all":

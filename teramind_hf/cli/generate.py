@@ -8,7 +8,9 @@ import json
 from pathlib import Path
 
 from ..constants import DEFAULT_SECTION_SPACING_UM, DEFAULT_SHARD_TILES, DEFAULT_STEP_BUFFER_LIMIT, MERSCOPE_UM_PER_PX
-from ._args import DEVICE_HELP, blend_steps_arg, int_tuple, local_model, process_device
+from ._args import (
+    DEVICE_HELP, add_origin_arguments, blend_steps_arg, int_tuple, local_model, origin_arguments, process_device,
+)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     # what can be checked without the model, before loading it (the rest: generate_to_zarr, before any write)
     region = int_tuple(args.region, 4, "region") if args.region else None
     slices = int_tuple(args.slices, 2, "slices") if args.slices else None
+    origin_um = origin_arguments(args)
     grid = resolve_grid(args.grid) if args.grid else None
     if args.blend_offsets or args.blend_steps:
         if not (args.blend_offsets and args.blend_steps):
@@ -84,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
         progress_bar=not args.quiet,
         min_gene_overlap=args.min_gene_overlap,
         shard_tiles=args.shard_tiles or None,
+        origin_um=origin_um,
+        origin_unknown=args.origin_unknown,
     )
     if distributed_state().is_main_process:
         print(report.summary())
@@ -157,7 +162,8 @@ def _after_generate(args: argparse.Namespace, genes: str, truth: str | None) -> 
         from ..data.ingest.auto import raw_kind
 
         like = args.genes if args.genes and raw_kind(args.genes) == "spatialdata" else None
-        names = export_spatialdata(args.out, args.spatialdata, like=like, overwrite=args.overwrite)
+        names = export_spatialdata(args.out, args.spatialdata, like=like, overwrite=args.overwrite,
+                                  origin_unknown=args.origin_unknown)
         print(f"SpatialData: image element(s) {', '.join(names)} in {args.spatialdata}")
 
 
@@ -217,6 +223,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-halo", action="store_true", help="naive tiling baseline: each tile alone, no neighbour halo")
     p.add_argument("--um-per-px", type=float, default=None, help=f"pixel size (default: gene store attribute, else {MERSCOPE_UM_PER_PX})")
     p.add_argument("--section-spacing-um", type=float, default=None, help=f"z spacing (default: attribute, else {DEFAULT_SECTION_SPACING_UM})")
+    add_origin_arguments(p, "default: the gene store's origin_um (written by `teramind ingest`)")
     p.add_argument("--memory-limit-mb", type=float, default=DEFAULT_STEP_BUFFER_LIMIT / 2**20, help="step buffers above this go to disk")
     p.add_argument("--shard-tiles", type=int, default=DEFAULT_SHARD_TILES,
                    help="level-0 zarr shard = work unit of N x N tiles (one writer each); 0: unsharded, tiles split one by one")

@@ -42,6 +42,8 @@ def write_training_store(volume: SpatialVolume, path: str | Path, *, chunk: int 
     group = create_training_store(
         path, volume.panel, volume.num_slices, height, width,
         gene_bin=volume.gene_bin, um_per_px=volume.um_per_px, chunk=chunk,
+        # a SpatialVolume's pixel (0, 0) is micron 0 of its own frame (phantoms, official tiles)
+        attrs={"origin_um": [0.0, 0.0]},
     )
     for z in range(volume.num_slices):
         group["images"][:, z] = volume.images[:, z]

@@ -3,8 +3,10 @@ as `.h5ad` bins, transcripts as SpatialData points.
 
 `export_spatialdata` places a `teramind generate` output in the micron coordinate system of the data it came
 from: pixel (y, x) of the output is at `origin_um + (region origin + (y, x)) * um_per_px`, where `origin_um` and
-`coordinate_system` are the gene store's attributes written by `teramind ingest`. One 2-D image element
-(channels DAPI, PolyT) per section, so napari-spatialdata shows it over the real images and points.
+`coordinate_system` are numbers the output's run record copied from the gene store (`teramind ingest` writes
+them); an output without them needs `origin_um` or `origin_unknown`. One 2-D multiscale image element (channels
+DAPI, PolyT; the output's own pyramid) per section, streamed block by block from the output's zarr levels, so
+napari-spatialdata shows it over the real images and points.
 """
 
 from __future__ import annotations
@@ -22,29 +24,43 @@ from .ingest.scverse import _require, check_spatialdata_store, read_spatialdata
 EXPORT_MARKER = "teramind_export"
 
 
-def _output_placement(out: str | Path) -> dict:
-    """Region, slices, scale and the gene store's origin of a `teramind generate` output."""
+def _output_placement(
+    out: str | Path, origin_um: tuple[float, float] | None = None, origin_unknown: bool = False
+) -> dict:
+    """Region, slices, scale, levels and micron origin of a `teramind generate` output, from its run record alone
+    (never from its gene store's path, which may be relative, moved or gone)."""
     import zarr
+
+    from .store import check_origin_um
 
     try:
         group = zarr.open_group(str(out), mode="r")
         run = dict(group.attrs["teramind"])["run"]
-        level0 = group["0"]
+        levels = [group[d["path"]] for d in group.attrs["ome"]["multiscales"][0]["datasets"]]
     except Exception as err:  # zarr / KeyError for "not a teramind output"
         raise ValueError(f"{out}: not a complete `teramind generate` OME-Zarr output ({err})") from err
     if not dict(group.attrs["teramind"]).get("complete"):
         raise ValueError(f"{out}: the generation is not complete (rerun `teramind generate` to finish it)")
-    origin_um, system = (0.0, 0.0), "global"
-    try:
-        attrs = dict(zarr.open_group(run["genes"]["location"], mode="r").attrs)
-        origin_um, system = tuple(attrs.get("origin_um", origin_um)), attrs.get("coordinate_system", system)
-    except Exception:  # the gene source moved or is not a store: place the output at the origin
-        pass
+    if origin_um is not None and origin_unknown:
+        raise ValueError("--origin-um and --origin-unknown exclude each other")
+    if origin_um is not None:
+        origin = check_origin_um(origin_um, "--origin-um")
+    elif run.get("origin_um") is not None:
+        origin = check_origin_um(run["origin_um"], f"{out}/zarr.json: run record 'origin_um'")
+    elif origin_unknown:
+        origin = (0.0, 0.0)
+    else:
+        why = "records an unknown origin (origin_um null)" if "origin_um" in run else "predates micron origins in the run record"
+        raise ValueError(
+            f"{out}: the output {why}, so its images cannot be placed over the tissue: pass --origin-um Y,X "
+            f"(micrometres of the gene source's pixel (0, 0)) or --origin-unknown (place them in its pixel frame)"
+        )
     y0, x0, _, _ = run["region_yxhw"]
     um = float(run["um_per_px"])
     return {
-        "level0": level0, "slices": run["slices"], "um_per_px": um, "coordinate_system": system,
-        "translation_yx": (origin_um[0] + y0 * um, origin_um[1] + x0 * um),
+        "levels": levels, "slices": run["slices"], "um_per_px": um,
+        "coordinate_system": run.get("coordinate_system") or "global",
+        "translation_yx": (origin[0] + y0 * um, origin[1] + x0 * um),
     }
 
 
@@ -73,31 +89,56 @@ def check_export_target(
     check_can_create(to / "images" if to.is_dir() else to, argument)
 
 
-def generated_images(out: str | Path, name: str = "teramind", coordinate_system: str | None = None) -> dict:
-    """SpatialData image elements `{name}_z{section}` (c: DAPI, PolyT; y; x) of a generate output."""
+# dask blocks of the exported images (px per side): a few MB each and few enough tasks (a graph of one task per
+# 256-px zarr chunk grows with the image), so the export's memory stays flat
+EXPORT_BLOCK_PX = 1024
+
+
+def generated_images(
+    out: str | Path, name: str = "teramind", coordinate_system: str | None = None, *,
+    origin_um: tuple[float, float] | None = None, origin_unknown: bool = False,
+) -> dict:
+    """SpatialData image elements `{name}_z{section}` (c: DAPI, PolyT; y; x) of a generate output: lazy dask
+    views of the output's own pyramid (scale0, scale1, ... = its levels), written block by block."""
     _require("spatialdata")
+    import dask.array
     from spatialdata.models import Image2DModel
     from spatialdata.transformations import Scale, Sequence, Translation
+    from xarray import DataTree
 
     from ..constants import STAIN_NAMES
 
-    place = _output_placement(out)
+    place = _output_placement(out, origin_um, origin_unknown)
     system = coordinate_system or place["coordinate_system"]
     um = place["um_per_px"]
-    transform = Sequence([Scale([um, um], axes=("y", "x")), Translation(list(place["translation_yx"]), axes=("y", "x"))])
-    level0 = place["level0"]
+    # level 0's pixel (y, x) covers [origin + (region origin + (y, x)) * um, + um): SpatialData's pixel-corner
+    # convention; a level-l pixel covers 2^l fine pixels (SpatialData's multiscale convention, no half-pixel shift)
+    base = Sequence([Scale([um, um], axes=("y", "x")), Translation(list(place["translation_yx"]), axes=("y", "x"))])
+    levels = [
+        dask.array.from_zarr(level, chunks=(level.shape[0], 1, EXPORT_BLOCK_PX, EXPORT_BLOCK_PX))
+        for level in place["levels"]
+    ]
+    channels = list(STAIN_NAMES[: levels[0].shape[0]])
     elements = {}
     for k, section in enumerate(range(*place["slices"])):
-        data = np.asarray(level0[:, k])
-        elements[f"{name}_z{section}"] = Image2DModel.parse(
-            data, dims=("c", "y", "x"), c_coords=list(STAIN_NAMES[: data.shape[0]]), transformations={system: transform}
-        )
+        scales = {}
+        for level, array in enumerate(levels):
+            factor = 2 ** level
+            transform = base if level == 0 else Sequence([Scale([factor, factor], axes=("y", "x")), base])
+            image = Image2DModel.parse(
+                array[:, k], dims=("c", "y", "x"), c_coords=channels, transformations={system: transform}
+            )
+            scales[f"scale{level}"] = image.to_dataset(name="image")
+        tree = DataTree.from_dict(scales)
+        Image2DModel().validate(tree)
+        elements[f"{name}_z{section}"] = tree
     return elements
 
 
 def export_spatialdata(
     out: str | Path, to: str | Path, *, like: str | Path | None = None, name: str = "teramind",
-    coordinate_system: str | None = None, overwrite: bool = False,
+    coordinate_system: str | None = None, overwrite: bool = False, origin_um: tuple[float, float] | None = None,
+    origin_unknown: bool = False,
 ) -> list[str]:
     """Write the generated DAPI/PolyT of `out` as image elements into the SpatialData store `to`.
 
@@ -108,8 +149,9 @@ def export_spatialdata(
     check_export_target(to, name, overwrite, inputs={"OUT (the generated output)": out, "--like": like})
     if like is not None:
         check_spatialdata_store(like, "--like")
+    _output_placement(out, origin_um, origin_unknown)  # placement known before anything is written
     spatialdata = _require("spatialdata")
-    elements = generated_images(out, name, coordinate_system)
+    elements = generated_images(out, name, coordinate_system, origin_um=origin_um, origin_unknown=origin_unknown)
     if to.exists():
         from ..output_guard import check_replaceable
 

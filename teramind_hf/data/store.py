@@ -186,4 +186,29 @@ def store_attributes(attrs: Any, location: str | Path) -> dict:
     for key in ("um_per_px", "section_spacing_um"):
         if attrs.get(key) is not None:
             attrs[key] = _positive_number(attrs[key], key, location)
+    if attrs.get("origin_um") is not None:
+        attrs["origin_um"] = check_origin_um(attrs["origin_um"], f"{location}: attribute 'origin_um'")
     return attrs
+
+
+def check_origin_um(value: Any, name: str) -> tuple[float, float]:
+    """A micron origin (y, x): two finite numbers, else a ValueError naming ``name``."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
+        raise ValueError(f"{name} must be two numbers (y, x) in micrometres, got {value!r}")
+    try:
+        numbers = tuple(float(v) for v in value if not isinstance(v, bool))
+    except (TypeError, ValueError):
+        numbers = ()
+    if len(numbers) != 2 or not all(math.isfinite(v) for v in numbers):
+        raise ValueError(f"{name} must be two finite numbers (y, x) in micrometres, got {value!r}")
+    return numbers
+
+
+def parse_origin_um(text: str, option: str = "--origin-um") -> tuple[float, float]:
+    """``"Y,X"`` (micrometres) -> ``(y, x)``; a ValueError naming ``option`` otherwise."""
+    parts = str(text).split(",")
+    try:
+        values = [float(v) for v in parts]
+    except ValueError:
+        raise ValueError(f"{option} must be two comma-separated numbers Y,X in micrometres, got {text!r}") from None
+    return check_origin_um(values, f"{option} {text!r}")

@@ -162,6 +162,7 @@ def _generate(pipe, genes, out: Path, run: dict, seed: int, region=None, progres
         num_inference_steps=int(run["num_inference_steps"]), generator=int(seed), halo=bool(run.get("halo", True)),
         grid=run.get("grid_schedule"),
         um_per_px=run.get("um_per_px"), section_spacing_um=run.get("section_spacing_um"), progress_bar=progress,
+        origin_um=run.get("origin_um"), origin_unknown=run.get("origin_um") is None,
     )
     volume = open_volume(str(out), "control")
     volume.origin = tuple(run["slices"][:1]) + (y0, x0)  # a shuffled-gene store starts at the region

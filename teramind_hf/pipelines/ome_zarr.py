@@ -30,6 +30,8 @@ class PhysicalScale:
     um_per_px: float = DEFAULT_UM_PER_PX
     section_spacing_um: float = DEFAULT_SECTION_SPACING_UM
     origin_px: tuple[int, int, int] = (0, 0, 0)  # (first section, y0, x0) of the region in the source
+    # micrometre position (y, x) of the source's pixel (0, 0) (the gene store's `origin_um`); zeros when unknown
+    origin_um: tuple[float, float] = (0.0, 0.0)
 
 
 def pyramid_shapes(shape: tuple[int, int, int, int], tile_size: int) -> list[tuple[int, int, int, int]]:
@@ -63,8 +65,8 @@ def multiscales_metadata(
                         "translation": [
                             0.0,
                             z0 * scale.section_spacing_um,
-                            y0 * scale.um_per_px + shift,
-                            x0 * scale.um_per_px + shift,
+                            scale.origin_um[0] + y0 * scale.um_per_px + shift,
+                            scale.origin_um[1] + x0 * scale.um_per_px + shift,
                         ],
                     },
                 ],

@@ -223,3 +223,27 @@ def preflight_generate(source, out: str, plan, progress_bar: bool = False) -> No
         source, (y0 // b, (y0 + h) // b), (x0 // b, (x0 + w) // b), (max(lo, 0), min(hi, source.num_sections)),
         progress_bar=progress_bar,
     )
+
+
+def resolve_origin_um(source, origin_um, origin_unknown: bool) -> tuple[float, float] | None:
+    """The micron origin (y, x) of the source's pixel (0, 0): given, else the store's; None only when the caller
+    says it is unknown. Never a silent zero."""
+    from ..data.store import check_origin_um
+
+    if origin_um is not None and origin_unknown:
+        raise ValueError("origin_um (--origin-um) and origin_unknown (--origin-unknown) exclude each other")
+    if origin_um is not None:
+        return check_origin_um(origin_um, "origin_um (--origin-um)")
+    if source.attrs.get("origin_um") is not None:
+        return check_origin_um(source.attrs["origin_um"], f"{source.location}: attribute 'origin_um'")
+    if not origin_unknown:
+        import warnings
+
+        warnings.warn(
+            f"{source.location}: the gene source records no micron origin (no 'origin_um' attribute, which `teramind "
+            f"ingest` writes): the output is placed in its pixel frame and its run record says origin_um null; pass "
+            f"--origin-um Y,X (origin_um=(y, x), micrometres of its pixel (0, 0)), or --origin-unknown "
+            f"(origin_unknown=True) to silence this",
+            UserWarning, stacklevel=3,
+        )
+    return None

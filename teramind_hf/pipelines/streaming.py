@@ -48,7 +48,7 @@ from ..schedulers.scheduling_boundary_aware import BoundaryAwareScheduler
 from .pipeline_teramind import TeraMindPipeline
 from .sampling_run import to_output_type
 from ..output_guard import check_output_location, check_replaceable, probe_writable, remove_output
-from .preflight import check_generate_arguments, preflight_generate
+from .preflight import check_generate_arguments, preflight_generate, resolve_origin_um
 
 RECORD_FORMAT = "teramind-generate/1"
 STEP_STORE = "_teramind_steps"  # child of the output group holding step buffers and progress
@@ -233,6 +233,8 @@ def generate_to_zarr(
     callback_on_step_end: Callable | None = None,
     progress_bar: bool = True,
     shard_tiles: int | None = DEFAULT_SHARD_TILES,
+    origin_um: tuple[float, float] | None = None,
+    origin_unknown: bool = False,
 ) -> GenerateReport:
     """Generate the morphology of a region of a gene source into an OME-Zarr image at ``out``, resumably.
 
@@ -259,6 +261,13 @@ def generate_to_zarr(
             sections x all stains; the tiles are split across processes in these blocks (work units,
             ``TileGrid.unit_tiles``), so each shard has one writer. None: unsharded, tiles split one by one. No
             effect on the pixel bytes.
+        origin_um: micrometre position (y, x) of the gene source's pixel (0, 0); default: the store's
+            ``origin_um`` attribute (``teramind ingest`` writes it). Level 0's index (y, x) is then at
+            ``origin_um + (region origin + (y, x)) * um_per_px`` (the NGFF translation of every level).
+        origin_unknown: say that the source has no known micron origin: the output is placed in the source's
+            pixel frame and its run record says ``origin_um: null`` (``teramind export spatialdata`` then asks for
+            one). Without either, a source with no origin (an array, a store without ``origin_um``) gets the same
+            with a warning.
     Returns:
         a :class:`GenerateReport` (voxels, time, voxels/s, peak RSS).
     """
@@ -271,6 +280,7 @@ def generate_to_zarr(
     if isinstance(genes, (str, Path)):
         check_output_location(out, {"genes": genes}, "out")
     source = open_gene_source(genes)
+    origin = resolve_origin_um(source, origin_um, origin_unknown)
     # the sampling run, checked once (as for the in-memory pipeline); work units = output shards, aligned to the
     # requested region (exact mode computes a margin around it)
     check_generate_arguments(memory_limit_bytes=memory_limit_bytes, um_per_px=um_per_px,
@@ -292,8 +302,14 @@ def generate_to_zarr(
         um_per_px=float(um_per_px or source.attrs.get("um_per_px") or DEFAULT_UM_PER_PX),
         section_spacing_um=float(section_spacing_um or source.attrs.get("section_spacing_um") or DEFAULT_SECTION_SPACING_UM),
         origin_px=(reg.start, reg.y0, reg.x0),
+        origin_um=origin or (0.0, 0.0),
     )
-    record = {**run_record(pipe, scheduler, source, reg, seed, steps, halo, scale, schedule, exact), "shard_tiles": shard_tiles}
+    record = {
+        **run_record(pipe, scheduler, source, reg, seed, steps, halo, scale, schedule, exact), "shard_tiles": shard_tiles,
+        # numbers, not a path to re-resolve: the export places the output from these alone
+        "origin_um": list(origin) if origin is not None else None,
+        "coordinate_system": str(source.attrs.get("coordinate_system") or "global"),
+    }
 
     # decide what to do with the output folder: every process decides the same, only the main one mutates
     exists, previous = read_existing_record(out)
@@ -302,6 +318,11 @@ def generate_to_zarr(
         # not ours: refused, overwrite or not (an empty folder holds nothing to lose and is written afresh)
         check_replaceable(out, ["generate"], "out")
     elif exists and not overwrite:
+        if isinstance(previous.get("run"), dict) and "origin_um" not in previous["run"]:
+            raise FileExistsError(
+                f"{out} was written by an older teramind whose run record has no micron origin (origin_um), so it "
+                f"cannot be resumed or reused; pass --overwrite (overwrite=True) to generate it afresh"
+            )
         if previous.get("run") != record:
             why = f"it differs in {describe_difference(previous.get('run', {}), record)}"
             raise FileExistsError(f"{out} exists and {why}; pass --overwrite (overwrite=True) to replace it")
