@@ -78,7 +78,8 @@ def multiscales_metadata(
         {"name": "y", "type": "space", "unit": "micrometer"},
         {"name": "x", "type": "space", "unit": "micrometer"},
     ]
-    colors = ("0000FF", "FFFFFF")
+    # DAPI blue, PolyT green: drawn additively (napari, neuroglancer), a white PolyT would hide the DAPI
+    colors = ("0000FF", "00FF00")
     return {
         "version": NGFF_VERSION,
         "multiscales": [

@@ -19,8 +19,8 @@ MICROMETRES_PER_UNIT = {
     "angstrom": 1e-4, "nanometer": 1e-3, "micrometer": 1.0, "millimeter": 1e3, "centimeter": 1e4, "meter": 1e6,
 }
 
-# viewer colours by stain name (RGB hex). The output's omero metadata gives PolyT white: drawn additively over a
-# blue DAPI, white hides the DAPI, so the viewers show PolyT in green; other channels keep their omero colour.
+# viewer colours by stain name (RGB hex), the ones the output's omero metadata gives since outputs made before it
+# gave PolyT white, which drawn additively over a blue DAPI hides it; other channels keep their omero colour.
 STAIN_COLORS = {"DAPI": "0000FF", "PolyT": "00FF00"}
 FALLBACK_COLORS = ("0000FF", "00FF00", "FF00FF", "FFFF00", "00FFFF", "FF0000")
 
