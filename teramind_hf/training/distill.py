@@ -140,12 +140,14 @@ def make_targets(args, teacher, alignment, teacher_grid, steps, output_dir: Path
 
 def save_student(unet, scheduler, teacher, grid, args, output_dir: Path, summary: dict) -> None:
     from ..pipelines.pipeline_teramind import TeraMindPipeline
+    from ..sampling.schedule import GRID_SCHEDULES
     from .distill_card import distill_model_card
 
     to_save = unet.to(dtype=torch.float16 if args.save_dtype == "fp16" else torch.float32, memory_format=torch.contiguous_format)
     cfg = teacher.config
+    grid_name = next((name for name, known in GRID_SCHEDULES.items() if known == grid), grid.to_dict())
     pipe = TeraMindPipeline(unet=to_save, scheduler=scheduler, tile_size=cfg.tile_size, halo=cfg.halo,
-                            fill_value=cfg.fill_value, grid=grid.to_dict(), num_inference_steps=args.student_steps)
+                            fill_value=cfg.fill_value, grid=grid_name, num_inference_steps=args.student_steps)
     pipe.save_pretrained(str(output_dir), safe_serialization=True)
     distill_model_card(args, unet.config, grid, summary).save(str(output_dir / "README.md"))
 
@@ -207,7 +209,8 @@ def distill(args: argparse.Namespace) -> dict:
     cfg = teacher.unet.config
     geometry = WindowGeometry(patch=cfg.sample_size, gene_bin=cfg.gene_bin, fill_value=teacher.config.fill_value,
                               region=args.teacher_region_size)
-    windows = DistillWindows(group, num_records, path, grid, geometry, seed=args.seed, global_batch=global_batch,
+    window_seed = args.seed if args.window_seed is None else args.window_seed
+    windows = DistillWindows(group, num_records, path, grid, geometry, seed=window_seed, global_batch=global_batch,
                              length=args.max_train_steps * global_batch, prediction_type=prediction_type)
 
     unet.train()

@@ -36,7 +36,9 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     a("--prediction_type", choices=["epsilon", "sample", "v_prediction"], default=None,
       help="what the student predicts (default: the teacher's); 'sample' suits 1-2 steps of an epsilon teacher")
     # optimisation
-    a("--seed", type=int, default=0, help="seeds the teacher regions and noise, and every training draw")
+    a("--seed", type=int, default=0, help="seeds the teacher regions and noise (part of the target store's identity)")
+    a("--window_seed", type=int, default=None,
+      help="seeds the training windows (default --seed); a later stage on the same target store changes it")
     a("--train_batch_size", type=int, default=8, help="128-px windows per process per micro-batch")
     a("--gradient_accumulation_steps", type=int, default=1)
     a("--max_train_steps", type=int, default=100, help="optimizer steps")

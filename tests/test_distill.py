@@ -1,0 +1,118 @@
+"""`teramind distill`: the student's training windows are the sampler's model inputs, its path is DDIM's, the CLI
+distils a tiny teacher and the official fixture, resumes after SIGKILL exactly, and the student loads and samples
+with its saved steps and grid.
+
+Runs are real subprocesses on one thread, on a tiny random teacher (tests/conftest.py) and a small phantom.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from .conftest import OFFICIAL_SMALL, make_tiny_unet
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "TQDM_DISABLE": "1"}
+FAST = ["--num_teacher_samples", "2", "--teacher_steps", "1", "--train_batch_size", "2", "--num_threads", "1",
+        "--learning_rate", "1e-3", "--no_progress"]
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory) -> Path:
+    from teramind_hf.data import make_phantom
+    from teramind_hf.data.datasets import write_training_store
+
+    path = tmp_path_factory.mktemp("data") / "phantom.zarr"
+    write_training_store(make_phantom(256, 256, num_slices=3, seed=0, um_per_px=1.0).to_volume(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory, phantom) -> Path:
+    """A tiny random x0-predicting teacher on the phantom's panel that ships the diagonal grid."""
+    import zarr
+
+    from teramind_hf import BoundaryAwareScheduler, TeraMindPipeline
+
+    names = list(zarr.open_group(str(phantom), mode="r").attrs["gene_names"])
+    pipe = TeraMindPipeline(unet=make_tiny_unet(names), scheduler=BoundaryAwareScheduler(prediction_type="sample"),
+                            grid="diagonal", num_inference_steps=3)
+    path = tmp_path_factory.mktemp("teacher") / "teacher"
+    pipe.save_pretrained(str(path))
+    return path
+
+
+def _distill(teacher: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "teramind_hf.training.distill", "--teacher", str(teacher), "--data", str(data),
+            "--output_dir", str(out), *FAST, *extra]
+
+
+def _weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors"))
+
+
+def _windows(teacher: Path, phantom: Path, tmp_path: Path):
+    """The training windows of a one-record store, and the record and student pipeline they come from."""
+    subprocess.run(_distill(teacher, phantom, tmp_path / "run", "--max_train_steps", "1", "--num_teacher_samples", "1"),
+                   check=True, env=ENV, timeout=120)
+    import zarr
+
+    from teramind_hf import TeraMindPipeline
+    from teramind_hf.sampling.schedule import resolve_grid
+    from teramind_hf.training.distill_targets import StudentPath
+    from teramind_hf.training.distill_windows import DistillWindows, WindowGeometry
+
+    student = TeraMindPipeline.from_pretrained(str(tmp_path / "run"))
+    group = zarr.open_group(str(tmp_path / "run" / "teacher_targets.zarr"), mode="r")
+    path = StudentPath.of(student.scheduler, 2)
+    geometry = WindowGeometry(patch=64, gene_bin=16, fill_value=-1.0, region=256)
+    windows = DistillWindows(group, 1, path, resolve_grid("diagonal"), geometry, seed=0, global_batch=8, length=400,
+                             prediction_type="sample")
+    return windows, group, student, path
+
+
+def test_windows_are_the_samplers_model_inputs_and_the_path_is_ddim(teacher, phantom, tmp_path):
+    from teramind_hf.sampling.grid import TileGrid
+
+    windows, group, student, path = _windows(teacher, phantom, tmp_path)
+    noise, target, genes = (torch.from_numpy(group[name][0]) for name in ("noise", "target", "genes"))
+    calls = []
+    forward = student.unet.forward
+
+    def recording(x, t, g, **kwargs):
+        calls.append((int(torch.as_tensor(t).reshape(-1)[0]), x.clone(), g.clone()))
+        return forward(x, t, g, **kwargs)
+
+    student.unet.forward = recording
+    student(genes, gene_names=student.unet.config.gene_names, slices=(1, 3), latents=noise[None], generator=0)
+    assert [t for t, _, _ in calls] == [999, 999, 499, 499]  # 2 steps x 2 offsets: 4 calls for the one tile
+    grid = TileGrid(height=256, width=256)
+    canvases = {(t, x.shape[-1]): (x[0], g[0]) for t, x, g in calls}
+    checked = set()
+    for index in range(400):
+        _, k, offset, (y, x) = windows.draws(index)
+        if k:
+            continue
+        box = grid.canvas_box(0, 0, offset)
+        canvas, gene_canvas = canvases[(999, box.width)]
+        item = windows[index]
+        top, left = y - 32 - box.y0, x - 32 - box.x0
+        assert torch.equal(item["x"], canvas[..., top : top + 128, left : left + 128]), (offset, y, x)
+        assert torch.equal(item["genes"], gene_canvas[..., top // 16 : top // 16 + 8, left // 16 : left // 16 + 8])
+        checked.add(offset)
+    assert checked == {(0, 0), (16, 16)}
+    # step 1 is where deterministic DDIM goes from the noise when its x0 is the teacher's sample
+    scheduler = student.scheduler
+    scheduler.set_timesteps(2)
+    ddim = scheduler.step(target, 999, noise).prev_sample
+    assert torch.allclose(path.noisy(1, noise, target), ddim, atol=1e-5)
+    assert not torch.allclose(path.noisy(1, noise, target), noise, atol=1e-2)
