@@ -116,3 +116,96 @@ def test_windows_are_the_samplers_model_inputs_and_the_path_is_ddim(teacher, pha
     ddim = scheduler.step(target, 999, noise).prev_sample
     assert torch.allclose(path.noisy(1, noise, target), ddim, atol=1e-5)
     assert not torch.allclose(path.noisy(1, noise, target), noise, atol=1e-2)
+
+
+def test_kill_and_resume_equals_uninterrupted_and_the_student_samples_as_saved(teacher, phantom, tmp_path):
+    common = ["--max_train_steps", "4", "--checkpointing_steps", "2", "--use_ema", "--lr_scheduler", "cosine"]
+    full = tmp_path / "full"
+    subprocess.run(_distill(teacher, phantom, full, *common), check=True, env=ENV, timeout=120)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_distill(teacher, phantom, killed, *common), env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    marker = killed / "checkpoint-2" / "training_config.json"
+    deadline = time.time() + 120
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (killed / "model_index.json").exists()
+    subprocess.run(_distill(teacher, phantom, killed, *common, "--resume_from_checkpoint", "latest"), check=True, env=ENV,
+                   timeout=120)
+    assert (killed / "train_log.jsonl").read_text() == (full / "train_log.jsonl").read_text()
+    full_w, resumed_w = _weights(full), _weights(killed)
+    assert all(torch.equal(full_w[k], resumed_w[k]) for k in full_w)
+    teacher_w = load_file(str(teacher / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert any(not torch.equal(full_w[k], teacher_w[k]) for k in full_w)  # the student did train
+
+    from teramind_hf import TeraMindPipeline
+
+    student = TeraMindPipeline.from_pretrained(str(full))
+    assert (student.config.num_inference_steps, student.config.grid) == (2, "diagonal")
+    assert "not measured" in (full / "README.md").read_text().lower()
+    timesteps = []
+    forward = student.unet.forward
+    student.unet.forward = lambda x, t, g, **kw: (timesteps.append(int(torch.as_tensor(t).reshape(-1)[0])), forward(x, t, g, **kw))[1]
+    genes = torch.poisson(torch.full((student.unet.config.num_genes, 2, 32, 16), 0.5), generator=torch.Generator().manual_seed(0))
+    images = student(genes, gene_names=student.unet.config.gene_names, generator=0, batch_size=2).images
+    assert images.shape == (2, 2, 512, 256)
+    assert timesteps == [999, 999, 499, 499]  # one batch of the 2 tiles per call: 2 steps x 2 offsets = 4 calls a tile
+
+
+def test_distils_the_official_fixture_and_loads(phantom, tmp_path):
+    """The recipe on the official architecture (converted small fixture, epsilon teacher, official DDIM grid)."""
+    import zarr
+
+    from teramind_hf import TeraMindPipeline
+    from teramind_hf.convert.official import convert_official_checkpoint
+
+    names = list(zarr.open_group(str(phantom), mode="r").attrs["gene_names"])
+    config = json.loads((OFFICIAL_SMALL / "config.json").read_text())
+    panel = (names + [f"Extra{i}" for i in range(config["rna_num"])])[: config["rna_num"]]
+    official = tmp_path / "official"
+    convert_official_checkpoint(OFFICIAL_SMALL / "model.safetensors", official, gene_names=panel)
+    out = tmp_path / "student"
+    subprocess.run([sys.executable, "-m", "teramind_hf.cli", "distill", "--teacher", str(official), "--data", str(phantom),
+                    "--output_dir", str(out), *FAST, "--max_train_steps", "2", "--student_steps", "1",
+                    "--prediction_type", "sample"], check=True, env=ENV, timeout=180)
+    student = TeraMindPipeline.from_pretrained(str(out))
+    assert student.config.num_inference_steps == 1 and student.config.grid == "official"
+    assert student.scheduler.config.prediction_type == "sample"
+    assert student.unet.config.block_out_channels == TeraMindPipeline.from_pretrained(str(official)).unet.config.block_out_channels
+    genes = torch.zeros((len(panel), 2, 16, 16))
+    assert student(genes, gene_names=panel, generator=0).images.shape == (2, student.unet.config.out_channels, 256, 256)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--student_steps", "0"], "--student_steps must be >= 1"),
+        (["--grid", "nope"], "--grid: unknown grid schedule"),
+        (["--teacher_region_size", "100"], "--teacher_region_size must be whole 256-px tiles"),
+    ],
+)
+def test_bad_options_exit_2_with_one_line(teacher, phantom, tmp_path, extra, message):
+    cmd = [sys.executable, "-m", "teramind_hf.cli", "distill", "--teacher", str(teacher), "--data", str(phantom),
+           "--output_dir", str(tmp_path / "out"), *extra]
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_target_store_made_with_other_settings_is_refused(teacher, phantom, tmp_path):
+    subprocess.run(_distill(teacher, phantom, tmp_path / "a", "--max_train_steps", "1", "--num_teacher_samples", "1"),
+                   check=True, env=ENV, timeout=120)
+    store = tmp_path / "a" / "teacher_targets.zarr"
+    before = sorted((p.relative_to(store), p.stat().st_mtime_ns) for p in store.rglob("*"))
+    cmd = [sys.executable, "-m", "teramind_hf.cli", "distill", "--teacher", str(teacher), "--data", str(phantom),
+           "--output_dir", str(tmp_path / "b"), "--targets", str(store), *FAST, "--seed", "5"]
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "made with other settings (seed: store 0 vs this run 5)" in proc.stderr.strip().splitlines()[-1]
+    assert sorted((p.relative_to(store), p.stat().st_mtime_ns) for p in store.rglob("*")) == before

@@ -164,6 +164,7 @@ def distill(args: argparse.Namespace) -> dict:
     from .data import StepSampler, open_training_store
     from .distill_targets import StudentPath, completed_records, student_scheduler
     from .distill_windows import DistillWindows, WindowGeometry, distill_loss
+    from .losses import sample_seed
     from .train import _logged_step, _multi_process_cpu
 
     check_args(args)
@@ -246,8 +247,12 @@ def distill(args: argparse.Namespace) -> dict:
     step, started, cpu_started = start_step, time.time(), time.process_time()
     running = torch.zeros(2)
     summary: dict = {"teacher_samples": num_records, "timesteps": list(path.timesteps)}
+    micro = 0
     for batch in loader:
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        # dropout draws from (seed, step, micro-batch, rank) alone, so a resumed run draws what the whole run did
+        torch.manual_seed(sample_seed(window_seed, step, micro * world + rank, "dropout"))
+        micro = (micro + 1) % args.gradient_accumulation_steps
         with accelerator.accumulate(unet):
             with accelerator.autocast():
                 loss, mse = distill_loss(unet, batch, path, prediction_type, args.highpass_weight)
