@@ -186,6 +186,8 @@ def test_distils_the_official_fixture_and_loads(phantom, tmp_path):
         (["--student_steps", "0"], "--student_steps must be >= 1"),
         (["--grid", "nope"], "--grid: unknown grid schedule"),
         (["--teacher_region_size", "100"], "--teacher_region_size must be whole 256-px tiles"),
+        (["--data", "missing.zarr"], "--data missing.zarr: no such file or directory"),
+        (["--teacher", "./missing"], "--teacher ./missing: cannot load a TeraMindPipeline"),
     ],
 )
 def test_bad_options_exit_2_with_one_line(teacher, phantom, tmp_path, extra, message):
