@@ -2,7 +2,8 @@
 distils a tiny teacher and the official fixture, resumes after SIGKILL exactly, and the student loads and samples
 with its saved steps and grid.
 
-Runs are real subprocesses on one thread, on a tiny random teacher (tests/conftest.py) and a small phantom.
+On a tiny random teacher (tests/conftest.py) and a small phantom, one thread; one run is shared by the tests, and
+only the run that is killed is a subprocess.
 """
 
 from __future__ import annotations
@@ -51,39 +52,42 @@ def teacher(tmp_path_factory, phantom) -> Path:
     return path
 
 
-def _distill(teacher: Path, data: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "teramind_hf.training.distill", "--teacher", str(teacher), "--data", str(data),
-            "--output_dir", str(out), *FAST, *extra]
+def _args(teacher: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return ["--teacher", str(teacher), "--data", str(data), "--output_dir", str(out), *FAST, *extra]
 
 
 def _weights(out: Path) -> dict[str, torch.Tensor]:
     return load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors"))
 
 
-def _windows(teacher: Path, phantom: Path, tmp_path: Path):
-    """The training windows of a one-record store, and the record and student pipeline they come from."""
-    subprocess.run(_distill(teacher, phantom, tmp_path / "run", "--max_train_steps", "1", "--num_teacher_samples", "1"),
-                   check=True, env=ENV, timeout=120)
+RUN = ["--max_train_steps", "4", "--checkpointing_steps", "2", "--use_ema", "--lr_scheduler", "cosine"]
+
+
+@pytest.fixture(scope="module")
+def distilled(teacher, phantom, tmp_path_factory, one_torch_thread) -> Path:
+    """One uninterrupted `teramind distill` run (in this process)."""
+    from teramind_hf.cli import main
+
+    out = tmp_path_factory.mktemp("distill") / "full"
+    assert main(["distill", *_args(teacher, phantom, out, *RUN)]) == 0
+    return out
+
+
+def test_windows_are_the_samplers_model_inputs_and_the_path_is_ddim(distilled):
     import zarr
 
     from teramind_hf import TeraMindPipeline
+    from teramind_hf.sampling.grid import TileGrid
     from teramind_hf.sampling.schedule import resolve_grid
     from teramind_hf.training.distill_targets import StudentPath
     from teramind_hf.training.distill_windows import DistillWindows, WindowGeometry
 
-    student = TeraMindPipeline.from_pretrained(str(tmp_path / "run"))
-    group = zarr.open_group(str(tmp_path / "run" / "teacher_targets.zarr"), mode="r")
+    student = TeraMindPipeline.from_pretrained(str(distilled))
+    group = zarr.open_group(str(distilled / "teacher_targets.zarr"), mode="r")
     path = StudentPath.of(student.scheduler, 2)
     geometry = WindowGeometry(patch=64, gene_bin=16, fill_value=-1.0, region=256)
     windows = DistillWindows(group, 1, path, resolve_grid("diagonal"), geometry, seed=0, global_batch=8, length=400,
                              prediction_type="sample")
-    return windows, group, student, path
-
-
-def test_windows_are_the_samplers_model_inputs_and_the_path_is_ddim(teacher, phantom, tmp_path):
-    from teramind_hf.sampling.grid import TileGrid
-
-    windows, group, student, path = _windows(teacher, phantom, tmp_path)
     noise, target, genes = (torch.from_numpy(group[name][0]) for name in ("noise", "target", "genes"))
     calls = []
     forward = student.unet.forward
@@ -118,14 +122,12 @@ def test_windows_are_the_samplers_model_inputs_and_the_path_is_ddim(teacher, pha
     assert not torch.allclose(path.noisy(1, noise, target), noise, atol=1e-2)
 
 
-def test_kill_and_resume_equals_uninterrupted_and_the_student_samples_as_saved(teacher, phantom, tmp_path):
-    common = ["--max_train_steps", "4", "--checkpointing_steps", "2", "--use_ema", "--lr_scheduler", "cosine"]
-    full = tmp_path / "full"
-    subprocess.run(_distill(teacher, phantom, full, *common), check=True, env=ENV, timeout=120)
+def test_kill_and_resume_equals_uninterrupted(distilled, teacher, phantom, tmp_path):
+    from teramind_hf.cli import main
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_distill(teacher, phantom, killed, *common), env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    cmd = [sys.executable, "-m", "teramind_hf.training.distill", *_args(teacher, phantom, killed, *RUN)]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     marker = killed / "checkpoint-2" / "training_config.json"
     deadline = time.time() + 120
     while not marker.exists() and proc.poll() is None and time.time() < deadline:
@@ -134,33 +136,35 @@ def test_kill_and_resume_equals_uninterrupted_and_the_student_samples_as_saved(t
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (killed / "model_index.json").exists()
-    subprocess.run(_distill(teacher, phantom, killed, *common, "--resume_from_checkpoint", "latest"), check=True, env=ENV,
-                   timeout=120)
-    assert (killed / "train_log.jsonl").read_text() == (full / "train_log.jsonl").read_text()
-    full_w, resumed_w = _weights(full), _weights(killed)
+    assert main(["distill", *_args(teacher, phantom, killed, *RUN, "--resume_from_checkpoint", "latest")]) == 0
+    assert (killed / "train_log.jsonl").read_text() == (distilled / "train_log.jsonl").read_text()
+    full_w, resumed_w = _weights(distilled), _weights(killed)
     assert all(torch.equal(full_w[k], resumed_w[k]) for k in full_w)
     teacher_w = load_file(str(teacher / "unet" / "diffusion_pytorch_model.safetensors"))
     assert any(not torch.equal(full_w[k], teacher_w[k]) for k in full_w)  # the student did train
 
+
+def test_the_student_loads_and_samples_with_its_saved_steps_and_grid(distilled):
     from teramind_hf import TeraMindPipeline
 
-    student = TeraMindPipeline.from_pretrained(str(full))
+    student = TeraMindPipeline.from_pretrained(str(distilled))
     assert (student.config.num_inference_steps, student.config.grid) == (2, "diagonal")
-    assert "not measured" in (full / "README.md").read_text().lower()
+    assert "not measured" in (distilled / "README.md").read_text().lower()
     timesteps = []
     forward = student.unet.forward
     student.unet.forward = lambda x, t, g, **kw: (timesteps.append(int(torch.as_tensor(t).reshape(-1)[0])), forward(x, t, g, **kw))[1]
-    genes = torch.poisson(torch.full((student.unet.config.num_genes, 2, 32, 16), 0.5), generator=torch.Generator().manual_seed(0))
-    images = student(genes, gene_names=student.unet.config.gene_names, generator=0, batch_size=2).images
-    assert images.shape == (2, 2, 512, 256)
-    assert timesteps == [999, 999, 499, 499]  # one batch of the 2 tiles per call: 2 steps x 2 offsets = 4 calls a tile
+    genes = torch.poisson(torch.full((student.unet.config.num_genes, 2, 16, 16), 0.5), generator=torch.Generator().manual_seed(0))
+    images = student(genes, gene_names=student.unet.config.gene_names, generator=0).images
+    assert images.shape == (2, 2, 256, 256)
+    assert timesteps == [999, 999, 499, 499]  # 2 steps x 2 offsets: 4 calls for the one tile
 
 
-def test_distils_the_official_fixture_and_loads(phantom, tmp_path):
+def test_distils_the_official_fixture_and_loads(phantom, tmp_path, one_torch_thread):
     """The recipe on the official architecture (converted small fixture, epsilon teacher, official DDIM grid)."""
     import zarr
 
     from teramind_hf import TeraMindPipeline
+    from teramind_hf.cli import main
     from teramind_hf.convert.official import convert_official_checkpoint
 
     names = list(zarr.open_group(str(phantom), mode="r").attrs["gene_names"])
@@ -169,9 +173,8 @@ def test_distils_the_official_fixture_and_loads(phantom, tmp_path):
     official = tmp_path / "official"
     convert_official_checkpoint(OFFICIAL_SMALL / "model.safetensors", official, gene_names=panel)
     out = tmp_path / "student"
-    subprocess.run([sys.executable, "-m", "teramind_hf.cli", "distill", "--teacher", str(official), "--data", str(phantom),
-                    "--output_dir", str(out), *FAST, "--max_train_steps", "2", "--student_steps", "1",
-                    "--prediction_type", "sample"], check=True, env=ENV, timeout=180)
+    assert main(["distill", *_args(official, phantom, out, "--max_train_steps", "2", "--student_steps", "1",
+                                   "--prediction_type", "sample")]) == 0
     student = TeraMindPipeline.from_pretrained(str(out))
     assert student.config.num_inference_steps == 1 and student.config.grid == "official"
     assert student.scheduler.config.prediction_type == "sample"
@@ -190,24 +193,23 @@ def test_distils_the_official_fixture_and_loads(phantom, tmp_path):
         (["--teacher", "./missing"], "--teacher ./missing: cannot load a TeraMindPipeline"),
     ],
 )
-def test_bad_options_exit_2_with_one_line(teacher, phantom, tmp_path, extra, message):
-    cmd = [sys.executable, "-m", "teramind_hf.cli", "distill", "--teacher", str(teacher), "--data", str(phantom),
-           "--output_dir", str(tmp_path / "out"), *extra]
-    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], proc.stderr
+def test_bad_options_exit_2_with_one_line(teacher, phantom, tmp_path, capsys, extra, message, monkeypatch):
+    from teramind_hf.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["distill", "--teacher", str(teacher), "--data", str(phantom), "--output_dir", str(tmp_path / "out"), *extra]
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert message in lines[-1] and lines[-1].startswith("teramind distill: error:"), lines
     assert not (tmp_path / "out").exists()
 
 
-def test_a_target_store_made_with_other_settings_is_refused(teacher, phantom, tmp_path):
-    subprocess.run(_distill(teacher, phantom, tmp_path / "a", "--max_train_steps", "1", "--num_teacher_samples", "1"),
-                   check=True, env=ENV, timeout=120)
-    store = tmp_path / "a" / "teacher_targets.zarr"
+def test_a_target_store_made_with_other_settings_is_refused(distilled, teacher, phantom, tmp_path, capsys):
+    from teramind_hf.cli import main
+
+    store = distilled / "teacher_targets.zarr"
     before = sorted((p.relative_to(store), p.stat().st_mtime_ns) for p in store.rglob("*"))
-    cmd = [sys.executable, "-m", "teramind_hf.cli", "distill", "--teacher", str(teacher), "--data", str(phantom),
-           "--output_dir", str(tmp_path / "b"), "--targets", str(store), *FAST, "--seed", "5"]
-    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2, proc.stderr
-    assert "made with other settings (seed: store 0 vs this run 5)" in proc.stderr.strip().splitlines()[-1]
+    argv = ["distill", *_args(teacher, phantom, tmp_path / "b", "--targets", str(store), "--seed", "5")]
+    assert main(argv) == 2
+    assert "made with other settings (seed: store 0 vs this run 5)" in capsys.readouterr().err.strip().splitlines()[-1]
     assert sorted((p.relative_to(store), p.stat().st_mtime_ns) for p in store.rglob("*")) == before
