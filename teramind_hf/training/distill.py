@@ -187,6 +187,8 @@ def distill(args: argparse.Namespace) -> dict:
         raise ValueError(f"--student_init {args.student_init}: not the teacher's architecture and panel (config differs)")
     unet.load_state_dict({k: v.float() for k, v in student_pipe.unet.state_dict().items()})
     prediction_type = args.prediction_type or student_pipe.scheduler.config.prediction_type
+    if args.highpass_weight and prediction_type != "sample":
+        raise ValueError(f"--highpass_weight needs a student predicting x0 (--prediction_type sample), not {prediction_type!r}")
     scheduler = student_scheduler(teacher.scheduler, prediction_type)
     path = StudentPath.of(scheduler, args.student_steps)
     log(f"student: {args.student_steps} DDIM steps at t = {list(path.timesteps)}, predicting {prediction_type}, grid {grid.to_dict()}")
