@@ -149,7 +149,10 @@ def test_the_student_loads_and_samples_with_its_saved_steps_and_grid(distilled):
 
     student = TeraMindPipeline.from_pretrained(str(distilled))
     assert (student.config.num_inference_steps, student.config.grid) == (2, "diagonal")
+    from teramind_hf.hub_cards import check_model_card
+
     assert "not measured" in (distilled / "README.md").read_text().lower()
+    assert check_model_card(distilled / "README.md") == []
     timesteps = []
     forward = student.unet.forward
     student.unet.forward = lambda x, t, g, **kw: (timesteps.append(int(torch.as_tensor(t).reshape(-1)[0])), forward(x, t, g, **kw))[1]
