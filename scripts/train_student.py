@@ -1,6 +1,8 @@
 """Distil the embedded default model (teramind_hf/default_model/) into a 2-step student on a CPU, in stages.
 
     OMP_NUM_THREADS=1 python scripts/train_student.py --work /work/student --stages 1 --num_threads 1
+    OMP_NUM_THREADS=1 python scripts/train_student.py --work /work/student --first_stage 2 --stages 2 \
+        --init teramind_hf/default_student --num_threads 1     # stage 2 from the committed stage-1 student
 
 1. phantom stores at the embedded model's 0.5 um/px (training = seed 0, as the embedded model's stages 4-7;
    held-out regions for evaluation use other seeds, never 0 or 1);
@@ -40,7 +42,8 @@ DISTILL_ARGS = [
 # (name, teacher samples in the shared store after this stage, optimizer steps, extra arguments)
 STAGES = [
     ("stage1", 40, 400, ["--learning_rate", "2e-4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "10", "--seed", "0"]),
-    # the next sessions: more teacher samples (the store grows; the windows' seed changes), longer runs
+    # the next sessions: more teacher samples (the store grows; the windows' seed changes), longer runs; plain MSE (a
+    # 3x3 high-pass term at weight 10 gave no sharper samples in stage 1's setting: docs/distillation.md)
     ("stage2", 160, 1500, ["--learning_rate", "2e-4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "10", "--seed", "0",
                            "--window_seed", "1"]),
     ("stage3", 400, 3000, ["--learning_rate", "1e-4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "10", "--seed", "0",
@@ -65,13 +68,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default="runs/student", help="store, teacher targets, checkpoints and logs")
     parser.add_argument("--stages", type=int, default=1, help="run the first N stages")
     parser.add_argument("--num_threads", type=int, default=1)
+    parser.add_argument("--first_stage", type=int, default=1,
+                        help="skip the stages before this one; stage > 1 then starts from --init")
+    parser.add_argument("--init", default=None,
+                        help="student the first stage run starts from (e.g. teramind_hf/default_student, the committed stage 1)")
     parser.add_argument("--out", default=None, help="copy the last stage's student pipeline here")
     args = parser.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     store = make_store(work)
-    previous = None
-    for name, samples, steps, extra in STAGES[: args.stages]:
+    if args.first_stage > 1 and not args.init:
+        parser.error("--first_stage > 1 needs --init (the previous stage's student)")
+    previous = Path(args.init) if args.init else None
+    for name, samples, steps, extra in STAGES[args.first_stage - 1 : args.stages]:
         run = work / name
         done = run / "train_summary.json"
         if not (done.is_file() and json.loads(done.read_text()).get("steps", 0) >= steps):
