@@ -126,7 +126,8 @@ def test_kill_and_resume_equals_uninterrupted(distilled, teacher, phantom, tmp_p
     from teramind_hf.cli import main
 
     killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "teramind_hf.training.distill", *_args(teacher, phantom, killed, *RUN)]
+    shared = ["--targets", str(distilled / "teacher_targets.zarr")]  # the same records: no teacher sampling here
+    cmd = [sys.executable, "-m", "teramind_hf.training.distill", *_args(teacher, phantom, killed, *RUN, *shared)]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     marker = killed / "checkpoint-2" / "training_config.json"
     deadline = time.time() + 120
@@ -136,7 +137,7 @@ def test_kill_and_resume_equals_uninterrupted(distilled, teacher, phantom, tmp_p
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (killed / "model_index.json").exists()
-    assert main(["distill", *_args(teacher, phantom, killed, *RUN, "--resume_from_checkpoint", "latest")]) == 0
+    assert main(["distill", *_args(teacher, phantom, killed, *RUN, *shared, "--resume_from_checkpoint", "latest")]) == 0
     assert (killed / "train_log.jsonl").read_text() == (distilled / "train_log.jsonl").read_text()
     full_w, resumed_w = _weights(distilled), _weights(killed)
     assert all(torch.equal(full_w[k], resumed_w[k]) for k in full_w)
@@ -177,7 +178,7 @@ def test_distils_the_official_fixture_and_loads(phantom, tmp_path, one_torch_thr
     convert_official_checkpoint(OFFICIAL_SMALL / "model.safetensors", official, gene_names=panel)
     out = tmp_path / "student"
     assert main(["distill", *_args(official, phantom, out, "--max_train_steps", "2", "--student_steps", "1",
-                                   "--prediction_type", "sample")]) == 0
+                                   "--prediction_type", "sample", "--num_teacher_samples", "1")]) == 0
     student = TeraMindPipeline.from_pretrained(str(out))
     assert student.config.num_inference_steps == 1 and student.config.grid == "official"
     assert student.scheduler.config.prediction_type == "sample"

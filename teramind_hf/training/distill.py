@@ -114,11 +114,11 @@ def make_targets(args, teacher, alignment, teacher_grid, steps, output_dir: Path
     """The target store with ``--num_teacher_samples`` complete records (generating missing ones)."""
     import zarr
 
-    from .distill_targets import TargetSpec, fill_targets, open_target_store
+    from .distill_targets import TargetSpec, fill_targets, open_target_store, weights_fingerprint
 
     cfg = teacher.unet.config
     path = Path(args.targets) if args.targets else output_dir / "teacher_targets.zarr"
-    spec = TargetSpec(teacher=str(args.teacher), data=str(args.data), seed=args.seed, region_size=args.teacher_region_size,
+    spec = TargetSpec(teacher=weights_fingerprint(teacher.unet), data=str(Path(args.data).resolve()), seed=args.seed, region_size=args.teacher_region_size,
                       teacher_scheduler=args.teacher_scheduler, teacher_steps=steps, teacher_grid=teacher_grid.to_dict(),
                       gene_names=list(cfg.gene_names) if cfg.gene_names else None, num_genes=cfg.num_genes)
     size, bins = args.teacher_region_size, args.teacher_region_size // cfg.gene_bin

@@ -34,8 +34,8 @@ STORE_KIND = "teramind-distill-targets"
 class TargetSpec:
     """What determines a store's records: a store made with another spec is refused, naming the field."""
 
-    teacher: str
-    data: str
+    teacher: str  # sha256 of the teacher UNet's weights (`weights_fingerprint`): the same model wherever it lies
+    data: str  # the training store's absolute path
     seed: int
     region_size: int
     teacher_scheduler: str
@@ -46,6 +46,18 @@ class TargetSpec:
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(self.__dict__))
+
+
+def weights_fingerprint(unet) -> str:
+    """sha256 of a model's float32 weights in state-dict order (names, shapes and values)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in unet.state_dict().items():
+        value = tensor.detach().to(torch.float32).contiguous().cpu()
+        digest.update(f"{name}:{tuple(value.shape)};".encode())
+        digest.update(value.numpy().tobytes())
+    return digest.hexdigest()
 
 
 def open_target_store(path: Path, spec: TargetSpec, num_records: int, shapes: dict[str, tuple[int, ...]]):
