@@ -12,7 +12,8 @@ import importlib
 import sys
 
 # modules of this package, each with `register(subparsers)` adding one or more sub-commands
-SUBCOMMAND_MODULES = ("phantom", "ingest", "generate", "eval", "export", "convert", "train", "attention", "knockout", "view")
+SUBCOMMAND_MODULES = ("phantom", "ingest", "generate", "eval", "export", "convert", "train", "distill", "attention", "knockout",
+                      "view")
 
 # what a handler raises for bad input: printed as one line naming the problem, exit status 2, no traceback
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError, NotADirectoryError, IsADirectoryError)

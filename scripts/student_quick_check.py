@@ -1,0 +1,94 @@
+"""A one-region smoke check of a distilled student (not the held-out measurement of issue 21, which needs >= 6
+regions and several noise seeds): calls per tile, PSNR/SSIM and the realism metrics against the truth, and the
+PSNR/SSIM against the teacher's ODE sample from the same noise, next to reference samplers of the embedded model.
+
+    OMP_NUM_THREADS=1 python scripts/student_quick_check.py --student DIR --which teacher_ode,default,official,undistilled,student
+
+Samplers (``--which``): ``student`` (the folder's own steps, grid and scheduler), ``default`` (the embedded model's
+default: DPM-Solver++ 2M SDE, 8 steps, diagonal grid), ``official`` (DDIM-15, official grid), ``teacher_ode``
+(DPM-Solver++ 2M deterministic, 8 steps, diagonal: what `scripts/train_student.py` distils), ``undistilled`` (the
+embedded weights with the student's DDIM sampler). Reference samples are cached in ``--cache``; a PNG per sampler
+(section 0: DAPI and PolyT rows, generated | truth) goes there too. The region is a phantom of ``--seed`` (held out:
+never 0 or 1) at the embedded model's 0.5 um/px; noise seed 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def main() -> int:
+    from PIL import Image
+
+    from teramind_hf import TeraMindPipeline
+    from teramind_hf.data import make_phantom
+    from teramind_hf.eval.metrics import realism_metrics
+    from teramind_hf.sampling.presets import scheduler_from_name
+    from teramind_hf.training.distill_targets import student_scheduler
+    from teramind_hf.training.validation import image_metrics
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--student", default=None, help="student pipeline folder (for --which student)")
+    parser.add_argument("--seed", type=int, default=3, help="phantom seed of the held-out region (not 0 or 1)")
+    parser.add_argument("--size", type=int, default=512, help="region edge in px (whole 256-px tiles)")
+    parser.add_argument("--which", default="student")
+    parser.add_argument("--cache", default="runs/student_check")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    if args.seed in (0, 1):
+        parser.error("--seed 0 and 1 are the training and validation phantoms; pick a held-out seed")
+    torch.set_num_threads(args.threads)
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    volume = make_phantom(args.size, args.size, num_slices=2, seed=args.seed, um_per_px=0.5).to_volume()
+    genes, names = torch.from_numpy(np.asarray(volume.genes, dtype=np.float32)), list(volume.panel.genes)
+    truth = np.asarray(volume.images, dtype=np.float32).transpose(1, 0, 2, 3) / 127.5 - 1.0
+
+    def sample(name: str) -> tuple[np.ndarray, dict]:
+        stem = cache / f"{name}_seed{args.seed}_{args.size}"
+        if name not in ("student", "undistilled") and stem.with_suffix(".npy").is_file():
+            return np.load(stem.with_suffix(".npy")), json.loads(stem.with_suffix(".json").read_text())
+        pipe = TeraMindPipeline.from_pretrained(args.student if name == "student" else None).to(torch.float32)
+        options = {}
+        if name == "official":
+            options = dict(preset="official")
+        elif name == "teacher_ode":
+            pipe.scheduler = scheduler_from_name("dpm", pipe.scheduler)
+            options = dict(num_inference_steps=8)
+        elif name == "undistilled":
+            pipe.scheduler = student_scheduler(pipe.scheduler, "sample")
+            options = dict(num_inference_steps=2)
+        pipe.set_progress_bar_config(disable=True)
+        canvases = []
+        forward = pipe.unet.forward
+        pipe.unet.forward = lambda x, t, g, **kw: (canvases.append(x.shape[0]), forward(x, t, g, **kw))[1]
+        wall, cpu = time.time(), time.process_time()
+        images = pipe(genes, gene_names=names, generator=0, batch_size=1, **options).images
+        info = {"calls_per_tile": sum(canvases) / (args.size // 256) ** 2, "wall_s": round(time.time() - wall, 1),
+                "cpu_s": round(time.process_time() - cpu, 1)}
+        np.save(stem.with_suffix(".npy"), images)
+        stem.with_suffix(".json").write_text(json.dumps(info))
+        return images, info
+
+    for name in args.which.split(","):
+        images, info = sample(name)
+        realism = realism_metrics(images, truth, um_per_px=0.5)["mean"]
+        row = {**info, **{k: round(v, 4) for k, v in image_metrics(images, truth).items()}}
+        row.update({k: round(float(v), 4) for k, v in realism.items() if any(s in k for s in ("f1", "wasserstein", "hf", "border"))})
+        reference = cache / f"teacher_ode_seed{args.seed}_{args.size}.npy"
+        if name != "teacher_ode" and reference.is_file():
+            row["vs_teacher_ode"] = {k: round(v, 3) for k, v in image_metrics(images, np.load(reference)).items()}
+        print(name, json.dumps(row), flush=True)
+        grid = np.concatenate([np.concatenate([images[0, s], truth[0, s]], axis=1) for s in range(images.shape[1])], axis=0)
+        Image.fromarray(((grid.clip(-1, 1) + 1) * 127.5).round().astype(np.uint8)).save(cache / f"{name}_seed{args.seed}.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

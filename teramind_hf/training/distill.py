@@ -1,0 +1,309 @@
+"""Distil a Tera-MIND pipeline into a few-step student of the same architecture (trajectory distillation).
+
+    accelerate launch -m teramind_hf.training.distill --teacher PIPELINE --data tissue.zarr --output_dir runs/student
+    teramind distill --teacher PIPELINE --data tissue.zarr --output_dir runs/student --student_steps 2
+
+1. Teacher targets (`teramind_hf.training.distill_targets`): noise draws z over regions of ``--data`` and the
+   teacher's deterministic samples x0*(z) with ``--teacher_scheduler`` on the student's grid schedule, cached in a
+   resumable zarr store (generated on the main process; records already there are kept).
+2. The student (initialised from the teacher, or ``--student_init``) learns to map x on the DDIM path at its own
+   ``--student_steps`` timesteps (trailing spacing: 999, 499 for 2) to what lands DDIM on x0*, one collage-path
+   call at a time on the grid offsets it samples with (`teramind_hf.training.distill_windows`).
+3. The output folder is a `TeraMindPipeline`: the student's UNet, a DDIM `BoundaryAwareScheduler` config, and
+   ``num_inference_steps`` and ``grid`` in model_index.json, so ``from_pretrained`` samples as trained; with a card.
+
+Accelerate, EMA, safetensors + JSON checkpoints and exact SIGKILL resume are the trainer's
+(`teramind_hf.training.checkpoint`); every draw depends on (seed, global step, global sample index) only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .checkpoint import (
+    check_checkpoint_config,
+    checkpoint_step,
+    load_training_state,
+    read_checkpoint_config,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from .distill_options import add_distill_arguments
+
+LOG_FILE = "train_log.jsonl"
+logger = logging.getLogger("teramind_hf.training.distill")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="teramind_hf.training.distill", description=__doc__.split("\n")[0])
+    return add_distill_arguments(parser).parse_args(argv)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Reject inconsistent options before any work, naming the argument."""
+    from ..output_guard import check_can_create, check_output_location
+    from ..sampling.schedule import resolve_grid
+
+    positive = ("train_batch_size", "gradient_accumulation_steps", "max_train_steps", "checkpointing_steps",
+                "num_teacher_samples", "student_steps", "teacher_region_size")
+    for name in positive:
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.teacher_steps is not None and args.teacher_steps < 1:
+        raise ValueError(f"--teacher_steps must be >= 1, got {args.teacher_steps}")
+    if args.teacher_region_size % 256:
+        raise ValueError(f"--teacher_region_size must be whole 256-px tiles, got {args.teacher_region_size}")
+    if not 0 <= args.ema_decay < 1:
+        raise ValueError(f"--ema_decay must be in [0, 1), got {args.ema_decay}")
+    if not args.highpass_weight >= 0:
+        raise ValueError(f"--highpass_weight must be >= 0, got {args.highpass_weight}")
+    for name in ("grid", "teacher_grid"):
+        try:
+            resolve_grid(getattr(args, name))
+        except ValueError as err:
+            raise ValueError(f"--{name}: {err}") from err
+    local = {k: v for k, v in (("--teacher", args.teacher), ("--student_init", args.student_init)) if v and Path(v).exists()}
+    check_output_location(args.output_dir, {"--data": args.data, **local}, "--output_dir")
+    check_can_create(args.output_dir, "--output_dir")
+
+
+def load_pipeline(location: str, argument: str):
+    from ..pipelines.pipeline_teramind import TeraMindPipeline
+
+    try:
+        pipe = TeraMindPipeline.from_pretrained(location)
+    except (OSError, ValueError) as err:
+        raise type(err)(f"{argument} {location}: cannot load a TeraMindPipeline ({err})") from err
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def prepare_teacher(args, data_panel, log):
+    """(teacher pipeline float32 with the deterministic solver, gene alignment, student grid, teacher grid, steps)."""
+    from ..sampling.presets import scheduler_from_name
+    from ..sampling.schedule import resolve_grid
+    from .data import align_panel
+
+    teacher = load_pipeline(args.teacher, "--teacher")
+    teacher.unet.to(torch.float32).eval()
+    names = teacher.unet.config.gene_names
+    alignment = None
+    if names:
+        from ..data.panel import GenePanel
+
+        alignment = align_panel(GenePanel(names), data_panel, min_overlap=args.min_gene_overlap, orthologues=args.orthologues)
+        log(f"gene alignment: {alignment.summary()}")
+    elif len(data_panel) != teacher.unet.config.num_genes:
+        raise ValueError(f"--teacher {args.teacher} has no gene_names and {teacher.unet.config.num_genes} genes; "
+                         f"--data has {len(data_panel)}: cannot align")
+    grid = resolve_grid(args.grid if args.grid is not None else teacher.config.get("grid"))
+    teacher_grid = resolve_grid(args.teacher_grid) if args.teacher_grid is not None else grid
+    steps = args.teacher_steps or teacher.config.get("num_inference_steps", 15)
+    teacher.scheduler = scheduler_from_name(args.teacher_scheduler, teacher.scheduler)
+    return teacher, alignment, grid, teacher_grid, steps
+
+
+def make_targets(args, teacher, alignment, teacher_grid, steps, output_dir: Path, log):
+    """The target store with ``--num_teacher_samples`` complete records (generating missing ones)."""
+    import zarr
+
+    from .distill_targets import TargetSpec, fill_targets, open_target_store, weights_fingerprint
+
+    cfg = teacher.unet.config
+    path = Path(args.targets) if args.targets else output_dir / "teacher_targets.zarr"
+    spec = TargetSpec(teacher=weights_fingerprint(teacher.unet), data=str(Path(args.data).resolve()), seed=args.seed, region_size=args.teacher_region_size,
+                      teacher_scheduler=args.teacher_scheduler, teacher_steps=steps, teacher_grid=teacher_grid.to_dict(),
+                      gene_names=list(cfg.gene_names) if cfg.gene_names else None, num_genes=cfg.num_genes)
+    size, bins = args.teacher_region_size, args.teacher_region_size // cfg.gene_bin
+    shapes = {"genes": (cfg.num_genes, cfg.gene_slices, bins, bins), "noise": (cfg.out_channels, cfg.num_slices, size, size),
+              "target": (cfg.out_channels, cfg.num_slices, size, size)}
+    group = open_target_store(path, spec, args.num_teacher_samples, shapes)
+    genes_store = zarr.open_group(str(args.data), mode="r")["genes"]
+    if genes_store.shape[2] * cfg.gene_bin < size or genes_store.shape[3] * cfg.gene_bin < size:
+        raise ValueError(f"--data {args.data}: smaller than --teacher_region_size {size} px")
+    if genes_store.shape[1] < cfg.num_slices:
+        raise ValueError(f"--data {args.data}: {genes_store.shape[1]} sections, the model needs {cfg.num_slices}")
+    started = time.process_time()
+    made = fill_targets(group, teacher, genes_store, alignment, spec, num_records=args.num_teacher_samples,
+                        slices=cfg.num_slices, gene_slices=cfg.gene_slices, log=log)
+    if made:
+        log(f"generated {made} teacher targets in {time.process_time() - started:.0f} CPU s")
+    return path, spec
+
+
+def save_student(unet, scheduler, teacher, grid, args, output_dir: Path, summary: dict) -> None:
+    from ..pipelines.pipeline_teramind import TeraMindPipeline
+    from ..sampling.schedule import GRID_SCHEDULES
+    from .distill_card import distill_model_card
+
+    to_save = unet.to(dtype=torch.float16 if args.save_dtype == "fp16" else torch.float32, memory_format=torch.contiguous_format)
+    cfg = teacher.config
+    grid_name = next((name for name, known in GRID_SCHEDULES.items() if known == grid), grid.to_dict())
+    pipe = TeraMindPipeline(unet=to_save, scheduler=scheduler, tile_size=cfg.tile_size, halo=cfg.halo,
+                            fill_value=cfg.fill_value, grid=grid_name, num_inference_steps=args.student_steps)
+    pipe.save_pretrained(str(output_dir), safe_serialization=True)
+    distill_model_card(args, unet.config, grid, summary).save(str(output_dir / "README.md"))
+
+
+def distill(args: argparse.Namespace) -> dict:
+    """Generate the teacher targets, train the student, save it; returns a summary."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+    from torch.utils.data import DataLoader
+
+    from ..models.unet_genemorph_3d import GeneMorphUNet3DModel
+    from .data import StepSampler, open_training_store
+    from .distill_targets import StudentPath, completed_records, student_scheduler
+    from .distill_windows import DistillWindows, WindowGeometry, distill_loss
+    from .losses import sample_seed
+    from .train import _logged_step, _multi_process_cpu
+
+    check_args(args)
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        cpu=_multi_process_cpu(), gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision, log_with=args.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    log = logger.info if accelerator.is_main_process else (lambda *_: None)
+    data = open_training_store(args.data, crop_size=args.teacher_region_size, length=1, seed=args.seed)
+    teacher, alignment, grid, teacher_grid, teacher_steps = prepare_teacher(args, data.panel, log)
+    student_pipe = load_pipeline(args.student_init, "--student_init") if args.student_init else teacher
+    unet = GeneMorphUNet3DModel.from_config(teacher.unet.config)
+    arch = {k: v for k, v in dict(student_pipe.unet.config).items() if not k.startswith("_")}
+    if arch != {k: v for k, v in dict(teacher.unet.config).items() if not k.startswith("_")}:
+        raise ValueError(f"--student_init {args.student_init}: not the teacher's architecture and panel (config differs)")
+    unet.load_state_dict({k: v.float() for k, v in student_pipe.unet.state_dict().items()})
+    prediction_type = args.prediction_type or student_pipe.scheduler.config.prediction_type
+    if args.highpass_weight and prediction_type != "sample":
+        raise ValueError(f"--highpass_weight needs a student predicting x0 (--prediction_type sample), not {prediction_type!r}")
+    scheduler = student_scheduler(teacher.scheduler, prediction_type)
+    path = StudentPath.of(scheduler, args.student_steps)
+    log(f"student: {args.student_steps} DDIM steps at t = {list(path.timesteps)}, predicting {prediction_type}, grid {grid.to_dict()}")
+
+    resume = resolve_checkpoint(args.resume_from_checkpoint, output_dir)
+    if resume is not None:
+        check_checkpoint_config(resume, unet)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        targets_path, _ = make_targets(args, teacher, alignment, teacher_grid, teacher_steps, output_dir, log)
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        targets_path = Path(args.targets) if args.targets else output_dir / "teacher_targets.zarr"
+    import zarr
+
+    group = zarr.open_group(str(targets_path), mode="r")
+    num_records = min(completed_records(group), args.num_teacher_samples)
+
+    world, rank = accelerator.num_processes, accelerator.process_index
+    global_batch = args.train_batch_size * world * args.gradient_accumulation_steps
+    cfg = teacher.unet.config
+    geometry = WindowGeometry(patch=cfg.sample_size, gene_bin=cfg.gene_bin, fill_value=teacher.config.fill_value,
+                              region=args.teacher_region_size)
+    window_seed = args.seed if args.window_seed is None else args.window_seed
+    windows = DistillWindows(group, num_records, path, grid, geometry, seed=window_seed, global_batch=global_batch,
+                             length=args.max_train_steps * global_batch, prediction_type=prediction_type)
+
+    unet.train()
+    memory_format = torch.contiguous_format if args.no_channels_last else torch.channels_last_3d
+    unet.to(memory_format=memory_format)
+    optimizer = torch.optim.Adam(unet.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                 weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
+    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps * world,
+                                 num_training_steps=(args.lr_total_steps or args.max_train_steps) * world)
+    ema = None
+    if args.use_ema:
+        ema = EMAModel(unet.parameters(), decay=args.ema_decay, use_ema_warmup=True, power=args.ema_power,
+                       model_cls=GeneMorphUNet3DModel, model_config=unet.config)
+    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    if ema is not None:
+        ema.to(accelerator.device)
+    start_step, prior_seconds = 0, 0.0
+    if resume is not None:
+        prior_seconds = float(read_checkpoint_config(resume).get("seconds", 0.0))
+        load_training_state(accelerator, resume, unet, optimizer, lr_scheduler, ema)
+        start_step = checkpoint_step(resume)
+        log(f"resumed from {resume} at step {start_step}")
+
+    sampler = StepSampler(start_step=start_step, max_steps=args.max_train_steps, batch_size=args.train_batch_size,
+                          accumulation=args.gradient_accumulation_steps, rank=rank, world=world)
+    loader = DataLoader(windows, batch_size=args.train_batch_size, sampler=sampler, num_workers=args.dataloader_num_workers)
+    log_path = output_dir / LOG_FILE
+    if accelerator.is_main_process and resume is not None and log_path.is_file():
+        kept = [line for line in log_path.read_text().splitlines() if line and _logged_step(line, log_path) <= start_step]
+        log_path.write_text("".join(line + "\n" for line in kept))
+    log(f"distilling on {num_records} teacher samples, global batch {global_batch}, steps {start_step}..{args.max_train_steps}")
+
+    step, started, cpu_started = start_step, time.time(), time.process_time()
+    running = torch.zeros(2)
+    summary: dict = {"teacher_samples": num_records, "timesteps": list(path.timesteps)}
+    micro = 0
+    for batch in loader:
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        # dropout draws from (seed, step, micro-batch, rank) alone, so a resumed run draws what the whole run did
+        torch.manual_seed(sample_seed(window_seed, step, micro * world + rank, "dropout"))
+        micro = (micro + 1) % args.gradient_accumulation_steps
+        with accelerator.accumulate(unet):
+            with accelerator.autocast():
+                loss, mse = distill_loss(unet, batch, path, prediction_type, args.highpass_weight)
+            accelerator.backward(loss)
+            finite = True
+            if accelerator.sync_gradients and args.max_grad_norm > 0:
+                finite = bool(torch.isfinite(torch.as_tensor(accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm))))
+            if finite:
+                optimizer.step()
+                lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        running += torch.stack([loss.detach().float().cpu(), mse.float().cpu()])
+        if not accelerator.sync_gradients:
+            continue
+        step += 1
+        if ema is not None:
+            ema.step(unet.parameters())
+        losses = accelerator.reduce(running.to(accelerator.device) / args.gradient_accumulation_steps, "mean").cpu()
+        running.zero_()
+        record = {"step": step, "loss": float(losses[0]), "mse": float(losses[1]), "lr": lr_scheduler.get_last_lr()[0]}
+        if accelerator.is_main_process:
+            with log_path.open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            if args.report_to:
+                accelerator.log(record, step=step)
+            if not args.no_progress and (step % 10 == 0 or step == args.max_train_steps):
+                log(f"step {step}/{args.max_train_steps} loss {record['loss']:.5f} ({(time.process_time() - cpu_started) / max(step - start_step, 1):.2f} CPU s/step)")
+        summary["last"] = record
+        if step % args.checkpointing_steps == 0 or step == args.max_train_steps:
+            save_checkpoint(accelerator, output_dir, step, unet, optimizer, lr_scheduler, ema, args,
+                            prior_seconds + time.time() - started)
+    accelerator.wait_for_everyone()
+    summary.update(steps=step, seconds=prior_seconds + time.time() - started, world=world, global_batch=global_batch)
+    if accelerator.is_main_process:
+        final = accelerator.unwrap_model(unet)
+        if ema is not None:
+            ema.store(final.parameters())
+            ema.copy_to(final.parameters())
+        save_student(final, scheduler, teacher, grid, args, output_dir, summary)
+        (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=1, default=str))
+        log(f"saved the student pipeline to {output_dir}")
+    accelerator.end_training()
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    distill(parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Options of the distiller, shared by `python -m teramind_hf.training.distill` and `teramind distill` (argparse
+only, so `teramind distill --help` starts without importing torch)."""
+
+from __future__ import annotations
+
+import argparse
+
+# the scheduler names the teacher may sample with: deterministic ones only, so that a noise draw has one endpoint
+DETERMINISTIC_TEACHER_SCHEDULERS = ("dpm", "ddim", "unipc", "euler")
+
+
+def add_distill_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """All options of the distiller."""
+    a = parser.add_argument
+    a("--teacher", required=True, help="pipeline folder or Hub repo id to distil (the student has its architecture)")
+    a("--data", required=True, help="training store (zarr) whose genes condition the teacher's samples")
+    a("--output_dir", required=True, help="where teacher targets, checkpoints, logs and the student pipeline go")
+    a("--student_init", default=None,
+      help="pipeline folder the student starts from (default: the teacher); a later stage passes the previous stage")
+    a("--targets", default=None,
+      help="teacher-target store (zarr; default OUTPUT_DIR/teacher_targets.zarr); stages may share one, growing it")
+    a("--orthologues", action="store_true", help="match genes across species by upper-case symbol")
+    a("--min_gene_overlap", type=float, default=0.5, help="smallest fraction of model genes that the data must have")
+    # the teacher's samples
+    a("--num_teacher_samples", type=int, default=16,
+      help="teacher samples (regions) in the target store: records missing from it are generated first")
+    a("--teacher_region_size", type=int, default=256, help="edge of each teacher sample in px (whole tiles)")
+    a("--teacher_scheduler", choices=DETERMINISTIC_TEACHER_SCHEDULERS, default="dpm",
+      help="deterministic solver of the teacher's ODE (dpm: DPM-Solver++ 2M)")
+    a("--teacher_steps", type=int, default=None, help="teacher steps (default: the teacher pipeline's num_inference_steps)")
+    a("--teacher_grid", default=None,
+      help="grid schedule of the teacher's samples (default: the student's --grid, so targets come from the grid it ships with)")
+    # the student's sampler
+    a("--student_steps", type=int, default=2, help="DDIM steps of the student (trailing spacing: 2 -> t 999, 499)")
+    a("--grid", default=None, help="grid schedule the student is trained for and ships with (default: the teacher's)")
+    a("--prediction_type", choices=["epsilon", "sample", "v_prediction"], default=None,
+      help="what the student predicts (default: the teacher's); 'sample' suits 1-2 steps of an epsilon teacher")
+    # optimisation
+    a("--seed", type=int, default=0, help="seeds the teacher regions and noise (part of the target store's identity)")
+    a("--window_seed", type=int, default=None,
+      help="seeds the training windows (default --seed); a later stage on the same target store changes it")
+    a("--train_batch_size", type=int, default=8, help="128-px windows per process per micro-batch")
+    a("--gradient_accumulation_steps", type=int, default=1)
+    a("--max_train_steps", type=int, default=100, help="optimizer steps")
+    a("--learning_rate", type=float, default=1e-4)
+    a("--adam_beta1", type=float, default=0.9)
+    a("--adam_beta2", type=float, default=0.999)
+    a("--adam_weight_decay", type=float, default=0.0)
+    a("--adam_epsilon", type=float, default=1e-8)
+    a("--max_grad_norm", type=float, default=1.0)
+    a("--lr_scheduler", default="constant", help="diffusers.optimization.get_scheduler name")
+    a("--lr_warmup_steps", type=int, default=0)
+    a("--lr_total_steps", type=int, default=None, help="length of the LR schedule (default --max_train_steps)")
+    a("--highpass_weight", type=float, default=0.0,
+      help="weight of an extra MSE between the 3x3 high-pass of the student's x0 and the teacher's (sharpness aid; "
+           "0: plain MSE)")
+    a("--mixed_precision", choices=["no", "fp16", "bf16"], default=None, help="default: accelerate config")
+    a("--use_ema", action="store_true", help="keep an EMA of the weights; the saved student uses it")
+    a("--ema_decay", type=float, default=0.999)
+    a("--ema_power", type=float, default=0.75)
+    a("--no_channels_last", action="store_true", help="keep the default memory layout")
+    a("--dataloader_num_workers", type=int, default=0)
+    # checkpoints / logging
+    a("--checkpointing_steps", type=int, default=50)
+    a("--checkpoints_total_limit", type=int, default=None)
+    a("--resume_from_checkpoint", default=None, help="a checkpoint folder or 'latest' (in --output_dir)")
+    a("--report_to", default=None, help="accelerate tracker; a JSONL log is always written")
+    a("--save_dtype", choices=["fp32", "fp16"], default="fp32", help="dtype of the saved student weights")
+    a("--dataset_name", default=None, help="dataset id recorded in the model card")
+    a("--num_threads", type=int, default=None, help="torch.set_num_threads per process")
+    a("--no_progress", action="store_true")
+    return parser

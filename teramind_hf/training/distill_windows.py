@@ -1,0 +1,133 @@
+"""Training windows and loss of `teramind distill`: the student's x at its own timesteps, on the grid it ships with.
+
+The sampler's collage path predicts each 64-px output patch from the 2 x 2 input patches (128 px) around it, at
+each grid offset of the step (``GridSchedule.offsets_at``), with ``fill_value`` and zero genes outside the region.
+So a training sample is exactly one such call: a teacher record (noise z, genes, x0*), a student step ``k`` and an
+offset of the student's grid at that step, and one output patch of that offset's patch grid over the record's
+region. The input is the record's x on the DDIM path at ``t_k`` (:class:`StudentPath`), padded with the fill as the
+sampler pads a region; the loss is the MSE between the student's output and what DDIM needs there to land on x0*
+(x0* itself for x0 prediction), on the patch pixels inside the region. Each sample's draws come from
+``(seed, global step, global sample index)``, so the run does not depend on process count or resume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from .losses import sample_seed
+
+
+@dataclass(frozen=True)
+class WindowGeometry:
+    patch: int
+    gene_bin: int
+    fill_value: float
+    region: int
+
+    @property
+    def pad(self) -> int:
+        """How far outside the region a canvas reaches at most: 1.5 patches (a shifted canvas)."""
+        return self.patch + self.patch // 2
+
+    def patch_starts(self, offset: int) -> list[int]:
+        """Starts (region px) of the output patches of the grid at ``offset`` that overlap the region."""
+        first = offset - self.patch if offset else 0
+        return list(range(first, self.region, self.patch))
+
+
+class DistillWindows(Dataset):
+    """Item ``i`` = the window of global sample ``i % global_batch`` of step ``i // global_batch`` (see module doc)."""
+
+    def __init__(self, group, num_records: int, path, grid, geometry: WindowGeometry, *, seed: int, global_batch: int,
+                 length: int, prediction_type: str):
+        self.group, self.num_records, self.path, self.grid = group, num_records, path, grid
+        self.geometry, self.seed, self.global_batch, self.length = geometry, seed, global_batch, length
+        self.prediction_type = prediction_type
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def __len__(self) -> int:
+        return self.length
+
+    def record(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(noise, x0*, genes) of a record, read once per process (a store holds a few hundred MB at most)."""
+        if index not in self._cache:
+            self._cache[index] = tuple(torch.from_numpy(self.group[name][index]) for name in ("noise", "target", "genes"))
+        return self._cache[index]
+
+    def draws(self, index: int) -> tuple[int, int, tuple[int, int], tuple[int, int]]:
+        """(record, student step, offset, output-patch start (y, x)) of item ``index``."""
+        step, sample = divmod(index, self.global_batch)
+        gen = torch.Generator().manual_seed(sample_seed(self.seed, step, sample, "distill-window"))
+        record = int(torch.randint(0, self.num_records, (1,), generator=gen))
+        k = int(torch.randint(0, len(self.path.timesteps), (1,), generator=gen))
+        offsets = self.grid.offsets_at(k, len(self.path.timesteps))
+        dy, dx = (o % self.geometry.patch for o in offsets[int(torch.randint(0, len(offsets), (1,), generator=gen))])
+        ys, xs = self.geometry.patch_starts(dy), self.geometry.patch_starts(dx)
+        y = ys[int(torch.randint(0, len(ys), (1,), generator=gen))]
+        x = xs[int(torch.randint(0, len(xs), (1,), generator=gen))]
+        return record, k, (dy, dx), (y, x)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        record, k, _, (y, x) = self.draws(index)
+        geo = self.geometry
+        noise, target, genes = self.record(record)
+        x_t = self.path.noisy(k, noise, target)
+        pad, bins = geo.pad, geo.pad // geo.gene_bin
+        canvas = F.pad(x_t, (pad,) * 4, value=geo.fill_value)
+        gene_canvas = F.pad(genes, (bins,) * 4)
+        half = geo.patch // 2
+        y0, x0 = y - half + pad, x - half + pad  # the window: the output patch and half a patch around it
+        size = 2 * geo.patch
+        window = canvas[..., y0 : y0 + size, x0 : x0 + size]
+        b = geo.gene_bin
+        gene_window = gene_canvas[..., y0 // b : (y0 + size) // b, x0 // b : (x0 + size) // b]
+        # the output patch: its target and which of its pixels lie inside the region
+        target_canvas = F.pad(target, (pad,) * 4)
+        ty, tx = y + pad, x + pad
+        patch_target = target_canvas[..., ty : ty + geo.patch, tx : tx + geo.patch]
+        rows = ((torch.arange(geo.patch) + y) >= 0) & ((torch.arange(geo.patch) + y) < geo.region)
+        cols = ((torch.arange(geo.patch) + x) >= 0) & ((torch.arange(geo.patch) + x) < geo.region)
+        mask = (rows[:, None] & cols[None, :]).float()[None, None]
+        return {
+            "x": window.contiguous(), "genes": gene_window.contiguous(), "step": torch.tensor(k),
+            "timestep": torch.tensor(self.path.timesteps[k]), "x0": patch_target.contiguous(),
+            "x_t": canvas[..., ty : ty + geo.patch, tx : tx + geo.patch].contiguous(), "mask": mask,
+        }
+
+
+def prediction_targets(batch: dict, path, prediction_type: str) -> torch.Tensor:
+    """What the student must output for DDIM to land on x0*: x0* (``sample``), the noise DDIM re-derives from
+    (x_t, x0*) (``epsilon``), or v."""
+    x0 = batch["x0"]
+    if prediction_type == "sample":
+        return x0
+    abar = torch.tensor(path.alphas_cumprod, dtype=torch.float32)[batch["step"]].reshape(-1, 1, 1, 1, 1)
+    eps = (batch["x_t"] - abar.sqrt() * x0) / (1 - abar).sqrt()
+    if prediction_type == "epsilon":
+        return eps
+    return abar.sqrt() * eps - (1 - abar).sqrt() * x0
+
+
+def high_pass(x: torch.Tensor) -> torch.Tensor:
+    """x minus its 3x3 mean per section (replicate border): the detail a plain MSE regression smooths first."""
+    flat = x.flatten(0, -3)[:, None]
+    smooth = F.avg_pool2d(F.pad(flat, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    return (flat - smooth).reshape(x.shape)
+
+
+def distill_loss(unet, batch: dict, path, prediction_type: str, highpass_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, plain masked MSE) of a batch of windows; ``highpass_weight`` adds the masked MSE of the high-pass of
+    the output against the target's (``sample`` prediction only: the detail of x0)."""
+    out = unet(batch["x"], batch["timestep"], batch["genes"], path="collage").sample.float()
+    target = prediction_targets(batch, path, prediction_type)
+    mask = batch["mask"]
+    mse = ((out - target).square() * mask).sum() / (mask.sum() * out.shape[1] * out.shape[2]).clamp(min=1)
+    loss = mse
+    if highpass_weight:
+        hp = (high_pass(out) - high_pass(target)).square() * mask
+        loss = loss + highpass_weight * hp.sum() / (mask.sum() * out.shape[1] * out.shape[2]).clamp(min=1)
+    return loss, mse.detach()

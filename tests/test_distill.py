@@ -1,0 +1,219 @@
+"""`teramind distill`: the student's training windows are the sampler's model inputs, its path is DDIM's, the CLI
+distils a tiny teacher and the official fixture, resumes after SIGKILL exactly, and the student loads and samples
+with its saved steps and grid.
+
+On a tiny random teacher (tests/conftest.py) and a small phantom, one thread; one run is shared by the tests, and
+only the run that is killed is a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from .conftest import OFFICIAL_SMALL, make_tiny_unet
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "TQDM_DISABLE": "1"}
+FAST = ["--num_teacher_samples", "2", "--teacher_steps", "1", "--train_batch_size", "2", "--num_threads", "1",
+        "--learning_rate", "1e-3", "--no_progress"]
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory) -> Path:
+    from teramind_hf.data import make_phantom
+    from teramind_hf.data.datasets import write_training_store
+
+    path = tmp_path_factory.mktemp("data") / "phantom.zarr"
+    write_training_store(make_phantom(256, 256, num_slices=3, seed=0, um_per_px=1.0).to_volume(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory, phantom) -> Path:
+    """A tiny random x0-predicting teacher on the phantom's panel that ships the diagonal grid."""
+    import zarr
+
+    from teramind_hf import BoundaryAwareScheduler, TeraMindPipeline
+
+    names = list(zarr.open_group(str(phantom), mode="r").attrs["gene_names"])
+    pipe = TeraMindPipeline(unet=make_tiny_unet(names), scheduler=BoundaryAwareScheduler(prediction_type="sample"),
+                            grid="diagonal", num_inference_steps=3)
+    path = tmp_path_factory.mktemp("teacher") / "teacher"
+    pipe.save_pretrained(str(path))
+    return path
+
+
+def _args(teacher: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return ["--teacher", str(teacher), "--data", str(data), "--output_dir", str(out), *FAST, *extra]
+
+
+def _weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors"))
+
+
+RUN = ["--max_train_steps", "4", "--checkpointing_steps", "2", "--use_ema", "--lr_scheduler", "cosine"]
+
+
+@pytest.fixture(scope="module")
+def distilled(teacher, phantom, tmp_path_factory, one_torch_thread) -> Path:
+    """One uninterrupted `teramind distill` run (in this process)."""
+    from teramind_hf.cli import main
+
+    out = tmp_path_factory.mktemp("distill") / "full"
+    assert main(["distill", *_args(teacher, phantom, out, *RUN)]) == 0
+    return out
+
+
+def test_windows_are_the_samplers_model_inputs_and_the_path_is_ddim(distilled):
+    import zarr
+
+    from teramind_hf import TeraMindPipeline
+    from teramind_hf.sampling.grid import TileGrid
+    from teramind_hf.sampling.schedule import resolve_grid
+    from teramind_hf.training.distill_targets import StudentPath
+    from teramind_hf.training.distill_windows import DistillWindows, WindowGeometry
+
+    student = TeraMindPipeline.from_pretrained(str(distilled))
+    group = zarr.open_group(str(distilled / "teacher_targets.zarr"), mode="r")
+    path = StudentPath.of(student.scheduler, 2)
+    geometry = WindowGeometry(patch=64, gene_bin=16, fill_value=-1.0, region=256)
+    windows = DistillWindows(group, 1, path, resolve_grid("diagonal"), geometry, seed=0, global_batch=8, length=400,
+                             prediction_type="sample")
+    noise, target, genes = (torch.from_numpy(group[name][0]) for name in ("noise", "target", "genes"))
+    calls = []
+    forward = student.unet.forward
+
+    def recording(x, t, g, **kwargs):
+        calls.append((int(torch.as_tensor(t).reshape(-1)[0]), x.clone(), g.clone()))
+        return forward(x, t, g, **kwargs)
+
+    student.unet.forward = recording
+    student(genes, gene_names=student.unet.config.gene_names, slices=(1, 3), latents=noise[None], generator=0)
+    assert [t for t, _, _ in calls] == [999, 999, 499, 499]  # 2 steps x 2 offsets: 4 calls for the one tile
+    grid = TileGrid(height=256, width=256)
+    canvases = {(t, x.shape[-1]): (x[0], g[0]) for t, x, g in calls}
+    checked = set()
+    for index in range(400):
+        _, k, offset, (y, x) = windows.draws(index)
+        if k:
+            continue
+        box = grid.canvas_box(0, 0, offset)
+        canvas, gene_canvas = canvases[(999, box.width)]
+        item = windows[index]
+        top, left = y - 32 - box.y0, x - 32 - box.x0
+        assert torch.equal(item["x"], canvas[..., top : top + 128, left : left + 128]), (offset, y, x)
+        assert torch.equal(item["genes"], gene_canvas[..., top // 16 : top // 16 + 8, left // 16 : left // 16 + 8])
+        checked.add(offset)
+    assert checked == {(0, 0), (16, 16)}
+    # step 1 is where deterministic DDIM goes from the noise when its x0 is the teacher's sample
+    scheduler = student.scheduler
+    scheduler.set_timesteps(2)
+    ddim = scheduler.step(target, 999, noise).prev_sample
+    assert torch.allclose(path.noisy(1, noise, target), ddim, atol=1e-5)
+    assert not torch.allclose(path.noisy(1, noise, target), noise, atol=1e-2)
+
+
+def test_kill_and_resume_equals_uninterrupted(distilled, teacher, phantom, tmp_path):
+    from teramind_hf.cli import main
+
+    killed = tmp_path / "killed"
+    shared = ["--targets", str(distilled / "teacher_targets.zarr")]  # the same records: no teacher sampling here
+    cmd = [sys.executable, "-m", "teramind_hf.training.distill", *_args(teacher, phantom, killed, *RUN, *shared)]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = killed / "checkpoint-2" / "training_config.json"
+    deadline = time.time() + 120
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (killed / "model_index.json").exists()
+    assert main(["distill", *_args(teacher, phantom, killed, *RUN, *shared, "--resume_from_checkpoint", "latest")]) == 0
+    assert (killed / "train_log.jsonl").read_text() == (distilled / "train_log.jsonl").read_text()
+    full_w, resumed_w = _weights(distilled), _weights(killed)
+    assert all(torch.equal(full_w[k], resumed_w[k]) for k in full_w)
+    teacher_w = load_file(str(teacher / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert any(not torch.equal(full_w[k], teacher_w[k]) for k in full_w)  # the student did train
+
+
+def test_the_student_loads_and_samples_with_its_saved_steps_and_grid(distilled):
+    from teramind_hf import TeraMindPipeline
+
+    student = TeraMindPipeline.from_pretrained(str(distilled))
+    assert (student.config.num_inference_steps, student.config.grid) == (2, "diagonal")
+    from teramind_hf.hub_cards import check_model_card
+
+    assert "not measured" in (distilled / "README.md").read_text().lower()
+    assert check_model_card(distilled / "README.md") == []
+    timesteps = []
+    forward = student.unet.forward
+    student.unet.forward = lambda x, t, g, **kw: (timesteps.append(int(torch.as_tensor(t).reshape(-1)[0])), forward(x, t, g, **kw))[1]
+    genes = torch.poisson(torch.full((student.unet.config.num_genes, 2, 16, 16), 0.5), generator=torch.Generator().manual_seed(0))
+    images = student(genes, gene_names=student.unet.config.gene_names, generator=0).images
+    assert images.shape == (2, 2, 256, 256)
+    assert timesteps == [999, 999, 499, 499]  # 2 steps x 2 offsets: 4 calls for the one tile
+
+
+def test_distils_the_official_fixture_and_loads(phantom, tmp_path, one_torch_thread):
+    """The recipe on the official architecture (converted small fixture, epsilon teacher, official DDIM grid)."""
+    import zarr
+
+    from teramind_hf import TeraMindPipeline
+    from teramind_hf.cli import main
+    from teramind_hf.convert.official import convert_official_checkpoint
+
+    names = list(zarr.open_group(str(phantom), mode="r").attrs["gene_names"])
+    config = json.loads((OFFICIAL_SMALL / "config.json").read_text())
+    panel = (names + [f"Extra{i}" for i in range(config["rna_num"])])[: config["rna_num"]]
+    official = tmp_path / "official"
+    convert_official_checkpoint(OFFICIAL_SMALL / "model.safetensors", official, gene_names=panel)
+    out = tmp_path / "student"
+    assert main(["distill", *_args(official, phantom, out, "--max_train_steps", "2", "--student_steps", "1",
+                                   "--prediction_type", "sample", "--num_teacher_samples", "1")]) == 0
+    student = TeraMindPipeline.from_pretrained(str(out))
+    assert student.config.num_inference_steps == 1 and student.config.grid == "official"
+    assert student.scheduler.config.prediction_type == "sample"
+    assert student.unet.config.block_out_channels == TeraMindPipeline.from_pretrained(str(official)).unet.config.block_out_channels
+    genes = torch.zeros((len(panel), 2, 16, 16))
+    assert student(genes, gene_names=panel, generator=0).images.shape == (2, student.unet.config.out_channels, 256, 256)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--student_steps", "0"], "--student_steps must be >= 1"),
+        (["--grid", "nope"], "--grid: unknown grid schedule"),
+        (["--teacher_region_size", "100"], "--teacher_region_size must be whole 256-px tiles"),
+        (["--data", "missing.zarr"], "--data missing.zarr: no such file or directory"),
+        (["--teacher", "./missing"], "--teacher ./missing: cannot load a TeraMindPipeline"),
+    ],
+)
+def test_bad_options_exit_2_with_one_line(teacher, phantom, tmp_path, capsys, extra, message, monkeypatch):
+    from teramind_hf.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["distill", "--teacher", str(teacher), "--data", str(phantom), "--output_dir", str(tmp_path / "out"), *extra]
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert message in lines[-1] and lines[-1].startswith("teramind distill: error:"), lines
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_target_store_made_with_other_settings_is_refused(distilled, teacher, phantom, tmp_path, capsys):
+    from teramind_hf.cli import main
+
+    store = distilled / "teacher_targets.zarr"
+    before = sorted((p.relative_to(store), p.stat().st_mtime_ns) for p in store.rglob("*"))
+    argv = ["distill", *_args(teacher, phantom, tmp_path / "b", "--targets", str(store), "--seed", "5")]
+    assert main(argv) == 2
+    assert "made with other settings (seed: store 0 vs this run 5)" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert sorted((p.relative_to(store), p.stat().st_mtime_ns) for p in store.rglob("*")) == before
