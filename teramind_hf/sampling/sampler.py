@@ -13,8 +13,8 @@ in memory; one after another when streaming, so the buffers hold one chunk):
    tile with that tile's history, and x_{t-1}, the history and the progress record are written to parity
    ``(i + 1) % 2`` (the last step goes to ``write_final(batch, x_0)`` if given), by a write-behind thread
    (:mod:`.write_behind`) drained before the step ends. A prefetch thread reads the next batch (canvases, gene
-   canvases, x_t, history, a stochastic solver's noise) while the model runs on the current one: reads touch
-   parity ``i % 2`` only, writes parity ``(i + 1) % 2`` only;
+   canvases, x_t, history, a stochastic solver's noise) while the model runs on the current one, when the model
+   runs off the CPU: reads touch parity ``i % 2`` only, writes parity ``(i + 1) % 2`` only;
 3. a barrier between steps when several processes share the state (work units are split across processes
    with accelerate's ``split_between_processes``).
 
@@ -97,7 +97,12 @@ class TileSampler:
             same bytes; canvases with a halo only, since naive tiles each see their own fill).
         processes: :class:`Processes` sharing a persistent state (default: this process alone).
         device, dtype: where and in which dtype the model runs (state and solver stay float32 on the CPU).
+
+    The prefetch thread runs when the model runs off the CPU (``prefetch_on_cpu`` turns it on for a CPU model: on
+    the CPU the model call and the reads share the same cores, so there is nothing to overlap, only hand-offs).
     """
+
+    prefetch_on_cpu = False
 
     def __init__(
         self, unet, solver: TileSolver, grid: TileGrid, genes: GeneCanvases, *, grid_schedule: GridSchedule | None = None,
@@ -314,8 +319,10 @@ class TileSampler:
         self.unet.eval()  # dropout off while sampling; restored after (training validation)
         try:
             bar_context = progress_bar(total) if progress_bar else nullcontext()
-            prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="teramind-prefetch")  # one batch ahead
-            with bar_context as bar, torch.no_grad(), WriteBehind() as writer, prefetch:
+            use_prefetch = torch.device(self.device).type != "cpu" or self.prefetch_on_cpu
+            # one batch ahead
+            prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="teramind-prefetch") if use_prefetch else None
+            with bar_context as bar, torch.no_grad(), WriteBehind() as writer, prefetch or nullcontext():
                 for chunks, first in plan:
                     for k in chunks:
                         self.genes.load(k, self.my_tiles())  # once per z chunk, for all its steps
