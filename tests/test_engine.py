@@ -18,6 +18,7 @@ from teramind_hf import BoundaryAwareScheduler, TeraMindPipeline
 from teramind_hf.cli import main as cli_main
 from teramind_hf.pipelines.streaming import generate_to_zarr, load_pipeline
 from teramind_hf.sampling import PRESETS, GridSchedule, TileGrid
+from teramind_hf.sampling.sampler import TileSampler
 from teramind_hf.sampling.schedule import GRID_SCHEDULES, blend_weights
 from teramind_hf.schedulers.scheduling_boundary_aware import official_timesteps
 
@@ -118,8 +119,11 @@ def test_batch_order_and_streaming_give_the_same_bytes(solver, grid, model_dir, 
                  batch_size=1, tile_order="reverse", grid=grid).images
     np.testing.assert_array_equal(other.transpose(1, 0, 2, 3), reference)
     out = workdir / f"stream_{case}.ome.zarr"
-    report = generate_to_zarr(pipe, gene_store, out, region=REGION, num_inference_steps=STEPS, generator=0,
-                              batch_size=1, tile_order="reverse", memory_limit_bytes=0, progress_bar=False, grid=grid)
+    # streamed with the prefetch thread a GPU run uses (read one batch ahead while the model runs)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(TileSampler, "prefetch_on_cpu", True)
+        report = generate_to_zarr(pipe, gene_store, out, region=REGION, num_inference_steps=STEPS, generator=0,
+                                  batch_size=1, tile_order="reverse", memory_limit_bytes=0, progress_bar=False, grid=grid)
     assert report.step_buffers == "disk"
     np.testing.assert_array_equal(level0(out), reference)
     if case != "ddim":

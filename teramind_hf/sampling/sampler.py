@@ -12,7 +12,9 @@ in memory; one after another when streaming, so the buffers hold one chunk):
    runs on the batch at every offset of the step (outputs blended per pixel if several), the solver steps each
    tile with that tile's history, and x_{t-1}, the history and the progress record are written to parity
    ``(i + 1) % 2`` (the last step goes to ``write_final(batch, x_0)`` if given), by a write-behind thread
-   (:mod:`.write_behind`) drained before the step ends;
+   (:mod:`.write_behind`) drained before the step ends. A prefetch thread reads the next batch (canvases, gene
+   canvases, x_t, history, a stochastic solver's noise) while the model runs on the current one, when the model
+   runs off the CPU: reads touch parity ``i % 2`` only, writes parity ``(i + 1) % 2`` only;
 3. a barrier between steps when several processes share the state (work units are split across processes
    with accelerate's ``split_between_processes``).
 
@@ -23,6 +25,7 @@ tile order, batch size, number of processes and interruption (resume continues f
 from __future__ import annotations
 
 import functools
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from typing import Callable
 
@@ -46,6 +49,16 @@ def tile_noise(grid: TileGrid, seed: int, k: int, row: int, col: int, stains: in
     global col)`` alone (so a sub-region of a larger run draws the same noise there)."""
     generator = torch.Generator(device="cpu").manual_seed(tile_seed(seed, grid.chunk_starts[k], *grid.global_index(row, col)))
     return torch.randn((stains, grid.num_slices, grid.tile, grid.tile), generator=generator, dtype=torch.float32) * sigma
+
+
+class _Done:
+    """A result already computed, with a future's ``result()`` (the sampler without a prefetch thread)."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def result(self):
+        return self.value
 
 
 class Processes:
@@ -84,7 +97,12 @@ class TileSampler:
             same bytes; canvases with a halo only, since naive tiles each see their own fill).
         processes: :class:`Processes` sharing a persistent state (default: this process alone).
         device, dtype: where and in which dtype the model runs (state and solver stay float32 on the CPU).
+
+    The prefetch thread runs when the model runs off the CPU (``prefetch_on_cpu`` turns it on for a CPU model: on
+    the CPU the model call and the reads share the same cores, so there is nothing to overlap, only hand-offs).
     """
+
+    prefetch_on_cpu = False
 
     def __init__(
         self, unet, solver: TileSolver, grid: TileGrid, genes: GeneCanvases, *, grid_schedule: GridSchedule | None = None,
@@ -161,24 +179,57 @@ class TileSampler:
                 inside.copy_(scaled)
         return canvases
 
-    def model_output(self, state: TileState, parity: int, batch, step: int) -> torch.Tensor:
-        """The (blended) model output of a batch of tiles at a step: ``(B, stains, slices, tile, tile)``."""
-        grid, t = self.grid, self.solver.timesteps[step]
-        offsets = tuple(grid.check_offset(o) for o in self.grid_schedule.offsets_at(step, self.solver.num_steps))
-        weights = self._weights.get(offsets)
-        combined = None
-        for j, offset in enumerate(offsets):
+    def _offsets(self, step: int) -> tuple:
+        return tuple(self.grid.check_offset(o) for o in self.grid_schedule.offsets_at(step, self.solver.num_steps))
+
+    def read_model_inputs(self, state: TileState, parity: int, batch, step: int) -> list[tuple]:
+        """A batch's model inputs at a step, per offset of the step: ``(offset, canvases, gene canvases, patch ids)``."""
+        grid, inputs = self.grid, []
+        for offset in self._offsets(step):
             canvases = self.read_canvases(state, parity, batch, step, offset)
             genes = torch.stack([self.genes.canvas(k, r, c, offset) for k, r, c in batch])
             # a canvas's patch at a region position holds the step buffer there (or the fill), whatever the tile
             ids = torch.stack([grid.patch_ids(k, r, c, offset) for k, r, c in batch]) if self.reuse_encoder else None
+            inputs.append((offset, canvases, genes, ids))
+        return inputs
+
+    def read_batch(self, state: TileState, parity: int, batch, step: int) -> dict:
+        """Everything a batch's step reads before the model runs: its model inputs, x_t and solver history, and a
+        stochastic solver's noise (a pure function of seed, step and tile). Reads only parity ``step % 2``, which
+        no write of the step touches, so it may run while the previous batch's model runs (prefetch)."""
+        grid = self.grid
+        x = torch.empty((len(batch), self.stains, grid.num_slices, grid.tile, grid.tile))  # the state is float32 on the CPU
+        for j, (k, r, c) in enumerate(batch):
+            state.read_x_into(parity, k, *grid.tile_slices(r, c), x[j])
+        needed = self.solver.needed_at(step)
+        histories = [state.read_history(parity, k, r, c, needed) for k, r, c in batch]
+        keys = [(grid.chunk_starts[k], *grid.global_index(r, c)) for k, r, c in batch]
+        return {
+            "inputs": self.read_model_inputs(state, parity, batch, step), "x": x,
+            "history": {s: torch.stack([h[s] for h in histories]) for s in needed}, "keys": keys,
+            "noise": self.solver.batch_noise(step, tuple(x.shape), keys),
+        }
+
+    def model_output(self, state: TileState, parity: int, batch, step: int, inputs: list[tuple] | None = None) -> torch.Tensor:
+        """The (blended) model output of a batch of tiles at a step: ``(B, stains, slices, tile, tile)``
+        (``inputs``: the batch's :meth:`read_model_inputs`, if read beforehand)."""
+        grid, t = self.grid, self.solver.timesteps[step]
+        if inputs is None:
+            inputs = self.read_model_inputs(state, parity, batch, step)
+        weights = self._weights.get(tuple(offset for offset, *_ in inputs))
+        combined = None
+        for j, (offset, canvases, genes, ids) in enumerate(inputs):
             out = self.unet(canvases.to(device=self.device, dtype=self.dtype), t,
                             genes.to(device=self.device, dtype=self.dtype), path="collage", patch_ids=ids).sample.float().cpu()
             box = grid.canvas_box(0, 0, offset)
             out = out[..., box.crop_y : box.crop_y + grid.tile, box.crop_x : box.crop_x + grid.tile]
             if weights is None:
                 return out
-            combined = out * weights[j] if combined is None else combined + out * weights[j]
+            # in place on this call's own output (no temporaries): the same products and sums as out * w + ...
+            if combined is None:
+                combined = out.mul_(weights[j])
+            else:
+                combined.add_(out.mul_(weights[j]))
         return combined
 
     # ------------------------------------------------------------------ stages
@@ -208,21 +259,26 @@ class TileSampler:
             state.mark_many(k, [(r, c) for kk, r, c in batch if kk == k], stage)
 
     def run_step(
-        self, state: TileState, step: int, jobs, write_final: Callable | None, model_outputs: dict | None, writer: WriteBehind
+        self, state: TileState, step: int, jobs, write_final: Callable | None, model_outputs: dict | None, writer: WriteBehind,
+        prefetch: ThreadPoolExecutor | None = None,
     ) -> None:
+        """One step of ``jobs``: each batch read (by ``prefetch``, one batch ahead, while the model runs on the
+        current one; else in turn), its model run, its solver step, its writes handed to ``writer``."""
         parity = step % 2
-        needed = self.solver.needed_at(step)
         state.begin_step()
-        for b in range(0, len(jobs), self.batch_size):
-            batch = jobs[b : b + self.batch_size]
-            output = self.model_output(state, parity, batch, step)
-            x = torch.empty(output.shape)  # the state is float32 on the CPU
-            for j, (k, r, c) in enumerate(batch):
-                state.read_x_into(parity, k, *self.grid.tile_slices(r, c), x[j])
-            histories = [state.read_history(parity, k, r, c, needed) for k, r, c in batch]
-            history = {s: torch.stack([h[s] for h in histories]) for s in needed}
-            keys = [(self.grid.chunk_starts[k], *self.grid.global_index(r, c)) for k, r, c in batch]
-            prev, after = self.solver.step(step, output, x, history, keys)
+        batches = [jobs[b : b + self.batch_size] for b in range(0, len(jobs), self.batch_size)]
+
+        def read(n: int):
+            if prefetch is None:
+                return _Done(self.read_batch(state, parity, batches[n], step))
+            return prefetch.submit(self.read_batch, state, parity, batches[n], step)
+
+        ahead = read(0) if batches else None
+        for n, batch in enumerate(batches):
+            data = ahead.result()
+            ahead = read(n + 1) if n + 1 < len(batches) else None
+            output = self.model_output(state, parity, batch, step, data["inputs"])
+            prev, after = self.solver.step(step, output, data["x"], data["history"], data["keys"], data["noise"])
             if model_outputs is not None:
                 for j, (k, r, c) in enumerate(batch):
                     model_outputs.setdefault(k, {})[(r, c)] = output[j]
@@ -262,7 +318,11 @@ class TileSampler:
         was_training = self.unet.training
         self.unet.eval()  # dropout off while sampling; restored after (training validation)
         try:
-            with (progress_bar(total) if progress_bar else nullcontext()) as bar, torch.no_grad(), WriteBehind() as writer:
+            bar_context = progress_bar(total) if progress_bar else nullcontext()
+            use_prefetch = torch.device(self.device).type != "cpu" or self.prefetch_on_cpu
+            # one batch ahead
+            prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="teramind-prefetch") if use_prefetch else None
+            with bar_context as bar, torch.no_grad(), WriteBehind() as writer, prefetch or nullcontext():
                 for chunks, first in plan:
                     for k in chunks:
                         self.genes.load(k, self.my_tiles())  # once per z chunk, for all its steps
@@ -272,7 +332,7 @@ class TileSampler:
                         if stage == -1:
                             self.run_noise(state, jobs, latents, writer)
                         else:
-                            self.run_step(state, stage, jobs, write_final, outputs, writer)
+                            self.run_step(state, stage, jobs, write_final, outputs, writer, prefetch)
                         writer.drain()  # every write of this stage is done before anyone reads it
                         self.processes.wait()  # step i + 1 reads what every process wrote at step i
                         if stage >= 0:

@@ -239,19 +239,19 @@ class TileSolver:
 
     def step(
         self, step: int, model_output: torch.Tensor, sample: torch.Tensor, history: dict[Slot, torch.Tensor],
-        tile_keys: list[tuple[int, ...]] | None = None,
+        tile_keys: list[tuple[int, ...]] | None = None, variance_noise: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[Slot, torch.Tensor]]:
         """Step a batch of tiles at ``step``: ``(x_{t-1}, history after the step)`` (history stacked like the
-        batch, holding the slots of :meth:`saved_after`)."""
+        batch, holding the slots of :meth:`saved_after`). ``variance_noise``: the batch's
+        :meth:`batch_noise`, if drawn beforehand (the sampler draws it while the model runs)."""
         t = self.timesteps[step]
         work = self._work(step, history)
         if not self.stochastic:
             prev = self.scheduler.solver_step(work, model_output, t, sample).prev_sample
         elif self.batched_noise:  # each tile's noise from its own generator, the batch stepped in one call
-            noise = torch.cat([
-                randn_tensor(sample[j : j + 1].shape, generator=self.generator(step, key), device=sample.device, dtype=torch.float32)
-                for j, key in enumerate(tile_keys)
-            ])
+            if variance_noise is None:
+                variance_noise = self.batch_noise(step, tuple(sample.shape), tile_keys)
+            noise = variance_noise.to(sample.device)
             prev = self.scheduler.solver_step(work, model_output, t, sample, variance_noise=noise).prev_sample
         elif sample.shape[0] > 1:  # one tile per call, each with its own noise stream
             parts = [
@@ -264,6 +264,18 @@ class TileSolver:
             prev = self.scheduler.solver_step(work, model_output, t, sample, self.generator(step, tile_keys[0])).prev_sample
         state = vars(work)
         return prev, {s: self._get(state, s) for s in self.saved_after(step)}
+
+    def batch_noise(self, step: int, shape: tuple[int, ...], tile_keys: list[tuple[int, ...]]) -> torch.Tensor | None:
+        """The noise a :attr:`batched_noise` solver is given at ``step`` for a batch of ``shape`` (on the CPU; None
+        for other solvers): each tile's part drawn from its own :meth:`generator`, straight into the batch tensor
+        (the values of ``randn_tensor(tile shape, generator)``, an empty tensor filled by ``normal_``, without a
+        tensor per tile and a concatenation)."""
+        if not self.batched_noise:
+            return None
+        noise = torch.empty(shape, dtype=torch.float32)
+        for j, key in enumerate(tile_keys):
+            noise[j].normal_(generator=self.generator(step, key))
+        return noise
 
     def generator(self, step: int, tile_key: tuple[int, ...]) -> torch.Generator:
         """The generator of a stochastic solver's noise at ``step`` for the tile with global key ``tile_key``."""
