@@ -42,8 +42,7 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture
-def tiny_pipeline():
+def make_tiny_pipeline():
     from teramind_hf import BoundaryAwareScheduler, TeraMindPipeline
 
     pipe = TeraMindPipeline(unet=make_tiny_unet(), scheduler=BoundaryAwareScheduler())
@@ -51,11 +50,20 @@ def tiny_pipeline():
     return pipe
 
 
-@pytest.fixture
-def tiny_genes():
+def make_tiny_genes():
     """Counts for a 2x2-tile region (512 px, 32 bins of 16 px) and 2 sections."""
     generator = torch.Generator().manual_seed(1)
     return torch.poisson(torch.full((len(TINY_GENES), 2, 32, 32), 0.8), generator=generator)
+
+
+@pytest.fixture
+def tiny_pipeline():
+    return make_tiny_pipeline()
+
+
+@pytest.fixture
+def tiny_genes():
+    return make_tiny_genes()
 
 
 @pytest.fixture(scope="session")

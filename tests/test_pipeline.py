@@ -17,7 +17,7 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
 from teramind_hf import BoundaryAwareScheduler, TeraMindPipeline
 
-from .conftest import TINY_GENES
+from .conftest import TINY_GENES, make_tiny_genes, make_tiny_pipeline
 
 STEPS = 3
 
@@ -27,8 +27,14 @@ def _run(pipe, genes, seed=0, **kwargs):
     return pipe(genes, generator=torch.Generator().manual_seed(seed), **kwargs).images
 
 
-def test_output_shape_range_and_types(tiny_pipeline, tiny_genes):
-    images = _run(tiny_pipeline, tiny_genes)
+@pytest.fixture(scope="module")
+def reference():
+    """The tiny pipeline's default run on tiny_genes (seed 0): computed once for the tests that compare with it."""
+    return _run(make_tiny_pipeline(), make_tiny_genes())
+
+
+def test_output_shape_range_and_types(tiny_pipeline, tiny_genes, reference):
+    images = reference
     assert images.shape == (2, 2, 512, 512) and images.dtype == np.float32
     assert images.min() >= -1 and images.max() <= 1 and images.std() > 0.05
     as_uint8 = _run(tiny_pipeline, tiny_genes, output_type="uint8")
@@ -45,17 +51,16 @@ def test_batch_size_and_tile_order_do_not_change_a_single_bit(tiny_pipeline, tin
     assert not np.array_equal(reference, _run(tiny_pipeline, tiny_genes, seed=1))
 
 
-def test_halo_makes_neighbouring_tiles_depend_on_each_other(tiny_pipeline, tiny_genes):
+def test_halo_makes_neighbouring_tiles_depend_on_each_other(tiny_pipeline, tiny_genes, reference):
     """Changing genes inside tile (0, 0) must change tile (0, 1) too (it sees them through the halo)."""
-    base = _run(tiny_pipeline, tiny_genes)
+    base = reference
     edited = tiny_genes.clone()
     edited[:, :, :16, :16] *= 3
     changed = _run(tiny_pipeline, edited)
     assert not np.array_equal(base[..., :256, 256:], changed[..., :256, 256:])  # the neighbour
 
 
-def test_gene_names_align_by_name(tiny_pipeline, tiny_genes):
-    reference = _run(tiny_pipeline, tiny_genes)
+def test_gene_names_align_by_name(tiny_pipeline, tiny_genes, reference):
     order = [4, 2, 0, 3, 1]
     shuffled = tiny_genes[order]
     names = [TINY_GENES[i].upper() for i in order]
@@ -74,7 +79,7 @@ def test_slices_select_chunks_with_their_gene_window(tiny_pipeline):
     assert odd.shape == (3, 2, 256, 256) and np.array_equal(odd[:2], whole[:2])
 
 
-def test_save_and_load_from_folder_is_bit_identical(tiny_pipeline, tiny_genes, tmp_path):
+def test_save_and_load_from_folder_is_bit_identical(tiny_pipeline, tiny_genes, reference, tmp_path):
     tiny_pipeline.save_pretrained(tmp_path / "pipe")
     files = sorted(p.relative_to(tmp_path / "pipe").as_posix() for p in (tmp_path / "pipe").rglob("*") if p.is_file())
     assert "unet/diffusion_pytorch_model.safetensors" in files
@@ -84,7 +89,7 @@ def test_save_and_load_from_folder_is_bit_identical(tiny_pipeline, tiny_genes, t
     loaded = TeraMindPipeline.from_pretrained(tmp_path / "pipe")
     loaded.set_progress_bar_config(disable=True)
     assert loaded.unet.config.gene_names == TINY_GENES
-    assert np.array_equal(_run(tiny_pipeline, tiny_genes), _run(loaded, tiny_genes))
+    assert np.array_equal(reference, _run(loaded, tiny_genes))
 
 
 def _hub_cache(tmp_path: Path, folder: Path, repo_id: str, revision_sha: str) -> Path:
@@ -97,7 +102,7 @@ def _hub_cache(tmp_path: Path, folder: Path, repo_id: str, revision_sha: str) ->
     return cache
 
 
-def test_from_pretrained_repo_id_offline_hub_cache(tiny_pipeline, tiny_genes, tmp_path):
+def test_from_pretrained_repo_id_offline_hub_cache(tiny_pipeline, tiny_genes, reference, tmp_path):
     tiny_pipeline.save_pretrained(tmp_path / "pipe")
     cache = _hub_cache(tmp_path, tmp_path / "pipe", "org/teramind-tiny", "0123456789abcdef0123456789abcdef01234567")
     np.save(tmp_path / "genes.npy", tiny_genes.numpy())
@@ -114,7 +119,7 @@ def test_from_pretrained_repo_id_offline_hub_cache(tiny_pipeline, tiny_genes, tm
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=300)
-    assert np.array_equal(np.load(tmp_path / "hub.npy"), _run(tiny_pipeline, tiny_genes))
+    assert np.array_equal(np.load(tmp_path / "hub.npy"), reference)
 
 
 def test_from_pretrained_unknown_repo_offline_fails_clearly(tmp_path):
@@ -135,8 +140,8 @@ def test_missing_local_folder_is_named(tmp_path):
         TeraMindPipeline.from_pretrained(str(tmp_path / "absent"))
 
 
-def test_dpm_solver_swap_via_from_config(tiny_pipeline, tiny_genes, tmp_path):
-    ddim = _run(tiny_pipeline, tiny_genes)
+def test_dpm_solver_swap_via_from_config(tiny_pipeline, tiny_genes, reference, tmp_path):
+    ddim = reference
     tiny_pipeline.scheduler = DPMSolverMultistepScheduler.from_config(
         tiny_pipeline.scheduler.config, algorithm_type="dpmsolver++"
     )
