@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--regions", type=int, nargs="+", default=[2, 3, 4, 5, 6, 7], help="phantom seeds (not 0, 1)")
     parser.add_argument("--noise-seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--size", type=int, default=512, help="region side in px (2 sections)")
+    parser.add_argument("--size", type=int, default=512, help="region side in px (2 sections), a whole number of 256-px tiles with at least one inner border: 512 and up")
     parser.add_argument("--presets", nargs="+", default=["official", "seamless", "fast", "fastest"])
     parser.add_argument("--pipelines", nargs="*", default=[], help="LABEL=DIR[:PRESET] pipeline folders")
     parser.add_argument("--threads", type=int, default=1)
