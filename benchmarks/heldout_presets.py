@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n{len(args.regions)} held-out regions (phantom seeds {args.regions}), {args.size} x {args.size} px x 2 "
           f"sections, noise seeds {args.noise_seeds}; mean ± spread (sd over noise seeds) of the means over regions; "
           f"b64/b256 worst 2-D phase pooled over regions; criteria against {REFERENCE} (DDIM-15, official grid)")
-    print(f"truth: " + ", ".join(f"{k} {v:.3f}" for k, v in truth_row.items()))
+    print("truth: " + ", ".join(f"{k} {v:.3f}" for k, v in truth_row.items()))
     columns = [("calls", None), ("b64", "b64"), ("b256", "b256"), ("F1", "nuclei_f1"),
                ("areaW um2", "nuclei_area_wasserstein_um2"), ("DAPI HF/truth", "dapi_hf_ratio"),
                ("PolyT HF/truth", "polyt_hf_ratio"), ("DAPI HF/ref", "dapi_hf_vs_reference"),
