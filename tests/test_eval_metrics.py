@@ -209,9 +209,9 @@ def test_grid_lines_score_high_at_their_period_and_phase():
     gridded = field + offsets[(yy - 10) // 64 + 1, (xx - 10) // 64 + 1]  # constant jumps at lines 10 + 64k
     assert border_score(gridded, 64, phase=10) > 3
     assert border_score(gridded, 64, phase=42) < 1  # off the lines: the grid's jumps now count as "elsewhere"
-    score, phase = worst_phase_border_score(gridded, 64)
-    assert phase == 10 and score == pytest.approx(border_score(gridded, 64, 10))
-    assert worst_phase_border_score(gridded, 64, phase_step=2)[1] == 10
+    score, phases = worst_phase_border_score(gridded, 64)
+    assert phases == (10, 10) and score == pytest.approx(border_score(gridded, 64, 10))
+    assert worst_phase_border_score(step_profile(gridded), 64) == (score, phases)  # a (pooled) profile scores alike
     # a smooth random field shows no grid at any phase
     assert worst_phase_border_score(field, 64)[0] == pytest.approx(1.0, abs=0.15)
     assert worst_phase_border_score(field, 32)[0] == pytest.approx(1.0, abs=0.15)
@@ -227,7 +227,8 @@ def test_2d_phases_pooling_and_the_shuffled_null():
     moved = field + rng.normal(0, 0.3, (5, 1))[(yy - 20) // 64 + 1, 0] + rng.normal(0, 0.3, (1, 5))[0, (xx - 40) // 64 + 1]
     profile = step_profile(moved)
     score, phases = profile.worst_phase_2d(64)
-    assert phases == (20, 40) and score > profile.worst_phase(64)[0] and score > 2
+    assert phases == (20, 40) and score > max(profile.score(64, p) for p in range(64)) and score > 2
+    assert worst_phase_border_score(moved, 64) == (score, phases)
     pooled = profile + step_profile(field)  # two regions of one geometry: sums add, the grid is diluted
     assert 1 < pooled.worst_phase_2d(64)[0] < score and pooled.worst_phase_2d(64)[1] == (20, 40)
     with pytest.raises(ValueError, match="shapes"):

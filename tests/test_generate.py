@@ -222,6 +222,10 @@ def test_seam_score_cli_and_naive_tiling(pipe, gene_store, model_dir, workdir, c
     blocky = smooth + np.kron(rng.integers(0, 150, (2, 2)), np.ones((256, 256), dtype=int))
     assert seam_score_array(smooth, 256).score == pytest.approx(1.0, abs=0.05)
     assert seam_score_array(blocky, 256).score > 2
+    # tiles moved off the phase-0 lines: the phase-0 score misses them, the worst-2-D-phase score does not
+    moved = seam_score_array(np.roll(blocky, (30, 70), axis=(-2, -1)), 256)
+    assert moved.score < 1.1 and moved.worst_phase_score > 2 and moved.worst_phases == (30, 70)
+    assert seam_score_array(smooth, 256).worst_phase_score == pytest.approx(1.0, abs=0.1)
     # dark bands along tile borders (what a tile generated alone fades into) leave the score ~1 but not the band ratio
     faded = np.full((1, 1, 768, 768), 100)
     offset = np.arange(768) % 256
@@ -236,5 +240,5 @@ def test_seam_score_cli_and_naive_tiling(pipe, gene_store, model_dir, workdir, c
     assert zarr.open_group(str(out), mode="r").attrs["teramind"]["run"]["halo"] is False
     assert cli_main(["eval", "seams", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "seam score" in printed and "border band ratio" in printed
+    assert "seam score" in printed and "border band ratio" in printed and "worst-phase border score" in printed
     assert np.isfinite(seam_score(str(out)).score)

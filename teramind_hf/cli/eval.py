@@ -19,6 +19,10 @@ def run_seams(args: argparse.Namespace) -> int:
         f"border band ratio {result.band_ratio:.4f} (mean intensity within {result.band} px of inner tile borders / "
         "elsewhere; dark bands lower it: compare runs on the same genes)"
     )
+    print(
+        f"worst-phase border score {result.worst_phase_score:.4f} (worst 2-D phase y {result.worst_phases[0]}, "
+        f"x {result.worst_phases[1]} of period {result.tile_size} px: the measure `eval report` and the docs quote)"
+    )
     return 0
 
 

@@ -270,7 +270,7 @@ def summarize(sections: list[SectionStats]) -> dict[str, float]:
             continue
         for role, suffix in zip(ROLES, ("", "_truth")):
             profile = _sum_profiles([s.steps[ROLES.index(role)] for s in sections])
-            out[f"border_{period}{suffix}"] = profile.worst_phase(period)[0]
+            out[f"border_{period}{suffix}"] = profile.worst_phase_2d(period)[0]
     return out
 
 

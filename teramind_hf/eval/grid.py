@@ -6,7 +6,10 @@
 with lines at ``phase + k * period`` in y and in x (a line at ``p`` lies between pixels ``p-1`` and ``p``; the
 region's own edges are no lines). ~1 means the grid is invisible; the phantom's own images score ~1.0-1.2, and
 samples whose 64-px model patches show score ~2.2 at period 64. A method that merely *moves* the borders would
-pass at phase 0, so :func:`worst_phase_border_score` takes the maximum over all phases.
+pass at phase 0, and one moved in one axis only would pass at any shared phase, so the one border measure of the
+package, :func:`worst_phase_border_score` (:meth:`StepProfile.worst_phase_2d`), takes the maximum over every 2-D
+phase ``(phase_y, phase_x)``; `eval report`, `eval seams`, the tests and the benchmarks all use it, on profiles
+pooled over regions where regions are pooled.
 
 All phases of all periods come from one pass: :class:`StepProfile` keeps the summed |step| at each position along
 y and x, read block by block, so memory does not grow with the image (`eval.seams` uses it for tile borders).
@@ -79,11 +82,6 @@ class StepProfile:
             return float("nan")
         return (border_sum / border_pairs) / (interior_sum / interior_pairs)
 
-    def worst_phase(self, period: int, phase_step: int = 1) -> tuple[float, int]:
-        scores = [(self.score(period, phase), phase) for phase in range(0, period, phase_step)]
-        finite = [item for item in scores if np.isfinite(item[0])]
-        return max(finite) if finite else (float("nan"), 0)
-
     def _phase_table(self, sums: np.ndarray, per_position: int, period: int) -> tuple[np.ndarray, np.ndarray]:
         """(border sum, border pairs) of one axis for every phase at once (pair i straddles the line at i + 1)."""
         phases = np.arange(1, len(sums) + 1) % period
@@ -91,8 +89,8 @@ class StepProfile:
 
     def worst_phase_2d(self, period: int) -> tuple[float, tuple[int, int]]:
         """``(score, (phase_y, phase_x))``: the highest score over every 2-D phase of the grid, so a grid moved in
-        one axis only is caught too (the issue-12 patch-grid measure; never below :meth:`worst_phase`). All
-        ``period ** 2`` phases come from one table per axis."""
+        one axis only is caught too (the issue-12 patch-grid measure; never below any single shared phase's
+        :meth:`score`). All ``period ** 2`` phases come from one table per axis."""
         y_border, y_pairs = self._phase_table(self.y_sum, self.y_pairs_per_position, period)
         x_border, x_pairs = self._phase_table(self.x_sum, self.x_pairs_per_position, period)
         border, pairs = y_border[:, None] + x_border[None, :], y_pairs[:, None] + x_pairs[None, :]
@@ -124,11 +122,9 @@ class StepProfile:
         return np.asarray(scores)
 
 
-def _check_period(period: int, phase_step: int = 1) -> None:
+def _check_period(period: int) -> None:
     if int(period) < 2:
         raise ValueError(f"grid period must be >= 2 px, got {period}")
-    if int(phase_step) < 1:
-        raise ValueError(f"phase_step must be >= 1, got {phase_step}")
 
 
 def step_profile(image, block: int = DEFAULT_BLOCK) -> StepProfile:
@@ -153,7 +149,9 @@ def border_score(image, period: int, phase: int = 0) -> float:
     return step_profile(image).score(int(period), int(phase) % int(period))
 
 
-def worst_phase_border_score(image, period: int, phase_step: int = 1) -> tuple[float, int]:
-    """``(score, phase)``: the highest :func:`border_score` over phases ``0, phase_step, ... < period``."""
-    _check_period(period, phase_step)
-    return step_profile(image).worst_phase(int(period), int(phase_step))
+def worst_phase_border_score(image, period: int) -> tuple[float, tuple[int, int]]:
+    """``(score, (phase_y, phase_x))``: the border score at the worst 2-D phase (:meth:`StepProfile.worst_phase_2d`)
+    of an image, or of a :class:`StepProfile` already pooled over regions."""
+    _check_period(period)
+    profile = image if isinstance(image, StepProfile) else step_profile(image)
+    return profile.worst_phase_2d(int(period))

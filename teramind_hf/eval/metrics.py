@@ -3,7 +3,7 @@
 Volumes are ``(Z, 2, H, W)`` (stain 0 DAPI, stain 1 PolyT), uint8 or float in [-1, 1]. Keys are flat so they
 tabulate and average: ``nuclei_*`` (DAPI nuclei, :mod:`.nuclei`), ``{stain}_psnr`` etc. (:mod:`.fidelity`),
 ``{stain}_spectrum_distance``, ``{stain}_hf_ratio``, ``{stain}_histogram_distance`` (:mod:`.spectrum`), and
-``border_{period}`` / ``border_{period}_truth``: the worst-phase grid-line score (:mod:`.grid`) of the
+``border_{period}`` / ``border_{period}_truth``: the worst-2-D-phase grid-line score (:func:`.grid.worst_phase_border_score`) of the
 generated and the true section, both stains, at the model's patch (64 px) and default tile (256 px) periods.
 """
 
@@ -46,7 +46,7 @@ def border_metrics(generated: np.ndarray, truth: np.ndarray, periods=BORDER_PERI
         if period >= min(generated.shape[-2:]):
             continue
         for suffix, profile in profiles.items():
-            out[f"border_{period}{suffix}"] = profile.worst_phase(period)[0]
+            out[f"border_{period}{suffix}"] = profile.worst_phase_2d(period)[0]
     return out
 
 

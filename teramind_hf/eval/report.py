@@ -48,7 +48,7 @@ TABLE_COLUMNS = (
     ("dapi_psnr", "DAPI PSNR", None, "DAPI PSNR (dB; favours blur)"),
     ("dapi_ssim", "DAPI SSIM", None, "DAPI SSIM"),
     ("polyt_ms_ssim", "PolyT MSSSIM", None, None),
-    ("border_64", "border 64", "border_64_truth", "worst-phase border, 64 px"),
+    ("border_64", "border 64", "border_64_truth", "worst-2-D-phase border, 64 px"),
     ("border_256", "border 256", "border_256_truth", None),
 )
 

@@ -13,7 +13,9 @@ both sides of its border (dark bands, no jump), which lowers the score; so a sec
 
 (~1 without bands, < 1 for dark bands; pixels near the region's own edges are left out of both means).
 Read band by band (one row of tiles at a time), so memory does not grow with the image. The score is the
-grid-line border score of `eval.grid` at period = tile size, phase 0.
+grid-line border score of `eval.grid` at period = tile size, phase 0 (where the run's tiles lie). Next to it,
+``worst_phase_score`` is the package's one border measure (:func:`.grid.worst_phase_border_score`: the worst 2-D
+phase at period = tile size), the number `eval report`, the tests and the benchmarks quote.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .grid import StepProfile
+from .grid import StepProfile, worst_phase_border_score
 
 
 @dataclass
@@ -35,6 +37,8 @@ class SeamScore:
     interior_pairs: int
     band_ratio: float  # mean intensity near inner tile borders / elsewhere (~1: no bands)
     band: int  # px on each side of a border counted as "near"
+    worst_phase_score: float  # border score at the worst 2-D phase, period = tile size (eval.grid)
+    worst_phases: tuple[int, int]  # (phase_y, phase_x) where it lies
 
 
 def _near_borders(length: int, tile_size: int, band: int) -> tuple[np.ndarray, np.ndarray]:
@@ -74,6 +78,7 @@ def seam_score_array(image, tile_size: int, band: int = 8) -> SeamScore:
     border_sum, border_pairs, interior_sum, interior_pairs = steps.split(tile_size, 0)
     border_mean = border_sum / max(border_pairs, 1)
     interior_mean = interior_sum / max(interior_pairs, 1)
+    worst_phase_score, worst_phases = worst_phase_border_score(steps, tile_size)
     return SeamScore(
         score=float(border_mean / interior_mean) if interior_mean > 0 else float("nan"),
         border_gradient=float(border_mean),
@@ -85,6 +90,8 @@ def seam_score_array(image, tile_size: int, band: int = 8) -> SeamScore:
         if band_counts.all() and band_sums[1] > 0
         else float("nan"),
         band=band,
+        worst_phase_score=worst_phase_score,
+        worst_phases=worst_phases,
     )
 
 

@@ -35,24 +35,24 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    # the official sampler: DDIM, 15 steps, official grid (parity with official outputs)
+    # the official sampler: DDIM, 15 steps, official grid (parity with official outputs); the reference that the
+    # other presets are judged against
     "official": Preset("ddim", 15, "official"),
-    # DPM-Solver++ (2M, deterministic) in 5 steps with timesteps uniform in log-SNR (``use_lu_lambdas``: 999, 722,
-    # 302, 30, 0; diffusers' default spacing ends its last step at t=200 and blurs or, with the SDE variant,
-    # over-sharpens PolyT). It keeps the pipeline's grid: on the embedded model's "diagonal" grid that is 10 model
-    # calls per tile (5 on the official grid) against official's 15 (tests/test_preset_call_counts.py). Its realism
-    # against DDIM-15 (docs/seams-research.md) was measured on the official grid, not on the grid it runs there
+    # DPM-Solver++ (2M, deterministic) in 5 steps with timesteps uniform in log-SNR (``use_lu_lambdas``; diffusers'
+    # default spacing ends its last step at t=200 and blurs or, with the SDE variant, over-sharpens PolyT). It keeps
+    # the pipeline's grid: on the embedded model's "diagonal" grid that is 10 model calls per tile, 5 on the official
+    # grid (tests/test_preset_call_counts.py). It is not cheaper than the default by half, and on held-out regions
+    # it misses some of DDIM-15's realism criteria: docs/seams-research.md ("Presets on held-out regions")
     "fast": Preset("dpm", 5, scheduler_config={"use_lu_lambdas": True}),
-    # the embedded default model's own sampler (its scheduler, grid and steps): no visible patch grid at about the
-    # official cost (16 model calls per tile against 15). DPM-Solver++ (2M SDE) in 8 steps on the "diagonal" grid
-    # (two grid offsets blended at every step); on 6 held-out phantom regions its worst-phase border scores are
-    # within 0.15 of the truth's at 64 and 256 px (seeds 5-7 alone miss at 256 px, at a phase on no grid line) and
-    # its PSNR, SSIM and nuclei F1 are higher than DDIM-15's on the official grid (docs/seams-research.md)
+    # the embedded default model's own sampler (its scheduler, grid and steps): DPM-Solver++ (2M SDE) in 8 steps on
+    # the "diagonal" grid (two grid offsets blended at every step), 16 model calls per tile, one more than the
+    # official sampler. It hides the model's 64-px patch grid; whether its 256-px border score and realism hold
+    # against DDIM-15 on held-out regions is measured, with the command, in docs/seams-research.md
     "seamless": Preset("dpm-sde", 8, "diagonal"),
     # UniPC (diffusers defaults, bh2, order 2) on its own spacing, 4 steps: the fewest calls of the presets, 8 per
-    # tile on the embedded model's "diagonal" grid (4 on the official grid; tests/test_preset_call_counts.py), and
-    # smoother samples than DDIM-15 (less high-frequency energy). Its realism figures (docs/seams-research.md) were
-    # measured on the official grid; its whole-brain cost is in docs/performance.md
+    # tile on the embedded model's "diagonal" grid (4 on the official grid; tests/test_preset_call_counts.py). Its
+    # samples are smoother than DDIM-15's and it misses the high-frequency criteria on held-out regions
+    # (docs/seams-research.md); its whole-brain cost is in docs/performance.md
     "fastest": Preset("unipc", 4),
 }
 
