@@ -154,8 +154,6 @@ def save_student(unet, scheduler, teacher, grid, args, output_dir: Path, summary
 
 def distill(args: argparse.Namespace) -> dict:
     """Generate the teacher targets, train the student, save it; returns a summary."""
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
     from torch.utils.data import DataLoader
@@ -165,17 +163,13 @@ def distill(args: argparse.Namespace) -> dict:
     from .distill_targets import StudentPath, completed_records, student_scheduler
     from .distill_windows import DistillWindows, WindowGeometry, distill_loss
     from .losses import sample_seed
-    from .train import _logged_step, _multi_process_cpu
+    from .train import make_accelerator, truncate_log_after
 
     check_args(args)
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     output_dir = Path(args.output_dir)
-    accelerator = Accelerator(
-        cpu=_multi_process_cpu(), gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision, log_with=args.report_to,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
-    )
+    accelerator = make_accelerator(args, output_dir)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     log = logger.info if accelerator.is_main_process else (lambda *_: None)
     data = open_training_store(args.data, crop_size=args.teacher_region_size, length=1, seed=args.seed)
@@ -241,9 +235,8 @@ def distill(args: argparse.Namespace) -> dict:
                           accumulation=args.gradient_accumulation_steps, rank=rank, world=world)
     loader = DataLoader(windows, batch_size=args.train_batch_size, sampler=sampler, num_workers=args.dataloader_num_workers)
     log_path = output_dir / LOG_FILE
-    if accelerator.is_main_process and resume is not None and log_path.is_file():
-        kept = [line for line in log_path.read_text().splitlines() if line and _logged_step(line, log_path) <= start_step]
-        log_path.write_text("".join(line + "\n" for line in kept))
+    if accelerator.is_main_process and resume is not None:
+        truncate_log_after(log_path, start_step)
     log(f"distilling on {num_records} teacher samples, global batch {global_batch}, steps {start_step}..{args.max_train_steps}")
 
     step, started, cpu_started = start_step, time.time(), time.process_time()

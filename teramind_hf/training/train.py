@@ -40,6 +40,27 @@ from .options import add_training_arguments
 LOG_FILE = "train_log.jsonl"
 
 
+def make_accelerator(args: argparse.Namespace, output_dir: Path):
+    """The run's Accelerator, as the trainer and the distiller set it up (logs and trackers under ``output_dir``)."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    return Accelerator(
+        cpu=_multi_process_cpu(),
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=args.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+    )
+
+
+def truncate_log_after(log_path: Path, start_step: int) -> None:
+    """Drop what an interrupted run logged after its last checkpoint: a resumed run re-does those steps."""
+    if log_path.is_file():
+        kept = [line for line in log_path.read_text().splitlines() if line and _logged_step(line, log_path) <= start_step]
+        log_path.write_text("".join(line + "\n" for line in kept))
+
+
 def _logged_step(line: str, log_path: Path) -> int:
     """The step of one line of the training log; a line this trainer did not write is refused by name."""
     try:
@@ -185,8 +206,6 @@ def save_pipeline(unet, scheduler, args: argparse.Namespace, output_dir: Path, s
 # ---------------------------------------------------------------------------------------------- training
 def train(args: argparse.Namespace) -> dict:
     """Run the training loop; returns a summary (last losses, validation metrics, steps, time)."""
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
     from torch.utils.data import DataLoader
@@ -201,13 +220,7 @@ def train(args: argparse.Namespace) -> dict:
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     output_dir = Path(args.output_dir)
-    accelerator = Accelerator(
-        cpu=_multi_process_cpu(),
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=args.report_to,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
-    )
+    accelerator = make_accelerator(args, output_dir)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     log = logger.info if accelerator.is_main_process else (lambda *_: None)
 
@@ -265,10 +278,8 @@ def train(args: argparse.Namespace) -> dict:
         if args.report_to:
             accelerator.init_trackers("teramind-train", config={k: str(v) for k, v in vars(args).items()})
     log_path = output_dir / LOG_FILE
-    if accelerator.is_main_process and resume is not None and log_path.is_file():
-        # drop what an interrupted run logged after its last checkpoint: those steps are re-done now
-        kept = [line for line in log_path.read_text().splitlines() if line and _logged_step(line, log_path) <= start_step]
-        log_path.write_text("".join(line + "\n" for line in kept))
+    if accelerator.is_main_process and resume is not None:
+        truncate_log_after(log_path, start_step)
     log(f"training {sum(p.numel() for p in unet.parameters()):,} parameters, {world} process(es), global batch "
         f"{global_batch}, steps {start_step}..{args.max_train_steps}")
 
