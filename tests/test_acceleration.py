@@ -54,7 +54,7 @@ def test_generate_cli_bf16_end_to_end_and_recorded(tmp_path, tiny_pipeline, tiny
     tiny_pipeline.save_pretrained(model_dir)
     group = zarr.open_group(str(store), mode="w")
     group.create_array("genes", data=tiny_genes.numpy(), chunks=(len(TINY_GENES), 1, 16, 16))
-    group.attrs["gene_names"] = TINY_GENES
+    group.attrs.update({"origin_um": [0.0, 0.0], "gene_names": TINY_GENES})
     args = ["generate", "--genes", str(store), "--out", str(out), "--model", str(model_dir), "--steps", "1", "--quiet",
             "--region", "0,0,256,512", "--slices", "0,2"]
     assert cli_main([*args, "--dtype", "bf16"]) == 0

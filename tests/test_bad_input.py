@@ -37,7 +37,7 @@ def work(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("bad_input")
     phantom = make_phantom(256, 256, num_slices=2, seed=2, um_per_px=0.5)
     np.savez(root / "genes.npz", genes=phantom.genes, gene_names=np.array(list(phantom.panel)))
-    assert cli_main(["generate", "--genes", str(root / "genes.npz"), "--out", str(root / "earlier.ome.zarr"),
+    assert cli_main(["generate", "--genes", str(root / "genes.npz"), "--origin-unknown", "--out", str(root / "earlier.ome.zarr"),
                      "--steps", "1", "--threads", "1", "--quiet"]) == 0
     return root
 
@@ -97,7 +97,7 @@ GENERATE_CASES = [
 @pytest.mark.parametrize("extra, message", GENERATE_CASES, ids=[" ".join(c[0])[:40] for c in GENERATE_CASES])
 def test_generate_refuses_bad_arguments_without_creating_the_output(work, extra, message, capsys):
     out = work / "new.ome.zarr"
-    refuse(["generate", "--genes", str(work / "genes.npz"), "--out", str(out), "--quiet", *extra], message, capsys)
+    refuse(["generate", "--genes", str(work / "genes.npz"), "--origin-unknown", "--out", str(out), "--quiet", *extra], message, capsys)
     assert not out.exists()
 
 
@@ -130,9 +130,9 @@ def test_refusals_leave_an_earlier_output_untouched_even_with_overwrite(work, ca
     nan = _genes_with(work, "nan_late.npz", lambda g: (g.__setitem__((5, 1, 15, 15), np.inf), g)[1])
     base = ["generate", "--out", str(earlier), "--quiet", "--overwrite"]
     refuse([*base, "--genes", str(nan)], r"nan_late\.npz: 1 NaN/inf value", capsys)
-    refuse([*base, "--genes", str(work / "genes.npz"), "--steps", "5000"], r"exceeds the 1000 timesteps", capsys)
-    refuse([*base, "--genes", str(work / "genes.npz"), "--report-json", "/sys/r.json"], r"not writable", capsys)
-    refuse([*base, "--genes", str(work / "genes.npz"), "--region", "-256,0,256,256"], r"lies outside the gene data", capsys)
+    refuse([*base, "--genes", str(work / "genes.npz"), "--origin-unknown", "--steps", "5000"], r"exceeds the 1000 timesteps", capsys)
+    refuse([*base, "--genes", str(work / "genes.npz"), "--origin-unknown", "--report-json", "/sys/r.json"], r"not writable", capsys)
+    refuse([*base, "--genes", str(work / "genes.npz"), "--origin-unknown", "--region", "-256,0,256,256"], r"lies outside the gene data", capsys)
     assert tree(earlier) == before
 
 
@@ -140,10 +140,10 @@ def test_an_output_path_that_is_a_file_is_never_replaced(work, capsys):
     existing = work / "notes.txt"
     existing.write_text("keep me")
     for overwrite in ([], ["--overwrite"]):
-        refuse(["generate", "--genes", str(work / "genes.npz"), "--out", str(existing), "--quiet", *overwrite],
+        refuse(["generate", "--genes", str(work / "genes.npz"), "--origin-unknown", "--out", str(existing), "--quiet", *overwrite],
                r"--out .*notes\.txt is an existing file, not an OME-Zarr folder", capsys)
         assert existing.read_text() == "keep me"
-    refuse(["generate", "--genes", str(work / "genes.npz"), "--out", str(existing / "sub.ome.zarr"), "--quiet"],
+    refuse(["generate", "--genes", str(work / "genes.npz"), "--origin-unknown", "--out", str(existing / "sub.ome.zarr"), "--quiet"],
            r"notes\.txt is a file, so no folder can be created below it", capsys)
 
 
@@ -156,7 +156,7 @@ def test_a_model_with_a_zero_tile_size_is_refused(work, tmp_path, capsys):
     config = json.loads(config_path.read_text())
     for tile in (0, -256):
         config_path.write_text(json.dumps({**config, "tile_size": tile}))
-        refuse(["generate", "--genes", str(work / "genes.npz"), "--out", str(tmp_path / "o"), "--model", str(model), "--quiet"],
+        refuse(["generate", "--genes", str(work / "genes.npz"), "--origin-unknown", "--out", str(tmp_path / "o"), "--model", str(model), "--quiet"],
                rf"tile geometry does not fit \(tile_size={tile}, .*must be a positive multiple of the patch", capsys)
         assert not (tmp_path / "o").exists()
 
@@ -277,13 +277,13 @@ def test_sweep_of_bad_arguments_over_every_sub_command(work, tmp_path, capsys):
         ["ingest", "table", str(bad_csv), "--out", str(out), "--um-per-px", "0.5"],
         ["ingest", "table", str(table), "--out", str(out), "--um-per-px", "0.5", "--images", str(bad_tif)],
         ["ingest", "table", str(table), "--out", str(a_file), "--um-per-px", "0.5"],
-        ["knockout", "--genes", str(work / "genes.npz"), "--out", str(out), "--set", "Gad2=0", "--region", "-256,0,256,256"],
-        ["knockout", "--genes", str(work / "genes.npz"), "--out", str(out), "--set", "Gad2=0", "--steps", "0"],
-        ["attention", "--genes", str(work / "genes.npz"), "--out", str(out), "--pair", "Gad2"],
+        ["knockout", "--genes", str(work / "genes.npz"), "--origin-unknown", "--out", str(out), "--set", "Gad2=0", "--region", "-256,0,256,256"],
+        ["knockout", "--genes", str(work / "genes.npz"), "--origin-unknown", "--out", str(out), "--set", "Gad2=0", "--steps", "0"],
+        ["attention", "--genes", str(work / "genes.npz"), "--origin-unknown", "--out", str(out), "--pair", "Gad2"],
         ["eval", "report", str(work / "earlier.ome.zarr")],
-        ["generate", "--genes", str(work / "genes.npz"), "--out", str(out), "--region", "-1,-2,-3,-4"],
-        ["generate", "--genes", str(work / "genes.npz"), "--out", str(out), "--steps", "-3"],
-        ["generate", "--genes", str(work / "genes.npz"), "--out", str(out), "--steps", "abc"],
+        ["generate", "--genes", str(work / "genes.npz"), "--origin-unknown", "--out", str(out), "--region", "-1,-2,-3,-4"],
+        ["generate", "--genes", str(work / "genes.npz"), "--origin-unknown", "--out", str(out), "--steps", "-3"],
+        ["generate", "--genes", str(work / "genes.npz"), "--origin-unknown", "--out", str(out), "--steps", "abc"],
     ]
     for argv in cases:
         try:
@@ -302,8 +302,8 @@ def test_console_script_prints_no_traceback(work, tmp_path):
     script = Path(sys.executable).with_name("teramind")
     command = [str(script)] if script.exists() else [sys.executable, "-m", "teramind_hf.cli"]
     for argv in (
-        ["generate", "--genes", str(work / "genes.npz"), "--out", str(tmp_path / "o"), "--region", "-256,0,256,256"],
-        ["generate", "--genes", str(work / "genes.npz"), "--out", str(tmp_path / "o"), "--steps", "5000", "--quiet"],
+        ["generate", "--genes", str(work / "genes.npz"), "--origin-unknown", "--out", str(tmp_path / "o"), "--region", "-256,0,256,256"],
+        ["generate", "--genes", str(work / "genes.npz"), "--origin-unknown", "--out", str(tmp_path / "o"), "--steps", "5000", "--quiet"],
     ):
         done = subprocess.run([*command, *argv], capture_output=True, text=True, env=ENV, timeout=300)
         assert done.returncode == 2 and "Traceback" not in done.stderr, (argv, done.stderr)
@@ -437,7 +437,7 @@ def test_overwrite_still_replaces_our_own_earlier_outputs(sacred, work, tmp_path
     out = tmp_path / "G.ome.zarr"
     shutil.copytree(sacred / "G.ome.zarr", out)
     before = tree(out)
-    argv = ["generate", "--genes", str(work / "genes.npz"), "--out", str(out), "--steps", "1", "--threads", "1", "--quiet", "--seed", "5"]
+    argv = ["generate", "--genes", str(work / "genes.npz"), "--origin-unknown", "--out", str(out), "--steps", "1", "--threads", "1", "--quiet", "--seed", "5"]
     refuse(argv, r"differs in .*pass --overwrite", capsys)
     assert cli_main([*argv, "--overwrite"]) == 0
     capsys.readouterr()
@@ -489,7 +489,7 @@ def test_a_full_disk_is_a_named_error(work, tmp_path, capsys):
     if not os.access("/dev/full", os.W_OK):
         pytest.skip("/dev/full is not writable here")
     out = tmp_path / "o.ome.zarr"
-    argv = ["generate", "--genes", str(work / "genes.npz"), "--out", str(out), "--steps", "1", "--threads", "1", "--quiet",
+    argv = ["generate", "--genes", str(work / "genes.npz"), "--origin-unknown", "--out", str(out), "--steps", "1", "--threads", "1", "--quiet",
             "--report-json", "/dev/full"]
     assert cli_main(argv) == 2
     err = capsys.readouterr().err
@@ -545,7 +545,7 @@ def test_output_guard_markers(tmp_path):
     theirs = zarr.open_group(str(tmp_path / "theirs.zarr"), mode="w")
     theirs.attrs["teramind"] = "something else"
     store = zarr.open_group(str(tmp_path / "store.zarr"), mode="w")
-    store.attrs.update({"gene_names": ["Gad2"], "ingest": {"source": "t.csv"}})
+    store.attrs.update({"origin_um": [0.0, 0.0], "gene_names": ["Gad2"], "ingest": {"source": "t.csv"}})
     (tmp_path / "empty").mkdir()
     (tmp_path / "notes.txt").write_text("keep")
     (tmp_path / "link").symlink_to(tmp_path / "ours.ome.zarr", target_is_directory=True)
@@ -810,7 +810,7 @@ def test_odd_or_deeply_nested_resume_records_are_named(work, store, tmp_path, ca
     # generate's run record in an earlier output, damaged: named, and the output left as it was
     earlier = _copy(work / "earlier.ome.zarr", tmp_path / "earlier.ome.zarr")
     _edit_json(earlier / "zarr.json", lambda m: m["attributes"]["teramind"].__setitem__("complete", "yes"))
-    _refuse_untouched(["generate", "--genes", work / "genes.npz", "--out", earlier, "--steps", "1", "--threads", "1", "--quiet"],
+    _refuse_untouched(["generate", "--genes", work / "genes.npz", "--origin-unknown", "--out", earlier, "--steps", "1", "--threads", "1", "--quiet"],
                       r"earlier\.ome\.zarr/zarr\.json: the 'teramind' run record is damaged", capsys, [earlier], [])
 
 

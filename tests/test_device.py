@@ -118,7 +118,7 @@ def run_inputs(tmp_path_factory) -> tuple[Path, Path]:
     genes = np.random.default_rng(0).poisson(1.0, (len(TINY_GENES), 2, 16, 16)).astype(np.float32)
     group = zarr.open_group(str(workdir / "genes.zarr"), mode="w")
     group.create_array("genes", data=genes)
-    group.attrs.update({"gene_names": TINY_GENES, "gene_bin": 16, "um_per_px": 0.5})
+    group.attrs.update({"origin_um": [0.0, 0.0], "gene_names": TINY_GENES, "gene_bin": 16, "um_per_px": 0.5})
     return workdir / "genes.zarr", workdir / "tiny_model"
 
 

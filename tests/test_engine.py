@@ -75,7 +75,7 @@ def gene_store(genes, workdir) -> Path:
     path = workdir / "genes.zarr"
     group = zarr.open_group(str(path), mode="w")
     group.create_array("genes", data=genes, chunks=(len(TINY_GENES), 1, 16, 16))
-    group.attrs.update({"gene_names": TINY_GENES, "um_per_px": 0.5})
+    group.attrs.update({"origin_um": [0.0, 0.0], "gene_names": TINY_GENES, "um_per_px": 0.5})
     return path
 
 

@@ -53,7 +53,7 @@ def test_merscope_in_three_commands_and_on_the_fly(phantom_dir, tmp_path, capsys
 def test_min_gene_overlap_option(phantom_dir, tmp_path, capsys):
     store = zarr.open_group(str(tmp_path / "few.zarr"), mode="w")
     store.create_array("genes", data=np.ones((2, 2, 16, 16), dtype=np.float32))
-    store.attrs.update({"gene_names": ["Gad2", "Th"], "gene_bin": 16, "um_per_px": 0.5})
+    store.attrs.update({"origin_um": [0.0, 0.0], "gene_names": ["Gad2", "Th"], "gene_bin": 16, "um_per_px": 0.5})
     out = tmp_path / "few.ome.zarr"
     assert cli_main(["generate", "--genes", str(tmp_path / "few.zarr"), "--out", str(out), *COMMON]) == 2
     assert "overlap" in capsys.readouterr().err and not out.exists()

@@ -120,9 +120,10 @@ def test_unknown_origin_is_said_and_needs_a_choice(placed, tmp_path, monkeypatch
     genes = np.asarray(zarr.open_group(str(root / "g.zarr"), mode="r")["genes"])
     np.save(tmp_path / "g.npy", genes)  # an array carries no origin
     out = tmp_path / "o.ome.zarr"
-    with pytest.warns(UserWarning, match="records no micron origin"):
-        status, _ = _cli(["generate", "--genes", str(tmp_path / "g.npy"), "--out", str(out), *COMMON,
-                          "--min-gene-overlap", "0"], tmp_path, monkeypatch, capsys)
+    argv = ["generate", "--genes", str(tmp_path / "g.npy"), "--out", str(out), *COMMON, "--min-gene-overlap", "0"]
+    status, err = _cli(argv, tmp_path, monkeypatch, capsys)  # the CLI asks for a choice, before writing anything
+    assert status == 2 and "--origin-unknown" in err and len(err.strip().splitlines()) == 1 and not out.exists()
+    status, _ = _cli([*argv, "--origin-unknown"], tmp_path, monkeypatch, capsys)
     assert status == 0
     assert dict(zarr.open_group(str(out), mode="r").attrs["teramind"])["run"]["origin_um"] is None
     status, err = _cli(["export", "spatialdata", str(out), "--to", str(tmp_path / "s.zarr")], tmp_path, monkeypatch, capsys)
@@ -164,3 +165,17 @@ def test_an_output_from_before_origins_is_not_resumed_nor_placed_at_zero(placed,
     assert "older teramind" in capsys.readouterr().err
     assert cli_main(["export", "spatialdata", str(old), "--to", str(tmp_path / "s.zarr")]) == 2
     assert "predates micron origins" in capsys.readouterr().err and not (tmp_path / "s.zarr").exists()
+
+
+def test_an_unknown_origin_is_an_error_for_the_cli_and_a_warning_for_the_api(tmp_path):
+    from teramind_hf.pipelines.gene_source import open_gene_source
+    from teramind_hf.pipelines.preflight import resolve_origin_um
+
+    np.save(tmp_path / "g.npy", np.zeros((3, 1, 16, 16), np.float32))
+    source = open_gene_source(str(tmp_path / "g.npy"))
+    with pytest.raises(ValueError, match=r"g\.npy: the gene source records no micron origin.*--origin-unknown"):
+        resolve_origin_um(source, None, False, required=True)
+    with pytest.warns(UserWarning, match="records no micron origin"):
+        assert resolve_origin_um(source, None, False) is None
+    assert resolve_origin_um(source, None, True, required=True) is None
+    assert resolve_origin_um(source, (1.5, -2), False, required=True) == (1.5, -2.0)

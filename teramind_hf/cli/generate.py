@@ -89,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         shard_tiles=args.shard_tiles or None,
         origin_um=origin_um,
         origin_unknown=args.origin_unknown,
+        require_origin=True,
     )
     if distributed_state().is_main_process:
         print(report.summary())

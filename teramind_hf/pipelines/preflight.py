@@ -225,9 +225,10 @@ def preflight_generate(source, out: str, plan, progress_bar: bool = False) -> No
     )
 
 
-def resolve_origin_um(source, origin_um, origin_unknown: bool) -> tuple[float, float] | None:
-    """The micron origin (y, x) of the source's pixel (0, 0): given, else the store's; None only when the caller
-    says it is unknown. Never a silent zero."""
+def resolve_origin_um(source, origin_um, origin_unknown: bool, required: bool = False) -> tuple[float, float] | None:
+    """The micron origin (y, x) of the source's pixel (0, 0): given, else the store's; None when the caller says it
+    is unknown. Never a silent zero: an unknown origin not declared so is an error with ``required`` (the CLI),
+    else a warning (the Python API, where arrays rarely carry one)."""
     from ..data.store import check_origin_um
 
     if origin_um is not None and origin_unknown:
@@ -236,6 +237,12 @@ def resolve_origin_um(source, origin_um, origin_unknown: bool) -> tuple[float, f
         return check_origin_um(origin_um, "origin_um (--origin-um)")
     if source.attrs.get("origin_um") is not None:
         return check_origin_um(source.attrs["origin_um"], f"{source.location}: attribute 'origin_um'")
+    if required and not origin_unknown:
+        raise ValueError(
+            f"{source.location}: the gene source records no micron origin (no 'origin_um' attribute, which `teramind "
+            f"ingest` writes); pass --origin-um Y,X (micrometres of its pixel (0, 0)) to place the output, or "
+            f"--origin-unknown to place it in the source's pixel frame with origin_um null in its run record"
+        )
     if not origin_unknown:
         import warnings
 

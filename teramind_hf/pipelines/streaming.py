@@ -235,6 +235,7 @@ def generate_to_zarr(
     shard_tiles: int | None = DEFAULT_SHARD_TILES,
     origin_um: tuple[float, float] | None = None,
     origin_unknown: bool = False,
+    require_origin: bool = False,
 ) -> GenerateReport:
     """Generate the morphology of a region of a gene source into an OME-Zarr image at ``out``, resumably.
 
@@ -267,7 +268,8 @@ def generate_to_zarr(
         origin_unknown: say that the source has no known micron origin: the output is placed in the source's
             pixel frame and its run record says ``origin_um: null`` (``teramind export spatialdata`` then asks for
             one). Without either, a source with no origin (an array, a store without ``origin_um``) gets the same
-            with a warning.
+            with a warning, or, with ``require_origin`` (the CLI), a ValueError before anything is written.
+        require_origin: refuse a source with no origin unless ``origin_um`` or ``origin_unknown`` is given.
     Returns:
         a :class:`GenerateReport` (voxels, time, voxels/s, peak RSS).
     """
@@ -280,7 +282,6 @@ def generate_to_zarr(
     if isinstance(genes, (str, Path)):
         check_output_location(out, {"genes": genes}, "out")
     source = open_gene_source(genes)
-    origin = resolve_origin_um(source, origin_um, origin_unknown)
     # the sampling run, checked once (as for the in-memory pipeline); work units = output shards, aligned to the
     # requested region (exact mode computes a margin around it)
     check_generate_arguments(memory_limit_bytes=memory_limit_bytes, um_per_px=um_per_px,
@@ -293,6 +294,7 @@ def generate_to_zarr(
         min_gene_overlap=min_gene_overlap, unit_tiles=shard_tiles or 1,
     )
     preflight_generate(source, out, plan, progress_bar)
+    origin = resolve_origin_um(source, origin_um, origin_unknown, required=require_origin)
     cfg, steps, schedule, seed, scheduler, solver = (pipe.unet.config, plan.num_inference_steps, plan.grid_schedule,
                                                      plan.seed, plan.scheduler, plan.solver)
     tile, tile_grid, sampler = pipe.config.tile_size, plan.tile_grid, plan.sampler
