@@ -27,14 +27,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import (
-    check_checkpoint_config,
-    checkpoint_step,
-    load_training_state,
-    read_checkpoint_config,
-    resolve_checkpoint,
-    save_checkpoint,
-)
+from .checkpoint import check_checkpoint_config, resolve_checkpoint, save_checkpoint
 from .distill_options import add_distill_arguments
 
 LOG_FILE = "train_log.jsonl"
@@ -154,8 +147,6 @@ def save_student(unet, scheduler, teacher, grid, args, output_dir: Path, summary
 
 def distill(args: argparse.Namespace) -> dict:
     """Generate the teacher targets, train the student, save it; returns a summary."""
-    from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import EMAModel
     from torch.utils.data import DataLoader
 
     from ..models.unet_genemorph_3d import GeneMorphUNet3DModel
@@ -163,7 +154,7 @@ def distill(args: argparse.Namespace) -> dict:
     from .distill_targets import StudentPath, completed_records, student_scheduler
     from .distill_windows import DistillWindows, WindowGeometry, distill_loss
     from .losses import sample_seed
-    from .train import make_accelerator, truncate_log_after
+    from .train import make_accelerator, prepare_optimization, truncate_log_after
 
     check_args(args)
     if args.num_threads:
@@ -210,26 +201,7 @@ def distill(args: argparse.Namespace) -> dict:
     windows = DistillWindows(group, num_records, path, grid, geometry, seed=window_seed, global_batch=global_batch,
                              length=args.max_train_steps * global_batch, prediction_type=prediction_type)
 
-    unet.train()
-    memory_format = torch.contiguous_format if args.no_channels_last else torch.channels_last_3d
-    unet.to(memory_format=memory_format)
-    optimizer = torch.optim.Adam(unet.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                                 weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
-    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps * world,
-                                 num_training_steps=(args.lr_total_steps or args.max_train_steps) * world)
-    ema = None
-    if args.use_ema:
-        ema = EMAModel(unet.parameters(), decay=args.ema_decay, use_ema_warmup=True, power=args.ema_power,
-                       model_cls=GeneMorphUNet3DModel, model_config=unet.config)
-    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
-    if ema is not None:
-        ema.to(accelerator.device)
-    start_step, prior_seconds = 0, 0.0
-    if resume is not None:
-        prior_seconds = float(read_checkpoint_config(resume).get("seconds", 0.0))
-        load_training_state(accelerator, resume, unet, optimizer, lr_scheduler, ema)
-        start_step = checkpoint_step(resume)
-        log(f"resumed from {resume} at step {start_step}")
+    unet, optimizer, lr_scheduler, ema, start_step, prior_seconds = prepare_optimization(accelerator, unet, args, resume, log)
 
     sampler = StepSampler(start_step=start_step, max_steps=args.max_train_steps, batch_size=args.train_batch_size,
                           accumulation=args.gradient_accumulation_steps, rank=rank, world=world)

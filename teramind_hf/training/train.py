@@ -203,15 +203,47 @@ def save_pipeline(unet, scheduler, args: argparse.Namespace, output_dir: Path, s
     return output_dir
 
 
+def prepare_optimization(accelerator, unet, args: argparse.Namespace, resume: Path | None, log):
+    """Adam, the LR schedule and the optional EMA for ``unet``, prepared by ``accelerator`` and, with ``resume``,
+    restored from that checkpoint. Returns ``(unet, optimizer, lr_scheduler, ema, start_step, prior_seconds)``."""
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+
+    from ..models.unet_genemorph_3d import GeneMorphUNet3DModel
+
+    world = accelerator.num_processes
+    unet.train()
+    unet.to(memory_format=training_memory_format(args))  # before the optimizer and EMA copy the parameters
+    optimizer = torch.optim.Adam(
+        unet.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
+    )
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler, optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps * world, num_training_steps=(args.lr_total_steps or args.max_train_steps) * world,
+    )
+    ema = None
+    if args.use_ema:
+        ema = EMAModel(unet.parameters(), decay=args.ema_decay, use_ema_warmup=True, power=args.ema_power,
+                       model_cls=GeneMorphUNet3DModel, model_config=unet.config)
+    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    if ema is not None:
+        ema.to(accelerator.device)
+    start_step, prior_seconds = 0, 0.0
+    if resume is not None:
+        prior_seconds = float(read_checkpoint_config(resume).get("seconds", 0.0))
+        load_training_state(accelerator, resume, unet, optimizer, lr_scheduler, ema)
+        start_step = checkpoint_step(resume)
+        log(f"resumed from {resume} at step {start_step}")
+    return unet, optimizer, lr_scheduler, ema, start_step, prior_seconds
+
+
 # ---------------------------------------------------------------------------------------------- training
 def train(args: argparse.Namespace) -> dict:
     """Run the training loop; returns a summary (last losses, validation metrics, steps, time)."""
-    from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import EMAModel
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
-    from ..models.unet_genemorph_3d import GeneMorphUNet3DModel
     from .data import AlignedSamples, StepSampler, open_training_store, step_and_sample
     from .losses import boundary_aware_loss, draw_windows, sample_seed, training_alphas_cumprod
     from .validation import read_region
@@ -236,31 +268,8 @@ def train(args: argparse.Namespace) -> dict:
     if resume is not None:
         check_checkpoint_config(resume, unet)
 
-    unet.train()
-    unet.to(memory_format=training_memory_format(args))  # before the optimizer and EMA copy the parameters
-    optimizer = torch.optim.Adam(
-        unet.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-        weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
-    )
-    lr_scheduler = get_scheduler(
-        args.lr_scheduler, optimizer=optimizer,
-        num_warmup_steps=args.lr_warmup_steps * world, num_training_steps=(args.lr_total_steps or args.max_train_steps) * world,
-    )
-    ema = None
-    if args.use_ema:
-        ema = EMAModel(unet.parameters(), decay=args.ema_decay, use_ema_warmup=True, power=args.ema_power,
-                       model_cls=GeneMorphUNet3DModel, model_config=unet.config)
-    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
-    if ema is not None:
-        ema.to(accelerator.device)
-
-    start_step, prior_seconds = 0, 0.0
-    if resume is not None:
-        prior_seconds = float(read_checkpoint_config(resume).get("seconds", 0.0))
-        load_training_state(accelerator, resume, unet, optimizer, lr_scheduler, ema)
-        start_step = checkpoint_step(resume)
-        log(f"resumed from {resume} at step {start_step}")
-    elif args.resume_from_checkpoint == "latest":
+    unet, optimizer, lr_scheduler, ema, start_step, prior_seconds = prepare_optimization(accelerator, unet, args, resume, log)
+    if resume is None and args.resume_from_checkpoint == "latest":
         log(f"no checkpoint in {output_dir} yet: starting from step 0")
 
     sampler = StepSampler(start_step=start_step, max_steps=args.max_train_steps, batch_size=args.train_batch_size,
