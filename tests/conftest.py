@@ -104,3 +104,16 @@ def kill_when(proc: subprocess.Popen, out: Path, ready: Callable, timeout: float
         time.sleep(0.02)
     proc.wait(timeout=60)
     return None
+
+
+def kill_at_checkpoint(cmd: list[str], output_dir: Path, env: dict, step: int = 2, timeout: float = 120) -> None:
+    """Start a training run (``cmd``) and SIGKILL it as soon as its checkpoint ``step`` is complete (its
+    training_config.json, written last, exists); fails if the run ends before it can be killed."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = output_dir / f"checkpoint-{step}" / "training_config.json"
+    deadline = time.time() + timeout
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"

@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from .conftest import OFFICIAL_SMALL, make_tiny_unet
+from .conftest import OFFICIAL_SMALL, kill_at_checkpoint, make_tiny_unet
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "TQDM_DISABLE": "1"}
 FAST = ["--num_teacher_samples", "2", "--teacher_steps", "1", "--train_batch_size", "2", "--num_threads", "1",
@@ -128,14 +125,7 @@ def test_kill_and_resume_equals_uninterrupted(distilled, teacher, phantom, tmp_p
     killed = tmp_path / "killed"
     shared = ["--targets", str(distilled / "teacher_targets.zarr")]  # the same records: no teacher sampling here
     cmd = [sys.executable, "-m", "teramind_hf.training.distill", *_args(teacher, phantom, killed, *RUN, *shared)]
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    marker = killed / "checkpoint-2" / "training_config.json"
-    deadline = time.time() + 120
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    kill_at_checkpoint(cmd, killed, ENV)
     assert not (killed / "model_index.json").exists()
     assert main(["distill", *_args(teacher, phantom, killed, *RUN, *shared, "--resume_from_checkpoint", "latest")]) == 0
     assert (killed / "train_log.jsonl").read_text() == (distilled / "train_log.jsonl").read_text()

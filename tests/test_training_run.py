@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from .conftest import kill_at_checkpoint
 
 TINY = [
     "--block_out_channels", "4", "8", "8", "8", "--gene_map_channels", "8", "8", "4", "--time_embed_dim", "16",
@@ -82,14 +82,7 @@ def test_kill_and_resume_equals_uninterrupted(store, tmp_path):
     subprocess.run(_train_cmd(store, full, *common), check=True, env=ENV, timeout=120)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(store, killed, *common), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    marker = killed / "checkpoint-2" / "training_config.json"
-    deadline = time.time() + 120
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    kill_at_checkpoint(_train_cmd(store, killed, *common), killed, ENV)
     assert not (killed / "model_index.json").exists()
 
     subprocess.run(_train_cmd(store, killed, *common, "--resume_from_checkpoint", "latest"), check=True, env=ENV, timeout=120)
