@@ -76,16 +76,20 @@ def calls_per_tile(pipe: TeraMindPipeline, preset: str | None) -> int:
     return int(sum(canvases))
 
 
-def sample(pipe, folder: str, preset, tissue, region: int, size: int, noise_seed: int, cache: Path) -> np.ndarray:
-    key = hashlib.sha256(repr((folder, preset, region, size, noise_seed)).encode()).hexdigest()[:16]
-    path = cache / f"{key}.npy"
+def cached_sample(pipe, tissue, preset, noise_seed: int, cache: Path, key: tuple) -> np.ndarray:
+    """The pipeline's uint8 sample of ``tissue``, stored in ``cache`` under a hash of ``key`` (a stopped run resumes)."""
+    path = cache / f"{hashlib.sha256(repr(key).encode()).hexdigest()[:16]}.npy"
     if path.is_file():
         return np.load(path)
     out = pipe(tissue.genes, gene_names=list(tissue.panel), preset=preset, generator=noise_seed, output_type="uint8")
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")  # unique: runs side by side may sample the same key
     np.save(tmp, out.images)
     os.replace(tmp, path)
     return out.images
+
+
+def sample(pipe, folder: str, preset, tissue, region: int, size: int, noise_seed: int, cache: Path) -> np.ndarray:
+    return cached_sample(pipe, tissue, preset, noise_seed, cache, (folder, preset, region, size, noise_seed))
 
 
 def summary(metrics: dict) -> dict[str, float]:

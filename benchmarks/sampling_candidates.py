@@ -25,9 +25,7 @@ GRID a named grid schedule or ``blendK`` / ``blendall`` (offsets {0,16}^2 at the
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +38,7 @@ from teramind_hf.eval.metrics import realism_metrics
 from teramind_hf.sampling.presets import PRESETS, Preset
 from teramind_hf.sampling.schedule import GRID_SCHEDULES, GridSchedule
 
-from heldout_presets import calls_per_tile  # noqa: E402  (this script's folder is on sys.path)
+from heldout_presets import cached_sample, calls_per_tile, summary  # noqa: E402  (this script's folder is on sys.path)
 
 FOUR = ((0, 0), (0, 16), (16, 0), (16, 16))
 DIAGONAL = ((0, 0), (16, 16))
@@ -82,22 +80,8 @@ def candidate(spec: str) -> tuple[str, Preset]:
 
 
 def sample(pipe, tissue, preset: Preset, noise_seed: int, cache: Path) -> np.ndarray:
-    key = hashlib.sha256(repr((preset, noise_seed, pipe.config.fill_value, pipe.config.grid)).encode()).hexdigest()[:16]
-    path = cache / f"{key}.npy"
-    if path.is_file():
-        return np.load(path)
-    out = pipe(tissue.genes, gene_names=list(tissue.panel), preset=preset, generator=noise_seed, output_type="uint8")
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")  # unique: runs side by side may sample the same key
-    np.save(tmp, out.images)
-    os.replace(tmp, path)
-    return out.images
-
-
-def summary(metrics: dict) -> dict[str, float]:
-    m = metrics["mean"]
-    keep = ("nuclei_f1", "nuclei_area_wasserstein_um2", "dapi_hf_ratio", "polyt_hf_ratio")
-    return {**{k: m[k] for k in keep}, "psnr": (m["dapi_psnr"] + m["polyt_psnr"]) / 2,
-            "ssim": (m["dapi_ssim"] + m["polyt_ssim"]) / 2}
+    return cached_sample(pipe, tissue, preset, noise_seed, cache,
+                         (preset, noise_seed, pipe.config.fill_value, pipe.config.grid))
 
 
 def realism_fails(c: dict, ref: dict) -> list[str]:
