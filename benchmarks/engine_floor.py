@@ -8,7 +8,9 @@ gene store; torch runs 1 thread. The samplers compared run interleaved (A B, the
 printed:
 
 * ``default``: the embedded model's own default (DPM-Solver++ 2M SDE, 8 steps, diagonal grid);
-* ``official``: ``preset="official"`` (DDIM, 15 steps, official grid).
+* ``official``: ``preset="official"`` (DDIM, 15 steps, official grid);
+* ``default-diffusers-updates`` (not run unless named): the default with diffusers' own DPM-Solver++ update
+  expressions instead of the in-place ones (``TileSolver.allow_in_place_updates = False``; same bytes).
 
 A tile-step is one tile at one denoising step (the initial-noise stage is not counted), counted from the run
 (``GenerateReport.tile_steps_run`` less the noise stage). Two figures per sampler:
@@ -17,7 +19,8 @@ A tile-step is one tile at one denoising step (the initial-noise stage is not co
   run pays per tile-step on top of the model;
 * *call*: the whole ``generate_to_zarr`` call (setup, checks, run record, pyramid) per tile-step.
 
-    python benchmarks/engine_floor.py                       # both samplers, 5 rounds
+    python benchmarks/engine_floor.py                       # default and official, 5 rounds
+    python benchmarks/engine_floor.py --samplers default,default-diffusers-updates --rounds 6
     python benchmarks/engine_floor.py --samplers default --rounds 3 --profile /tmp/floor.prof
 """
 
@@ -39,9 +42,11 @@ from teramind_hf.data.phantom import make_phantom
 from teramind_hf.models.unet_genemorph_3d import GeneMorphUNet3DOutput
 from teramind_hf.pipelines.streaming import generate_to_zarr
 from teramind_hf.sampling.sampler import TileSampler
+from teramind_hf.sampling.solver_state import TileSolver
 
 TARGET_MS = 5.0
-SAMPLERS = {"default": {}, "official": {"preset": "official"}}
+SAMPLERS = {"default": {}, "official": {"preset": "official"}, "default-diffusers-updates": {}}
+DIFFUSERS_UPDATES = {"default-diffusers-updates"}  # the default with diffusers' own DPM-Solver++ update expressions
 
 
 class InstantUNet(GeneMorphUNet3DModel):
@@ -96,16 +101,18 @@ def write_store(path: Path, size: int, sections: int, seed: int = 5) -> Path:
     return path
 
 
-def run_once(pipe, store: Path, out: Path, timer: LoopTimer, options: dict, batch_size: int, profiler=None) -> dict:
+def run_once(pipe, store: Path, out: Path, timer: LoopTimer, name: str, batch_size: int, profiler=None) -> dict:
     timer.reset()
     InstantUNet.canvases = 0
     cpu, wall = time.process_time(), time.perf_counter()
     if profiler is not None:
         profiler.enable()
+    TileSolver.allow_in_place_updates = name not in DIFFUSERS_UPDATES
     report = generate_to_zarr(
         pipe, store, out, generator=0, batch_size=batch_size, memory_limit_bytes=0, overwrite=True,
-        progress_bar=False, **options,
+        progress_bar=False, origin_unknown=True, **SAMPLERS[name],
     )
+    TileSolver.allow_in_place_updates = True
     if profiler is not None:
         profiler.disable()
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
@@ -121,7 +128,7 @@ def run_once(pipe, store: Path, out: Path, timer: LoopTimer, options: dict, batc
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samplers", default=",".join(SAMPLERS), help=f"comma-separated, of {', '.join(SAMPLERS)}")
+    parser.add_argument("--samplers", default="default,official", help=f"comma-separated, of {', '.join(SAMPLERS)}")
     parser.add_argument("--size", type=int, default=1024, help="region edge, px (whole 256-px tiles)")
     parser.add_argument("--sections", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
@@ -142,11 +149,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = write_store(Path(tmp) / "genes.zarr", args.size, args.sections)
         for name in names:  # warm-up
-            run_once(pipe, store, Path(tmp) / f"{name}.ome.zarr", timer, SAMPLERS[name], args.batch_size)
+            run_once(pipe, store, Path(tmp) / f"{name}.ome.zarr", timer, name, args.batch_size)
         for round_ in range(args.rounds):
             for name in names if round_ % 2 == 0 else names[::-1]:
                 results[name].append(
-                    run_once(pipe, store, Path(tmp) / f"{name}.ome.zarr", timer, SAMPLERS[name], args.batch_size, profiler)
+                    run_once(pipe, store, Path(tmp) / f"{name}.ome.zarr", timer, name, args.batch_size, profiler)
                 )
     if profiler is not None:
         profiler.dump_stats(args.profile)

@@ -4,8 +4,9 @@ Made to run in at most 8 minutes on one H100 (a compile that would start past ``
 so), and with ``--device cpu --small`` in well under a minute as a smoke test of the suite
 (tests/test_gpu_check.py). Four parts, one table each (rows start with their part's name):
 
-* ``agreement``: the embedded model's default sampler on a phantom region, fp32, on the device and on the CPU:
-  max |difference| and PSNR of the uint8 outputs (same seed, same initial noise: it is drawn on the CPU);
+* ``agreement``: the embedded model's default sampler on a phantom region, fp32, on the device (``pipe.to``, with
+  the step state on the device, and with it in host memory) and on the CPU: max |difference| and PSNR of the uint8
+  outputs (same seed, same initial noise: it is drawn on the CPU);
 * ``tile-call``: one paper-size (random weights) tile call, a batch of 320-px canvases through the collage path,
   in fp32, bf16 and fp16, eager and ``torch.compile``-d: median device ms per canvas (CUDA events on a GPU,
   wall clock on the CPU) and the median CPU ms of the launching thread's process, candidates interleaved;
@@ -97,21 +98,27 @@ def agreement(device: torch.device, size: int, steps: int | None, grid: str | No
     from teramind_hf.data import make_phantom
 
     tissue = make_phantom(size, size, num_slices=2, seed=1, um_per_px=DEFAULT_MODEL_UM_PER_PX)
-    outputs = {}
-    for where in (torch.device("cpu"), device):
+    # the CPU reference, then pipe.to(device) with the step state on the device (the default) and, off the CPU, with
+    # the step state in host memory (step_state_device="cpu")
+    runs = [(torch.device("cpu"), "cpu"), (device, str(device))] + ([(device, "cpu")] if device.type != "cpu" else [])
+    outputs = []
+    for where, state in runs:
         pipe = TeraMindPipeline.from_pretrained().to(where)
         pipe.set_progress_bar_config(disable=True)
         started = time.perf_counter()
-        outputs[str(where)] = pipe(tissue.genes, gene_names=list(tissue.panel), num_inference_steps=steps, grid=grid,
-                                   generator=0, output_type="uint8").images
+        outputs.append(pipe(tissue.genes, gene_names=list(tissue.panel), num_inference_steps=steps, grid=grid,
+                            generator=0, output_type="uint8", step_state_device=state).images)
         seconds = time.perf_counter() - started
-        print(f"agreement | run on {where}: {seconds:.2f} s wall")
-    a, b = (outputs[k].astype(np.float64) for k in ("cpu", str(device)))
-    mse = float(((a - b) ** 2).mean())
-    psnr = math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
-    print(f"agreement | embedded fp32 {device} vs cpu | max |diff| {np.abs(a - b).max():.0f} grey levels | "
-          f"PSNR {psnr:.2f} dB | differing voxels {(a != b).mean():.4%} | {size} x {size} px x 2 sections, "
-          f"{'default sampler' if steps is None else f'{steps} step(s), {grid} grid'}")
+        print(f"agreement | model on {where}, step state on {state}: {seconds:.2f} s wall")
+    reference = outputs[0].astype(np.float64)
+    for (where, state), images in zip(runs[1:], outputs[1:]):
+        b = images.astype(np.float64)
+        mse = float(((reference - b) ** 2).mean())
+        psnr = math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+        print(f"agreement | embedded fp32 {where} (step state on {state}) vs cpu | max |diff| "
+              f"{np.abs(reference - b).max():.0f} grey levels | PSNR {psnr:.2f} dB | differing voxels "
+              f"{(reference != b).mean():.4%} | {size} x {size} px x 2 sections, "
+              f"{'default sampler' if steps is None else f'{steps} step(s), {grid} grid'}")
 
 
 def tile_calls(device: torch.device, small: bool, batch: int, repeats: int, budget_s: float, started: float) -> dict:

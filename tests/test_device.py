@@ -171,3 +171,15 @@ def test_generate_help_shows_the_working_launch():
     text = generate.format_help()
     assert "accelerate launch --multi_gpu --num_processes N -m teramind_hf.cli generate" in text
     assert "--device" in text and "fp16" in text
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_pipeline_step_state_device_is_checked_and_follows_the_model(tiny_pipeline, tiny_genes):
+    """The in-memory step state lives on the model's device by default; a device this machine lacks is refused
+    by name before sampling; "cpu" given explicitly is the same run as the default here."""
+    with pytest.raises(ValueError, match="step_state_device=cuda: this machine has no CUDA GPU"):
+        tiny_pipeline(tiny_genes, gene_names=TINY_GENES, num_inference_steps=1, step_state_device="cuda")
+    default = tiny_pipeline(tiny_genes, gene_names=TINY_GENES, num_inference_steps=2, generator=0, output_type="pt").images
+    on_cpu = tiny_pipeline(tiny_genes, gene_names=TINY_GENES, num_inference_steps=2, generator=0, output_type="pt",
+                           step_state_device="cpu").images
+    assert torch.equal(default, on_cpu) and default.device.type == "cpu"

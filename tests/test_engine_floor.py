@@ -1,5 +1,6 @@
 """The engine's cheap paths keep its results: chunk files are zarr's chunks, pruned solver history and batched
-solver noise step tiles exactly as the full history and one tile at a time do, write-behind raises its errors."""
+solver noise step tiles exactly as the full history and one tile at a time do, DPM-Solver++ updates in place give
+diffusers' bytes (and a wrong one is refused), write-behind raises its errors."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 import zarr
 
 from teramind_hf import BoundaryAwareScheduler
+from teramind_hf.sampling import fused_updates
 from teramind_hf.sampling.chunk_files import ChunkFiles, ZarrChunks, chunk_io
 from teramind_hf.sampling.presets import scheduler_from_name
 from teramind_hf.sampling.solver_state import TileSolver
@@ -39,6 +41,14 @@ def test_chunk_files_are_zarr_chunks_both_ways(tmp_path):
     array[0, :, :, 16:32, 0:16] = 7.0  # written by zarr, read as a file
     np.testing.assert_array_equal(files.read((0, 0, 0, 1, 0)), np.full((1, 2, 2, 16, 16), 7.0, dtype=np.float32))
     assert not list((tmp_path / "a.zarr").rglob("*.partial"))
+    for coords in ((0, 0, 0, 0, 0), (0, 0, 0, 1, 0), (0, 0, 0, 0, 1)):  # written in a file, by zarr, never written
+        into = np.empty(CHUNKS, dtype=np.float32)
+        files.read_into(coords, into)
+        np.testing.assert_array_equal(into, files.read(coords))
+    chunk_file = tmp_path / "a.zarr" / "x" / array.metadata.encode_chunk_key((0, 0, 0, 1, 0))
+    chunk_file.write_bytes(chunk_file.read_bytes()[:-4])
+    with pytest.raises(ValueError, match=str(chunk_file.name)):
+        files.read_into((0, 0, 0, 1, 0), np.empty(CHUNKS, dtype=np.float32))
 
 
 def test_arrays_chunk_files_cannot_read_go_through_zarr(tmp_path):
@@ -96,6 +106,31 @@ def test_pruned_history_and_batched_noise_step_like_the_whole_scheduler(name):
         for step, output in enumerate(outputs):
             whole = scheduler.step(output, scheduler.timesteps[step], whole).prev_sample
         assert torch.equal(batched, whole)
+
+
+@pytest.mark.parametrize("name", ["dpm", "dpm-sde"])
+def test_in_place_dpm_updates_give_diffusers_bytes(name, monkeypatch):
+    steps, generator = 6, torch.Generator().manual_seed(1)
+    x = torch.randn(3, 2, 2, 16, 16, generator=generator)
+    outputs = [torch.randn(3, 2, 2, 16, 16, generator=generator) for _ in range(steps)]
+    keys = [(0, 0, j) for j in range(3)]
+    in_place = _solver(name, steps)
+    monkeypatch.setattr(TileSolver, "allow_in_place_updates", False)
+    plain = _solver(name, steps)
+    assert in_place.in_place_updates and type(in_place._base) is fused_updates.InPlaceDPMSolverMultistepScheduler
+    assert not plain.in_place_updates and type(plain._base).__name__ == "DPMSolverMultistepScheduler"
+    assert torch.equal(_run(in_place, x, outputs, keys, batch=3), _run(plain, x, outputs, keys, batch=3))
+
+
+def test_an_in_place_update_that_rounds_differently_is_not_used(monkeypatch):
+    def off_by_rounding(self, model_output_list, *args, sample=None, noise=None, **kwargs):
+        # the update plus 1e-7 of (m0 - m1): a change of the size a different order of operations makes
+        out = fused_updates.second_order_update(self, model_output_list, sample=sample, noise=noise)
+        return out + (model_output_list[-1] - model_output_list[-2]) * 1e-7
+
+    monkeypatch.setattr(fused_updates.InPlaceDPMSolverMultistepScheduler, "multistep_dpm_solver_second_order_update", off_by_rounding)
+    solver = _solver("dpm-sde", 6)
+    assert not solver.in_place_updates and type(solver._base).__name__ == "DPMSolverMultistepScheduler"
 
 
 def test_write_behind_is_bounded_ordered_and_raises_errors():

@@ -9,9 +9,11 @@ the demo and the examples place the model with :func:`resolve_device`:
 * ``--device`` (``requested``) overrides this; a device this machine does not have is refused with a
   ``ValueError`` naming ``--device`` and what is available, before anything is written.
 
-Only the model moves: initial noise is drawn on the CPU from each tile's seed (so every device starts from the
-same latents), and the step state and the solver stay float32 on the CPU (:class:`teramind_hf.sampling.TileSampler`
-sends each canvas batch to the model's device and brings the prediction back).
+Initial noise (and a stochastic solver's noise) is drawn on the CPU from each tile's seed, so every device starts
+from the same latents. The step state (x_t, solver history) and the solver step stay float32: in host memory when
+streaming (``generate_to_zarr``: :class:`teramind_hf.sampling.TileSampler` sends each canvas batch to the model's
+device and brings the prediction back), on the model's device in the in-memory pipeline (its
+``step_state_device``, default the model's device; ``"cpu"`` keeps it in host memory).
 
 :func:`single_worker_launch` detects ``accelerate launch --num_processes N`` without ``--multi_gpu`` on a machine
 with fewer than 2 GPUs: accelerate then starts one plain process (its "simple launcher") instead of N workers.

@@ -23,6 +23,7 @@ from ..sampling.schedule import GridSchedule, resolve_grid
 from ..sampling.state import MemoryState
 from ..schedulers.scheduling_boundary_aware import BoundaryAwareScheduler
 from .gene_source import GeneSource
+from .device import resolve_device
 from .genes import align_genes_to_model, as_dense_genes, check_counts, perturb_genes
 from .inputs import as_gene_input
 from .sampling_run import OUTPUT_TYPES, SamplingPlan, prepare_sampling, to_output_type
@@ -169,8 +170,10 @@ class TeraMindPipeline(DiffusionPipeline):
         """The one preparation of a sampling run (this call and ``generate_to_zarr``): :func:`prepare_sampling`."""
         return prepare_sampling(self, source, **kwargs)
 
-    def check_inputs(self, output_type: str, callback_on_step_end_tensor_inputs: list[str]) -> None:
+    def check_inputs(self, output_type: str, callback_on_step_end_tensor_inputs: list[str], step_state_device=None) -> None:
         """Named errors for the arguments only this in-memory call has (the sampling ones: :meth:`prepare_sampling`)."""
+        if step_state_device is not None:
+            resolve_device(step_state_device, option="step_state_device")  # raises for a device this machine lacks
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         bad = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
@@ -231,6 +234,7 @@ class TeraMindPipeline(DiffusionPipeline):
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
         return_dict: bool = True,
+        step_state_device: str | torch.device | None = None,
     ) -> TeraMindPipelineOutput | tuple:
         r"""Generate the morphology of a region.
 
@@ -266,9 +270,13 @@ class TeraMindPipeline(DiffusionPipeline):
                 and grid schedule for this call (explicit ``num_inference_steps`` / ``grid`` win).
             callback_on_step_end: ``fn(pipe, step_index, timestep, callback_kwargs) -> dict`` after each step;
                 may replace ``latents`` (``(z chunks, stains, 2, h, w)`` of the computed region).
+            step_state_device: where the step state (x_t and the solver history of the whole region, float32) lives
+                and the solver steps it: default the model's device (after ``pipe.to("cuda")`` the whole step runs
+                on the GPU); ``"cpu"`` keeps it in host memory (a region too large for the accelerator's memory;
+                ``generate_to_zarr`` streams larger ones). The noise is drawn on the CPU either way.
         """
         # 1. the arguments only this call has
-        self.check_inputs(output_type, callback_on_step_end_tensor_inputs)
+        self.check_inputs(output_type, callback_on_step_end_tensor_inputs, step_state_device)
         # 2. the genes, as a tensor aligned to the model panel
         genes, gene_names = as_gene_input(genes, gene_names, um_per_px, self.unet.config.gene_bin, self.config.tile_size)
         gene_tensor, alignment = self._prepare_genes(genes, gene_names, min_gene_overlap)
@@ -282,7 +290,8 @@ class TeraMindPipeline(DiffusionPipeline):
         )
         self.check_in_memory(plan, tuple(gene_tensor.shape), latents)
         tile_grid, wanted, num_inference_steps = plan.tile_grid, plan.region, plan.num_inference_steps
-        state = MemoryState(tile_grid, plan.solver.slots, self.unet.config.out_channels)
+        state_device = self._execution_device if step_state_device is None else resolve_device(step_state_device, option="step_state_device")
+        state = MemoryState(tile_grid, plan.solver.slots, self.unet.config.out_channels, device=state_device)
         # 4. the initial noise: per tile from the seed (on the CPU, whatever the device), or the given latents
         noise = self.prepare_latents(tile_grid, plan.seed, plan.solver.init_noise_sigma, latents)
 
@@ -303,7 +312,7 @@ class TeraMindPipeline(DiffusionPipeline):
 
         # 6. the output: (chunks, stains, 2, h, w) -> (Z, stains, H, W) of the requested region, trimming an overhanging chunk
         y, x = wanted[0] - tile_grid.origin[0], wanted[1] - tile_grid.origin[1]
-        final = state.x[num_inference_steps % 2][..., y : y + wanted[2], x : x + wanted[3]]
+        final = state.x[num_inference_steps % 2][..., y : y + wanted[2], x : x + wanted[3]].cpu()
         stains = final.shape[1]
         volume = final.permute(0, 2, 1, 3, 4).reshape(-1, stains, wanted[2], wanted[3])
         volume = volume[: tile_grid.stop - tile_grid.start].clamp(-1, 1)

@@ -40,6 +40,10 @@ class ZarrChunks:
         """The chunk at ``coords`` (clipped at the array's edge), as a writable array."""
         return np.array(self.array[self._selection(coords)])
 
+    def read_into(self, coords: tuple[int, ...], out: np.ndarray) -> None:
+        """Copy the chunk at ``coords`` into ``out`` (its clipped shape)."""
+        out[...] = self.read(coords)
+
     def write(self, coords: tuple[int, ...], value: np.ndarray, in_place: bool = False) -> None:
         """Write the chunk at ``coords`` (``in_place``: see :meth:`ChunkFiles.write`; zarr writes objects whole)."""
         self.array[self._selection(coords)] = value
@@ -85,6 +89,28 @@ class ChunkFiles(ZarrChunks):
                 raise ValueError(f"{path}: {chunk.size} elements, a chunk of this array holds {self.chunk_shape}")
             chunk = chunk.reshape(self.chunk_shape)
         return chunk[self._clip(coords)]
+
+    def read_into(self, coords: tuple[int, ...], out: np.ndarray) -> None:
+        """Read the chunk at ``coords`` straight into ``out`` (a whole chunk, C-contiguous: one file read, no
+        intermediate array; otherwise as :meth:`read`)."""
+        if tuple(out.shape) != self.chunk_shape or not out.flags.c_contiguous or out.dtype != self.dtype:
+            out[...] = self.read(coords)
+            return
+        path = self.root / self.encode_key(coords)
+        try:
+            handle = open(path, "rb", buffering=0)
+        except FileNotFoundError:
+            out[...] = self.fill_value
+            return
+        with handle:
+            view, done = memoryview(out.reshape(-1).view(np.uint8)), 0
+            while done < len(view):
+                got = handle.readinto(view[done:])
+                if not got:
+                    break
+                done += got
+            if done != len(view) or handle.read(1):
+                raise ValueError(f"{path}: not a whole chunk of {self.chunk_shape} {self.dtype} elements")
 
     def write(self, coords: tuple[int, ...], value: np.ndarray, in_place: bool = False) -> None:
         """Write the chunk at ``coords``: to a temporary file renamed over the chunk (atomic), or, ``in_place``,

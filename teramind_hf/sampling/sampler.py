@@ -25,6 +25,7 @@ tile order, batch size, number of processes and interruption (resume continues f
 from __future__ import annotations
 
 import functools
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from typing import Callable
@@ -96,7 +97,9 @@ class TileSampler:
         reuse_encoder: encode each patch shared by canvases of one model call once (:mod:`..models.patch_reuse`;
             same bytes; canvases with a halo only, since naive tiles each see their own fill).
         processes: :class:`Processes` sharing a persistent state (default: this process alone).
-        device, dtype: where and in which dtype the model runs (state and solver stay float32 on the CPU).
+        device, dtype: where and in which dtype the model runs. The step state (x_t, history) and the solver
+            step stay float32 on the state's own device (:attr:`TileState.device`: the CPU, or the accelerator
+            for a :class:`MemoryState` placed there); initial and solver noise are drawn on the CPU.
 
     The prefetch thread runs when the model runs off the CPU (``prefetch_on_cpu`` turns it on for a CPU model: on
     the CPU the model call and the reads share the same cores, so there is nothing to overlap, only hand-offs).
@@ -130,6 +133,11 @@ class TileSampler:
             if len(offsets) > 1 and offsets not in self._weights:
                 self._weights[offsets] = blend_weights(offsets, grid.tile, period, self.grid_schedule.blend_power)
         self.tile_steps_run = 0
+        # model input canvases handed back after their model call, reused by the next reads: a fresh tensor of a
+        # canvas batch's size is fresh pages each time (the prefetch thread takes buffers while the model runs)
+        self._free_canvases: list[torch.Tensor] = []
+        self._weights_moved: dict = {}
+        self._canvas_lock = threading.Lock()
 
     # ------------------------------------------------------------------ jobs
     def my_tiles(self) -> list[tuple[int, int]]:
@@ -166,7 +174,7 @@ class TileSampler:
         if not self.halo:
             return torch.stack([self.read_canvas(state, parity, k, r, c, step, offset) for k, r, c in batch])
         shape = grid.canvas_box(0, 0, offset)
-        canvases = torch.empty((len(batch), self.stains, grid.num_slices, shape.height, shape.width))
+        canvases = self._canvas_buffer((len(batch), self.stains, grid.num_slices, shape.height, shape.width), state.device)
         for j, (k, r, c) in enumerate(batch):
             ys, xs, (left, right, top, bottom) = grid.inside(grid.canvas_box(r, c, offset))
             canvas = canvases[j]
@@ -178,6 +186,36 @@ class TileSampler:
             if scaled is not inside:
                 inside.copy_(scaled)
         return canvases
+
+    def _canvas_buffer(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        with self._canvas_lock:
+            for j, buffer in enumerate(self._free_canvases):
+                if tuple(buffer.shape) == shape and buffer.device == device:
+                    return self._free_canvases.pop(j)
+        return torch.empty(shape, device=device)
+
+    def _release_canvases(self, inputs: list[tuple], kept: list[torch.Tensor]) -> None:
+        """A stepped batch's canvases (its :meth:`read_model_inputs`) may be filled by the next batch, unless a
+        tensor the step kept (x_{t-1}, the history to write) is a view of them (a solver that keeps its input)."""
+        if not self.halo:
+            return
+        kept_storages = {t.untyped_storage().data_ptr() for t in kept}
+        with self._canvas_lock:
+            for _, canvases, _, _ in inputs:
+                # the offsets of a step, for the batch in flight and the one read ahead
+                if canvases.untyped_storage().data_ptr() not in kept_storages and len(self._free_canvases) < 4:
+                    self._free_canvases.append(canvases)
+
+    def _x_in_canvases(self, inputs: list[tuple], step: int) -> torch.Tensor | None:
+        """x_t of the batch's tiles as a view of its unshifted canvases, which hold it as it is (inside the region,
+        unscaled) when the step runs offset (0, 0) and the solver's input scaling is the identity."""
+        if not self.halo or self.solver.scales_model_input(step):
+            return None
+        for offset, canvases, _, _ in inputs:
+            if offset == (0, 0):
+                h, t = self.grid.halo, self.grid.tile
+                return canvases[..., h : h + t, h : h + t]
+        return None
 
     def _offsets(self, step: int) -> tuple:
         return tuple(self.grid.check_offset(o) for o in self.grid_schedule.offsets_at(step, self.solver.num_steps))
@@ -198,15 +236,18 @@ class TileSampler:
         stochastic solver's noise (a pure function of seed, step and tile). Reads only parity ``step % 2``, which
         no write of the step touches, so it may run while the previous batch's model runs (prefetch)."""
         grid = self.grid
-        x = torch.empty((len(batch), self.stains, grid.num_slices, grid.tile, grid.tile))  # the state is float32 on the CPU
+        inputs = self.read_model_inputs(state, parity, batch, step)
+        x = self._x_in_canvases(inputs, step)  # no copy of x_t where a canvas holds it
+        if x is None:
+            x = torch.empty((len(batch), self.stains, grid.num_slices, grid.tile, grid.tile), device=state.device)  # float32
+            for j, (k, r, c) in enumerate(batch):
+                state.read_x_into(parity, k, *grid.tile_slices(r, c), x[j])
+        history = {s: torch.empty_like(x) for s in self.solver.needed_at(step)}
         for j, (k, r, c) in enumerate(batch):
-            state.read_x_into(parity, k, *grid.tile_slices(r, c), x[j])
-        needed = self.solver.needed_at(step)
-        histories = [state.read_history(parity, k, r, c, needed) for k, r, c in batch]
+            state.read_history_into(parity, k, r, c, {s: v[j] for s, v in history.items()})
         keys = [(grid.chunk_starts[k], *grid.global_index(r, c)) for k, r, c in batch]
         return {
-            "inputs": self.read_model_inputs(state, parity, batch, step), "x": x,
-            "history": {s: torch.stack([h[s] for h in histories]) for s in needed}, "keys": keys,
+            "inputs": inputs, "x": x, "history": history, "keys": keys,
             "noise": self.solver.batch_noise(step, tuple(x.shape), keys),
         }
 
@@ -220,17 +261,28 @@ class TileSampler:
         combined = None
         for j, (offset, canvases, genes, ids) in enumerate(inputs):
             out = self.unet(canvases.to(device=self.device, dtype=self.dtype), t,
-                            genes.to(device=self.device, dtype=self.dtype), path="collage", patch_ids=ids).sample.float().cpu()
+                            genes.to(device=self.device, dtype=self.dtype), path="collage", patch_ids=ids).sample
+            out = out.to(device=state.device, dtype=torch.float32)
             box = grid.canvas_box(0, 0, offset)
             out = out[..., box.crop_y : box.crop_y + grid.tile, box.crop_x : box.crop_x + grid.tile]
             if weights is None:
                 return out
             # in place on this call's own output (no temporaries): the same products and sums as out * w + ...
+            weight = self._weights_on(weights, j, out.device)
             if combined is None:
-                combined = out.mul_(weights[j])
+                combined = out.mul_(weight)
             else:
-                combined.add_(out.mul_(weights[j]))
+                combined.add_(out.mul_(weight))
         return combined
+
+    def _weights_on(self, weights: torch.Tensor, j: int, device: torch.device) -> torch.Tensor:
+        """Blend weights of offset ``j`` on the step state's device (copied there once)."""
+        if weights.device == device:
+            return weights[j]
+        key = (id(weights), device)
+        if key not in self._weights_moved:
+            self._weights_moved[key] = weights.to(device)
+        return self._weights_moved[key][j]
 
     # ------------------------------------------------------------------ stages
     def initial_noise(self, k: int, row: int, col: int, latents: torch.Tensor | None) -> torch.Tensor:
@@ -279,6 +331,7 @@ class TileSampler:
             ahead = read(n + 1) if n + 1 < len(batches) else None
             output = self.model_output(state, parity, batch, step, data["inputs"])
             prev, after = self.solver.step(step, output, data["x"], data["history"], data["keys"], data["noise"])
+            self._release_canvases(data["inputs"], [prev, *after.values()])
             if model_outputs is not None:
                 for j, (k, r, c) in enumerate(batch):
                     model_outputs.setdefault(k, {})[(r, c)] = output[j]

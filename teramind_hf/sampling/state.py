@@ -34,6 +34,7 @@ class TileState:
     """Common interface (see module doc); ``k`` is the z chunk index in the grid."""
 
     persistent = False  # progress survives the process (resume)
+    device = torch.device("cpu")  # where x_t and the history live, and the solver steps them
 
     def __init__(self, grid: TileGrid, slots: list[Slot], stains: int):
         self.grid, self.slots, self.stains = grid, list(slots), stains
@@ -47,6 +48,11 @@ class TileState:
         """Copy x_t of region pixels ``(ys, xs)`` into ``out`` (a CPU tensor, e.g. a view of a batch of canvases)."""
         out.copy_(self.read_x(parity, k, ys, xs))
 
+    def read_history_into(self, parity: int, k: int, row: int, col: int, out: dict[Slot, torch.Tensor]) -> None:
+        """Copy a tile's history of the slots in ``out`` into ``out``'s tensors (e.g. views of a batch)."""
+        for s, value in self.read_history(parity, k, row, col, list(out)).items():
+            out[s].copy_(value)
+
     def begin_step(self) -> None:
         """A new step starts: what was read before may have been rewritten (by any process)."""
 
@@ -59,13 +65,15 @@ class TileState:
 
 
 class MemoryState(TileState):
-    """Tensors for every z chunk: ``x`` ``(2, chunks, stains, slices, H, W)`` and history per slot."""
+    """Tensors for every z chunk: ``x`` ``(2, chunks, stains, slices, H, W)`` and history per slot, float32 on
+    ``device`` (default the CPU; an accelerator keeps a small region's whole step on it)."""
 
-    def __init__(self, grid: TileGrid, slots: list[Slot], stains: int):
+    def __init__(self, grid: TileGrid, slots: list[Slot], stains: int, device=None):
         super().__init__(grid, slots, stains)
+        self.device = torch.device(device if device is not None else "cpu")
         shape = (len(grid.chunk_starts), stains, grid.num_slices, grid.height, grid.width)
-        self.x = torch.zeros(2, *shape)
-        self.history = torch.zeros(2, len(self.slots), *shape) if self.slots else None
+        self.x = torch.zeros(2, *shape, device=self.device)
+        self.history = torch.zeros(2, len(self.slots), *shape, device=self.device) if self.slots else None
         self.progress = np.full((len(grid.chunk_starts), grid.rows, grid.cols), -1, dtype=np.int32)
 
     def read_x(self, parity: int, k: int, ys: slice, xs: slice) -> torch.Tensor:
@@ -94,7 +102,7 @@ class MemoryState(TileState):
         return self.x[parity, chunks]
 
     def set_latents(self, parity: int, chunks: list[int], value: torch.Tensor) -> None:
-        self.x[parity, chunks] = value.to(self.x.dtype).cpu()
+        self.x[parity, chunks] = value.to(device=self.device, dtype=self.x.dtype)
 
 
 class ZarrState(TileState):
@@ -193,6 +201,10 @@ class ZarrState(TileState):
         return {
             s: torch.from_numpy(self._history_chunks.read((parity, self.slot_index[s], 0, 0, row, col))[0, 0]) for s in slots
         }
+
+    def read_history_into(self, parity: int, k: int, row: int, col: int, out: dict[Slot, torch.Tensor]) -> None:
+        for s, value in out.items():
+            self._history_chunks.read_into((parity, self.slot_index[s], 0, 0, row, col), value.numpy()[None, None])
 
     def write_history(self, parity: int, k: int, row: int, col: int, values: dict[Slot, torch.Tensor]) -> None:
         for s, v in values.items():

@@ -273,8 +273,9 @@ class BoundaryAwareScheduler(SchedulerMixin, ConfigMixin):
             # official DDIM re-derives the noise from the clipped x0 before stepping
             kwargs["use_clipped_model_output"] = True
         inner_t = self.inner_timestep(timestep)
-        if self.config.clip_sample and "clip_sample" not in stepper.config:
-            model_output = clip_model_output(stepper, model_output, sample, inner_t, self.config.clip_sample_range)
+        config = self._internal_dict  # not `config`, which builds a FrozenDict per access (this runs per batch)
+        if config["clip_sample"] and "clip_sample" not in stepper.config:
+            model_output = clip_model_output(stepper, model_output, sample, inner_t, config["clip_sample_range"])
         out = stepper.step(model_output, inner_t, sample, return_dict=True, **kwargs)
         return BoundaryAwareSchedulerOutput(out.prev_sample, getattr(out, "pred_original_sample", None))
 
