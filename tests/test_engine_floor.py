@@ -133,6 +133,18 @@ def test_an_in_place_update_that_rounds_differently_is_not_used(monkeypatch):
     assert not solver.in_place_updates and type(solver._base).__name__ == "DPMSolverMultistepScheduler"
 
 
+def test_a_step_that_multiplies_its_noise_by_zero_draws_none():
+    steps, generator = 6, torch.Generator().manual_seed(2)
+    x = torch.randn(3, 2, 2, 8, 8, generator=generator)
+    outputs = [torch.randn(3, 2, 2, 8, 8, generator=generator) for _ in range(steps)]
+    keys = [(0, 0, j) for j in range(3)]
+    solver, drawn = _solver("dpm-sde", steps), _solver("dpm-sde", steps)
+    assert [solver.uses_noise(i) for i in range(steps)] == [True] * (steps - 1) + [False]  # the last step to sigma 0
+    assert not solver.batch_noise(steps - 1, (3, 2, 2, 8, 8), keys).any()
+    drawn._noise_used = [True] * steps  # draw the noise at every step
+    assert torch.equal(_run(solver, x, outputs, keys, batch=3), _run(drawn, x, outputs, keys, batch=3))
+
+
 def test_write_behind_is_bounded_ordered_and_raises_errors():
     done, release = [], threading.Event()
     with WriteBehind(max_pending=2) as writer:

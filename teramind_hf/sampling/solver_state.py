@@ -80,6 +80,8 @@ class TileSolver:
         self._scalers: dict = {}
         self._scales: dict[int, bool] = {}
         self.batched_noise = self.stochastic and self._noise_can_be_given()
+        self._noise_used = self._steps_using_noise() if self.batched_noise else []
+        self._zero_noise: dict[tuple[int, ...], torch.Tensor] = {}
 
     # ------------------------------------------------------------------ template
     def _draws_noise(self, stepper) -> bool:
@@ -209,6 +211,19 @@ class TileSolver:
                 return False
         return True
 
+    def _steps_using_noise(self) -> list[bool]:
+        """Per step, whether the given noise changes x_{t-1} (a last step to sigma 0 multiplies it by zero)."""
+        used = []
+        for i, t in enumerate(self.timesteps):
+            runs = []
+            for seed in (0, 1):
+                work = self._work(i, {s: torch.full(_DUMMY_SHAPE, 0.2) for s in self.needed_at(i)})
+                sample, output = torch.full(_DUMMY_SHAPE, 0.1), torch.full(_DUMMY_SHAPE, 0.05 * (i + 1))
+                noise = torch.randn(_DUMMY_SHAPE, generator=torch.Generator().manual_seed(seed))
+                runs.append(self.scheduler.solver_step(work, output, t, sample, variance_noise=noise).prev_sample)
+            used.append(not torch.equal(*runs))
+        return used
+
     def _check_supported(self, name: str, values: list) -> None:
         kind = type(self._base).__name__
         for value in values:
@@ -304,13 +319,22 @@ class TileSolver:
         """The noise a :attr:`batched_noise` solver is given at ``step`` for a batch of ``shape`` (on the CPU; None
         for other solvers): each tile's part drawn from its own :meth:`generator`, straight into the batch tensor
         (the values of ``randn_tensor(tile shape, generator)``, an empty tensor filled by ``normal_``, without a
-        tensor per tile and a concatenation)."""
+        tensor per tile and a concatenation). At a step whose update does not use its noise (:meth:`uses_noise`)
+        nothing is drawn: one zero tensor of the shape, shared (the solver only reads it)."""
         if not self.batched_noise:
             return None
+        if not self._noise_used[step]:
+            if shape not in self._zero_noise:
+                self._zero_noise[shape] = torch.zeros(shape, dtype=torch.float32)
+            return self._zero_noise[shape]
         noise = torch.empty(shape, dtype=torch.float32)
         for j, key in enumerate(tile_keys):
             noise[j].normal_(generator=self.generator(step, key))
         return noise
+
+    def uses_noise(self, step: int) -> bool:
+        """Whether the noise given at ``step`` changes x_{t-1} (:attr:`batched_noise` solvers)."""
+        return bool(self._noise_used[step]) if self.batched_noise else self.stochastic
 
     def generator(self, step: int, tile_key: tuple[int, ...]) -> torch.Generator:
         """The generator of a stochastic solver's noise at ``step`` for the tile with global key ``tile_key``."""
