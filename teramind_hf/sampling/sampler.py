@@ -25,7 +25,6 @@ tile order, batch size, number of processes and interruption (resume continues f
 from __future__ import annotations
 
 import functools
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from typing import Callable
@@ -35,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..schedulers.scheduling_boundary_aware import tile_seed
+from .canvas_buffers import CanvasBuffers
 from .gene_canvas import GeneCanvases
 from .grid import TileGrid
 from .schedule import GridSchedule, blend_weights
@@ -133,11 +133,8 @@ class TileSampler:
             if len(offsets) > 1 and offsets not in self._weights:
                 self._weights[offsets] = blend_weights(offsets, grid.tile, period, self.grid_schedule.blend_power)
         self.tile_steps_run = 0
-        # model input canvases handed back after their model call, reused by the next reads: a fresh tensor of a
-        # canvas batch's size is fresh pages each time (the prefetch thread takes buffers while the model runs)
-        self._free_canvases: list[torch.Tensor] = []
+        self._canvases = CanvasBuffers()
         self._weights_moved: dict = {}
-        self._canvas_lock = threading.Lock()
 
     # ------------------------------------------------------------------ jobs
     def my_tiles(self) -> list[tuple[int, int]]:
@@ -174,7 +171,7 @@ class TileSampler:
         if not self.halo:
             return torch.stack([self.read_canvas(state, parity, k, r, c, step, offset) for k, r, c in batch])
         shape = grid.canvas_box(0, 0, offset)
-        canvases = self._canvas_buffer((len(batch), self.stains, grid.num_slices, shape.height, shape.width), state.device)
+        canvases = self._canvases.take((len(batch), self.stains, grid.num_slices, shape.height, shape.width), state.device)
         for j, (k, r, c) in enumerate(batch):
             ys, xs, (left, right, top, bottom) = grid.inside(grid.canvas_box(r, c, offset))
             canvas = canvases[j]
@@ -186,25 +183,6 @@ class TileSampler:
             if scaled is not inside:
                 inside.copy_(scaled)
         return canvases
-
-    def _canvas_buffer(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-        with self._canvas_lock:
-            for j, buffer in enumerate(self._free_canvases):
-                if tuple(buffer.shape) == shape and buffer.device == device:
-                    return self._free_canvases.pop(j)
-        return torch.empty(shape, device=device)
-
-    def _release_canvases(self, inputs: list[tuple], kept: list[torch.Tensor]) -> None:
-        """A stepped batch's canvases (its :meth:`read_model_inputs`) may be filled by the next batch, unless a
-        tensor the step kept (x_{t-1}, the history to write) is a view of them (a solver that keeps its input)."""
-        if not self.halo:
-            return
-        kept_storages = {t.untyped_storage().data_ptr() for t in kept}
-        with self._canvas_lock:
-            for _, canvases, _, _ in inputs:
-                # the offsets of a step, for the batch in flight and the one read ahead
-                if canvases.untyped_storage().data_ptr() not in kept_storages and len(self._free_canvases) < 4:
-                    self._free_canvases.append(canvases)
 
     def _x_in_canvases(self, inputs: list[tuple], step: int) -> torch.Tensor | None:
         """x_t of the batch's tiles as a view of its unshifted canvases, which hold it as it is (inside the region,
@@ -331,7 +309,8 @@ class TileSampler:
             ahead = read(n + 1) if n + 1 < len(batches) else None
             output = self.model_output(state, parity, batch, step, data["inputs"])
             prev, after = self.solver.step(step, output, data["x"], data["history"], data["keys"], data["noise"])
-            self._release_canvases(data["inputs"], [prev, *after.values()])
+            if self.halo:  # the batch's canvases are read: the next batches may fill them (unless a kept tensor views them)
+                self._canvases.give_back([canvases for _, canvases, _, _ in data["inputs"]], [prev, *after.values()])
             if model_outputs is not None:
                 for j, (k, r, c) in enumerate(batch):
                     model_outputs.setdefault(k, {})[(r, c)] = output[j]

@@ -131,6 +131,7 @@ class ZarrState(TileState):
         width = grid.cols if grid.unit_tiles == 1 else min(grid.unit_tiles, grid.cols)
         self.cache_tiles = cache_tiles if cache_tiles is not None else 3 * (width + 2)
         self._cache: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
+        self._spare_tiles: list[np.ndarray] = []  # arrays of the last step's cached tiles, refilled by the next reads
         self._cache_lock = threading.Lock()  # written tiles leave the cache from the write-behind thread
 
     @staticmethod
@@ -156,6 +157,9 @@ class ZarrState(TileState):
 
     def begin_step(self) -> None:
         with self._cache_lock:
+            # no read of the last step is in flight any more: its tiles' arrays take the next step's reads
+            whole = (self.stains, self.grid.num_slices, self.grid.tile, self.grid.tile)
+            self._spare_tiles = [t for t in self._cache.values() if t.shape == whole and t.flags.c_contiguous and t.flags.writeable]
             self._cache.clear()
 
     def _tile(self, parity: int, row: int, col: int) -> np.ndarray:
@@ -165,7 +169,12 @@ class ZarrState(TileState):
             if tile is not None:
                 self._cache.move_to_end(key)
                 return tile
-        tile = self._x_chunks[parity].read((0, 0, 0, row, col))[0]
+            spare = self._spare_tiles.pop() if self._spare_tiles else None
+        if spare is not None and isinstance(self._x_chunks[parity], ChunkFiles):
+            self._x_chunks[parity].read_into((0, 0, 0, row, col), spare[None])
+            tile = spare
+        else:
+            tile = self._x_chunks[parity].read((0, 0, 0, row, col))[0]
         with self._cache_lock:
             self._cache[key] = tile
             if len(self._cache) > self.cache_tiles:
