@@ -118,7 +118,8 @@ def _control_pipeline(run: dict, model: str | None, device=None):
     import torch
 
     from ..pipelines.device import resolve_device
-    from ..pipelines.streaming import load_pipeline, model_fingerprint
+    from ..pipelines.run_record import model_fingerprint
+    from ..pipelines.streaming import load_pipeline
 
     device = resolve_device(device)  # named error for an unavailable device, before anything is written
     # the same precision and compilation as the run (the bytes, and the weights fingerprint, depend on them)

@@ -16,8 +16,6 @@ The sampling itself is :class:`teramind_hf.sampling.TileSampler`, the loop the i
 
 from __future__ import annotations
 
-import hashlib
-import json
 import resource
 import time
 from dataclasses import dataclass
@@ -29,8 +27,7 @@ import torch
 
 from ..constants import DEFAULT_SHARD_TILES
 from ..constants import DEFAULT_STEP_BUFFER_LIMIT as DEFAULT_MEMORY_LIMIT
-from .acceleration import is_compiled
-from .gene_source import GeneSource, open_gene_source
+from .gene_source import open_gene_source
 from .ome_zarr import (
     DEFAULT_SECTION_SPACING_UM,
     DEFAULT_UM_PER_PX,
@@ -47,11 +44,18 @@ from ..sampling.state import open_zarr_state
 from ..schedulers.scheduling_boundary_aware import BoundaryAwareScheduler
 from .pipeline_teramind import TeraMindPipeline
 from .sampling_run import to_output_type
-from ..output_guard import check_output_location, check_replaceable, probe_writable, remove_output
+from ..output_guard import check_output_location, check_replaceable, remove_output
 from .preflight import check_generate_arguments, preflight_generate, resolve_origin_um
+from .run_record import (
+    STEP_STORE,
+    check_writable,
+    describe_difference,
+    read_existing_record,
+    remove_step_store,
+    run_record,
+    step_store_exists,
+)
 
-RECORD_FORMAT = "teramind-generate/1"
-STEP_STORE = "_teramind_steps"  # child of the output group holding step buffers and progress
 
 
 @dataclass
@@ -103,110 +107,6 @@ def distributed_state():
     from accelerate import PartialState
 
     return PartialState(cpu=not torch.cuda.is_available())
-
-
-def model_fingerprint(unet: torch.nn.Module) -> str:
-    """sha256 of the weights (sorted names, raw bytes): a resumed run must use the very same model."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(unet.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def run_record(
-    pipe: TeraMindPipeline, scheduler, source: GeneSource, region: Region, seed: int, steps: int, halo: bool,
-    scale: PhysicalScale, grid: GridSchedule, exact: bool = False,
-) -> dict:
-    """What determines the output bytes; stored in the output and compared on resume."""
-    record = {
-        "format": RECORD_FORMAT,
-        "model_sha256": model_fingerprint(pipe.unet),
-        "model_config": dict(pipe.unet.config),
-        "model_dtype": str(pipe.unet.dtype).removeprefix("torch."),  # the bytes depend on it (and on compiling)
-        "model_compiled": is_compiled(pipe.unet),
-        "scheduler_class": type(scheduler).__name__,
-        "scheduler_config": {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")},
-        "tile_size": pipe.config.tile_size,
-        "halo_px": pipe.config.halo,
-        "fill_value": pipe.config.fill_value,
-        "grid_schedule": grid.to_dict(),
-        "num_inference_steps": steps,
-        "seed": seed,
-        "region_yxhw": [region.y0, region.x0, region.height, region.width],
-        "slices": [region.start, region.stop],
-        "halo": halo,
-        "exact": exact,
-        "genes": {"location": source.location, "shape": list(source.shape), "gene_names": source.gene_names},
-        "um_per_px": scale.um_per_px,
-        "section_spacing_um": scale.section_spacing_um,
-    }
-    return json.loads(json.dumps(record, default=str))
-
-
-# ---------------------------------------------------------------------------------------------- output folder
-def _filesystem(out: str):
-    import fsspec
-
-    return fsspec.core.url_to_fs(out)
-
-
-def _is_local_filesystem(fs) -> bool:
-    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
-
-
-def check_writable(out: str) -> None:
-    """Fail early (PermissionError) if the output location cannot be written, before anything is touched."""
-    fs, path = _filesystem(out)
-    if not _is_local_filesystem(fs):
-        return
-    probe_dir = Path(path)
-    while not probe_dir.exists():
-        probe_dir = probe_dir.parent
-    if not probe_dir.is_dir():
-        raise FileExistsError(f"{probe_dir} exists and is not a folder: cannot write {out}")
-    probe_writable(probe_dir, f"cannot write {out}: output location")
-
-
-def read_existing_record(out: str) -> tuple[bool, dict | None]:
-    """(exists, teramind attributes or None if it is not one of our outputs)."""
-    import zarr
-
-    fs, path = _filesystem(out)
-    if not fs.exists(path):
-        return False, None
-    try:
-        group = zarr.open_group(out, mode="r")
-    except Exception:
-        return True, None
-    state = group.attrs.get("teramind")
-    if not isinstance(state, dict):
-        return True, None
-    levels = state.get("pyramid_levels_done", 0)
-    if (
-        not isinstance(state.get("run"), dict) or not isinstance(state.get("complete"), bool)
-        or isinstance(levels, bool) or not isinstance(levels, int) or levels < 0
-    ):
-        raise ValueError(
-            f"{out.rstrip('/')}/zarr.json: the 'teramind' run record is damaged (expected 'run' an object, 'complete' "
-            f"true/false, 'pyramid_levels_done' a whole number >= 0); remove the output or write to another --out"
-        )
-    return True, dict(state)
-
-
-def describe_difference(old: dict, new: dict) -> str:
-    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    parts = []
-    for key in keys:
-        a, b = old.get(key), new.get(key)
-        if key == "genes" and isinstance(a, dict) and isinstance(b, dict):
-            sub = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-            parts.append(f"genes ({', '.join(sub)})")
-        elif isinstance(a, (dict, list)) or isinstance(b, (dict, list)) or key == "model_sha256":
-            parts.append(key)
-        else:
-            parts.append(f"{key} ({a!r} -> {b!r})")
-    return ", ".join(parts)
 
 
 # ---------------------------------------------------------------------------------------------- entry point
@@ -336,7 +236,7 @@ def generate_to_zarr(
     buffers = 2 * (1 + len(solver.slots))  # two parities of x_t and of each history slot
     buffer_bytes = buffers * 4 * cfg.out_channels * cfg.num_slices * computed.height * computed.width
     # a step store left by an interrupted run is resumed whatever the memory limit says now
-    on_disk = state.num_processes > 1 or buffer_bytes > memory_limit_bytes or (resume and _step_store_exists(out))
+    on_disk = state.num_processes > 1 or buffer_bytes > memory_limit_bytes or (resume and step_store_exists(out))
 
     if state.is_main_process and not resume:
         if exists:
@@ -376,7 +276,7 @@ def generate_to_zarr(
         _build_pyramid(group, levels, teramind_state.get("pyramid_levels_done", 0), state)
         if state.is_main_process:
             group.attrs["teramind"] = {**teramind_state, "complete": True, "pyramid_levels_done": len(levels)}
-            _remove_step_store(out)
+            remove_step_store(out)
         state.wait_for_everyone()
 
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -430,18 +330,6 @@ def _stream_callback(pipe: TeraMindPipeline, callback_on_step_end: Callable | No
         return out.get("latents")
 
     return callback
-
-
-def _step_store_exists(out: str) -> bool:
-    fs, path = _filesystem(out)
-    return fs.exists(f"{path.rstrip('/')}/{STEP_STORE}/progress")
-
-
-def _remove_step_store(out: str) -> None:
-    fs, path = _filesystem(out)
-    target = f"{path.rstrip('/')}/{STEP_STORE}"
-    if fs.exists(target):
-        fs.rm(target, recursive=True)
 
 
 def _build_pyramid(group, levels: list, levels_done: int, state) -> None:
