@@ -103,7 +103,8 @@ def pooled(regions: dict[int, dict], alpha: float) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--regions", type=int, nargs="+", default=[2, 3, 4, 5, 6, 7], help="held-out phantom seeds")
-    parser.add_argument("--pair", action="append", default=None, help="A,B (repeatable; default: %s)" % " ".join(DEFAULT_PAIRS))
+    parser.add_argument("--pair", action="append", default=None,
+                        help="A,B (repeatable; default: %s)" % " ".join(DEFAULT_PAIRS))
     parser.add_argument("--random-models", type=int, default=99)
     parser.add_argument("--permutations", type=int, default=0, help="gene-label permutations (p is 1 by construction)")
     parser.add_argument("--null-seed", type=int, default=0, help="first random-model seed")
@@ -123,8 +124,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--pair: expected A,B")
     from teramind_hf.eval.attention_null import check_significance_arguments
 
-    check_significance_arguments(threshold=5.0, random_models=args.random_models, permutations=args.permutations,
-                                 alpha=args.alpha)
+    try:
+        check_significance_arguments(threshold=5.0, random_models=args.random_models, permutations=args.permutations,
+                                     alpha=args.alpha)
+    except ValueError as error:
+        parser.error(str(error))
 
     import torch
 

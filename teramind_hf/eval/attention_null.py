@@ -19,8 +19,8 @@ under any weights, so a model with random weights ranks co-expressed pairs high 
 
 Per pair: z against each null, the percentile of the observation in it, a permutation p-value
 ``(1 + #{null >= observed}) / (n + 1)`` and the effect size (observation minus null mean, in specificity units)
-with a 95 % interval from the null's empirical quantiles; ``learned`` is the Benjamini-Hochberg call at ``alpha`` over the tested
-pairs against the random-weight null.
+with a 95 % interval from the null's empirical quantiles; ``learned`` is the Benjamini-Hochberg call at ``alpha``
+over the tested pairs against the random-weight null.
 """
 
 from __future__ import annotations
@@ -141,8 +141,9 @@ def _null_summary(observed: float, null: np.ndarray) -> dict:
     null = null[np.isfinite(null)]
     n = int(null.size)
     if n == 0 or not np.isfinite(observed):
-        return {"n": n, "z": float("nan"), "percentile": float("nan"), "p": float("nan"), "mean": float("nan"), "std": 0.0,
-                "effect": float("nan"), "effect_interval": [float("nan"), float("nan")]}
+        nan = float("nan")
+        return {"n": n, "z": nan, "percentile": nan, "p": nan, "mean": nan, "std": 0.0, "effect": nan,
+                "effect_interval": [nan, nan]}
     std = float(null.std(ddof=1)) if n > 1 else 0.0
     # ties (up to float noise) count against the observation, so an exact reproduction gives p = 1
     tol = 1e-6 * max(1.0, abs(observed))  # float32 attention: a reproduction differs by ~1e-8
