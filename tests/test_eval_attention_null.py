@@ -86,6 +86,10 @@ def test_attention_cli_writes_scores_maps_and_pngs(tmp_path, region):
     summary = json.loads((out / "attention.json").read_text())
     assert [p["pair"] for p in summary["pairs"]] == [["Slc17a6", "Slc17a7"], ["Nr4a2", "Th"]]
     assert all(p["random_weights"]["n"] == 4 and 0 < p["random_weights"]["p"] <= 1 for p in summary["pairs"])
+    for p in summary["pairs"]:  # the effect size is written next to z and p, in specificity units
+        null = p["random_weights"]
+        assert null["effect"] == pytest.approx(p["specificity"] - null["mean"])
+        assert null["effect_interval"][0] <= null["effect"] <= null["effect_interval"][1]
     group = zarr.open_group(str(out / "pathway_Slc17a6-Slc17a7.ome.zarr"), mode="r")
     assert group["0"].shape == (3, 2, 16, 16)  # attention, expression, pathway on the gene-bin grid
     assert [c["label"] for c in group.attrs["ome"]["omero"]["channels"]] == ["attention", "expression", "pathway"]
@@ -95,3 +99,20 @@ def test_attention_cli_writes_scores_maps_and_pngs(tmp_path, region):
     assert main(["attention", "--genes", str(store), "--pair", "Th", "--out", str(tmp_path / "bad")]) == 2
     assert main(["attention", "--genes", str(store), "--pair", "Th,Nr4a2", "--out", str(tmp_path / "bad"), "--device", "cuda:99"]) == 2
     assert not (tmp_path / "bad").exists()
+
+
+def test_null_summary_effect_and_interval_on_a_known_null():
+    from teramind_hf.eval.attention_null import _null_summary
+
+    null = np.arange(101, dtype=np.float64)  # mean 50; empirical 2.5 % / 97.5 % quantiles 2.5 and 97.5
+    summary = _null_summary(60.0, np.append(null, np.nan))  # the NaN draw is dropped
+    assert summary["n"] == 101
+    assert summary["effect"] == pytest.approx(10.0)
+    assert summary["effect_interval"] == pytest.approx([60.0 - 97.5, 60.0 - 2.5])
+    assert summary["z"] == pytest.approx(10.0 / null.std(ddof=1))
+    assert summary["p"] == pytest.approx((1 + 41) / 102)  # 60..100 reach the observation
+    skewed = _null_summary(-3.0, null**2 / 1000.0)  # mean 3.35 (median 2.5); quantiles 0.0065 / 9.5065
+    assert skewed["effect"] == pytest.approx(-3.0 - 3.35)
+    assert skewed["effect_interval"] == pytest.approx([-3.0 - 9.5065, -3.0 - 0.0065])
+    for undefined in (_null_summary(1.0, np.array([np.nan])), _null_summary(np.nan, null)):
+        assert np.isnan(undefined["effect"]) and np.isnan(undefined["effect_interval"]).all()

@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         write_ome_zarr_layers(out / f"pathway_{a}-{b}.ome.zarr", maps, um_per_px=um * pipe.unet.config.gene_bin,
                               section_spacing_um=attrs.get("section_spacing_um"))
         null = r.random_weights
+        low, high = null["effect_interval"]
         save_panels(
             [(maps["attention"][0], f"attention {a}-{b} (patch)", {"cmap": "viridis"}),
              (maps["expression"][0], f"sqrt({a} x {b}) counts", {"cmap": "magma"}),
@@ -62,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
             out / f"pathway_{a}-{b}.png",
         )
         print(f"{a}-{b}: {r.patches} expressed patches, specificity {r.specificity:.2f} (rank {r.rank}/{r.pairs_ranked}); "
-              f"vs random weights z {null['z']:.2f}, p {null['p']:.3f} (BH {r.p_adjusted:.3f}, learned={r.learned}); "
+              f"vs random weights z {null['z']:.2f}, p {null['p']:.3f} (BH {r.p_adjusted:.3f}, learned={r.learned}), "
+              f"effect {null['effect']:+.3f} [{low:+.3f}, {high:+.3f}] specificity units; "
               f"vs label permutation p {r.label_permutation['p']:.3f}")
     summary = {
         "genes": str(args.genes), "model": args.model or "embedded default", "threshold": threshold,

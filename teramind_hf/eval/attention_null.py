@@ -17,9 +17,10 @@ under any weights, so a model with random weights ranks co-expressed pairs high 
   nothing about gene identity beyond the genes' local counts. The p-value against (b) is then 1 by
   construction; it is reported so that an architecture with gene-specific weights is tested too.
 
-Per pair: z against each null, the percentile of the observation in it and a permutation p-value
-``(1 + #{null >= observed}) / (n + 1)``; ``learned`` is the Benjamini-Hochberg call at ``alpha`` over the tested
-pairs against the random-weight null.
+Per pair: z against each null, the percentile of the observation in it, a permutation p-value
+``(1 + #{null >= observed}) / (n + 1)`` and the effect size (observation minus null mean, in specificity units)
+with a 95 % interval from the null's empirical quantiles; ``learned`` is the Benjamini-Hochberg call at ``alpha``
+over the tested pairs against the random-weight null.
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ class PairSignificance:
     specificity: float  # that mean as a z over all pairs of the model
     rank: int  # 1 = highest specificity among pairs with a summary
     pairs_ranked: int
-    random_weights: dict  # z, percentile, p, n, null mean/std of the specificity
+    random_weights: dict  # z, percentile, p, n, null mean/std of the specificity, effect and its 95 % interval
     label_permutation: dict
     learned: bool = False  # BH-significant against the random-weight null at alpha
     p_adjusted: float = float("nan")
@@ -131,18 +132,28 @@ class PairSignificance:
 
 
 def _null_summary(observed: float, null: np.ndarray) -> dict:
+    """z, percentile, p and the effect size of ``observed`` against the ``null`` draws (non-finite draws dropped).
+
+    ``effect`` is the observation minus the null mean, in the units of ``observed``: a narrow null turns a small
+    absolute difference into a large z, so the effect says how large the difference is. ``effect_interval`` is
+    ``[observed - q97.5(null), observed - q2.5(null)]`` from the empirical quantiles of the draws.
+    """
     null = null[np.isfinite(null)]
     n = int(null.size)
     if n == 0 or not np.isfinite(observed):
-        return {"n": n, "z": float("nan"), "percentile": float("nan"), "p": float("nan"), "mean": float("nan"), "std": 0.0}
+        nan = float("nan")
+        return {"n": n, "z": nan, "percentile": nan, "p": nan, "mean": nan, "std": 0.0, "effect": nan,
+                "effect_interval": [nan, nan]}
     std = float(null.std(ddof=1)) if n > 1 else 0.0
     # ties (up to float noise) count against the observation, so an exact reproduction gives p = 1
     tol = 1e-6 * max(1.0, abs(observed))  # float32 attention: a reproduction differs by ~1e-8
     exceed = int((null >= observed - tol).sum())
     z = (observed - float(null.mean())) / std if std > tol else 0.0
+    low, high = np.quantile(null, [0.025, 0.975])
     return {
         "n": n, "z": float(z), "percentile": float(100.0 * (null < observed - tol).mean()),
         "p": (1 + exceed) / (n + 1), "mean": float(null.mean()), "std": std,
+        "effect": float(observed - null.mean()), "effect_interval": [float(observed - high), float(observed - low)],
     }
 
 
