@@ -46,13 +46,13 @@ PRESETS: dict[str, Preset] = {
     "fast": Preset("dpm", 5, scheduler_config={"use_lu_lambdas": True}),
     # the embedded default model's own sampler (its scheduler, grid and steps): DPM-Solver++ (2M SDE) in 8 steps on
     # the "diagonal" grid (two grid offsets blended at every step), 16 model calls per tile, one more than the
-    # official sampler. It hides the model's 64-px patch grid; whether its 256-px border score and realism hold
-    # against DDIM-15 on held-out regions is measured, with the command, in docs/seams-research.md
+    # official sampler. It hides the model's 64-px patch grid; on held-out regions it meets DDIM-15's realism
+    # criteria and the 256-px border criterion only just (docs/seams-research.md, with the command)
     "seamless": Preset("dpm-sde", 8, "diagonal"),
     # UniPC (diffusers defaults, bh2, order 2) on its own spacing, 4 steps: the fewest calls of the presets, 8 per
     # tile on the embedded model's "diagonal" grid (4 on the official grid; tests/test_preset_call_counts.py). Its
-    # samples are smoother than DDIM-15's and it misses the high-frequency criteria on held-out regions
-    # (docs/seams-research.md); its whole-brain cost is in docs/performance.md
+    # samples are smoother than DDIM-15's: on held-out regions it misses both high-frequency criteria and the
+    # nucleus-area one (docs/seams-research.md); its whole-brain cost is in docs/performance.md
     "fastest": Preset("unipc", 4),
 }
 
