@@ -12,7 +12,7 @@ so), and with ``--device cpu --small`` in well under a minute as a smoke test of
   wall clock on the CPU) and the median CPU ms of the launching thread's process, candidates interleaved;
 * ``engine-floor``: ``generate_to_zarr`` with the default sampler, step buffers on disk, and the embedded model's
   forward replaced by an instant stand-in that returns zeros on the device: CPU ms (all threads) and wall ms
-  per tile-step, from the difference of a run of ``S`` steps and a run of 1 step (setup and pyramid cancel);
+  per tile-step of the sampling loop (``TileSampler.run``, timed as ``benchmarks/engine_floor.py`` does);
 * ``brain``: whole-brain hours on 8 GPUs per preset: 2,960,100 tile-chunks (docs/tera-scale.md) x the preset's
   model calls per tile (counted from the embedded pipeline's sampling plan, on the grid it runs) x the measured
   ms per canvas / 8, and the same with the engine floor added in series per tile-step.
@@ -198,7 +198,9 @@ def _instant_forward(unet: GeneMorphUNet3DModel):
 
 
 def engine_floor(device: torch.device, folder: Path, size: int, steps: int) -> dict:
-    """CPU and wall ms per tile-step of the default sampler, disk step buffers, instant stand-in model."""
+    """CPU and wall ms per tile-step of the default sampler's loop (``TileSampler.run``, as benchmarks/engine_floor.py
+    times it), disk step buffers, instant stand-in model; medians of 2 runs."""
+    from engine_floor import LoopTimer
     from teramind_hf.pipelines.streaming import generate_to_zarr
 
     pipe = TeraMindPipeline.from_pretrained().to(device)
@@ -207,23 +209,23 @@ def engine_floor(device: torch.device, folder: Path, size: int, steps: int) -> d
     store = phantom_store(folder, size)
     chosen, default_steps, grid = pipe.sampling_plan(None, None, None)
     steps = steps or default_steps
-    measured = {}
-    for run_steps in (1, steps, 1, steps):  # A B A B: medians of two each
-        out = folder / f"floor_{run_steps}_{len(measured.get(run_steps, []))}.ome.zarr"
-        cpu, wall = time.process_time(), time.perf_counter()
-        report = generate_to_zarr(pipe, store, out, num_inference_steps=run_steps, generator=0, memory_limit_bytes=0,
-                                  progress_bar=False, um_per_px=DEFAULT_MODEL_UM_PER_PX)
-        measured.setdefault(run_steps, []).append((time.process_time() - cpu, time.perf_counter() - wall, report))
-    tiles = measured[steps][0][2].tiles
-    assert measured[steps][0][2].step_buffers == "disk"
-    cpu_ms = (statistics.median(m[0] for m in measured[steps]) - statistics.median(m[0] for m in measured[1])) * 1e3
-    wall_ms = (statistics.median(m[1] for m in measured[steps]) - statistics.median(m[1] for m in measured[1])) * 1e3
-    per_cpu, per_wall = cpu_ms / (tiles * (steps - 1)), wall_ms / (tiles * (steps - 1))
+    timer = LoopTimer()
+    cpu_ms, wall_ms = [], []
+    for run in range(3):  # a warm-up, then 2 timed
+        timer.reset()
+        report = generate_to_zarr(pipe, store, folder / f"floor_{run}.ome.zarr", num_inference_steps=steps, generator=0,
+                                  memory_limit_bytes=0, progress_bar=False, um_per_px=DEFAULT_MODEL_UM_PER_PX)
+        assert report.step_buffers == "disk"
+        tile_steps = report.tile_steps_run - report.tiles  # less the initial-noise stage
+        if run:
+            cpu_ms.append(1e3 * timer.cpu / tile_steps)
+            wall_ms.append(1e3 * timer.wall / tile_steps)
+    per_cpu, per_wall = statistics.median(cpu_ms), statistics.median(wall_ms)
     config = pipe.sampling_scheduler(chosen).config
     sampler = f"{config.get('inner_scheduler')} {dict(config.get('inner_config') or {}).get('algorithm_type', '')}".strip()
     print(f"engine-floor | default sampler ({steps} steps, {grid_name(grid)} grid; {sampler}), step buffers on disk, "
-          f"instant stand-in model on {device}, {size} x {size} px x 2 sections = {tiles} tiles, runs of {steps} and 1 "
-          f"steps, medians of 2 | {per_cpu:.2f} CPU ms per tile-step (all threads) | {per_wall:.2f} wall ms per tile-step")
+          f"instant stand-in model on {device}, {size} x {size} px x 2 sections = {report.tiles} tiles, the sampling "
+          f"loop, medians of 2 runs | {per_cpu:.2f} CPU ms per tile-step (all threads) | {per_wall:.2f} wall ms per tile-step")
     return {"cpu_ms": per_cpu, "wall_ms": per_wall}
 
 
