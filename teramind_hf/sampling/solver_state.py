@@ -196,33 +196,26 @@ class TileSolver:
         the generator (then a batch of tiles steps in one call, each tile's noise drawn from its own generator)."""
         if "variance_noise" not in _step_params(self._base):
             return False
-        for i, t in enumerate(self.timesteps):
-            runs = []
-            for given in (False, True):
-                work = self._work(i, {s: torch.full(_DUMMY_SHAPE, 0.2) for s in self.needed_at(i)})
-                sample, output = torch.full(_DUMMY_SHAPE, 0.1), torch.full(_DUMMY_SHAPE, 0.05 * (i + 1))
-                generator = torch.Generator().manual_seed(i)
-                if given:
-                    noise = randn_tensor(_DUMMY_SHAPE, generator=generator, device=sample.device, dtype=torch.float32)
-                    runs.append(self.scheduler.solver_step(work, output, t, sample, variance_noise=noise).prev_sample)
-                else:
-                    runs.append(self.scheduler.solver_step(work, output, t, sample, generator).prev_sample)
-            if not torch.equal(*runs):
+        for i in range(self.num_steps):
+            drawn = self._dry_step(i, generator=torch.Generator().manual_seed(i))
+            noise = randn_tensor(_DUMMY_SHAPE, generator=torch.Generator().manual_seed(i), device="cpu", dtype=torch.float32)
+            if not torch.equal(drawn, self._dry_step(i, variance_noise=noise)):
                 return False
         return True
 
     def _steps_using_noise(self) -> list[bool]:
         """Per step, whether the given noise changes x_{t-1} (a last step to sigma 0 multiplies it by zero)."""
-        used = []
-        for i, t in enumerate(self.timesteps):
-            runs = []
-            for seed in (0, 1):
-                work = self._work(i, {s: torch.full(_DUMMY_SHAPE, 0.2) for s in self.needed_at(i)})
-                sample, output = torch.full(_DUMMY_SHAPE, 0.1), torch.full(_DUMMY_SHAPE, 0.05 * (i + 1))
-                noise = torch.randn(_DUMMY_SHAPE, generator=torch.Generator().manual_seed(seed))
-                runs.append(self.scheduler.solver_step(work, output, t, sample, variance_noise=noise).prev_sample)
-            used.append(not torch.equal(*runs))
-        return used
+        return [
+            not torch.equal(*(self._dry_step(i, variance_noise=torch.randn(_DUMMY_SHAPE, generator=torch.Generator().manual_seed(seed)))
+                              for seed in (0, 1)))
+            for i in range(self.num_steps)
+        ]
+
+    def _dry_step(self, step: int, generator: torch.Generator | None = None, variance_noise: torch.Tensor | None = None):
+        """x_{t-1} of ``step`` on fixed dummy tensors (the history it reads filled), its noise drawn or given."""
+        work = self._work(step, {s: torch.full(_DUMMY_SHAPE, 0.2) for s in self.needed_at(step)})
+        sample, output = torch.full(_DUMMY_SHAPE, 0.1), torch.full(_DUMMY_SHAPE, 0.05 * (step + 1))
+        return self.scheduler.solver_step(work, output, self.timesteps[step], sample, generator, variance_noise=variance_noise).prev_sample
 
     def _check_supported(self, name: str, values: list) -> None:
         kind = type(self._base).__name__
