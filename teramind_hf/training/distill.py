@@ -154,15 +154,10 @@ def distill(args: argparse.Namespace) -> dict:
     from .distill_targets import StudentPath, completed_records, student_scheduler
     from .distill_windows import DistillWindows, WindowGeometry, distill_loss
     from .losses import sample_seed
-    from .train import make_accelerator, prepare_optimization, truncate_log_after
+    from .train import prepare_optimization, start_run, truncate_log_after
 
     check_args(args)
-    if args.num_threads:
-        torch.set_num_threads(args.num_threads)
-    output_dir = Path(args.output_dir)
-    accelerator = make_accelerator(args, output_dir)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    log = logger.info if accelerator.is_main_process else (lambda *_: None)
+    output_dir, accelerator, log = start_run(args, logger)
     data = open_training_store(args.data, crop_size=args.teacher_region_size, length=1, seed=args.seed)
     teacher, alignment, grid, teacher_grid, teacher_steps = prepare_teacher(args, data.panel, log)
     student_pipe = load_pipeline(args.student_init, "--student_init") if args.student_init else teacher

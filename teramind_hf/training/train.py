@@ -40,18 +40,26 @@ from .options import add_training_arguments
 LOG_FILE = "train_log.jsonl"
 
 
-def make_accelerator(args: argparse.Namespace, output_dir: Path):
-    """The run's Accelerator, as the trainer and the distiller set it up (logs and trackers under ``output_dir``)."""
+def start_run(args: argparse.Namespace, run_logger: logging.Logger):
+    """What the trainer and the distiller set up first: torch threads, the run's Accelerator (logs and trackers
+    under ``args.output_dir``) and logging; returns ``(output_dir, accelerator, log)``, ``log`` silent off the
+    main process."""
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 
-    return Accelerator(
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
         cpu=_multi_process_cpu(),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=args.report_to,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
     )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    log = run_logger.info if accelerator.is_main_process else (lambda *_: None)
+    return output_dir, accelerator, log
 
 
 def truncate_log_after(log_path: Path, start_step: int) -> None:
@@ -249,12 +257,7 @@ def train(args: argparse.Namespace) -> dict:
     from .validation import read_region
 
     check_args(args)
-    if args.num_threads:
-        torch.set_num_threads(args.num_threads)
-    output_dir = Path(args.output_dir)
-    accelerator = make_accelerator(args, output_dir)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    log = logger.info if accelerator.is_main_process else (lambda *_: None)
+    output_dir, accelerator, log = start_run(args, logger)
 
     world, rank = accelerator.num_processes, accelerator.process_index
     global_batch = args.train_batch_size * world * args.gradient_accumulation_steps
