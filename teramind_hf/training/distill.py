@@ -154,7 +154,7 @@ def distill(args: argparse.Namespace) -> dict:
     from .distill_targets import StudentPath, completed_records, student_scheduler
     from .distill_windows import DistillWindows, WindowGeometry, distill_loss
     from .losses import sample_seed
-    from .train import prepare_optimization, start_run, truncate_log_after
+    from .train import finish_update, prepare_optimization, start_run, truncate_log_after
 
     check_args(args)
     output_dir, accelerator, log = start_run(args, logger)
@@ -230,10 +230,7 @@ def distill(args: argparse.Namespace) -> dict:
         if not accelerator.sync_gradients:
             continue
         step += 1
-        if ema is not None:
-            ema.step(unet.parameters())
-        losses = accelerator.reduce(running.to(accelerator.device) / args.gradient_accumulation_steps, "mean").cpu()
-        running.zero_()
+        losses = finish_update(accelerator, running, ema, unet, args.gradient_accumulation_steps)
         record = {"step": step, "loss": float(losses[0]), "mse": float(losses[1]), "lr": lr_scheduler.get_last_lr()[0]}
         if accelerator.is_main_process:
             with log_path.open("a") as fh:

@@ -62,6 +62,16 @@ def start_run(args: argparse.Namespace, run_logger: logging.Logger):
     return output_dir, accelerator, log
 
 
+def finish_update(accelerator, running: torch.Tensor, ema, unet, accumulation_steps: int) -> torch.Tensor:
+    """After an optimizer update: the EMA step, and the losses summed over its micro-batches (``running``, then
+    zeroed) as the mean over micro-batches and processes."""
+    if ema is not None:
+        ema.step(unet.parameters())
+    losses = accelerator.reduce(running.to(accelerator.device) / accumulation_steps, "mean").cpu()
+    running.zero_()
+    return losses
+
+
 def truncate_log_after(log_path: Path, start_step: int) -> None:
     """Drop what an interrupted run logged after its last checkpoint: a resumed run re-does those steps."""
     if log_path.is_file():
@@ -330,10 +340,7 @@ def train(args: argparse.Namespace) -> dict:
             continue
 
         step += 1
-        if ema is not None:
-            ema.step(unet.parameters())
-        losses = accelerator.reduce(running.to(accelerator.device) / args.gradient_accumulation_steps, "mean").cpu()
-        running.zero_()
+        losses = finish_update(accelerator, running, ema, unet, args.gradient_accumulation_steps)
         record = {"step": step, "loss": float(losses[0]), "collage_loss": float(losses[1]),
                   "patch_loss": float(losses[2]), "lr": lr_scheduler.get_last_lr()[0]}
         progress.update(1)
