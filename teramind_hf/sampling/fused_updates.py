@@ -9,9 +9,9 @@ into one output and one scratch tensor: ``a + b`` and ``a.add_(b)`` round identi
 bytes.
 
 :func:`install` turns a scheduler into :class:`InPlaceDPMSolverMultistepScheduler`, a subclass overriding only
-these two updates; the rest of ``step`` (model output conversion, history, step index) stays diffusers' code. :class:`~.solver_state.TileSolver` installs them only after replaying
-every step both ways and finding identical bytes (a diffusers release that changes the update is then simply not
-accelerated).
+these two updates; the rest of ``step`` (model output conversion, history, step index) stays diffusers' code.
+:class:`~.solver_state.TileSolver` installs them only after replaying every step both ways and finding identical
+bytes (a diffusers release that changes the update is then simply not accelerated).
 """
 
 from __future__ import annotations

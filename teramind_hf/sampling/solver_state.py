@@ -205,11 +205,8 @@ class TileSolver:
 
     def _steps_using_noise(self) -> list[bool]:
         """Per step, whether the given noise changes x_{t-1} (a last step to sigma 0 multiplies it by zero)."""
-        return [
-            not torch.equal(*(self._dry_step(i, variance_noise=torch.randn(_DUMMY_SHAPE, generator=torch.Generator().manual_seed(seed)))
-                              for seed in (0, 1)))
-            for i in range(self.num_steps)
-        ]
+        noises = [torch.randn(_DUMMY_SHAPE, generator=torch.Generator().manual_seed(seed)) for seed in (0, 1)]
+        return [not torch.equal(*(self._dry_step(i, variance_noise=n) for n in noises)) for i in range(self.num_steps)]
 
     def _dry_step(self, step: int, generator: torch.Generator | None = None, variance_noise: torch.Tensor | None = None):
         """x_{t-1} of ``step`` on fixed dummy tensors (the history it reads filled), its noise drawn or given."""
