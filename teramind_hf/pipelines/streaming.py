@@ -44,6 +44,7 @@ from ..sampling.state import open_zarr_state
 from ..schedulers.scheduling_boundary_aware import BoundaryAwareScheduler
 from .pipeline_teramind import TeraMindPipeline
 from .sampling_run import to_output_type
+from .shard_files import block_writer
 from ..output_guard import check_output_location, check_replaceable, remove_output
 from .preflight import check_generate_arguments, preflight_generate, resolve_origin_um
 from .run_record import (
@@ -292,9 +293,11 @@ def _output_writer(image, grid: TileGrid, region: Region) -> Callable:
     """Write a batch of tiles' final states as uint8 into level 0 (c, z, y, x): only tiles inside the requested
     region (exact mode computes a margin around it), trimming a z chunk that overhangs the stop. Tiles of one z
     chunk that fill a rectangle (a batch along a work-unit row) go in one write: one rewrite of their shard
-    instead of one per tile."""
+    instead of one per tile, straight into the shard file where :mod:`.shard_files` allows it."""
     dy, dx = region.y0 - grid.origin[0], region.x0 - grid.origin[1]
     t = grid.tile
+    write_block = block_writer(image)
+    stains = slice(0, image.shape[0])
 
     def write(batch: list[tuple[int, int, int]], tile_states: torch.Tensor) -> None:
         by_chunk: dict[int, dict[tuple[int, int], np.ndarray]] = {}
@@ -310,13 +313,14 @@ def _output_writer(image, grid: TileGrid, region: Region) -> Callable:
             rectangle = len(tiles) == len(rows) * len(cols) and rows == list(range(rows[0], rows[-1] + 1)) and cols == list(range(cols[0], cols[-1] + 1))
             if not rectangle:
                 for (r, c), pixels in tiles.items():
-                    image[:, z_out : z_out + pixels.shape[1], r * t : (r + 1) * t, c * t : (c + 1) * t] = pixels
+                    write_block((stains, slice(z_out, z_out + pixels.shape[1]), slice(r * t, (r + 1) * t), slice(c * t, (c + 1) * t)), pixels)
                 continue
             first = next(iter(tiles.values()))
             block = np.empty((*first.shape[:2], len(rows) * t, len(cols) * t), dtype=first.dtype)
             for (r, c), pixels in tiles.items():
                 block[:, :, (r - rows[0]) * t : (r - rows[0] + 1) * t, (c - cols[0]) * t : (c - cols[0] + 1) * t] = pixels
-            image[:, z_out : z_out + block.shape[1], rows[0] * t : (rows[-1] + 1) * t, cols[0] * t : (cols[-1] + 1) * t] = block
+            write_block((stains, slice(z_out, z_out + block.shape[1]), slice(rows[0] * t, (rows[-1] + 1) * t),
+                         slice(cols[0] * t, (cols[-1] + 1) * t)), block)
 
     return write
 

@@ -175,8 +175,9 @@ class TileSampler:
         for j, (k, r, c) in enumerate(batch):
             ys, xs, (left, right, top, bottom) = grid.inside(grid.canvas_box(r, c, offset))
             canvas = canvases[j]
-            for band in (canvas[..., :top, :], canvas[..., shape.height - bottom :, :], canvas[..., :left], canvas[..., shape.width - right :]):
-                band.fill_(grid.fill_value)  # outside the region (only the empty bands when the canvas is inside)
+            if top or bottom or left or right:  # the canvas reaches outside the region: the fill there
+                for band in (canvas[..., :top, :], canvas[..., shape.height - bottom :, :], canvas[..., :left], canvas[..., shape.width - right :]):
+                    band.fill_(grid.fill_value)
             inside = canvas[:, :, top : shape.height - bottom, left : shape.width - right]
             state.read_x_into(parity, k, ys, xs, inside)
             scaled = self.solver.scale_model_input(inside, step)

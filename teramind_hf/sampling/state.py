@@ -239,7 +239,9 @@ class ZarrState(TileState):
                 touched[coords] = self._progress_blocks[coords] = block
             block[k % ck, row % cr, col % cc] = stage
         for coords, block in touched.items():
-            self._progress_chunks.write(coords, block)
+            # in place: a chunk of a few int32 records goes out in one write() call, which a killed process cannot
+            # leave half done, and this process is its only writer; the tiles' data were written before
+            self._progress_chunks.write(coords, block, in_place=True)
 
     def snapshot(self) -> np.ndarray | None:
         progress = np.asarray(self.progress[...])
