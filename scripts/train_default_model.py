@@ -25,6 +25,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from teramind_hf.output_guard import NotOurOutputError, check_replaceable, remove_output  # noqa: E402
 # phantom stores per pixel size (um/px): training and held-out
 STORES = {
     1.0: (dict(height=1024, width=1024, num_slices=6, seed=0), dict(height=512, width=512, num_slices=2, seed=1)),
@@ -106,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num_threads", type=int, default=2)
     parser.add_argument("--skip_train", action="store_true", help="only copy the finished run and write the card")
     args = parser.parse_args(argv)
+    if args.out:  # before hours of training: --out is replaced only if it is a pipeline folder (or empty)
+        try:
+            check_replaceable(args.out, ("pipeline",), "--out")
+        except NotOurOutputError as error:
+            parser.error(str(error))
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     previous = None
@@ -127,8 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run(cmd, check=True)
         previous = run
     out = Path(args.out)
-    if out.exists():
-        shutil.rmtree(out)
+    remove_output(out, ("pipeline",), "--out")  # checked again right before deleting
     out.mkdir(parents=True)
     for item in ("model_index.json", "scheduler", "unet", "README.md"):
         src = run / item

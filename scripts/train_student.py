@@ -28,6 +28,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from teramind_hf.output_guard import NotOurOutputError, check_replaceable, remove_output  # noqa: E402
 TEACHER = ROOT / "teramind_hf" / "default_model"
 TRAIN_STORE = dict(height=1536, width=1536, num_slices=6, seed=0, um_per_px=0.5)
 
@@ -74,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="student the first stage run starts from (e.g. teramind_hf/default_student, the committed stage 1)")
     parser.add_argument("--out", default=None, help="copy the last stage's student pipeline here")
     args = parser.parse_args(argv)
+    if args.out:  # before hours of training: --out is replaced only if it is a pipeline folder (or empty)
+        try:
+            check_replaceable(args.out, ("pipeline",), "--out")
+        except NotOurOutputError as error:
+            parser.error(str(error))
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     store = make_store(work)
@@ -97,8 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         previous = run
     if args.out:
         out = Path(args.out)
-        if out.exists():
-            shutil.rmtree(out)
+        remove_output(out, ("pipeline",), "--out")  # checked again right before deleting
         out.mkdir(parents=True)
         for item in ("model_index.json", "scheduler", "unet", "README.md"):
             src = previous / item

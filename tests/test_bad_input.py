@@ -883,3 +883,18 @@ def test_report_json_files_are_strict_json(tmp_path):
                                      "t": torch.tensor(float("nan"))})
     parsed = json.loads((tmp_path / "k.json").read_text(), parse_constant=refuse_constant)
     assert parsed == {"ratio": None, "rows": [None, 1.5], "n": 3, "t": None}
+
+
+@pytest.mark.parametrize("script", ["train_student.py", "train_default_model.py"])
+def test_training_scripts_refuse_to_replace_an_out_that_is_not_a_pipeline(script, tmp_path):
+    """The staged training scripts copy their result over ``--out``: a folder that is not a pipeline is refused
+    before any training (exit 2, one line), and kept."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "data.txt").write_text("keep")
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, str(root / "scripts" / script), "--work", str(tmp_path / "work"), "--out", str(out)],
+                            capture_output=True, text=True, env=ENV, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert f"--out {out} exists and is not an output of teramind" in result.stderr and "Traceback" not in result.stderr
+    assert (out / "data.txt").read_text() == "keep" and not (tmp_path / "work").exists()
