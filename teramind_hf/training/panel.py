@@ -50,7 +50,7 @@ def extend_gene_panel(unet: GeneMorphUNet3DModel, new_genes: list[str], seed: in
         raise ValueError(f"extend_gene_panel: genes already in the model panel: {dup}")
     if not new_genes:
         return unet
-    old_g, new_g = len(names), len(names) + len(new_genes)
+    new_g = len(names) + len(new_genes)
     config = {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}
     axes = gene_axes(config)
     torch.manual_seed(seed)
