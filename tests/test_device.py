@@ -183,3 +183,20 @@ def test_pipeline_step_state_device_is_checked_and_follows_the_model(tiny_pipeli
     on_cpu = tiny_pipeline(tiny_genes, gene_names=TINY_GENES, num_inference_steps=2, generator=0, output_type="pt",
                            step_state_device="cpu").images
     assert torch.equal(default, on_cpu) and default.device.type == "cpu"
+
+
+def test_a_step_state_larger_than_the_accelerators_free_memory_is_refused_by_name():
+    from teramind_hf.pipelines.device import check_step_state_fits
+    from teramind_hf.sampling.grid import TileGrid
+    from teramind_hf.sampling.solver_state import Slot
+    from teramind_hf.sampling.state import MemoryState
+
+    grid = TileGrid(512, 768, start=0, stop=4)  # 2 z chunks
+    slots = [Slot("model_outputs", 1)]
+    state = MemoryState(grid, slots, 2)
+    needed = MemoryState.nbytes(grid, slots, 2)
+    assert needed == state.x.numel() * 4 + state.history.numel() * 4  # the estimate is what the state allocates
+    check_step_state_fits(needed, "cuda:0", free_bytes=needed)  # fits exactly
+    with pytest.raises(ValueError, match=r'step_state_device=cuda:0: .* needs about 0\.0469 GiB, and cuda:0 has 0\.0469 GiB free; pass step_state_device="cpu"'):
+        check_step_state_fits(needed, "cuda:0", free_bytes=needed - 1)
+    check_step_state_fits(10**15, "cpu")  # host memory is checked by the pipeline itself, not here

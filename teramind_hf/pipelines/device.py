@@ -141,3 +141,23 @@ def single_worker_launch(environ: Mapping[str, str], num_processes: int) -> str 
         "accelerate launch started 1 process, not the --num_processes asked for: without --multi_gpu (and with "
         f"fewer than 2 GPUs) accelerate runs the command once. Use: {WORKING_LAUNCH} (also on a CPU machine)"
     )
+
+
+def check_step_state_fits(needed_bytes: int, device, free_bytes: int | None = None, option: str = "step_state_device") -> None:
+    """Refuse (ValueError naming ``option``) a step state of ``needed_bytes`` on an accelerator with less free memory,
+    before it is allocated: the alternative is a CUDA out-of-memory error in the middle of the run. ``free_bytes``
+    defaults to what ``torch.cuda.mem_get_info`` reports for a CUDA device; nothing is checked on other devices."""
+    import torch
+
+    device = torch.device(device)
+    if free_bytes is None:
+        if device.type != "cuda":
+            return
+        free_bytes = torch.cuda.mem_get_info(device)[0]
+    if needed_bytes > free_bytes:
+        raise ValueError(
+            f"{option}={device}: the region's step state (x_t and solver history, float32) needs about "
+            f"{needed_bytes / 2**30:.3g} GiB, and {device} has {free_bytes / 2**30:.3g} GiB free; pass "
+            f'{option}="cpu" (host memory; the model still runs on {device}), a smaller region, or stream it with '
+            "generate_to_zarr"
+        )

@@ -23,7 +23,7 @@ from ..sampling.schedule import GridSchedule, resolve_grid
 from ..sampling.state import MemoryState
 from ..schedulers.scheduling_boundary_aware import BoundaryAwareScheduler
 from .gene_source import GeneSource
-from .device import resolve_device
+from .device import check_step_state_fits, resolve_device
 from .genes import align_genes_to_model, as_dense_genes, check_counts, perturb_genes
 from .inputs import as_gene_input
 from .sampling_run import OUTPUT_TYPES, SamplingPlan, prepare_sampling, to_output_type
@@ -291,6 +291,7 @@ class TeraMindPipeline(DiffusionPipeline):
         self.check_in_memory(plan, tuple(gene_tensor.shape), latents)
         tile_grid, wanted, num_inference_steps = plan.tile_grid, plan.region, plan.num_inference_steps
         state_device = self._execution_device if step_state_device is None else resolve_device(step_state_device, option="step_state_device")
+        check_step_state_fits(MemoryState.nbytes(tile_grid, plan.solver.slots, self.unet.config.out_channels), state_device)
         state = MemoryState(tile_grid, plan.solver.slots, self.unet.config.out_channels, device=state_device)
         # 4. the initial noise: per tile from the seed (on the CPU, whatever the device), or the given latents
         noise = self.prepare_latents(tile_grid, plan.seed, plan.solver.init_noise_sigma, latents)

@@ -19,6 +19,8 @@ half-way can be redone from the unchanged parity.
 
 from __future__ import annotations
 
+import math
+
 import threading
 from collections import OrderedDict
 
@@ -71,10 +73,20 @@ class MemoryState(TileState):
     def __init__(self, grid: TileGrid, slots: list[Slot], stains: int, device=None):
         super().__init__(grid, slots, stains)
         self.device = torch.device(device if device is not None else "cpu")
-        shape = (len(grid.chunk_starts), stains, grid.num_slices, grid.height, grid.width)
+        shape = self.shape(grid, stains)
         self.x = torch.zeros(2, *shape, device=self.device)
         self.history = torch.zeros(2, len(self.slots), *shape, device=self.device) if self.slots else None
         self.progress = np.full((len(grid.chunk_starts), grid.rows, grid.cols), -1, dtype=np.int32)
+
+    @staticmethod
+    def shape(grid: TileGrid, stains: int) -> tuple[int, ...]:
+        """One step buffer: ``(chunks, stains, slices, H, W)``."""
+        return (len(grid.chunk_starts), stains, grid.num_slices, grid.height, grid.width)
+
+    @classmethod
+    def nbytes(cls, grid: TileGrid, slots: list[Slot], stains: int) -> int:
+        """Bytes of x_t (two parities) and the history (two parities per slot), float32."""
+        return 2 * (1 + len(slots)) * 4 * math.prod(cls.shape(grid, stains))
 
     def read_x(self, parity: int, k: int, ys: slice, xs: slice) -> torch.Tensor:
         return self.x[parity, k, :, :, ys, xs]
