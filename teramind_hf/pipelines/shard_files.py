@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..sampling.chunk_files import little_endian_bytes, local_v3
+
 ABSENT = 2**64 - 1
 
 
@@ -54,29 +56,19 @@ class ShardFiles:
 
     @classmethod
     def eligible(cls, array) -> bool:
-        from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
+        from zarr.codecs import Crc32cCodec, ShardingCodec, ZstdCodec
         from zarr.codecs.sharding import ShardingCodecIndexLocation
         from zarr.core.chunk_grids import RegularChunkGrid
-        from zarr.storage import LocalStore
 
-        metadata = array.metadata
-        if getattr(metadata, "zarr_format", None) != 3 or not isinstance(array.store_path.store, LocalStore):
-            return False
-        codecs = tuple(metadata.codecs)
-        if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec) or not isinstance(metadata.chunk_grid, RegularChunkGrid):
+        codecs = tuple(array.metadata.codecs)
+        if not local_v3(array) or len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
             return False
         sharding = codecs[0]
         inner, index = tuple(sharding.codecs), tuple(sharding.index_codecs)
-        little = {None, "little"}
-        inner_ok = (
-            isinstance(inner[0], BytesCodec) and getattr(inner[0].endian, "value", inner[0].endian) in little
-            and (len(inner) == 1 or (len(inner) == 2 and isinstance(inner[1], ZstdCodec)))
-        )
-        index_ok = (
-            len(index) == 2 and isinstance(index[0], BytesCodec) and getattr(index[0].endian, "value", index[0].endian) == "little"
-            and isinstance(index[1], Crc32cCodec)
-        )
-        return inner_ok and index_ok and sharding.index_location == ShardingCodecIndexLocation.end
+        inner_ok = little_endian_bytes(inner[0]) and (len(inner) == 1 or (len(inner) == 2 and isinstance(inner[1], ZstdCodec)))
+        index_ok = len(index) == 2 and little_endian_bytes(index[0], unspecified_ok=False) and isinstance(index[1], Crc32cCodec)
+        return (inner_ok and index_ok and sharding.index_location == ShardingCodecIndexLocation.end
+                and isinstance(array.metadata.chunk_grid, RegularChunkGrid))
 
     # ------------------------------------------------------------------ geometry
     def shard_of(self, selection: tuple[slice, ...]) -> tuple[int, ...] | None:

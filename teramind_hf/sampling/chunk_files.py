@@ -62,17 +62,8 @@ class ChunkFiles(ZarrChunks):
 
     @classmethod
     def eligible(cls, array) -> bool:
-        from zarr.codecs import BytesCodec
-        from zarr.storage import LocalStore
-
-        metadata = array.metadata
-        if getattr(metadata, "zarr_format", None) != 3 or not isinstance(array.store_path.store, LocalStore):
-            return False
-        codecs = tuple(metadata.codecs)
-        if array.shards is not None or len(codecs) != 1 or not isinstance(codecs[0], BytesCodec):
-            return False
-        endian = codecs[0].endian
-        return endian is None or getattr(endian, "value", endian) == "little"
+        codecs = tuple(array.metadata.codecs)
+        return local_v3(array) and array.shards is None and len(codecs) == 1 and little_endian_bytes(codecs[0])
 
     def _clip(self, coords: tuple[int, ...]) -> tuple[slice, ...]:
         """The part of a (full-size) chunk object that lies inside the array."""
@@ -142,6 +133,23 @@ class ChunkFiles(ZarrChunks):
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
+
+
+def local_v3(array) -> bool:
+    """Whether ``array`` is a zarr format 3 array in a local folder (zarr ``LocalStore``)."""
+    from zarr.storage import LocalStore
+
+    return getattr(array.metadata, "zarr_format", None) == 3 and isinstance(array.store_path.store, LocalStore)
+
+
+def little_endian_bytes(codec, *, unspecified_ok: bool = True) -> bool:
+    """Whether ``codec`` is zarr's bytes codec writing little-endian (or with no order: single-byte types)."""
+    from zarr.codecs import BytesCodec
+
+    if not isinstance(codec, BytesCodec):
+        return False
+    endian = getattr(codec.endian, "value", codec.endian)
+    return endian == "little" or (unspecified_ok and endian is None)
 
 
 def chunk_io(array) -> ZarrChunks:
