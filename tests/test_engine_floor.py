@@ -56,7 +56,9 @@ def test_arrays_chunk_files_cannot_read_go_through_zarr(tmp_path):
     in_memory = zarr.open_group(zarr.storage.MemoryStore(), mode="w").create_array(
         "x", shape=SHAPE, chunks=CHUNKS, dtype="float32", fill_value=0.5, compressors=None
     )
-    for array in (compressed, in_memory):
+    big_endian = zarr.create_array(str(tmp_path / "b.zarr"), shape=SHAPE, chunks=CHUNKS, dtype="float32", fill_value=0.5,
+                                   compressors=None, serializer=zarr.codecs.BytesCodec(endian="big"))
+    for array in (compressed, in_memory, big_endian):
         chunks = chunk_io(array)
         assert type(chunks) is ZarrChunks
         chunks.write((0, 0, 0, 2, 3), np.ones((1, 2, 2, 8, 8), dtype=np.float32))
