@@ -8,7 +8,8 @@ Samplers (``--which``): ``student`` (the folder's own steps, grid and scheduler)
 default: DPM-Solver++ 2M SDE, 8 steps, diagonal grid), ``official`` (DDIM-15, official grid), ``teacher_ode``
 (DPM-Solver++ 2M deterministic, 8 steps, diagonal: what `scripts/train_student.py` distils), ``undistilled`` (the
 embedded weights with the student's DDIM sampler). Reference samples are cached in ``--cache``; a PNG per sampler
-(section 0: DAPI and PolyT rows, generated | truth) goes there too. The region is a phantom of ``--seed`` (held out:
+(section 0: DAPI and PolyT rows, generated | truth) goes there too, and ``--panel`` writes one picture of
+all of them beside the truth. The region is a phantom of ``--seed`` (held out:
 never 0 or 1) at the embedded model's 0.5 um/px; noise seed 0.
 """
 
@@ -40,6 +41,9 @@ def main() -> int:
     parser.add_argument("--which", default="student")
     parser.add_argument("--cache", default="runs/student_check")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--panel", default=None,
+                        help="also write one PNG: section 0's top-left --crop px, rows DAPI and PolyT, a column per sampler and the truth")
+    parser.add_argument("--crop", type=int, default=256)
     args = parser.parse_args()
     if args.seed in (0, 1):
         parser.error("--seed 0 and 1 are the training and validation phantoms; pick a held-out seed")
@@ -76,8 +80,10 @@ def main() -> int:
         stem.with_suffix(".json").write_text(json.dumps(info))
         return images, info
 
+    columns = []
     for name in args.which.split(","):
         images, info = sample(name)
+        columns.append((f"{name} ({info['calls_per_tile']:g} calls)", images[0, :, : args.crop, : args.crop]))
         realism = realism_metrics(images, truth, um_per_px=0.5)["mean"]
         row = {**info, **{k: round(v, 4) for k, v in image_metrics(images, truth).items()}}
         row.update({k: round(float(v), 4) for k, v in realism.items() if any(s in k for s in ("f1", "wasserstein", "hf", "border"))})
@@ -87,7 +93,26 @@ def main() -> int:
         print(name, json.dumps(row), flush=True)
         grid = np.concatenate([np.concatenate([images[0, s], truth[0, s]], axis=1) for s in range(images.shape[1])], axis=0)
         Image.fromarray(((grid.clip(-1, 1) + 1) * 127.5).round().astype(np.uint8)).save(cache / f"{name}_seed{args.seed}.png")
+    if args.panel:
+        write_panel(args.panel, [*columns, ("truth", truth[0, :, : args.crop, : args.crop])])
     return 0
+
+
+def write_panel(path: str, columns: list[tuple[str, np.ndarray]], label_height: int = 14) -> None:
+    """One PNG: a labelled column per ``(label, (stains, H, W) image in [-1, 1])``, stains as rows, 4-px gaps."""
+    from PIL import Image, ImageDraw
+
+    stains, h, w = columns[0][1].shape
+    gap = 4
+    canvas = Image.new("L", (len(columns) * (w + gap) - gap, label_height + stains * (h + gap) - gap), 255)
+    draw = ImageDraw.Draw(canvas)
+    for i, (label, image) in enumerate(columns):
+        x = i * (w + gap)
+        draw.text((x + 2, 1), label, fill=0)
+        for s in range(stains):
+            pixels = ((image[s].clip(-1, 1) + 1) * 127.5).round().astype(np.uint8)
+            canvas.paste(Image.fromarray(pixels), (x, label_height + s * (h + gap)))
+    canvas.save(path)
 
 
 if __name__ == "__main__":
