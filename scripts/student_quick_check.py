@@ -7,7 +7,7 @@ PSNR/SSIM against the teacher's ODE sample from the same noise, next to referenc
 Samplers (``--which``): ``student`` (the folder's own steps, grid and scheduler), ``default`` (the embedded model's
 default: DPM-Solver++ 2M SDE, 8 steps, diagonal grid), ``official`` (DDIM-15, official grid), ``teacher_ode``
 (DPM-Solver++ 2M deterministic, 8 steps, diagonal: what `scripts/train_student.py` distils), ``undistilled`` (the
-embedded weights with the student's DDIM sampler). Reference samples are cached in ``--cache``; a PNG per sampler
+embedded weights with the student's DDIM sampler); ``teacher_odeN`` runs the teacher's ODE in N steps instead. Reference samples are cached in ``--cache``; a PNG per sampler
 (section 0: DAPI and PolyT rows, generated | truth) goes there too, and ``--panel`` writes one picture of
 all of them beside the truth. The region is a phantom of ``--seed`` (held out:
 never 0 or 1) at the embedded model's 0.5 um/px; noise seed 0.
@@ -62,9 +62,9 @@ def main() -> int:
         options = {}
         if name == "official":
             options = dict(preset="official")
-        elif name == "teacher_ode":
+        elif name.startswith("teacher_ode"):
             pipe.scheduler = scheduler_from_name("dpm", pipe.scheduler)
-            options = dict(num_inference_steps=8)
+            options = dict(num_inference_steps=int(name.removeprefix("teacher_ode") or 8))
         elif name == "undistilled":
             pipe.scheduler = student_scheduler(pipe.scheduler, "sample")
             options = dict(num_inference_steps=2)
