@@ -49,7 +49,8 @@ STAGES = [
     ("stage2", 160, 1500, ["--learning_rate", "2e-4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "10", "--seed", "0",
                            "--window_seed", "1"]),
     # stage 3: stage 2's records, the adversarial term (a conditional patch discriminator on the true images of each
-    # record's region: docs/distillation.md), from the committed stage-2 student
+    # record's region), from the committed stage-2 student; it added grain, not sharper cells, and did not replace
+    # stage 2 (docs/distillation.md)
     ("stage3_adv", 160, 1000, ["--learning_rate", "1e-4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "10",
                               "--lr_total_steps", "1000", "--seed", "0", "--window_seed", "2",
                               "--adversarial_weight", "0.1", "--discriminator_lr", "5e-4"]),
