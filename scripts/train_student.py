@@ -3,6 +3,8 @@
     OMP_NUM_THREADS=1 python scripts/train_student.py --work /work/student --stages 1 --num_threads 1
     OMP_NUM_THREADS=1 python scripts/train_student.py --work /work/student --first_stage 2 --stages 2 \
         --init teramind_hf/default_student --num_threads 1     # stage 2 from the committed stage-1 student
+    OMP_NUM_THREADS=1 python scripts/train_student.py --work /work/student --first_stage 3 --stages 3 \
+        --init teramind_hf/default_student --num_threads 1     # stage 3 (adversarial) from the committed stage-2 student
 
 1. phantom stores at the embedded model's 0.5 um/px (training = seed 0, as the embedded model's stages 4-7;
    held-out regions for evaluation use other seeds, never 0 or 1);
@@ -49,8 +51,14 @@ STAGES = [
     # 3x3 high-pass term at weight 10 gave no sharper samples in stage 1's setting: docs/distillation.md)
     ("stage2", 160, 1500, ["--learning_rate", "2e-4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "10", "--seed", "0",
                            "--window_seed", "1"]),
-    ("stage3", 400, 3000, ["--learning_rate", "1e-4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "10", "--seed", "0",
-                           "--window_seed", "2"]),
+    # stage 3: stage 2's records, the adversarial term (a conditional patch discriminator on the true images of each
+    # record's region), from the committed stage-2 student; it added grain, not sharper cells, and did not replace
+    # stage 2 (docs/distillation.md)
+    ("stage3_adv", 160, 1000, ["--learning_rate", "1e-4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "10",
+                              "--lr_total_steps", "1000", "--seed", "0", "--window_seed", "2",
+                              "--adversarial_weight", "0.1", "--discriminator_lr", "5e-4"]),
+    ("stage4", 400, 3000, ["--learning_rate", "1e-4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "10", "--seed", "0",
+                           "--window_seed", "3"]),
 ]
 
 

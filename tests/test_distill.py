@@ -70,6 +70,20 @@ def distilled(teacher, phantom, tmp_path_factory, one_torch_thread) -> Path:
     return out
 
 
+ADVERSARIAL = ["--adversarial_weight", "0.5", "--discriminator_lr", "1e-3"]
+
+
+@pytest.fixture(scope="module")
+def distilled_adversarial(distilled, teacher, phantom, tmp_path_factory, one_torch_thread) -> Path:
+    """The same run as ``distilled`` (same records, windows, seeds) with the adversarial term."""
+    from teramind_hf.cli import main
+
+    out = tmp_path_factory.mktemp("distill") / "adversarial"
+    shared = ["--targets", str(distilled / "teacher_targets.zarr")]
+    assert main(["distill", *_args(teacher, phantom, out, *RUN, *shared, *ADVERSARIAL)]) == 0
+    return out
+
+
 def test_windows_are_the_samplers_model_inputs_and_the_path_is_ddim(distilled):
     import zarr
 
@@ -119,20 +133,59 @@ def test_windows_are_the_samplers_model_inputs_and_the_path_is_ddim(distilled):
     assert not torch.allclose(path.noisy(1, noise, target), noise, atol=1e-2)
 
 
-def test_kill_and_resume_equals_uninterrupted(distilled, teacher, phantom, tmp_path):
+@pytest.mark.parametrize("uninterrupted, extra", [("distilled", []), ("distilled_adversarial", ADVERSARIAL)],
+                         ids=["mse", "adversarial"])
+def test_kill_and_resume_equals_uninterrupted(uninterrupted, extra, distilled, teacher, phantom, tmp_path, request):
     from teramind_hf.cli import main
 
+    full = request.getfixturevalue(uninterrupted)
     killed = tmp_path / "killed"
-    shared = ["--targets", str(distilled / "teacher_targets.zarr")]  # the same records: no teacher sampling here
+    shared = ["--targets", str(distilled / "teacher_targets.zarr"), *extra]  # the same records: no teacher sampling here
     cmd = [sys.executable, "-m", "teramind_hf.training.distill", *_args(teacher, phantom, killed, *RUN, *shared)]
     kill_at_checkpoint(cmd, killed, ENV)
     assert not (killed / "model_index.json").exists()
     assert main(["distill", *_args(teacher, phantom, killed, *RUN, *shared, "--resume_from_checkpoint", "latest")]) == 0
-    assert (killed / "train_log.jsonl").read_text() == (distilled / "train_log.jsonl").read_text()
-    full_w, resumed_w = _weights(distilled), _weights(killed)
+    assert (killed / "train_log.jsonl").read_text() == (full / "train_log.jsonl").read_text()
+    full_w, resumed_w = _weights(full), _weights(killed)
     assert all(torch.equal(full_w[k], resumed_w[k]) for k in full_w)
+    for name in ("discriminator.safetensors", "discriminator_optimizer.safetensors") if extra else ():
+        full_d, resumed_d = (load_file(str(run / "checkpoint-4" / name)) for run in (full, killed))
+        assert full_d.keys() == resumed_d.keys() and all(torch.equal(full_d[k], resumed_d[k]) for k in full_d), name
     teacher_w = load_file(str(teacher / "unet" / "diffusion_pytorch_model.safetensors"))
     assert any(not torch.equal(full_w[k], teacher_w[k]) for k in full_w)  # the student did train
+
+
+def test_the_adversarial_term_reaches_the_student_and_the_discriminator_learns(distilled, distilled_adversarial, phantom):
+    import zarr
+
+    from teramind_hf import TeraMindPipeline
+    from teramind_hf.training.distill_adversarial import TruthRegions, build_discriminator
+    from teramind_hf.training.losses import sample_seed
+
+    # the same run without the term trains another student; the discriminator moved from its initial weights
+    plain, adversarial = _weights(distilled), _weights(distilled_adversarial)
+    assert any(not torch.equal(plain[k], adversarial[k]) for k in plain)
+    records = [json.loads(line) for line in (distilled_adversarial / "train_log.jsonl").read_text().splitlines()]
+    assert all(r["loss"] > r["mse"] - 1e-6 or r["adversarial"] < 0 for r in records)
+    assert len({r["discriminator"] for r in records}) == len(records) and len({r["adversarial"] for r in records}) == len(records)
+    student = TeraMindPipeline.from_pretrained(str(distilled_adversarial))
+    trained = load_file(str(distilled_adversarial / "checkpoint-4" / "discriminator.safetensors"))
+    initial = build_discriminator(student.unet.config, sample_seed(0, 0, 0, "discriminator-init")).state_dict()
+    assert set(trained) == set(initial)
+    assert any(not torch.equal(trained[k], initial[k]) for k in trained)  # its Adam stepped
+    # the discriminator stays in the checkpoints: the student pipeline holds the UNet alone
+    assert not [p for p in distilled_adversarial.rglob("*discriminator*") if not p.parent.name.startswith("checkpoint-")]
+    # "real" is the region the record's genes come from: its genes are the store's genes there
+    group = zarr.open_group(str(distilled / "teacher_targets.zarr"), mode="r")
+    data = zarr.open_group(str(phantom), mode="r")
+    truth = TruthRegions(phantom, seed=0, region=256, slices=2, gene_bin=16)
+    margin = (student.unet.config.gene_slices - 2) // 2
+    for record in range(2):
+        start, top, left = truth.position(record)
+        genes = data["genes"][:, start : start + 2, top // 16 : top // 16 + 16, left // 16 : left // 16 + 16]
+        assert (group["genes"][record][:, margin : margin + 2] == genes).all()
+        expected = data["images"][:, start : start + 2, top : top + 256, left : left + 256].astype("float32") / 127.5 - 1
+        assert torch.equal(truth(record), torch.from_numpy(expected))
 
 
 def test_the_student_loads_and_samples_with_its_saved_steps_and_grid(distilled):
@@ -185,6 +238,9 @@ def test_distils_the_official_fixture_and_loads(phantom, tmp_path, one_torch_thr
         (["--teacher_region_size", "100"], "--teacher_region_size must be whole 256-px tiles"),
         (["--data", "missing.zarr"], "--data missing.zarr: no such file or directory"),
         (["--teacher", "./missing"], "--teacher ./missing: cannot load a TeraMindPipeline"),
+        (["--adversarial_weight", "-1"], "--adversarial_weight must be >= 0"),
+        (["--adversarial_weight", "1", "--prediction_type", "epsilon"], "--adversarial_weight needs a student predicting x0"),
+        (["--adversarial_weight", "1", "--discriminator_lr", "0"], "--discriminator_lr must be > 0"),
     ],
 )
 def test_bad_options_exit_2_with_one_line(teacher, phantom, tmp_path, capsys, extra, message, monkeypatch):

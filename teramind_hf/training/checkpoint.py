@@ -10,6 +10,8 @@ folder here holds only:
     ema.safetensors / ema.json          EMA shadow weights / decay, step, warm-up (with --use_ema)
     grad_scaler.json                    fp16 loss scaler, when there is one
     rng-<rank>.safetensors / .json      torch / python / numpy RNG states of each process
+    <extra>.safetensors                 weights of each extra trained module (e.g. the distiller's discriminator)
+    <extra>_optimizer.safetensors/.json its optimizer's state
     training_config.json                model config, step, arguments: written last, marks the checkpoint complete
 
 Resuming reads these with ``safetensors`` and ``json`` only, and refuses a folder holding any other file (for
@@ -233,10 +235,12 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all([s.to(torch.uint8) for s in state["cuda"]])
 
 
-def _known_files(folder: Path) -> set[str]:
-    """Names a checkpoint may hold (EMA and scaler files are ignored by a run that does not use them)."""
-    names = {MODEL_FILE, SCHEDULER_FILE, SCALER_FILE, CONFIG_FILE}
-    names |= {f"{stem}.{ext}" for stem in (OPTIMIZER_FILE, EMA_FILE) for ext in ("safetensors", "json")}
+def _known_files(folder: Path, extras=()) -> set[str]:
+    """Names a checkpoint may hold (EMA and scaler files are ignored by a run that does not use them; the files of
+    extra modules only when the run trains them)."""
+    names = {MODEL_FILE, SCHEDULER_FILE, SCALER_FILE, CONFIG_FILE, *(f"{name}.safetensors" for name in extras)}
+    stems = (OPTIMIZER_FILE, EMA_FILE, *(f"{name}_{OPTIMIZER_FILE}" for name in extras))
+    names |= {f"{stem}.{ext}" for stem in stems for ext in ("safetensors", "json")}
     # RNG states of every process that saved (a run may resume with another number of processes)
     return names | {p.name for p in folder.iterdir() if re.fullmatch(r"rng-\d+\.(safetensors|json)", p.name)}
 
@@ -248,8 +252,9 @@ def _like(reference: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------- save / load
-def save_training_state(accelerator, folder: Path, unet, optimizer, lr_scheduler, ema=None) -> None:
-    """Write model, optimizer, LR scheduler, EMA, scaler and RNG state of every process into ``folder``."""
+def save_training_state(accelerator, folder: Path, unet, optimizer, lr_scheduler, ema=None, extras=None) -> None:
+    """Write model, optimizer, LR scheduler, EMA, scaler and RNG state of every process into ``folder``;
+    ``extras``: ``{name: (module, optimizer)}`` of further trained modules, saved as ``name`` and ``name_optimizer``."""
     folder.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -263,14 +268,18 @@ def save_training_state(accelerator, folder: Path, unet, optimizer, lr_scheduler
             _save_state(folder, EMA_FILE, ema.state_dict())
         if accelerator.scaler is not None:
             _write_json(folder / SCALER_FILE, accelerator.scaler.state_dict())
+        for name, (module, module_optimizer) in (extras or {}).items():
+            _write_tensors(folder / f"{name}.safetensors", accelerator.unwrap_model(module).state_dict())
+            _save_state(folder, f"{name}_{OPTIMIZER_FILE}", module_optimizer.state_dict())
     _save_state(folder, f"rng-{accelerator.process_index}", _rng_state())
     accelerator.wait_for_everyone()
 
 
-def load_training_state(accelerator, folder: Path, unet, optimizer, lr_scheduler, ema=None) -> None:
+def load_training_state(accelerator, folder: Path, unet, optimizer, lr_scheduler, ema=None, extras=None) -> None:
     """Restore what :func:`save_training_state` wrote, with safetensors and json only (named errors)."""
+    extras = extras or {}
     present = {p.name for p in folder.iterdir()}
-    unexpected = sorted(present - _known_files(folder))
+    unexpected = sorted(present - _known_files(folder, extras))
     if unexpected:
         raise CheckpointFileError(
             f"{folder / unexpected[0]}: unexpected file in a teramind checkpoint ({', '.join(unexpected)}); checkpoints "
@@ -312,6 +321,8 @@ def load_training_state(accelerator, folder: Path, unet, optimizer, lr_scheduler
             raise CheckpointFileError(f"{folder / (EMA_FILE + '.json')}: not an EMA state ({err})") from err
     if accelerator.scaler is not None:
         accelerator.scaler.load_state_dict(_read_json(folder / SCALER_FILE, dict))
+    for name, (module, module_optimizer) in extras.items():
+        _load_extra(folder, name, accelerator.unwrap_model(module), module_optimizer)
     rng = folder / f"rng-{accelerator.process_index}.json"
     if rng.is_file():
         rng_state = _load_state(folder, f"rng-{accelerator.process_index}")
@@ -321,7 +332,22 @@ def load_training_state(accelerator, folder: Path, unet, optimizer, lr_scheduler
             raise CheckpointFileError(f"{rng}: not a random-number-generator state ({type(err).__name__}: {err})") from err
 
 
-def save_checkpoint(accelerator, output_dir: Path, step: int, unet, optimizer, lr_scheduler, ema, args, seconds: float = 0.0) -> Path:
+def _load_extra(folder: Path, name: str, module, module_optimizer) -> None:
+    """Weights and optimizer state of one extra module (``name.safetensors``, ``name_optimizer.*``)."""
+    path = folder / f"{name}.safetensors"
+    try:
+        module.load_state_dict(_read_tensors(path), strict=True)
+    except RuntimeError as err:
+        raise CheckpointFileError(f"{path}: does not fit the {name} ({err})") from err
+    stem = f"{name}_{OPTIMIZER_FILE}"
+    try:
+        module_optimizer.load_state_dict(_load_state(folder, stem))
+    except (ValueError, KeyError, TypeError, RuntimeError) as err:
+        raise CheckpointFileError(f"{folder / (stem + '.json')}: does not fit the {name}'s optimizer ({err})") from err
+
+
+def save_checkpoint(accelerator, output_dir: Path, step: int, unet, optimizer, lr_scheduler, ema, args, seconds: float = 0.0,
+                    extras=None) -> Path:
     """The training state + training_config.json (written last, marks the checkpoint complete); prune old ones."""
     from ..output_guard import remove_output
 
@@ -331,7 +357,7 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, unet, optimizer, l
         old = list_checkpoints(output_dir)
         for stale in old[: max(len(old) - args.checkpoints_total_limit + 1, 0)]:
             remove_output(stale, ["checkpoint"], "--checkpoints_total_limit")
-    save_training_state(accelerator, path, unet, optimizer, lr_scheduler, ema)
+    save_training_state(accelerator, path, unet, optimizer, lr_scheduler, ema, extras)
     if accelerator.is_main_process:
         payload = {"unet": arch_config(accelerator.unwrap_model(unet)), "step": step, "seconds": seconds, "args": vars(args)}
         _write_json(path / CONFIG_FILE, json.loads(json.dumps(payload, default=str)))

@@ -55,8 +55,11 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--teacher_region_size must be whole 256-px tiles, got {args.teacher_region_size}")
     if not 0 <= args.ema_decay < 1:
         raise ValueError(f"--ema_decay must be in [0, 1), got {args.ema_decay}")
-    if not args.highpass_weight >= 0:
-        raise ValueError(f"--highpass_weight must be >= 0, got {args.highpass_weight}")
+    for name in ("highpass_weight", "adversarial_weight"):
+        if not getattr(args, name) >= 0:
+            raise ValueError(f"--{name} must be >= 0, got {getattr(args, name)}")
+    if not args.discriminator_lr > 0:
+        raise ValueError(f"--discriminator_lr must be > 0, got {args.discriminator_lr}")
     for name in ("grid", "teacher_grid"):
         try:
             resolve_grid(getattr(args, name))
@@ -167,8 +170,9 @@ def distill(args: argparse.Namespace) -> dict:
         raise ValueError(f"--student_init {args.student_init}: not the teacher's architecture and panel (config differs)")
     unet.load_state_dict({k: v.float() for k, v in student_pipe.unet.state_dict().items()})
     prediction_type = args.prediction_type or student_pipe.scheduler.config.prediction_type
-    if args.highpass_weight and prediction_type != "sample":
-        raise ValueError(f"--highpass_weight needs a student predicting x0 (--prediction_type sample), not {prediction_type!r}")
+    for name in ("highpass_weight", "adversarial_weight"):
+        if getattr(args, name) and prediction_type != "sample":
+            raise ValueError(f"--{name} needs a student predicting x0 (--prediction_type sample), not {prediction_type!r}")
     scheduler = student_scheduler(teacher.scheduler, prediction_type)
     path = StudentPath.of(scheduler, args.student_steps)
     log(f"student: {args.student_steps} DDIM steps at t = {list(path.timesteps)}, predicting {prediction_type}, grid {grid.to_dict()}")
@@ -193,10 +197,17 @@ def distill(args: argparse.Namespace) -> dict:
     geometry = WindowGeometry(patch=cfg.sample_size, gene_bin=cfg.gene_bin, fill_value=teacher.config.fill_value,
                               region=args.teacher_region_size)
     window_seed = args.seed if args.window_seed is None else args.window_seed
-    windows = DistillWindows(group, num_records, path, grid, geometry, seed=window_seed, global_batch=global_batch,
-                             length=args.max_train_steps * global_batch, prediction_type=prediction_type)
+    adversary, truth = None, None
+    if args.adversarial_weight:
+        from .distill_adversarial import Adversary, TruthRegions
 
-    unet, optimizer, lr_scheduler, ema, start_step, prior_seconds = prepare_optimization(accelerator, unet, args, resume, log)
+        truth = TruthRegions(args.data, seed=args.seed, region=args.teacher_region_size, slices=cfg.num_slices, gene_bin=cfg.gene_bin)
+        adversary = Adversary(accelerator, cfg, weight=args.adversarial_weight, lr=args.discriminator_lr,
+                              fill_value=teacher.config.fill_value, seed=window_seed)
+    windows = DistillWindows(group, num_records, path, grid, geometry, seed=window_seed, global_batch=global_batch,
+                             length=args.max_train_steps * global_batch, prediction_type=prediction_type, truth=truth)
+    extras = adversary.extras() if adversary else None
+    unet, optimizer, lr_scheduler, ema, start_step, prior_seconds = prepare_optimization(accelerator, unet, args, resume, log, extras)
 
     sampler = StepSampler(start_step=start_step, max_steps=args.max_train_steps, batch_size=args.train_batch_size,
                           accumulation=args.gradient_accumulation_steps, rank=rank, world=world)
@@ -207,7 +218,7 @@ def distill(args: argparse.Namespace) -> dict:
     log(f"distilling on {num_records} teacher samples, global batch {global_batch}, steps {start_step}..{args.max_train_steps}")
 
     step, started, cpu_started = start_step, time.time(), time.process_time()
-    running = torch.zeros(2)
+    running = torch.zeros(4 if adversary else 2)  # loss, mse (, the student's adversarial term, the discriminator's loss)
     summary: dict = {"teacher_samples": num_records, "timesteps": list(path.timesteps)}
     micro = 0
     for batch in loader:
@@ -217,7 +228,10 @@ def distill(args: argparse.Namespace) -> dict:
         micro = (micro + 1) % args.gradient_accumulation_steps
         with accelerator.accumulate(unet):
             with accelerator.autocast():
-                loss, mse = distill_loss(unet, batch, path, prediction_type, args.highpass_weight)
+                loss, mse, out = distill_loss(unet, batch, path, prediction_type, args.highpass_weight)
+                if adversary:
+                    adversarial = adversary.generator_term(out, batch)
+                    loss = loss + args.adversarial_weight * adversarial
             accelerator.backward(loss)
             finite = True
             if accelerator.sync_gradients and args.max_grad_norm > 0:
@@ -226,12 +240,17 @@ def distill(args: argparse.Namespace) -> dict:
                 optimizer.step()
                 lr_scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-        running += torch.stack([loss.detach().float().cpu(), mse.float().cpu()])
+            parts = [loss.detach().float().cpu(), mse.float().cpu()]
+            if adversary:
+                parts += [adversarial.detach().float().cpu(), adversary.update(out, batch).float().cpu()]
+        running += torch.stack(parts)
         if not accelerator.sync_gradients:
             continue
         step += 1
         losses = finish_update(accelerator, running, ema, unet, args.gradient_accumulation_steps)
         record = {"step": step, "loss": float(losses[0]), "mse": float(losses[1]), "lr": lr_scheduler.get_last_lr()[0]}
+        if adversary:
+            record.update(adversarial=float(losses[2]), discriminator=float(losses[3]))
         if accelerator.is_main_process:
             with log_path.open("a") as fh:
                 fh.write(json.dumps(record) + "\n")
@@ -242,7 +261,7 @@ def distill(args: argparse.Namespace) -> dict:
         summary["last"] = record
         if step % args.checkpointing_steps == 0 or step == args.max_train_steps:
             save_checkpoint(accelerator, output_dir, step, unet, optimizer, lr_scheduler, ema, args,
-                            prior_seconds + time.time() - started)
+                            prior_seconds + time.time() - started, extras)
     accelerator.wait_for_everyone()
     summary.update(steps=step, seconds=prior_seconds + time.time() - started, world=world, global_batch=global_batch)
     if accelerator.is_main_process:

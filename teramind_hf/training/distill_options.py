@@ -54,6 +54,10 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     a("--highpass_weight", type=float, default=0.0,
       help="weight of an extra MSE between the 3x3 high-pass of the student's x0 and the teacher's (sharpness aid; "
            "0: plain MSE)")
+    a("--adversarial_weight", type=float, default=0.0,
+      help="weight of an adversarial term: a conditional patch discriminator tells the true image of each window (read "
+           "from --data) from the student's x0 (x0 students only; 0: off)")
+    a("--discriminator_lr", type=float, default=1e-4, help="Adam learning rate of the discriminator (--adversarial_weight > 0)")
     a("--mixed_precision", choices=["no", "fp16", "bf16"], default=None, help="default: accelerate config")
     a("--use_ema", action="store_true", help="keep an EMA of the weights; the saved student uses it")
     a("--ema_decay", type=float, default=0.999)

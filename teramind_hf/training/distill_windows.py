@@ -43,8 +43,9 @@ class DistillWindows(Dataset):
     """Item ``i`` = the window of global sample ``i % global_batch`` of step ``i // global_batch`` (see module doc)."""
 
     def __init__(self, group, num_records: int, path, grid, geometry: WindowGeometry, *, seed: int, global_batch: int,
-                 length: int, prediction_type: str):
+                 length: int, prediction_type: str, truth=None):
         self.group, self.num_records, self.path, self.grid = group, num_records, path, grid
+        self.truth = truth  # record -> its true image (the adversarial term's "real"), or None
         self.geometry, self.seed, self.global_batch, self.length = geometry, seed, global_batch, length
         self.prediction_type = prediction_type
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
@@ -92,11 +93,14 @@ class DistillWindows(Dataset):
         rows = ((torch.arange(geo.patch) + y) >= 0) & ((torch.arange(geo.patch) + y) < geo.region)
         cols = ((torch.arange(geo.patch) + x) >= 0) & ((torch.arange(geo.patch) + x) < geo.region)
         mask = (rows[:, None] & cols[None, :]).float()[None, None]
-        return {
+        item = {
             "x": window.contiguous(), "genes": gene_window.contiguous(), "step": torch.tensor(k),
             "timestep": torch.tensor(self.path.timesteps[k]), "x0": patch_target.contiguous(),
             "x_t": canvas[..., ty : ty + geo.patch, tx : tx + geo.patch].contiguous(), "mask": mask,
         }
+        if self.truth is not None:  # the true image of the same output patch
+            item["real"] = F.pad(self.truth(record), (pad,) * 4)[..., ty : ty + geo.patch, tx : tx + geo.patch].contiguous()
+        return item
 
 
 def prediction_targets(batch: dict, path, prediction_type: str) -> torch.Tensor:
@@ -119,9 +123,9 @@ def high_pass(x: torch.Tensor) -> torch.Tensor:
     return (flat - smooth).reshape(x.shape)
 
 
-def distill_loss(unet, batch: dict, path, prediction_type: str, highpass_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, plain masked MSE) of a batch of windows; ``highpass_weight`` adds the masked MSE of the high-pass of
-    the output against the target's (``sample`` prediction only: the detail of x0)."""
+def distill_loss(unet, batch: dict, path, prediction_type: str, highpass_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, plain masked MSE, the student's output) of a batch of windows; ``highpass_weight`` adds the masked MSE
+    of the high-pass of the output against the target's (``sample`` prediction only: the detail of x0)."""
     out = unet(batch["x"], batch["timestep"], batch["genes"], path="collage").sample.float()
     target = prediction_targets(batch, path, prediction_type)
     mask = batch["mask"]
@@ -130,4 +134,4 @@ def distill_loss(unet, batch: dict, path, prediction_type: str, highpass_weight:
     if highpass_weight:
         hp = (high_pass(out) - high_pass(target)).square() * mask
         loss = loss + highpass_weight * hp.sum() / (mask.sum() * out.shape[1] * out.shape[2]).clamp(min=1)
-    return loss, mse.detach()
+    return loss, mse.detach(), out

@@ -221,9 +221,9 @@ def save_pipeline(unet, scheduler, args: argparse.Namespace, output_dir: Path, s
     return output_dir
 
 
-def prepare_optimization(accelerator, unet, args: argparse.Namespace, resume: Path | None, log):
+def prepare_optimization(accelerator, unet, args: argparse.Namespace, resume: Path | None, log, extras=None):
     """Adam, the LR schedule and the optional EMA for ``unet``, prepared by ``accelerator`` and, with ``resume``,
-    restored from that checkpoint. Returns ``(unet, optimizer, lr_scheduler, ema, start_step, prior_seconds)``."""
+    restored from that checkpoint (with ``extras``, ``{name: (module, optimizer)}`` already prepared). Returns ``(unet, optimizer, lr_scheduler, ema, start_step, prior_seconds)``."""
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
 
@@ -250,7 +250,7 @@ def prepare_optimization(accelerator, unet, args: argparse.Namespace, resume: Pa
     start_step, prior_seconds = 0, 0.0
     if resume is not None:
         prior_seconds = float(read_checkpoint_config(resume).get("seconds", 0.0))
-        load_training_state(accelerator, resume, unet, optimizer, lr_scheduler, ema)
+        load_training_state(accelerator, resume, unet, optimizer, lr_scheduler, ema, extras)
         start_step = checkpoint_step(resume)
         log(f"resumed from {resume} at step {start_step}")
     return unet, optimizer, lr_scheduler, ema, start_step, prior_seconds

@@ -1,0 +1,171 @@
+"""The optional adversarial term of `teramind distill` (``--adversarial_weight``): a small conditional patch
+discriminator that tells the true image of a window from the student's x0 prediction, given the window's genes.
+
+A plain MSE regression on the teacher's ODE endpoint x0* teaches a small student a smoothed, ragged version of the
+teacher's cells; the discriminator pushes the student's outputs toward the distribution of real images instead
+(ADD / DMD2-style adversarial distillation, our own small version):
+
+* **real** is the true image of the same output patch: record ``i`` of the target store is a region of ``--data``
+  (position and z chunk from ``(seed, i)``, `distill_targets.region_of_record`), read here from the training store,
+  so real and fake share the gene condition;
+* **fake** is the student's x0 for that patch (x0-predicting students only);
+* pixels outside the record's region are set to the fill value in both, so the discriminator never sees the region
+  border as a cue;
+* the condition is the patch's own gene bins (``log1p`` counts, every gene section as a channel);
+* hinge loss: the discriminator minimises ``relu(1 - D(real)) + relu(1 + D(fake))``, the student ``-D(fake)``
+  (times the weight, on top of the masked MSE); the discriminator takes one Adam step per training step.
+
+The discriminator is deterministic (no dropout, no normalisation statistics), its weights and Adam state go into
+each checkpoint (`teramind_hf.training.checkpoint`, safetensors + JSON) and never into the saved student pipeline.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# Adam betas of the discriminator: a short first-moment memory, as usual for GAN discriminators
+DISCRIMINATOR_BETAS = (0.5, 0.999)
+
+
+class PatchDiscriminator(nn.Module):
+    """Logits on a coarse grid over a ``(B, stains, slices, P, P)`` image patch, conditioned on its gene bins
+    ``(B, genes, gene_slices, P / bin, P / bin)``: four stride-2 convolutions over the image (sections and stains as
+    channels) down to the gene grid, the projected genes joined there, and two 1 x 1 convolutions to one logit per
+    gene bin."""
+
+    def __init__(self, image_channels: int, gene_channels: int, patch: int, gene_bin: int, width: int = 32):
+        super().__init__()
+        downs = int(round(np.log2(gene_bin)))
+        if 2**downs != gene_bin or patch % gene_bin:
+            raise ValueError(f"the discriminator needs a power-of-two gene_bin dividing the patch, got {gene_bin}, {patch}")
+        layers, channels = [], image_channels
+        for i in range(downs):
+            out = width * min(2**i, 2)
+            layers += [nn.Conv2d(channels, out, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+            channels = out
+        self.image = nn.Sequential(*layers)
+        self.genes = nn.Conv2d(gene_channels, width, 1)
+        self.head = nn.Sequential(nn.Conv2d(channels + width, 2 * width, 1), nn.LeakyReLU(0.2), nn.Conv2d(2 * width, 1, 1))
+
+    def forward(self, images: torch.Tensor, genes: torch.Tensor) -> torch.Tensor:
+        features = self.image(images.flatten(1, 2))
+        condition = F.leaky_relu(self.genes(torch.log1p(genes.clamp(min=0)).flatten(1, 2)), 0.2)
+        return self.head(torch.cat([features, condition], dim=1))
+
+
+def build_discriminator(unet_config, seed: int) -> PatchDiscriminator:
+    """The discriminator for a student of ``unet_config``, its initial weights drawn from ``seed`` alone."""
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        return PatchDiscriminator(unet_config.out_channels * unet_config.num_slices,
+                                  unet_config.num_genes * unet_config.gene_slices, unet_config.sample_size, unet_config.gene_bin)
+    finally:
+        torch.random.set_rng_state(state)
+
+
+def patch_genes(batch: dict, patch: int, gene_bin: int) -> torch.Tensor:
+    """The gene bins under a window's output patch (the window reaches half a patch around it)."""
+    lo, n = patch // 2 // gene_bin, patch // gene_bin
+    return batch["genes"][..., lo : lo + n, lo : lo + n]
+
+
+def in_region(images: torch.Tensor, mask: torch.Tensor, fill_value: float) -> torch.Tensor:
+    """``images`` inside the record's region, ``fill_value`` outside (the same for real and fake)."""
+    return images * mask + fill_value * (1 - mask)
+
+
+def generator_loss(discriminator, fake: torch.Tensor, genes: torch.Tensor) -> torch.Tensor:
+    """The student's hinge term ``-mean D(fake)``; no gradient reaches the discriminator's weights."""
+    for p in discriminator.parameters():
+        p.requires_grad_(False)
+    try:
+        return -discriminator(fake, genes).float().mean()
+    finally:
+        for p in discriminator.parameters():
+            p.requires_grad_(True)
+
+
+def discriminator_loss(discriminator, real: torch.Tensor, fake: torch.Tensor, genes: torch.Tensor) -> torch.Tensor:
+    """Hinge loss of the discriminator on a batch of real and (detached) fake patches."""
+    logits = discriminator(torch.cat([real, fake.detach()]), torch.cat([genes, genes])).float()
+    real_logits, fake_logits = logits.chunk(2)
+    return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
+
+
+class TruthRegions:
+    """The true image ``(stains, slices, R, R)`` in [-1, 1] of each teacher record: the region of the training store
+    that the record's genes come from (`region_of_record` with the target store's seed), read once per record."""
+
+    def __init__(self, data: str | Path, *, seed: int, region: int, slices: int, gene_bin: int):
+        import zarr
+
+        group = zarr.open_group(str(data), mode="r")
+        if "images" not in group:
+            raise ValueError(f"--data {data}: no 'images' array; --adversarial_weight needs the true images")
+        self.images = group["images"]
+        _, self.sections, bins_h, bins_w = group["genes"].shape
+        self.height, self.width = bins_h * gene_bin, bins_w * gene_bin
+        if self.images.shape[1] < self.sections or self.images.shape[2] < self.height or self.images.shape[3] < self.width:
+            raise ValueError(f"--data {data}: images {tuple(self.images.shape)} do not cover the gene grid")
+        self.seed, self.region, self.slices, self.gene_bin = seed, region, slices, gene_bin
+        self._cache: dict[int, torch.Tensor] = {}
+
+    def position(self, record: int) -> tuple[int, int, int]:
+        from .distill_targets import region_of_record
+
+        return region_of_record(self.seed, record, height=self.height, width=self.width, num_sections=self.sections,
+                                slices=self.slices, size=self.region, gene_bin=self.gene_bin)
+
+    def __call__(self, record: int) -> torch.Tensor:
+        if record not in self._cache:
+            start, top, left = self.position(record)
+            pixels = np.asarray(self.images[:, start : start + self.slices, top : top + self.region, left : left + self.region])
+            self._cache[record] = torch.from_numpy(pixels.astype(np.float32) / 127.5 - 1.0)
+        return self._cache[record]
+
+
+class Adversary:
+    """The discriminator of a distillation run and its Adam, prepared by ``accelerator``: the student's adversarial
+    term and the discriminator's update on one batch of windows."""
+
+    name = "discriminator"  # its files in a checkpoint: discriminator.safetensors, discriminator_optimizer.*
+
+    def __init__(self, accelerator, unet_config, *, weight: float, lr: float, fill_value: float, seed: int):
+        from .losses import sample_seed
+
+        discriminator = build_discriminator(unet_config, sample_seed(seed, 0, 0, "discriminator-init"))
+        discriminator.train()
+        optimizer = torch.optim.Adam(discriminator.parameters(), lr=lr, betas=DISCRIMINATOR_BETAS)
+        self.discriminator, self.optimizer = accelerator.prepare(discriminator, optimizer)
+        self.accelerator, self.weight, self.fill_value = accelerator, weight, fill_value
+        self.patch, self.gene_bin = unet_config.sample_size, unet_config.gene_bin
+
+    def extras(self) -> dict:
+        return {self.name: (self.discriminator, self.optimizer)}
+
+    def _inputs(self, out: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mask = batch["mask"]
+        return (in_region(batch["real"], mask, self.fill_value), in_region(out, mask, self.fill_value),
+                patch_genes(batch, self.patch, self.gene_bin))
+
+    def generator_term(self, out: torch.Tensor, batch: dict) -> torch.Tensor:
+        """The student's (unweighted) hinge term on its outputs ``out`` for ``batch``."""
+        _, fake, genes = self._inputs(out, batch)
+        return generator_loss(self.accelerator.unwrap_model(self.discriminator), fake, genes)
+
+    def update(self, out: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Backpropagate the discriminator's hinge loss on ``batch`` (real) and ``out`` (fake, detached); its Adam
+        steps when the gradients sync (the last micro-batch of a step). Returns the loss."""
+        real, fake, genes = self._inputs(out.detach(), batch)
+        with self.accelerator.autocast():
+            loss = discriminator_loss(self.discriminator, real, fake, genes)
+        self.accelerator.backward(loss)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
