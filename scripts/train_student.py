@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from teramind_hf.output_guard import NotOurOutputError, check_replaceable, remove_output  # noqa: E402
+
 TEACHER = ROOT / "teramind_hf" / "default_model"
 TRAIN_STORE = dict(height=1536, width=1536, num_slices=6, seed=0, um_per_px=0.5)
 
