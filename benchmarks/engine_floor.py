@@ -93,6 +93,19 @@ class LoopTimer:
         self.cpu = self.wall = 0.0
 
 
+def speed_reference_ms(reps: int = 31) -> float:
+    """Median CPU ms of one tile's noise draw (``normal_`` of 2 x 2 x 256 x 256 float32 from a seeded generator):
+    a fixed piece of the floor's own work, timed in the same process, so that floors measured while this shared
+    machine ran faster or slower can be compared (docs/performance.md, "Engine floor")."""
+    out, times = torch.empty(2, 2, 256, 256), []
+    for i in range(reps):
+        generator = torch.Generator().manual_seed(i)
+        cpu = time.process_time()
+        out.normal_(generator=generator)
+        times.append(time.process_time() - cpu)
+    return 1e3 * statistics.median(times)
+
+
 def write_store(path: Path, size: int, sections: int, seed: int = 5) -> Path:
     phantom = make_phantom(size, size, num_slices=sections, seed=seed, um_per_px=DEFAULT_MODEL_UM_PER_PX)
     group = zarr.open_group(str(path), mode="w")
@@ -157,6 +170,7 @@ def main() -> None:
                 )
     if profiler is not None:
         profiler.dump_stats(args.profile)
+    reference = speed_reference_ms()
     print(f"region {args.size} x {args.size} px x {args.sections} sections, step buffers on disk, batch {args.batch_size}, "
           f"{args.threads} torch thread(s), instant stand-in model; medians of {args.rounds} interleaved rounds")
     for name in names:
@@ -169,6 +183,9 @@ def main() -> None:
             f"{med['loop_wall_ms']:.2f} ms wall per tile-step; whole call {med['call_cpu_ms']:.2f} ms CPU, "
             f"{med['call_wall_ms']:.2f} ms wall per tile-step"
         )
+    loops = ", ".join(f"{name} {statistics.median(r['loop_cpu_ms'] for r in results[name]) / reference:.2f}" for name in names)
+    print(f"machine speed reference (after the rounds): one tile's noise draw took {reference:.3f} ms CPU; "
+          f"loop per tile-step in such draws: {loops}")
 
 
 if __name__ == "__main__":
