@@ -22,13 +22,11 @@ or a block that is not whole inner chunks of one shard, goes through the zarr AP
 from __future__ import annotations
 
 import math
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 
-from ..sampling.chunk_files import little_endian_bytes, local_v3
+from ..sampling.chunk_files import little_endian_bytes, local_v3, replace_file
 
 ABSENT = 2**64 - 1
 
@@ -153,14 +151,7 @@ class ShardFiles:
         index = pairs.tobytes()
         parts += [index, google_crc32c.value(index).to_bytes(4, "little")]
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
-        try:
-            with open(partial, "wb") as handle:
-                handle.writelines(parts)
-            os.replace(partial, path)  # atomic: a reader (or a resumed run) sees the old shard or the new one
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
+        replace_file(path, parts)
         self._last = (shard, chunks)
 
 

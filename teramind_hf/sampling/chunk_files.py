@@ -126,13 +126,20 @@ class ChunkFiles(ZarrChunks):
             finally:
                 os.close(descriptor)
             return
-        partial = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
-        try:
-            full.tofile(partial)
-            os.replace(partial, path)  # atomic: a reader (or a resumed run) sees the old chunk or the new one
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
+        replace_file(path, [memoryview(full.reshape(-1).view(np.uint8))])
+
+
+def replace_file(path: Path, parts) -> None:
+    """Write ``parts`` (bytes-like, in order) to a temporary file beside ``path`` and rename it over ``path``:
+    atomic, as zarr's own local store writes, so a reader (or a resumed run) sees the old file or the new one."""
+    partial = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
+    try:
+        with open(partial, "wb") as handle:
+            handle.writelines(parts)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def local_v3(array) -> bool:
