@@ -202,8 +202,7 @@ def distill(args: argparse.Namespace) -> dict:
         from .distill_adversarial import Adversary, TruthRegions
 
         truth = TruthRegions(args.data, seed=args.seed, region=args.teacher_region_size, slices=cfg.num_slices, gene_bin=cfg.gene_bin)
-        adversary = Adversary(accelerator, cfg, weight=args.adversarial_weight, lr=args.discriminator_lr,
-                              fill_value=teacher.config.fill_value, seed=window_seed)
+        adversary = Adversary(accelerator, cfg, lr=args.discriminator_lr, fill_value=teacher.config.fill_value, seed=window_seed)
     windows = DistillWindows(group, num_records, path, grid, geometry, seed=window_seed, global_batch=global_batch,
                              length=args.max_train_steps * global_batch, prediction_type=prediction_type, truth=truth)
     extras = adversary.extras() if adversary else None

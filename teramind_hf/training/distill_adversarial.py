@@ -136,14 +136,14 @@ class Adversary:
 
     name = "discriminator"  # its files in a checkpoint: discriminator.safetensors, discriminator_optimizer.*
 
-    def __init__(self, accelerator, unet_config, *, weight: float, lr: float, fill_value: float, seed: int):
+    def __init__(self, accelerator, unet_config, *, lr: float, fill_value: float, seed: int):
         from .losses import sample_seed
 
         discriminator = build_discriminator(unet_config, sample_seed(seed, 0, 0, "discriminator-init"))
         discriminator.train()
         optimizer = torch.optim.Adam(discriminator.parameters(), lr=lr, betas=DISCRIMINATOR_BETAS)
         self.discriminator, self.optimizer = accelerator.prepare(discriminator, optimizer)
-        self.accelerator, self.weight, self.fill_value = accelerator, weight, fill_value
+        self.accelerator, self.fill_value = accelerator, fill_value
         self.patch, self.gene_bin = unet_config.sample_size, unet_config.gene_bin
 
     def extras(self) -> dict:
