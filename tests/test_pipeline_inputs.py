@@ -52,3 +52,14 @@ def test_points_need_a_pixel_size_and_named_columns(tiny_pipeline):
         tiny_pipeline(points.assign(x=-1.0), um_per_px=UM, num_inference_steps=1)
     with pytest.raises(ValueError, match=r"TiB"):
         tiny_pipeline(points.assign(x=1e12), um_per_px=UM, num_inference_steps=1)
+
+
+def test_a_region_larger_than_host_memory_is_refused_by_name(tiny_pipeline, tissue, monkeypatch):
+    """The in-memory call holds the output and two step buffers of the region: 3 x float32 x (2 stains x 2 sections
+    x 256 x 256 px) = 3 MiB here; with less memory than that, a named error before any sampling."""
+    from teramind_hf.pipelines import pipeline_teramind
+
+    needed = 3 * 4 * 2 * 2 * 256 * 256
+    monkeypatch.setattr(pipeline_teramind, "physical_memory_bytes", lambda: needed - 1)
+    with pytest.raises(ValueError, match=r"region 256 x 256 px x 2 sections needs about 0\.00293 GiB in memory, more than this machine has"):
+        tiny_pipeline(tissue.to_volume(), num_inference_steps=1, generator=0)

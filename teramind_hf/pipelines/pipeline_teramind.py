@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,7 +185,7 @@ class TeraMindPipeline(DiffusionPipeline):
         """The whole computed region fits in memory, and ``latents`` has the whole genes' layout."""
         grid = plan.tile_grid
         # the in-memory run holds the output and two step buffers of the whole region at once
-        needed = 3 * 4 * self.unet.config.out_channels * grid.num_slices * len(grid.chunk_starts) * grid.height * grid.width
+        needed = 3 * 4 * math.prod(MemoryState.shape(grid, self.unet.config.out_channels))
         if needed > physical_memory_bytes():
             raise ValueError(
                 f"region {grid.height} x {grid.width} px x {plan.sections[1] - plan.sections[0]} sections needs about "

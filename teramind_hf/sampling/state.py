@@ -20,7 +20,6 @@ half-way can be redone from the unchanged parity.
 from __future__ import annotations
 
 import math
-
 import threading
 from collections import OrderedDict
 
