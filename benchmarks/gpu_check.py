@@ -121,8 +121,8 @@ def agreement(device: torch.device, size: int, steps: int | None, grid: str | No
               f"{'default sampler' if steps is None else f'{steps} step(s), {grid} grid'}")
 
 
-def tile_calls(device: torch.device, small: bool, batch: int, repeats: int, budget_s: float, started: float) -> dict:
-    """Median ms per canvas of the tile call per (dtype, eager/compiled); returns {(dtype, mode): ms}."""
+def tile_call_models(device: torch.device, small: bool, batch: int) -> SimpleNamespace:
+    """The same weights in each precision on ``device`` (paper size, or the tiny model with ``small``) and their inputs."""
     if small:  # a tiny model with random weights stands in for the paper size (a smoke test of the code path)
         genes_in_panel = TeraMindPipeline.from_pretrained().unet.config.gene_names
 
@@ -133,56 +133,73 @@ def tile_calls(device: torch.device, small: bool, batch: int, repeats: int, budg
         make = paper_model
     # fp16 convolutions have no fast CPU kernels (minutes per call): on the CPU they are left out
     dtypes = DTYPES if device.type != "cpu" else tuple(d for d in DTYPES if d != "fp16")
-    models, candidates = {}, {}
-    for name in dtypes:  # the same weights in each precision (same seed)
-        models[name] = torch.nn.Module.to(cast_unet(make(), name), device)
-    config = models["fp32"].config
-    params = sum(p.numel() for p in models["fp32"].parameters())
-    canvas, genes = inputs(config, batch, str(device))
-    for name, model in models.items():
-        x, g = canvas.to(resolve_dtype(name)), genes.to(resolve_dtype(name))
-        candidates[(name, "eager")] = (lambda m=model, x=x, g=g: m(x, TIMESTEP, g, path="collage").sample)
-    compiled_note = {}
-    for name in dtypes:
-        if small or device.type != "cuda":
-            compiled_note[name] = "skipped (--small / not a GPU: compiling takes minutes on a CPU)"
-            continue
+    models = {name: torch.nn.Module.to(cast_unet(make(), name), device) for name in dtypes}
+    canvas, genes = inputs(models["fp32"].config, batch, str(device))
+    return SimpleNamespace(models=models, batch=batch, small=small, params=sum(p.numel() for p in models["fp32"].parameters()),
+                           inputs={name: (canvas.to(resolve_dtype(name)), genes.to(resolve_dtype(name))) for name in dtypes})
+
+
+def _call(model, x, g):
+    return lambda: model(x, TIMESTEP, g, path="collage").sample
+
+
+def _time_and_print(setup: SimpleNamespace, candidates: dict, repeats: int, device: torch.device, notes: dict) -> dict:
+    with torch.inference_mode():
+        for fn in candidates.values():  # warm-up (cuDNN algorithm choice, allocator)
+            fn()
+        medians = interleaved_device_medians({f"{k[0]} {k[1]}": v for k, v in candidates.items()}, repeats, device)
+    size = "paper-size" if not setup.small else "tiny (--small)"
+    print(f"tile-call | {size} model, random weights, {setup.params / 1e6:.1f} M parameters, {setup.batch} canvas(es) of "
+          f"{CANVAS} px per call, {repeats} interleaved calls each, medians")
+    results = {}
+    for name in DTYPES:
+        for mode in ("eager", "compiled"):
+            key = f"{name} {mode}"
+            if key not in medians:
+                if (name, mode) in notes:
+                    print(f"tile-call | {name:4s} {mode:8s} | {notes[(name, mode)]}")
+                continue
+            device_ms, cpu_ms = medians[key]
+            results[(name, mode)] = device_ms / setup.batch
+            print(f"tile-call | {name:4s} {mode:8s} | {device_ms / setup.batch:10.3f} ms per canvas on {device} | "
+                  f"{cpu_ms / setup.batch:10.3f} CPU ms per canvas")
+    return results
+
+
+def tile_calls(device: torch.device, setup: SimpleNamespace, repeats: int) -> dict:
+    """Median ms per canvas of the eager tile call per dtype; returns {(dtype, "eager"): ms}."""
+    candidates = {(name, "eager"): _call(model, *setup.inputs[name]) for name, model in setup.models.items()}
+    notes = {}
+    for name in DTYPES:
+        if name not in setup.models:
+            notes[(name, "eager")] = notes[(name, "compiled")] = "skipped (fp16 convolutions are not a CPU path)"
+        elif setup.small or device.type != "cuda":
+            notes[(name, "compiled")] = "skipped (--small / not a GPU: compiling takes minutes on a CPU)"
+    return _time_and_print(setup, candidates, repeats, device, notes)
+
+
+def compiled_tile_calls(device: torch.device, setup: SimpleNamespace, repeats: int, budget_s: float, started: float) -> dict:
+    """``torch.compile`` each precision (bf16 and fp16 first: the fast paths), no compile starting past ``budget_s``,
+    then time each compiled call interleaved with its eager one; returns {(dtype, mode): ms}."""
+    candidates, notes = {}, {}
+    for name in ("bf16", "fp16", "fp32"):
         if time.perf_counter() - started > budget_s:
-            compiled_note[name] = f"skipped (past the {budget_s:.0f} s budget)"
+            notes[(name, "compiled")] = f"skipped (past the {budget_s:.0f} s budget)"
             continue
-        dtype = resolve_dtype(name)
-        compiled = torch.compile(models[name], dynamic=False)
-        x, g = canvas.to(dtype), genes.to(dtype)
+        x, g = setup.inputs[name]
+        compiled = torch.compile(setup.models[name], dynamic=False)
         compile_started = time.perf_counter()
         try:
             with torch.inference_mode():
                 compiled(x, TIMESTEP, g, path="collage")
             _sync(device)
         except Exception as err:  # a compiler failure must not cost the rest of the table (one lent GPU run)
-            compiled_note[name] = f"compile failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+            notes[(name, "compiled")] = f"compile failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
             continue
-        print(f"tile-call | compile {name}: {time.perf_counter() - compile_started:.1f} s")
-        candidates[(name, "compiled")] = (lambda m=compiled, x=x, g=g: m(x, TIMESTEP, g, path="collage").sample)
-    with torch.inference_mode():
-        for fn in candidates.values():  # warm-up (cuDNN algorithm choice, allocator)
-            fn()
-        medians = interleaved_device_medians({f"{k[0]} {k[1]}": v for k, v in candidates.items()}, repeats, device)
-    size = "paper-size" if not small else "tiny (--small)"
-    print(f"tile-call | {size} model, random weights, {params / 1e6:.1f} M parameters, {batch} canvas(es) of {CANVAS} px "
-          f"per call, {repeats} interleaved calls each, medians")
-    results = {}
-    for name in DTYPES:
-        for mode in ("eager", "compiled"):
-            key = f"{name} {mode}"
-            if key not in medians:
-                why = compiled_note.get(name, "skipped (fp16 convolutions are not a CPU path)")
-                print(f"tile-call | {name:4s} {mode:8s} | {why}")
-                continue
-            device_ms, cpu_ms = medians[key]
-            results[(name, mode)] = device_ms / batch
-            print(f"tile-call | {name:4s} {mode:8s} | {device_ms / batch:10.3f} ms per canvas on {device} | "
-                  f"{cpu_ms / batch:10.3f} CPU ms per canvas")
-    return results
+        print(f"tile-call | compile {name}: {time.perf_counter() - compile_started:.1f} s", flush=True)
+        candidates[(name, "compiled")] = _call(compiled, x, g)
+        candidates[(name, "eager")] = _call(setup.models[name], x, g)
+    return _time_and_print(setup, candidates, repeats, device, notes)
 
 
 def _instant_forward(unet: GeneMorphUNet3DModel):
@@ -236,18 +253,24 @@ def grid_name(grid) -> str:
 
 
 def preset_calls() -> dict[str, tuple[int, str, int]]:
-    """(steps, grid name, model calls per tile) of each preset on the embedded pipeline, from its sampling plan."""
+    """(steps, grid name, model calls per tile) of each preset on the embedded pipeline, from its sampling plan, and
+    of the committed distilled student (``teramind_hf/default_student``, not a preset: it fails realism criteria)."""
+    import teramind_hf
+
     pipe = TeraMindPipeline.from_pretrained()
     rows = {}
     for name in PRESET_ROWS:
         _, steps, grid = pipe.sampling_plan(None, None, None if name == "default" else name)
         rows[name] = (steps, grid_name(grid), sum(len(grid.offsets_at(i, steps)) for i in range(steps)))
+    student = TeraMindPipeline.from_pretrained(Path(teramind_hf.__file__).parent / "default_student")
+    _, steps, grid = student.sampling_plan(None, None, None)
+    rows["student"] = (steps, grid_name(grid), sum(len(grid.offsets_at(i, steps)) for i in range(steps)))
     return rows
 
 
-def brain_hours(calls: dict, per_canvas: dict, floor: dict, small: bool) -> None:
+def brain_hours(calls: dict, per_canvas: dict, floor: dict | None, small: bool, part: str = "brain") -> None:
     note = " (--small: NOT a brain figure, a tiny model on this device)" if small else ""
-    print(f"brain | whole mouse brain, {BRAIN_TILE_CHUNKS:,} tile-chunks, {GPUS} GPUs, hours = tile-chunks x calls "
+    print(f"{part} | whole mouse brain, {BRAIN_TILE_CHUNKS:,} tile-chunks, {GPUS} GPUs, hours = tile-chunks x calls "
           f"per tile x ms per canvas / {GPUS}; '+ floor' adds the engine floor CPU ms per tile-step in series{note}")
     best_key = min(per_canvas, key=per_canvas.get)
     for name, (steps, grid, n_calls) in calls.items():
@@ -256,10 +279,22 @@ def brain_hours(calls: dict, per_canvas: dict, floor: dict, small: bool) -> None
             measured = [per_canvas[k] for k in ((dtype, "eager"), (dtype, "compiled")) if k in per_canvas]
             hours[dtype] = BRAIN_TILE_CHUNKS * n_calls * min(measured) / GPUS / 3.6e6 if measured else math.nan
         best = BRAIN_TILE_CHUNKS * n_calls * per_canvas[best_key] / GPUS / 3.6e6
-        with_floor = best + BRAIN_TILE_CHUNKS * steps * floor["cpu_ms"] / GPUS / 3.6e6
-        print(f"brain | {name:8s} | {steps:2d} steps | {grid:8s} | {n_calls:2d} calls/tile | "
+        floor_hours = BRAIN_TILE_CHUNKS * steps * floor["cpu_ms"] / GPUS / 3.6e6 if floor else math.nan
+        print(f"{part} | {name:8s} | {steps:2d} steps | {grid:8s} | {n_calls:2d} calls/tile | "
               + " | ".join(f"{d} {hours[d]:10.1f} h" if not math.isnan(hours[d]) else f"{d} not measured" for d in DTYPES)
-              + f" | best ({' '.join(best_key)}) + floor {with_floor:10.1f} h")
+              + f" | best ({' '.join(best_key)}) + floor {best + floor_hours:10.1f} h")
+
+
+def _part(name: str, failures: list, fn, *args):
+    """Run one part; a failure prints its traceback and the other parts still run (one lent GPU run)."""
+    import traceback
+
+    try:
+        return fn(*args)
+    except Exception:
+        failures.append(name)
+        print(f"{name} | FAILED\n{traceback.format_exc()}", flush=True)
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -283,13 +318,27 @@ def main(argv: list[str] | None = None) -> int:
               f"TF32 cuDNN {torch.backends.cudnn.allow_tf32}, cuDNN benchmark {torch.backends.cudnn.benchmark}")
     else:
         print(f"device: {device}")
+    failures: list[str] = []
+    compile_phase = device.type == "cuda" and not args.small
     with tempfile.TemporaryDirectory(prefix="teramind-gpu-check-") as tmp:
-        agreement(device, 256, 1, "official") if args.small else agreement(device, 512, None)
-        per_canvas = tile_calls(device, args.small, batch, repeats, args.budget_s, started)
-        floor = engine_floor(device, Path(tmp), 512 if args.small else 1024, 2 if args.small else 0)
-    brain_hours(preset_calls(), per_canvas, floor, args.small)
-    print(f"total | {time.perf_counter() - started:.1f} s wall")
-    return 0
+        # cheapest and surest first; the compiles last, so that a run stopped at its limit keeps the other tables
+        if args.small:
+            _part("agreement", failures, agreement, device, 256, 1, "official")
+        else:
+            _part("agreement", failures, agreement, device, 512, None)
+        setup = _part("tile-call", failures, tile_call_models, device, args.small, batch)
+        per_canvas = (_part("tile-call", failures, tile_calls, device, setup, repeats) or {}) if setup else {}
+        floor = _part("engine-floor", failures, engine_floor, device, Path(tmp), 512 if args.small else 1024,
+                      2 if args.small else 0)
+        calls = _part("brain", failures, preset_calls)
+        if compile_phase and per_canvas and calls:
+            brain_hours(calls, per_canvas, floor, args.small, part="brain (eager only)")
+            per_canvas.update(_part("tile-call", failures, compiled_tile_calls, device, setup, repeats, args.budget_s,
+                                    started) or {})
+        if per_canvas and calls:
+            brain_hours(calls, per_canvas, floor, args.small)
+    print(f"total | {time.perf_counter() - started:.1f} s wall" + (f" | FAILED parts: {', '.join(failures)}" if failures else ""))
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":
