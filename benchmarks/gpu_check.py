@@ -46,6 +46,7 @@ from teramind_hf.pipelines.device import resolve_device  # noqa: E402
 
 BRAIN_TILE_CHUNKS = 286 * 414 * 25  # 256-px tiles of a 73,216 x 105,984 px section x 25 two-slice chunks
 GPUS = 8
+PARTS = ("agreement", "tile-call", "engine-floor", "brain")
 PRESET_ROWS = ("default", "official", "seamless", "fast", "fastest")
 DTYPES = ("fp32", "bf16", "fp16")
 SMALL_MODEL = dict(block_out_channels=(4, 8, 16, 32), time_embed_dim=32, gene_map_channels=(16, 8, 8))
@@ -305,10 +306,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per tile-call candidate (default 10; --small 2)")
     parser.add_argument("--budget-s", type=float, default=270.0, help="no compile starts after this many seconds")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {', '.join(PARTS)}")
+    parser.add_argument("--exact-fp32", action="store_true",
+                        help="turn TF32 off in cuDNN convolutions and matmuls (PyTorch's default uses it in cuDNN)")
     args = parser.parse_args(argv)
+    parts = set(args.parts.split(","))
+    if not parts <= set(PARTS):
+        parser.error(f"--parts: unknown {sorted(parts - set(PARTS))}; expected a subset of {', '.join(PARTS)}")
     started = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.exact_fp32:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     device = resolve_device(args.device)
     batch = args.batch or (1 if args.small else 4)
     repeats = args.repeats or (2 if args.small else 10)
@@ -322,15 +331,15 @@ def main(argv: list[str] | None = None) -> int:
     compile_phase = device.type == "cuda" and not args.small
     with tempfile.TemporaryDirectory(prefix="teramind-gpu-check-") as tmp:
         # cheapest and surest first; the compiles last, so that a run stopped at its limit keeps the other tables
-        if args.small:
-            _part("agreement", failures, agreement, device, 256, 1, "official")
-        else:
-            _part("agreement", failures, agreement, device, 512, None)
-        setup = _part("tile-call", failures, tile_call_models, device, args.small, batch)
+        if "agreement" in parts:
+            _part("agreement", failures, agreement, device, *((256, 1, "official") if args.small else (512, None)))
+        setup = _part("tile-call", failures, tile_call_models, device, args.small, batch) if "tile-call" in parts else None
         per_canvas = (_part("tile-call", failures, tile_calls, device, setup, repeats) or {}) if setup else {}
-        floor = _part("engine-floor", failures, engine_floor, device, Path(tmp), 512 if args.small else 1024,
-                      2 if args.small else 0)
-        calls = _part("brain", failures, preset_calls)
+        floor = None
+        if "engine-floor" in parts:
+            floor = _part("engine-floor", failures, engine_floor, device, Path(tmp), 512 if args.small else 1024,
+                          2 if args.small else 0)
+        calls = _part("brain", failures, preset_calls) if "brain" in parts else None
         if compile_phase and per_canvas and calls:
             brain_hours(calls, per_canvas, floor, args.small, part="brain (eager only)")
             per_canvas.update(_part("tile-call", failures, compiled_tile_calls, device, setup, repeats, args.budget_s,
