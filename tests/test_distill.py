@@ -155,6 +155,31 @@ def test_kill_and_resume_equals_uninterrupted(uninterrupted, extra, distilled, t
     assert any(not torch.equal(full_w[k], teacher_w[k]) for k in full_w)  # the student did train
 
 
+def test_adversarial_stains_limit_what_the_discriminator_sees(one_torch_thread):
+    """``--adversarial_stains 0``: the discriminator takes DAPI's sections alone, and its term sends no gradient to
+    the other stain (which the MSE alone trains); with every stain, both get one."""
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
+
+    from teramind_hf.training.distill_adversarial import Adversary
+
+    cfg = SimpleNamespace(out_channels=2, num_slices=2, num_genes=3, gene_slices=4, sample_size=32, gene_bin=16)
+    generator = torch.Generator().manual_seed(0)
+    batch = {"real": torch.rand((2, 2, 2, 32, 32), generator=generator) * 2 - 1, "mask": torch.ones((1, 1, 32, 32)),
+             "genes": torch.rand((2, 3, 4, 4, 4), generator=generator) * 5}
+    grads = {}
+    for stains in ((0,), None):
+        adversary = Adversary(Accelerator(cpu=True), cfg, lr=1e-3, fill_value=-1.0, seed=0, stains=stains)
+        assert adversary.discriminator.image[0].in_channels == (1 if stains else 2) * cfg.num_slices
+        out = (torch.rand((2, 2, 2, 32, 32), generator=generator) * 2 - 1).requires_grad_(True)
+        adversary.generator_term(out, batch).backward()
+        grads[stains] = out.grad.abs().flatten(2).sum(-1).sum(0)  # per stain
+        assert torch.isfinite(adversary.update(out, batch))
+    assert grads[(0,)][0] > 0 and grads[(0,)][1] == 0
+    assert (grads[None] > 0).all()
+
+
 def test_the_adversarial_term_reaches_the_student_and_the_discriminator_learns(distilled, distilled_adversarial, phantom):
     import zarr
 
@@ -241,6 +266,8 @@ def test_distils_the_official_fixture_and_loads(phantom, tmp_path, one_torch_thr
         (["--adversarial_weight", "-1"], "--adversarial_weight must be >= 0"),
         (["--adversarial_weight", "1", "--prediction_type", "epsilon"], "--adversarial_weight needs a student predicting x0"),
         (["--adversarial_weight", "1", "--discriminator_lr", "0"], "--discriminator_lr must be > 0"),
+        (["--adversarial_stains", "0"], "--adversarial_stains needs --adversarial_weight > 0"),
+        (["--adversarial_weight", "1", "--adversarial_stains", "2"], "--adversarial_stains: distinct stain indices in 0..1"),
     ],
 )
 def test_bad_options_exit_2_with_one_line(teacher, phantom, tmp_path, capsys, extra, message, monkeypatch):

@@ -60,6 +60,8 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--{name} must be >= 0, got {getattr(args, name)}")
     if not args.discriminator_lr > 0:
         raise ValueError(f"--discriminator_lr must be > 0, got {args.discriminator_lr}")
+    if args.adversarial_stains is not None and not args.adversarial_weight:
+        raise ValueError("--adversarial_stains needs --adversarial_weight > 0 (it picks what the discriminator sees)")
     for name in ("grid", "teacher_grid"):
         try:
             resolve_grid(getattr(args, name))
@@ -173,6 +175,10 @@ def distill(args: argparse.Namespace) -> dict:
     for name in ("highpass_weight", "adversarial_weight"):
         if getattr(args, name) and prediction_type != "sample":
             raise ValueError(f"--{name} needs a student predicting x0 (--prediction_type sample), not {prediction_type!r}")
+    if args.adversarial_weight:
+        from .distill_adversarial import check_stains
+
+        check_stains(args.adversarial_stains, teacher.unet.config)  # before anything is written
     scheduler = student_scheduler(teacher.scheduler, prediction_type)
     path = StudentPath.of(scheduler, args.student_steps)
     log(f"student: {args.student_steps} DDIM steps at t = {list(path.timesteps)}, predicting {prediction_type}, grid {grid.to_dict()}")
@@ -202,7 +208,8 @@ def distill(args: argparse.Namespace) -> dict:
         from .distill_adversarial import Adversary, TruthRegions
 
         truth = TruthRegions(args.data, seed=args.seed, region=args.teacher_region_size, slices=cfg.num_slices, gene_bin=cfg.gene_bin)
-        adversary = Adversary(accelerator, cfg, lr=args.discriminator_lr, fill_value=teacher.config.fill_value, seed=window_seed)
+        adversary = Adversary(accelerator, cfg, lr=args.discriminator_lr, fill_value=teacher.config.fill_value, seed=window_seed,
+                              stains=args.adversarial_stains)
     windows = DistillWindows(group, num_records, path, grid, geometry, seed=window_seed, global_batch=global_batch,
                              length=args.max_train_steps * global_batch, prediction_type=prediction_type, truth=truth)
     extras = adversary.extras() if adversary else None

@@ -12,6 +12,7 @@ teacher's cells; the discriminator pushes the student's outputs toward the distr
 * pixels outside the record's region are set to the fill value in both, so the discriminator never sees the region
   border as a cue;
 * the condition is the patch's own gene bins (``log1p`` counts, every gene section as a channel);
+* ``--adversarial_stains`` limits what it sees to some stains (the others are trained by the MSE alone);
 * hinge loss: the discriminator minimises ``relu(1 - D(real)) + relu(1 + D(fake))``, the student ``-D(fake)``
   (times the weight, on top of the masked MSE); the discriminator takes one Adam step per training step.
 
@@ -58,12 +59,25 @@ class PatchDiscriminator(nn.Module):
         return self.head(torch.cat([features, condition], dim=1))
 
 
-def build_discriminator(unet_config, seed: int) -> PatchDiscriminator:
-    """The discriminator for a student of ``unet_config``, its initial weights drawn from ``seed`` alone."""
+def check_stains(stains, unet_config) -> tuple[int, ...]:
+    """The stain indices the discriminator sees (``None``: all of the model's), refused by name if out of range or
+    repeated."""
+    if stains is None:
+        return tuple(range(unet_config.out_channels))
+    stains = tuple(int(s) for s in stains)
+    if not stains or len(set(stains)) != len(stains) or not all(0 <= s < unet_config.out_channels for s in stains):
+        raise ValueError(f"--adversarial_stains: distinct stain indices in 0..{unet_config.out_channels - 1} expected, "
+                         f"got {list(stains)}")
+    return stains
+
+
+def build_discriminator(unet_config, seed: int, stains=None) -> PatchDiscriminator:
+    """The discriminator for a student of ``unet_config`` that sees ``stains`` (default all), its initial weights
+    drawn from ``seed`` alone."""
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        return PatchDiscriminator(unet_config.out_channels * unet_config.num_slices,
+        return PatchDiscriminator(len(check_stains(stains, unet_config)) * unet_config.num_slices,
                                   unet_config.num_genes * unet_config.gene_slices, unet_config.sample_size, unet_config.gene_bin)
     finally:
         torch.random.set_rng_state(state)
@@ -136,10 +150,11 @@ class Adversary:
 
     name = "discriminator"  # its files in a checkpoint: discriminator.safetensors, discriminator_optimizer.*
 
-    def __init__(self, accelerator, unet_config, *, lr: float, fill_value: float, seed: int):
+    def __init__(self, accelerator, unet_config, *, lr: float, fill_value: float, seed: int, stains=None):
         from .losses import sample_seed
 
-        discriminator = build_discriminator(unet_config, sample_seed(seed, 0, 0, "discriminator-init"))
+        self.stains = check_stains(stains, unet_config)
+        discriminator = build_discriminator(unet_config, sample_seed(seed, 0, 0, "discriminator-init"), self.stains)
         discriminator.train()
         optimizer = torch.optim.Adam(discriminator.parameters(), lr=lr, betas=DISCRIMINATOR_BETAS)
         self.discriminator, self.optimizer = accelerator.prepare(discriminator, optimizer)
@@ -150,8 +165,8 @@ class Adversary:
         return {self.name: (self.discriminator, self.optimizer)}
 
     def _inputs(self, out: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        mask = batch["mask"]
-        return (in_region(batch["real"], mask, self.fill_value), in_region(out, mask, self.fill_value),
+        mask, stains = batch["mask"], list(self.stains)
+        return (in_region(batch["real"][:, stains], mask, self.fill_value), in_region(out[:, stains], mask, self.fill_value),
                 patch_genes(batch, self.patch, self.gene_bin))
 
     def generator_term(self, out: torch.Tensor, batch: dict) -> torch.Tensor:

@@ -58,6 +58,8 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
       help="weight of an adversarial term: a conditional patch discriminator tells the true image of each window (read "
            "from --data) from the student's x0 (x0 students only; 0: off)")
     a("--discriminator_lr", type=float, default=1e-4, help="Adam learning rate of the discriminator (--adversarial_weight > 0)")
+    a("--adversarial_stains", type=int, nargs="+", default=None,
+      help="stain indices (0: DAPI, 1: PolyT) the discriminator sees (default: all); the other stains get the MSE alone")
     a("--mixed_precision", choices=["no", "fp16", "bf16"], default=None, help="default: accelerate config")
     a("--use_ema", action="store_true", help="keep an EMA of the weights; the saved student uses it")
     a("--ema_decay", type=float, default=0.999)
