@@ -79,6 +79,22 @@ def test_reuse_gives_the_same_bytes_and_encodes_each_patch_once(pipe, genes, gri
     assert encoded_with_reuse == 2 * 2 * sum(m * m for _, m in calls)
 
 
+def test_a_compiled_model_gets_no_patch_ids(pipe, genes):
+    """Encoder reuse is off for a compiled model (its unique-patch count would recompile it at every new count) and
+    on otherwise; the plan of a run says which."""
+    from teramind_hf.pipelines.gene_source import GeneSource
+    from teramind_hf.pipelines.sampling_run import reuses_encoder
+
+    unet = make_tiny_unet(**ENGINE_UNET)
+    assert reuses_encoder(unet)
+    compiled = TeraMindPipeline(unet=unet, scheduler=BoundaryAwareScheduler(), tile_size=TILE)
+    unet.compile()  # lazy: nothing is compiled until a call
+    assert not reuses_encoder(unet)
+    for each, reuse in ((pipe, True), (compiled, False)):
+        plan = each.prepare_sampling(GeneSource(genes, list(TINY_GENES), "<array>"), num_inference_steps=1, generator=0)
+        assert plan.sampler.reuse_encoder == reuse
+
+
 def test_naive_tiling_shares_nothing(pipe, genes):
     """Without a halo each tile sees its own fill: no patch ids, every patch is encoded."""
     counter = EncodedPatches(pipe.unet)

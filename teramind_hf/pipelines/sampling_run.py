@@ -20,6 +20,7 @@ from ..sampling.sampler import TileSampler
 from ..sampling.schedule import GridSchedule
 from ..sampling.solver_state import TileSolver
 from ..schedulers.scheduling_boundary_aware import BoundaryAwareScheduler
+from .acceleration import is_compiled
 from .gene_source import GeneSource, RegionGenes
 from .preflight import check_generate_arguments, check_region, check_steps_against_schedule
 
@@ -106,9 +107,17 @@ def prepare_sampling(
     sampler = TileSampler(
         pipe.unet, solver, tile_grid, GeneCanvases(genes, tile_grid, schedule.all_offsets(steps), halo=halo),
         grid_schedule=schedule, batch_size=batch_size, tile_order=tile_order, halo=halo, device=pipe._execution_device,
+        reuse_encoder=reuses_encoder(pipe.unet),
     )
     return SamplingPlan(chosen, steps, schedule, seed, scheduler, solver, wanted, (start, stop), computed, tile_grid,
                         genes, sampler)
+
+
+def reuses_encoder(unet: torch.nn.Module) -> bool:
+    """Whether the engine passes patch ids (encoder reuse) to ``unet``: not to a compiled model, since the count of
+    distinct patches per call is data-dependent (``torch.unique``) and each new count would recompile it
+    (docs/performance.md, "Encoder reuse")."""
+    return not is_compiled(unet)
 
 
 def draw_seed(generator: torch.Generator | int | None) -> int:
