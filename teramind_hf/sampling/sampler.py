@@ -241,9 +241,11 @@ class TileSampler:
         for j, (offset, canvases, genes, ids) in enumerate(inputs):
             out = self.unet(canvases.to(device=self.device, dtype=self.dtype), t,
                             genes.to(device=self.device, dtype=self.dtype), path="collage", patch_ids=ids).sample
-            out = out.to(device=state.device, dtype=torch.float32)
             box = grid.canvas_box(0, 0, offset)
+            # cropped where the model ran, then moved: from a GPU only the tile comes back (256^2 of the collage's
+            # 320^2 or 384^2 px per section); on the step state's own device and dtype both are views, as before
             out = out[..., box.crop_y : box.crop_y + grid.tile, box.crop_x : box.crop_x + grid.tile]
+            out = out.to(device=state.device, dtype=torch.float32)
             if weights is None:
                 return out
             # in place on this call's own output (no temporaries): the same products and sums as out * w + ...
