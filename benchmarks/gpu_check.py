@@ -258,14 +258,13 @@ def preset_calls() -> dict[str, tuple[int, str, int]]:
     of the committed distilled student (``teramind_hf/default_student``, not a preset: it fails realism criteria)."""
     import teramind_hf
 
+    def row(pipe, preset):
+        _, steps, grid = pipe.sampling_plan(None, None, preset)
+        return steps, grid_name(grid), sum(len(grid.offsets_at(i, steps)) for i in range(steps))
+
     pipe = TeraMindPipeline.from_pretrained()
-    rows = {}
-    for name in PRESET_ROWS:
-        _, steps, grid = pipe.sampling_plan(None, None, None if name == "default" else name)
-        rows[name] = (steps, grid_name(grid), sum(len(grid.offsets_at(i, steps)) for i in range(steps)))
-    student = TeraMindPipeline.from_pretrained(Path(teramind_hf.__file__).parent / "default_student")
-    _, steps, grid = student.sampling_plan(None, None, None)
-    rows["student"] = (steps, grid_name(grid), sum(len(grid.offsets_at(i, steps)) for i in range(steps)))
+    rows = {name: row(pipe, None if name == "default" else name) for name in PRESET_ROWS}
+    rows["student"] = row(TeraMindPipeline.from_pretrained(Path(teramind_hf.__file__).parent / "default_student"), None)
     return rows
 
 
