@@ -7,7 +7,10 @@ PSNR/SSIM against the teacher's ODE sample from the same noise, next to referenc
 Samplers (``--which``): ``student`` (the folder's own steps, grid and scheduler), ``default`` (the embedded model's
 default: DPM-Solver++ 2M SDE, 8 steps, diagonal grid), ``official`` (DDIM-15, official grid), ``teacher_ode``
 (DPM-Solver++ 2M deterministic, 8 steps, diagonal: what `scripts/train_student.py` distils), ``undistilled`` (the
-embedded weights with the student's DDIM sampler); ``teacher_odeN`` runs the teacher's ODE in N steps instead. Reference samples are cached in ``--cache``; a PNG per sampler
+embedded weights with the student's DDIM sampler); ``teacher_odeN`` runs the teacher's ODE in N steps instead,
+``teacher_ddimN`` the teacher's deterministic DDIM in N steps on the same diagonal grid (a candidate target), and
+``student_lcmT`` the student's weights with diffusers' ``LCMScheduler`` at timesteps (999, T) (2 steps; fresh noise
+at the second). Reference samples are cached in ``--cache``; a PNG per sampler
 (section 0: DAPI and PolyT rows, generated | truth) goes there too, and ``--panel`` writes one picture of
 all of them beside the truth. The region is a phantom of ``--seed`` (held out:
 never 0 or 1) at the embedded model's 0.5 um/px; noise seed 0.
@@ -56,15 +59,22 @@ def main() -> int:
 
     def sample(name: str) -> tuple[np.ndarray, dict]:
         stem = cache / f"{name}_seed{args.seed}_{args.size}"
-        if name not in ("student", "undistilled") and stem.with_suffix(".npy").is_file():
+        if not name.startswith(("student", "undistilled")) and stem.with_suffix(".npy").is_file():
             return np.load(stem.with_suffix(".npy")), json.loads(stem.with_suffix(".json").read_text())
-        pipe = TeraMindPipeline.from_pretrained(args.student if name == "student" else None).to(torch.float32)
+        pipe = TeraMindPipeline.from_pretrained(args.student if name.startswith("student") else None).to(torch.float32)
         options = {}
         if name == "official":
             options = dict(preset="official")
         elif name.startswith("teacher_ode"):
             pipe.scheduler = scheduler_from_name("dpm", pipe.scheduler)
             options = dict(num_inference_steps=int(name.removeprefix("teacher_ode") or 8))
+        elif name.startswith("teacher_ddim"):
+            pipe.scheduler = scheduler_from_name("ddim", pipe.scheduler)
+            options = dict(num_inference_steps=int(name.removeprefix("teacher_ddim")), grid="diagonal")
+        elif name.startswith("student_lcm"):
+            pipe.scheduler = scheduler_from_name("LCMScheduler", pipe.scheduler)
+            options = dict(num_inference_steps=2)
+            lcm_timesteps = (999, int(name.removeprefix("student_lcm") or 499))
         elif name == "undistilled":
             pipe.scheduler = student_scheduler(pipe.scheduler, "sample")
             options = dict(num_inference_steps=2)
@@ -73,7 +83,17 @@ def main() -> int:
         forward = pipe.unet.forward
         pipe.unet.forward = lambda x, t, g, **kw: (canvases.append(x.shape[0]), forward(x, t, g, **kw))[1]
         wall, cpu = time.time(), time.process_time()
-        images = pipe(genes, gene_names=names, generator=0, batch_size=1, **options).images
+        if name.startswith("student_lcm"):  # LCMScheduler picks (999, 499) for 2 steps; any pair by its `timesteps`
+            from diffusers import LCMScheduler
+
+            set_timesteps = LCMScheduler.set_timesteps
+            LCMScheduler.set_timesteps = lambda self, *a, device=None, **kw: set_timesteps(self, device=device, timesteps=list(lcm_timesteps))
+            try:
+                images = pipe(genes, gene_names=names, generator=0, batch_size=1, **options).images
+            finally:
+                LCMScheduler.set_timesteps = set_timesteps
+        else:
+            images = pipe(genes, gene_names=names, generator=0, batch_size=1, **options).images
         info = {"calls_per_tile": sum(canvases) / (args.size // 256) ** 2, "wall_s": round(time.time() - wall, 1),
                 "cpu_s": round(time.process_time() - cpu, 1)}
         np.save(stem.with_suffix(".npy"), images)

@@ -1,6 +1,7 @@
 """The engine's cheap paths keep its results: chunk files are zarr's chunks, pruned solver history and batched
 solver noise step tiles exactly as the full history and one tile at a time do, DPM-Solver++ updates in place give
-diffusers' bytes (and a wrong one is refused), write-behind raises its errors."""
+diffusers' bytes (and a wrong one is refused), the x0 clip in one buffer is its expression, write-behind raises its
+errors."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 import zarr
 
 from teramind_hf import BoundaryAwareScheduler
+from teramind_hf.schedulers.scheduling_boundary_aware import clip_model_output
 from teramind_hf.sampling import fused_updates
 from teramind_hf.sampling.chunk_files import ChunkFiles, ZarrChunks, chunk_io
 from teramind_hf.sampling.presets import scheduler_from_name
@@ -133,6 +135,31 @@ def test_an_in_place_update_that_rounds_differently_is_not_used(monkeypatch):
     monkeypatch.setattr(fused_updates.InPlaceDPMSolverMultistepScheduler, "multistep_dpm_solver_second_order_update", off_by_rounding)
     solver = _solver("dpm-sde", 6)
     assert not solver.in_place_updates and type(solver._base).__name__ == "DPMSolverMultistepScheduler"
+
+
+def test_an_in_place_x0_conversion_that_rounds_differently_is_not_used(monkeypatch):
+    def off_by_rounding(self, model_output, *args, sample=None, **kwargs):
+        return fused_updates.convert_model_output(self, model_output, sample=sample) * (1 + 1e-7)
+
+    monkeypatch.setattr(fused_updates.InPlaceDPMSolverMultistepScheduler, "convert_model_output", off_by_rounding)
+    solver = _solver("dpm", 6)
+    assert not solver.in_place_updates and type(solver._base).__name__ == "DPMSolverMultistepScheduler"
+
+
+def test_the_x0_clip_in_one_buffer_is_the_expression():
+    generator = torch.Generator().manual_seed(4)
+    canvas = torch.randn(2, 2, 2, 24, 24, generator=generator) * 2
+    sample = canvas[..., 4:20, 4:20]  # x_t is a view of the canvases in the engine
+    eps = torch.randn(2, 2, 2, 16, 16, generator=generator) * 3
+    kept = (canvas.clone(), eps.clone())
+    stepper = _scheduler("dpm")._stepper
+    for t in (999, 500, 20):
+        abar = stepper.alphas_cumprod[t]
+        a, s = abar.sqrt(), (1 - abar).sqrt()
+        x0 = ((sample - s * eps) / a).clamp(-1.0, 1.0)
+        clipped = clip_model_output(stepper, eps, sample, t, 1.0)
+        assert torch.equal(clipped, (sample - a * x0) / s) and (x0.abs() == 1).any()
+        assert torch.equal(canvas, kept[0]) and torch.equal(eps, kept[1])  # the inputs are not written
 
 
 def test_a_step_that_multiplies_its_noise_by_zero_draws_none():

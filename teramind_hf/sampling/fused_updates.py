@@ -1,4 +1,5 @@
-"""DPM-Solver++ updates evaluated in place: the same products and sums as diffusers', two buffers instead of eight.
+"""DPM-Solver++ x0 conversion and updates evaluated in place: the same products and sums as diffusers', in one or two
+buffers instead of three or eight.
 
 diffusers' ``DPMSolverMultistepScheduler`` writes each update as one expression over whole tensors (for the SDE
 second-order midpoint update: ``c1 * x + c2 * D0 + c3 * D1 + c4 * noise`` with ``D1 = (1 / r0) * (m0 - m1)``), so
@@ -9,7 +10,8 @@ into one output and one scratch tensor: ``a + b`` and ``a.add_(b)`` round identi
 bytes.
 
 :func:`install` turns a scheduler into :class:`InPlaceDPMSolverMultistepScheduler`, a subclass overriding only
-these two updates; the rest of ``step`` (model output conversion, history, step index) stays diffusers' code.
+the epsilon-to-x0 conversion and these two updates; the rest of ``step`` (history, step index) stays diffusers'
+code.
 :class:`~.solver_state.TileSolver` installs them only after replaying every step both ways and finding identical
 bytes (a diffusers release that changes the update is then simply not accelerated).
 """
@@ -80,9 +82,24 @@ def second_order_update(self, model_output_list: list[torch.Tensor], *args, samp
     return out
 
 
-class InPlaceDPMSolverMultistepScheduler(DPMSolverMultistepScheduler):
-    """diffusers' DPM-Solver++ multistep scheduler with its first- and second-order updates evaluated in place."""
+def convert_model_output(self, model_output: torch.Tensor, *args, sample: torch.Tensor = None, **kwargs):
+    """DPM-Solver++'s x0 from an epsilon output, ``(sample - sigma_t * eps) / alpha_t``, in one buffer; any other
+    configuration (or a call without ``sample`` as a keyword) goes to diffusers' own conversion."""
+    config = self._internal_dict  # not `config`, a new FrozenDict per access (this runs per batch)
+    if (sample is None or args or kwargs or config["prediction_type"] != "epsilon" or config["thresholding"]
+            or config["variance_type"] in ("learned", "learned_range")):
+        return DPMSolverMultistepScheduler.convert_model_output(self, model_output, *args, sample=sample, **kwargs)
+    alpha_t, sigma_t = self._sigma_to_alpha_sigma_t(self.sigmas[self.step_index])
+    out = torch.mul(model_output, sigma_t)
+    torch.sub(sample, out, out=out)
+    return out.div_(alpha_t)
 
+
+class InPlaceDPMSolverMultistepScheduler(DPMSolverMultistepScheduler):
+    """diffusers' DPM-Solver++ multistep scheduler with its x0 conversion and its first- and second-order updates
+    evaluated in place."""
+
+    convert_model_output = convert_model_output
     dpm_solver_first_order_update = first_order_update
     multistep_dpm_solver_second_order_update = second_order_update
 

@@ -201,14 +201,36 @@ class TileSampler:
 
     def read_model_inputs(self, state: TileState, parity: int, batch, step: int) -> list[tuple]:
         """A batch's model inputs at a step, per offset of the step: ``(offset, canvases, gene canvases, patch ids)``."""
-        grid, inputs = self.grid, []
-        for offset in self._offsets(step):
-            canvases = self.read_canvases(state, parity, batch, step, offset)
+        grid, offsets = self.grid, self._offsets(step)
+        canvases = {}
+        for offset in sorted(offsets, key=lambda o: -grid.canvas_box(0, 0, o).height * grid.canvas_box(0, 0, o).width):
+            canvases[offset] = self._canvases_within(canvases, batch, offset) if self.halo else None
+            if canvases[offset] is None:
+                canvases[offset] = self.read_canvases(state, parity, batch, step, offset)
+        inputs = []
+        for offset in offsets:
             genes = torch.stack([self.genes.canvas(k, r, c, offset) for k, r, c in batch])
             # a canvas's patch at a region position holds the step buffer there (or the fill), whatever the tile
             ids = torch.stack([grid.patch_ids(k, r, c, offset) for k, r, c in batch]) if self.reuse_encoder else None
-            inputs.append((offset, canvases, genes, ids))
+            inputs.append((offset, canvases[offset], genes, ids))
         return inputs
+
+    def _canvases_within(self, read: dict, batch, offset) -> torch.Tensor | None:
+        """The batch's canvases under ``offset`` copied out of canvases already read under another offset of the
+        step whose box holds them (the diagonal grid's unshifted canvas lies inside its shifted one), or None.
+
+        Every canvas pixel is the scaled x_t at its region position, or the fill outside the region, whichever
+        offset cut it (the input scaling is per pixel, the step's alone), so the copy is the same bytes as reading
+        the step buffers again; it reads one recently written tensor instead of the several cached tiles a canvas
+        is cut from."""
+        grid, box = self.grid, self.grid.canvas_box(0, 0, offset)
+        for other, source in read.items():
+            outer = grid.canvas_box(0, 0, other)
+            dy, dx = box.y0 - outer.y0, box.x0 - outer.x0
+            if 0 <= dy and 0 <= dx and dy + box.height <= outer.height and dx + box.width <= outer.width:
+                canvases = self._canvases.take((len(batch), *source.shape[1:3], box.height, box.width), source.device)
+                return canvases.copy_(source[..., dy : dy + box.height, dx : dx + box.width])
+        return None
 
     def read_batch(self, state: TileState, parity: int, batch, step: int) -> dict:
         """Everything a batch's step reads before the model runs: its model inputs, x_t and solver history, and a
