@@ -25,6 +25,13 @@ too, as CPU time of the thread inside ``forward``.
     python benchmarks/engine_floor.py                       # default and official, 5 rounds
     python benchmarks/engine_floor.py --samplers default,default-diffusers-updates --rounds 6
     python benchmarks/engine_floor.py --samplers default --rounds 3 --profile /tmp/floor.prof
+    python benchmarks/engine_floor.py --samplers default --rounds 3 --phases   # CPU ms per tile-step by phase
+
+``--phases`` wraps the engine's phases (model inputs and, within them, the canvas copies from the cached tiles;
+solver noise; history reads; model output with the blend; solver step; the write-behind jobs and, within them, the
+x_{t-1} and history writes, the progress records and the output tiles) with the CPU time of the thread running
+them (``time.thread_time``), summed over the timed rounds of all samplers named; phases nest, so they do not add
+up to the loop.
 """
 
 from __future__ import annotations
@@ -44,8 +51,10 @@ from teramind_hf import DEFAULT_MODEL_UM_PER_PX, GeneMorphUNet3DModel, TeraMindP
 from teramind_hf.data.phantom import make_phantom
 from teramind_hf.models.unet_genemorph_3d import GeneMorphUNet3DOutput
 from teramind_hf.pipelines.streaming import generate_to_zarr
+from teramind_hf.sampling.model_inputs import ModelInputs
 from teramind_hf.sampling.sampler import TileSampler
 from teramind_hf.sampling.solver_state import TileSolver
+from teramind_hf.sampling.state import ZarrState
 
 TARGET_MS = 5.0
 SAMPLERS = {"default": {}, "official": {"preset": "official"}, "default-diffusers-updates": {}}
@@ -97,6 +106,37 @@ class LoopTimer:
 
     def reset(self) -> None:
         self.cpu = self.wall = 0.0
+
+
+class PhaseTimer:
+    """CPU seconds of the thread running each wrapped engine method (``--phases``; the engine is unchanged)."""
+
+    PHASES = (
+        (TileSampler, "read_model_inputs"), (ModelInputs, "read_canvases"), (ModelInputs, "canvases_within"),
+        (ZarrState, "read_history_into"), (TileSolver, "batch_noise"), (TileSampler, "model_output"),
+        (TileSolver, "step"), (TileSampler, "_write_step"), (ZarrState, "write_x"), (ZarrState, "write_history"),
+        (ZarrState, "mark_many"),
+    )
+
+    def __init__(self):
+        self.cpu: dict[str, float] = {}
+        self.on = False
+        for owner, name in self.PHASES:
+            self._wrap(owner, name)
+
+    def _wrap(self, owner, name: str) -> None:
+        original = getattr(owner, name)
+
+        def timed(*args, **kwargs):
+            if not self.on:
+                return original(*args, **kwargs)
+            cpu = time.thread_time()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.cpu[name] = self.cpu.get(name, 0.0) + time.thread_time() - cpu
+
+        setattr(owner, name, timed)
 
 
 def speed_reference_ms(reps: int = 31) -> float:
@@ -155,6 +195,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--profile", help="write a cProfile of the timed rounds (all samplers) to this file")
+    parser.add_argument("--phases", action="store_true", help="print CPU ms per tile-step of the engine's phases (see doc)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     names = args.samplers.split(",")
@@ -165,11 +206,14 @@ def main() -> None:
     pipe = instant_pipeline()
     timer = LoopTimer()
     profiler = cProfile.Profile(time.thread_time) if args.profile else None  # CPU time of the main thread
+    phases = PhaseTimer() if args.phases else None
     results: dict[str, list[dict]] = {n: [] for n in names}
     with tempfile.TemporaryDirectory() as tmp:
         store = write_store(Path(tmp) / "genes.zarr", args.size, args.sections)
         for name in names:  # warm-up
             run_once(pipe, store, Path(tmp) / f"{name}.ome.zarr", timer, name, args.batch_size)
+        if phases is not None:
+            phases.on = True
         for round_ in range(args.rounds):
             for name in names if round_ % 2 == 0 else names[::-1]:
                 results[name].append(
@@ -191,6 +235,11 @@ def main() -> None:
             f"{med['call_wall_ms']:.2f} ms wall per tile-step; of the loop, the stand-in's own forward (its zeros) "
             f"{med['stand_in_cpu_ms']:.2f} ms CPU"
         )
+    if phases is not None:
+        tile_steps = sum(r["tile_steps"] for runs in results.values() for r in runs)
+        print(f"phases (CPU ms per tile-step of the thread running them, {', '.join(names)} together; nested):")
+        for _, phase in PhaseTimer.PHASES:
+            print(f"  {phase:>18}: {1e3 * phases.cpu.get(phase, 0.0) / tile_steps:.3f}")
     loops = ", ".join(f"{name} {statistics.median(r['loop_cpu_ms'] for r in results[name]) / reference:.2f}" for name in names)
     print(f"machine speed reference (after the rounds): one tile's noise draw took {reference:.3f} ms CPU; "
           f"loop per tile-step in such draws: {loops}")

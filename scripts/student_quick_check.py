@@ -34,6 +34,7 @@ def main() -> int:
     from teramind_hf.data import make_phantom
     from teramind_hf.eval.metrics import realism_metrics
     from teramind_hf.sampling.presets import scheduler_from_name
+    from teramind_hf.sampling.schedule import GridSchedule
     from teramind_hf.training.distill_targets import student_scheduler
     from teramind_hf.training.validation import image_metrics
 
@@ -44,6 +45,9 @@ def main() -> int:
     parser.add_argument("--which", default="student")
     parser.add_argument("--cache", default="runs/student_check")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--student_grid", default=None,
+                        help="grid for the student* samplers instead of the folder's: a name of GRID_SCHEDULES, or "
+                             "'diagonal-last' (the diagonal pair blended at the last step only, one offset before)")
     parser.add_argument("--panel", default=None,
                         help="also write one PNG: section 0's top-left --crop px, rows DAPI and PolyT, a column per sampler and the truth")
     parser.add_argument("--crop", type=int, default=256)
@@ -58,7 +62,7 @@ def main() -> int:
     truth = np.asarray(volume.images, dtype=np.float32).transpose(1, 0, 2, 3) / 127.5 - 1.0
 
     def sample(name: str) -> tuple[np.ndarray, dict]:
-        stem = cache / f"{name}_seed{args.seed}_{args.size}"
+        stem = cache / f"{name}{'_' + args.student_grid if args.student_grid and name.startswith('student') else ''}_seed{args.seed}_{args.size}"
         if not name.startswith(("student", "undistilled")) and stem.with_suffix(".npy").is_file():
             return np.load(stem.with_suffix(".npy")), json.loads(stem.with_suffix(".json").read_text())
         pipe = TeraMindPipeline.from_pretrained(args.student if name.startswith("student") else None).to(torch.float32)
@@ -78,6 +82,9 @@ def main() -> int:
         elif name == "undistilled":
             pipe.scheduler = student_scheduler(pipe.scheduler, "sample")
             options = dict(num_inference_steps=2)
+        if name.startswith("student") and args.student_grid:
+            options["grid"] = (GridSchedule(blend_offsets=((0, 0), (16, 16)), blend_steps=1, blend_power=2.0)
+                               if args.student_grid == "diagonal-last" else args.student_grid)
         pipe.set_progress_bar_config(disable=True)
         canvases = []
         forward = pipe.unet.forward

@@ -31,12 +31,11 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..schedulers.scheduling_boundary_aware import tile_seed
-from .canvas_buffers import CanvasBuffers
 from .gene_canvas import GeneCanvases
 from .grid import TileGrid
+from .model_inputs import ModelInputs
 from .schedule import GridSchedule, blend_weights
 from .solver_state import TileSolver
 from .state import TileState
@@ -133,7 +132,8 @@ class TileSampler:
             if len(offsets) > 1 and offsets not in self._weights:
                 self._weights[offsets] = blend_weights(offsets, grid.tile, period, self.grid_schedule.blend_power)
         self.tile_steps_run = 0
-        self._canvases = CanvasBuffers()
+        self.model_inputs = ModelInputs(grid, solver, genes, self.grid_schedule, stains=self.stains, halo=halo,
+                                        reuse_encoder=self.reuse_encoder)
         self._weights_moved: dict = {}
 
     # ------------------------------------------------------------------ jobs
@@ -151,86 +151,11 @@ class TileSampler:
         ks = list(range(len(self.grid.chunk_starts)))
         return [ks] if together else [[k] for k in ks]
 
-    # ------------------------------------------------------------------ canvases
-    def read_canvas(self, state: TileState, parity: int, k: int, row: int, col: int, step: int, offset) -> torch.Tensor:
-        """The model input canvas of a tile at a step under an offset (scaled, ``fill_value`` outside)."""
-        grid = self.grid
-        box = grid.canvas_box(row, col, offset)
-        if not self.halo:
-            ys, xs = grid.tile_slices(row, col)
-            scaled = self.solver.scale_model_input(state.read_x(parity, k, ys, xs), step)
-            return F.pad(scaled, (grid.halo,) * 4, value=grid.fill_value)
-        ys, xs, pad = grid.inside(box)
-        scaled = self.solver.scale_model_input(state.read_x(parity, k, ys, xs), step)
-        return F.pad(scaled, pad, value=grid.fill_value)
-
-    def read_canvases(self, state: TileState, parity: int, batch, step: int, offset) -> torch.Tensor:
-        """The model input canvases of a batch under an offset, ``(B, stains, slices, H, W)``: each tile's part inside
-        the region is read straight into one batch tensor and scaled there; ``fill_value`` outside."""
-        grid = self.grid
-        if not self.halo:
-            return torch.stack([self.read_canvas(state, parity, k, r, c, step, offset) for k, r, c in batch])
-        shape = grid.canvas_box(0, 0, offset)
-        canvases = self._canvases.take((len(batch), self.stains, grid.num_slices, shape.height, shape.width), state.device)
-        for j, (k, r, c) in enumerate(batch):
-            ys, xs, (left, right, top, bottom) = grid.inside(grid.canvas_box(r, c, offset))
-            canvas = canvases[j]
-            if top or bottom or left or right:  # the canvas reaches outside the region: the fill there
-                for band in (canvas[..., :top, :], canvas[..., shape.height - bottom :, :], canvas[..., :left], canvas[..., shape.width - right :]):
-                    band.fill_(grid.fill_value)
-            inside = canvas[:, :, top : shape.height - bottom, left : shape.width - right]
-            state.read_x_into(parity, k, ys, xs, inside)
-            scaled = self.solver.scale_model_input(inside, step)
-            if scaled is not inside:
-                inside.copy_(scaled)
-        return canvases
-
-    def _x_in_canvases(self, inputs: list[tuple], step: int) -> torch.Tensor | None:
-        """x_t of the batch's tiles as a view of its unshifted canvases, which hold it as it is (inside the region,
-        unscaled) when the step runs offset (0, 0) and the solver's input scaling is the identity."""
-        if not self.halo or self.solver.scales_model_input(step):
-            return None
-        for offset, canvases, _, _ in inputs:
-            if offset == (0, 0):
-                h, t = self.grid.halo, self.grid.tile
-                return canvases[..., h : h + t, h : h + t]
-        return None
-
-    def _offsets(self, step: int) -> tuple:
-        return tuple(self.grid.check_offset(o) for o in self.grid_schedule.offsets_at(step, self.solver.num_steps))
-
+    # ------------------------------------------------------------------ model inputs
     def read_model_inputs(self, state: TileState, parity: int, batch, step: int) -> list[tuple]:
-        """A batch's model inputs at a step, per offset of the step: ``(offset, canvases, gene canvases, patch ids)``."""
-        grid, offsets = self.grid, self._offsets(step)
-        canvases = {}
-        for offset in sorted(offsets, key=lambda o: -grid.canvas_box(0, 0, o).height * grid.canvas_box(0, 0, o).width):
-            canvases[offset] = self._canvases_within(canvases, batch, offset) if self.halo else None
-            if canvases[offset] is None:
-                canvases[offset] = self.read_canvases(state, parity, batch, step, offset)
-        inputs = []
-        for offset in offsets:
-            genes = torch.stack([self.genes.canvas(k, r, c, offset) for k, r, c in batch])
-            # a canvas's patch at a region position holds the step buffer there (or the fill), whatever the tile
-            ids = torch.stack([grid.patch_ids(k, r, c, offset) for k, r, c in batch]) if self.reuse_encoder else None
-            inputs.append((offset, canvases[offset], genes, ids))
-        return inputs
-
-    def _canvases_within(self, read: dict, batch, offset) -> torch.Tensor | None:
-        """The batch's canvases under ``offset`` copied out of canvases already read under another offset of the
-        step whose box holds them (the diagonal grid's unshifted canvas lies inside its shifted one), or None.
-
-        Every canvas pixel is the scaled x_t at its region position, or the fill outside the region, whichever
-        offset cut it (the input scaling is per pixel, the step's alone), so the copy is the same bytes as reading
-        the step buffers again; it reads one recently written tensor instead of the several cached tiles a canvas
-        is cut from."""
-        grid, box = self.grid, self.grid.canvas_box(0, 0, offset)
-        for other, source in read.items():
-            outer = grid.canvas_box(0, 0, other)
-            dy, dx = box.y0 - outer.y0, box.x0 - outer.x0
-            if 0 <= dy and 0 <= dx and dy + box.height <= outer.height and dx + box.width <= outer.width:
-                canvases = self._canvases.take((len(batch), *source.shape[1:3], box.height, box.width), source.device)
-                return canvases.copy_(source[..., dy : dy + box.height, dx : dx + box.width])
-        return None
+        """A batch's model inputs at a step, per offset of the step: ``(offset, canvases, gene canvases, patch ids)``
+        (:class:`~.model_inputs.ModelInputs`)."""
+        return self.model_inputs.read(state, parity, batch, step)
 
     def read_batch(self, state: TileState, parity: int, batch, step: int) -> dict:
         """Everything a batch's step reads before the model runs: its model inputs, x_t and solver history, and a
@@ -238,7 +163,7 @@ class TileSampler:
         no write of the step touches, so it may run while the previous batch's model runs (prefetch)."""
         grid = self.grid
         inputs = self.read_model_inputs(state, parity, batch, step)
-        x = self._x_in_canvases(inputs, step)  # no copy of x_t where a canvas holds it
+        x = self.model_inputs.x_in_canvases(inputs, step)  # no copy of x_t where a canvas holds it
         if x is None:
             x = torch.empty((len(batch), self.stains, grid.num_slices, grid.tile, grid.tile), device=state.device)  # float32
             for j, (k, r, c) in enumerate(batch):
@@ -334,8 +259,7 @@ class TileSampler:
             ahead = read(n + 1) if n + 1 < len(batches) else None
             output = self.model_output(state, parity, batch, step, data["inputs"])
             prev, after = self.solver.step(step, output, data["x"], data["history"], data["keys"], data["noise"])
-            if self.halo:  # the batch's canvases are read: the next batches may fill them (unless a kept tensor views them)
-                self._canvases.give_back([canvases for _, canvases, _, _ in data["inputs"]], [prev, *after.values()])
+            self.model_inputs.give_back(data["inputs"], [prev, *after.values()])
             if model_outputs is not None:
                 for j, (k, r, c) in enumerate(batch):
                     model_outputs.setdefault(k, {})[(r, c)] = output[j]

@@ -74,14 +74,13 @@ class GridSchedule:
 
 GRID_SCHEDULES: dict[str, GridSchedule] = {
     "official": GridSchedule(),
-    # four grid offsets blended at the last step(s): the model's 64-px patch grid fades (docs/seams-research.md:
-    # worst-phase 64-px border score 2.21 -> 1.24 with "blend", truth 1.07, at equal PSNR/SSIM/nuclei F1, for 1.4x
-    # the model calls at 15 steps and ~12 % less high-frequency energy); "official" stays the default (parity)
+    # four grid offsets blended at the last step(s): the model's 64-px patch grid fades, for more model calls and
+    # some high-frequency energy (docs/seams-research.md); "official" stays the default (parity)
     "blend4": GridSchedule(blend_offsets=((0, 0), (0, 16), (16, 0), (16, 16)), blend_steps=1),
     "blend": GridSchedule(blend_offsets=((0, 0), (0, 16), (16, 0), (16, 16)), blend_steps=2),
     # two grids half a patch-border apart, (0,0) and (16,16), blended at every step with squared tent weights: the
-    # early steps no longer draw the grid into x_t (worst-phase 64-px score 2.21 -> 1.17, truth 1.07; 256-px 2.43 ->
-    # 1.31, truth 1.16) for 2x the model calls (docs/seams-research.md, benchmarks/sampling_candidates.py)
+    # early steps no longer draw the grid into x_t, for 2x the model calls (the border scores: docs/seams-research.md,
+    # benchmarks/sampling_candidates.py)
     "diagonal": GridSchedule(blend_offsets=((0, 0), (16, 16)), blend_steps=ALL_STEPS, blend_power=2.0),
 }
 
