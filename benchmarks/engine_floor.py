@@ -29,9 +29,9 @@ too, as CPU time of the thread inside ``forward``.
 
 ``--phases`` wraps the engine's phases (model inputs and, within them, the canvas copies from the cached tiles;
 solver noise; history reads; model output with the blend; solver step; the write-behind jobs and, within them, the
-x_{t-1} and history writes, the progress records and the output tiles) with the CPU time of the thread running
-them (``time.thread_time``), summed over the timed rounds of all samplers named; phases nest, so they do not add
-up to the loop.
+x_{t-1} and history writes and the progress records; the gene canvases' loading, once per z chunk) with the CPU
+time of the thread running them (``time.thread_time``), summed over the timed rounds of all samplers named; phases
+nest, so they do not add up to the loop.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ from teramind_hf import DEFAULT_MODEL_UM_PER_PX, GeneMorphUNet3DModel, TeraMindP
 from teramind_hf.data.phantom import make_phantom
 from teramind_hf.models.unet_genemorph_3d import GeneMorphUNet3DOutput
 from teramind_hf.pipelines.streaming import generate_to_zarr
+from teramind_hf.sampling.gene_canvas import GeneCanvases
 from teramind_hf.sampling.model_inputs import ModelInputs
 from teramind_hf.sampling.sampler import TileSampler
 from teramind_hf.sampling.solver_state import TileSolver
@@ -115,7 +116,7 @@ class PhaseTimer:
         (TileSampler, "read_model_inputs"), (ModelInputs, "read_canvases"), (ModelInputs, "canvases_within"),
         (ZarrState, "read_history_into"), (TileSolver, "batch_noise"), (TileSampler, "model_output"),
         (TileSolver, "step"), (TileSampler, "_write_step"), (ZarrState, "write_x"), (ZarrState, "write_history"),
-        (ZarrState, "mark_many"),
+        (ZarrState, "mark_many"), (GeneCanvases, "load"),
     )
 
     def __init__(self):

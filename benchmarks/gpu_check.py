@@ -260,7 +260,7 @@ def preset_calls() -> dict[str, tuple[int, str, int]]:
 
     def row(pipe, preset):
         _, steps, grid = pipe.sampling_plan(None, None, preset)
-        return steps, grid_name(grid), sum(len(grid.offsets_at(i, steps)) for i in range(steps))
+        return steps, grid_name(grid), grid.calls_per_tile(steps)
 
     pipe = TeraMindPipeline.from_pretrained()
     rows = {name: row(pipe, None if name == "default" else name) for name in PRESET_ROWS}

@@ -220,7 +220,8 @@ def test_the_student_loads_and_samples_with_its_saved_steps_and_grid(distilled):
     assert (student.config.num_inference_steps, student.config.grid) == (2, "diagonal")
     from teramind_hf.hub_cards import check_model_card
 
-    assert "not measured" in (distilled / "README.md").read_text().lower()
+    card = (distilled / "README.md").read_text()
+    assert "not measured" in card.lower() and "4 model calls per tile" in card  # 2 steps x the diagonal pair
     assert check_model_card(distilled / "README.md") == []
     timesteps = []
     forward = student.unet.forward

@@ -46,7 +46,7 @@ def test_calls_per_tile_are_steps_times_blended_offsets(embedded_plan_pipeline, 
         hook.remove()
     _, steps, grid = pipe.sampling_plan(None, None, preset)
     calls_per_tile = sum(canvases)
-    assert calls_per_tile == sum(len(grid.offsets_at(step, steps)) for step in range(steps))
+    assert calls_per_tile == grid.calls_per_tile(steps) == sum(len(grid.offsets_at(step, steps)) for step in range(steps))
     assert calls_per_tile == CALLS_PER_TILE[preset]
 
 

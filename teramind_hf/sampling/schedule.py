@@ -60,6 +60,11 @@ class GridSchedule:
             return tuple((by + dy, bx + dx) for by, bx in self.blend_offsets)  # the blended set moves with the shift
         return ((dy, dx),)
 
+    def calls_per_tile(self, num_steps: int) -> int:
+        """Model calls per tile of a ``num_steps``-step run: one per offset of each step (each offset's canvases are
+        one call of the batch)."""
+        return sum(len(self.offsets_at(i, num_steps)) for i in range(num_steps))
+
     def all_offsets(self, num_steps: int) -> set[Offset]:
         return {o for i in range(num_steps) for o in self.offsets_at(i, num_steps)}
 

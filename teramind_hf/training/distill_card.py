@@ -13,7 +13,7 @@ def distill_model_card(args: argparse.Namespace, config, grid, summary: dict) ->
     """What the student was distilled from, how, and how it samples; its quality is measured separately."""
     base = args.teacher if not str(args.teacher).startswith((".", "/")) else None
     last = summary.get("last") or {}
-    calls = args.student_steps * max(len(grid.offsets_at(i, args.student_steps)) for i in range(args.student_steps))
+    calls = grid.calls_per_tile(args.student_steps)
     lines = [
         "---",
         card_data(datasets=[args.dataset_name] if args.dataset_name else None, base_model=base).to_yaml(),
@@ -24,7 +24,7 @@ def distill_model_card(args: argparse.Namespace, config, grid, summary: dict) ->
         f"A {args.student_steps}-step student of `{args.teacher}`, same architecture and gene panel "
         f"({config.num_genes} genes, UNet widths {list(config.block_out_channels)}). It samples with deterministic DDIM "
         f"at t = {summary.get('timesteps')} on the grid schedule saved in model_index.json "
-        f"({grid.to_dict()}): at most {calls} model calls per tile.",
+        f"({grid.to_dict()}): {calls} model calls per tile.",
         "",
         "```python",
         "from teramind_hf import TeraMindPipeline",
