@@ -52,7 +52,8 @@ def run_region(pipe, args: argparse.Namespace, seed: int) -> dict:
     """One held-out region: phantom -> training store -> `read_gene_region` -> `pair_significance`."""
     import torch
 
-    from teramind_hf.data.phantom import make_phantom, write_phantom
+    from teramind_hf.data.phantom import make_phantom
+    from teramind_hf.data.phantom_io import write_phantom
     from teramind_hf.eval.attention_null import pair_significance
     from teramind_hf.eval.maps import read_gene_region
 

@@ -32,8 +32,8 @@ from _common import DEFAULT_MODEL_UM_PER_PX, save_panels, subprocess_env  # noqa
 from teramind_hf import TeraMindPipeline, default_model_path  # noqa: E402
 from teramind_hf.pipelines.device import resolve_device  # noqa: E402
 from teramind_hf.data import SpatialVolume, make_phantom, with_panel_changes  # noqa: E402
-from teramind_hf.data.phantom import NEW_TISSUE_DROPPED as DROPPED  # noqa: E402
-from teramind_hf.data.phantom import NEW_TISSUE_RENAMES as RENAMES  # noqa: E402
+from teramind_hf.data.phantom_io import NEW_TISSUE_DROPPED as DROPPED  # noqa: E402
+from teramind_hf.data.phantom_io import NEW_TISSUE_RENAMES as RENAMES  # noqa: E402
 from teramind_hf.data.datasets import write_training_store  # noqa: E402
 
 HERE = Path(__file__).resolve().parent

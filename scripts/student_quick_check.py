@@ -10,7 +10,7 @@ default: DPM-Solver++ 2M SDE, 8 steps, diagonal grid), ``official`` (DDIM-15, of
 embedded weights with the student's DDIM sampler); ``teacher_odeN`` runs the teacher's ODE in N steps instead,
 ``teacher_ddimN`` the teacher's deterministic DDIM in N steps on the same diagonal grid (a candidate target), and
 ``student_lcmT`` the student's weights with diffusers' ``LCMScheduler`` at timesteps (999, T) (2 steps; fresh noise
-at the second). Reference samples are cached in ``--cache``; a PNG per sampler
+at the second; ``student_lcmT1-T2``: 3 steps at (999, T1, T2)). Reference samples are cached in ``--cache``; a PNG per sampler
 (section 0: DAPI and PolyT rows, generated | truth) goes there too, and ``--panel`` writes one picture of
 all of them beside the truth. The region is a phantom of ``--seed`` (held out:
 never 0 or 1) at the embedded model's 0.5 um/px; noise seed 0.
@@ -77,8 +77,9 @@ def main() -> int:
             options = dict(num_inference_steps=int(name.removeprefix("teacher_ddim")), grid="diagonal")
         elif name.startswith("student_lcm"):
             pipe.scheduler = scheduler_from_name("LCMScheduler", pipe.scheduler)
-            options = dict(num_inference_steps=2)
-            lcm_timesteps = (999, int(name.removeprefix("student_lcm") or 499))
+            later = name.removeprefix("student_lcm") or "499"
+            lcm_timesteps = (999, *(int(t) for t in later.split("-")))
+            options = dict(num_inference_steps=len(lcm_timesteps))
         elif name == "undistilled":
             pipe.scheduler = student_scheduler(pipe.scheduler, "sample")
             options = dict(num_inference_steps=2)

@@ -8,7 +8,8 @@ import pytest
 
 from teramind_hf.cli import main as cli_main
 from teramind_hf.data.panel import GenePanel
-from teramind_hf.data.phantom import CELL_TYPES, NULL_GENE, PLANTED_PAIRS, array_digest, make_phantom
+from teramind_hf.data.phantom import CELL_TYPES, NULL_GENE, PLANTED_PAIRS, make_phantom
+from teramind_hf.data.phantom_io import array_digest
 
 
 @pytest.fixture(scope="module")

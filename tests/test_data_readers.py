@@ -10,7 +10,8 @@ import tifffile
 import zarr
 
 from teramind_hf.data.panel import GenePanel
-from teramind_hf.data.phantom import make_phantom, write_phantom
+from teramind_hf.data.phantom import make_phantom
+from teramind_hf.data.phantom_io import write_phantom
 from teramind_hf.data.readers import (
     read_merscope,
     read_micron_to_pixel,

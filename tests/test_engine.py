@@ -228,6 +228,7 @@ def test_grid_schedules_blend_at_every_step_move_with_the_shift_and_sharpen_weig
     last = GridSchedule(blend_offsets=((0, 0), (16, 16)), blend_steps=1)
     assert [len(last.offsets_at(i, 3)) for i in range(3)] == [1, 1, 2]
     assert last.calls_per_tile(3) == 4 and every.calls_per_tile(3) == 6 and GridSchedule().calls_per_tile(15) == 15
+    assert GRID_SCHEDULES["diagonal-last"].calls_per_tile(3) == 4 == GRID_SCHEDULES["diagonal"].calls_per_tile(2)
     with pytest.raises(ValueError, match="blend_steps"):
         GridSchedule(blend_offsets=((0, 0), (16, 16)), blend_steps="some")
     with pytest.raises(ValueError, match="blend_power"):

@@ -80,7 +80,7 @@ def test_knockout_cli_writes_volumes_and_refuses_bad_input(tmp_path, tissue):
 
     from teramind_hf import default_model_path
     from teramind_hf.cli import main
-    from teramind_hf.data.phantom import write_phantom
+    from teramind_hf.data.phantom_io import write_phantom
     from teramind_hf.eval.knockout import MIN_NUCLEI_TO_JUDGE
 
     folder = write_phantom(tissue, tmp_path / "ph", formats=("store",))

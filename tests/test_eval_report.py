@@ -10,7 +10,8 @@ import tifffile
 from PIL import Image
 
 from teramind_hf.cli import main as cli_main
-from teramind_hf.data.phantom import make_phantom, write_phantom
+from teramind_hf.data.phantom import make_phantom
+from teramind_hf.data.phantom_io import write_phantom
 from teramind_hf.eval.metrics import realism_metrics
 from teramind_hf.eval.report import evaluation_report
 

@@ -11,7 +11,8 @@ import zarr
 
 from teramind_hf.cli import main as cli_main
 from teramind_hf.data.ingest import ingest_merscope, ingest_table, merscope_runs
-from teramind_hf.data.phantom import make_phantom, write_phantom
+from teramind_hf.data.phantom import make_phantom
+from teramind_hf.data.phantom_io import write_phantom
 from teramind_hf.data.readers.merscope import TRANSFORM_FILE, read_micron_to_pixel
 
 UM = 0.5

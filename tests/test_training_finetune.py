@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from teramind_hf import DEFAULT_MODEL_UM_PER_PX, GeneMorphUNet3DModel
-from teramind_hf.data.phantom import NEW_TISSUE_DROPPED as DROPPED  # the new tissue lacks two genes
-from teramind_hf.data.phantom import NEW_TISSUE_RENAMES as RENAMES  # and names two differently
+from teramind_hf.data.phantom_io import NEW_TISSUE_DROPPED as DROPPED  # the new tissue lacks two genes
+from teramind_hf.data.phantom_io import NEW_TISSUE_RENAMES as RENAMES  # and names two differently
 from teramind_hf.training.panel import extend_gene_panel, gene_axes
 
 TINY = dict(block_out_channels=(4, 8, 8, 8), gene_map_channels=(8, 8, 4), time_embed_dim=16, dropout=0.0)

@@ -18,7 +18,8 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.phantom import make_phantom, write_phantom
+    from ..data.phantom import make_phantom
+    from ..data.phantom_io import write_phantom
     from ..pipelines.preflight import check_output_path
 
     check_output_path(args.out, "OUT", "a folder")

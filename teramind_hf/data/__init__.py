@@ -14,8 +14,8 @@ _ATTRIBUTES = {
     "apply_alignment": ".panel",
     "Phantom": ".phantom",
     "make_phantom": ".phantom",
-    "with_panel_changes": ".phantom",
-    "write_phantom": ".phantom",
+    "with_panel_changes": ".phantom_io",
+    "write_phantom": ".phantom_io",
     "SpatialVolume": ".volume",
 }
 __getattr__, __dir__ = lazy_attributes(__name__, _ATTRIBUTES)

@@ -87,6 +87,9 @@ GRID_SCHEDULES: dict[str, GridSchedule] = {
     # early steps no longer draw the grid into x_t, for 2x the model calls (the border scores: docs/seams-research.md,
     # benchmarks/sampling_candidates.py)
     "diagonal": GridSchedule(blend_offsets=((0, 0), (16, 16)), blend_steps=ALL_STEPS, blend_power=2.0),
+    # the same pair blended at the last step only, offset (0, 0) alone before it: a 3-step sampler costs 4 calls per
+    # tile (a few-step student's budget; docs/distillation.md)
+    "diagonal-last": GridSchedule(blend_offsets=((0, 0), (16, 16)), blend_steps=1, blend_power=2.0),
 }
 
 

@@ -159,7 +159,7 @@ def distill(args: argparse.Namespace) -> dict:
     from .distill_targets import StudentPath, completed_records, student_scheduler
     from .distill_windows import DistillWindows, WindowGeometry, distill_loss
     from .losses import sample_seed
-    from .train import finish_update, prepare_optimization, start_run, truncate_log_after
+    from .run_setup import finish_update, prepare_optimization, start_run, truncate_log_after
 
     check_args(args)
     output_dir, accelerator, log = start_run(args, logger)
