@@ -60,6 +60,12 @@ STAGES = [
                               "--adversarial_weight", "0.1", "--discriminator_lr", "5e-4"]),
     ("stage4", 400, 3000, ["--learning_rate", "1e-4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "10", "--seed", "0",
                            "--window_seed", "3"]),
+    # stage 5 (run from the committed stage-2 student, not after stage 4): 3 student steps (t = 999, 666, 332) on the
+    # "diagonal-last" grid (4 calls per tile), stage 2's records from the diagonal teacher; a one-region check did
+    # not beat stage 2 + LCM by enough to measure it held out (docs/distillation.md)
+    ("stage5_3step", 160, 600, ["--learning_rate", "2e-4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "10",
+                                "--seed", "0", "--window_seed", "4", "--student_steps", "3", "--grid", "diagonal-last",
+                                "--teacher_grid", "diagonal"]),
 ]
 
 

@@ -214,7 +214,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default=None, help="official (DDIM 15 steps, official grid), seamless (DPM-Solver++ SDE, 8 steps, diagonal grid: the embedded model's default), fast (DPM-Solver++, 5 log-SNR-uniform steps) or fastest (UniPC, 4 steps): scheduler, steps and grid schedule")
     p.add_argument("--exact", action="store_true",
                    help="with --region: add the margin the steps' dependency cone needs, so the region equals the same pixels of the full run")
-    p.add_argument("--grid", default=None, help="grid schedule (default: the model's; the embedded model's is diagonal): official (parity), diagonal (2 grids blended at every step: removes most of the 64-px patch grid, 2x the model calls), blend (4 grid offsets blended at the last 2 steps), blend4 (at the last step)")
+    p.add_argument("--grid", default=None, help="grid schedule (default: the model's; the embedded model's is diagonal): official (parity), diagonal (2 grids blended at every step: removes most of the 64-px patch grid, 2x the model calls), blend (4 grid offsets blended at the last 2 steps), blend4 (at the last step), diagonal-last (the diagonal pair at the last step only)")
     p.add_argument("--blend-offsets", default=None, help="grid offsets y,x px blended at the last --blend-steps steps, ';'-separated")
     p.add_argument("--blend-steps", type=blend_steps_arg, default=0, help="number of last steps that blend --blend-offsets, or 'all'")
     p.add_argument("--tile-order", default="raster", choices=("raster", "reverse"), help="tile visiting order (no effect on bytes)")
