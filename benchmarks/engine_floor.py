@@ -113,7 +113,7 @@ class PhaseTimer:
     """CPU seconds of the thread running each wrapped engine method (``--phases``; the engine is unchanged)."""
 
     PHASES = (
-        (TileSampler, "read_model_inputs"), (ModelInputs, "read_canvases"), (ModelInputs, "canvases_within"),
+        (TileSampler, "read_model_inputs"), (ModelInputs, "read_canvases"), (ModelInputs, "copy_within"),
         (ZarrState, "read_history_into"), (TileSolver, "batch_noise"), (TileSampler, "model_output"),
         (TileSolver, "step"), (TileSampler, "_write_step"), (ZarrState, "write_x"), (ZarrState, "write_history"),
         (ZarrState, "mark_many"), (GeneCanvases, "load"),

@@ -35,6 +35,7 @@ class ModelInputs:
         self.grid, self.solver, self.genes, self.grid_schedule = grid, solver, genes, grid_schedule
         self.stains, self.halo, self.reuse_encoder = stains, halo, reuse_encoder and halo
         self.buffers = CanvasBuffers()
+        self._plans: dict[tuple, list[tuple]] = {}
 
     def offsets(self, step: int) -> tuple:
         return tuple(self.grid.check_offset(o) for o in self.grid_schedule.offsets_at(step, self.solver.num_steps))
@@ -43,10 +44,11 @@ class ModelInputs:
         """A batch's model inputs at a step, per offset of the step: ``(offset, canvases, gene canvases, patch ids)``."""
         grid, offsets = self.grid, self.offsets(step)
         canvases = {}
-        for offset in sorted(offsets, key=lambda o: -grid.canvas_box(0, 0, o).height * grid.canvas_box(0, 0, o).width):
-            canvases[offset] = self.canvases_within(canvases, batch, offset) if self.halo else None
-            if canvases[offset] is None:
+        for offset, source in self.read_plan(offsets):
+            if source is None:
                 canvases[offset] = self.read_canvases(state, parity, batch, step, offset)
+            else:
+                canvases[offset] = self.copy_within(canvases[source[0]], grid.canvas_box(0, 0, offset), *source[1:])
         inputs = []
         for offset in offsets:
             genes = torch.stack([self.genes.canvas(k, r, c, offset) for k, r, c in batch])
@@ -54,6 +56,32 @@ class ModelInputs:
             ids = torch.stack([grid.patch_ids(k, r, c, offset) for k, r, c in batch]) if self.reuse_encoder else None
             inputs.append((offset, canvases[offset], genes, ids))
         return inputs
+
+    def read_plan(self, offsets: tuple) -> list[tuple]:
+        """How a step with ``offsets`` gets its canvases (worked out once per set of offsets): ``(offset, source)``
+        pairs, larger canvases first, ``source`` None (cut from the step buffers) or ``(offset read before, dy, dx)``
+        when this canvas's box lies inside that one's at ``(dy, dx)`` (canvases with a halo; the diagonal grid's
+        unshifted canvas lies inside its shifted one).
+
+        Every canvas pixel is the scaled x_t at its region position, or the fill outside the region, whichever
+        offset cut it (the input scaling is per pixel, the step's alone), so copying it out of the larger canvas is
+        the same bytes as reading the step buffers again; it reads one recently written tensor instead of the
+        several cached tiles a canvas is cut from."""
+        plan = self._plans.get(offsets)
+        if plan is None:
+            boxes = {o: self.grid.canvas_box(0, 0, o) for o in offsets}
+            plan = []
+            for offset in sorted(offsets, key=lambda o: -boxes[o].height * boxes[o].width):
+                box, source = boxes[offset], None
+                for other, _ in plan if self.halo else ():
+                    outer = boxes[other]
+                    dy, dx = box.y0 - outer.y0, box.x0 - outer.x0
+                    if 0 <= dy and 0 <= dx and dy + box.height <= outer.height and dx + box.width <= outer.width:
+                        source = (other, dy, dx)
+                        break
+                plan.append((offset, source))
+            self._plans[offsets] = plan
+        return plan
 
     def read_canvas(self, state: TileState, parity: int, k: int, row: int, col: int, step: int, offset) -> torch.Tensor:
         """The model input canvas of a tile at a step under an offset (scaled, ``fill_value`` outside)."""
@@ -88,22 +116,10 @@ class ModelInputs:
                 inside.copy_(scaled)
         return canvases
 
-    def canvases_within(self, read: dict, batch, offset) -> torch.Tensor | None:
-        """The batch's canvases under ``offset`` copied out of canvases already read under another offset of the
-        step whose box holds them (the diagonal grid's unshifted canvas lies inside its shifted one), or None.
-
-        Every canvas pixel is the scaled x_t at its region position, or the fill outside the region, whichever
-        offset cut it (the input scaling is per pixel, the step's alone), so the copy is the same bytes as reading
-        the step buffers again; it reads one recently written tensor instead of the several cached tiles a canvas
-        is cut from."""
-        grid, box = self.grid, self.grid.canvas_box(0, 0, offset)
-        for other, source in read.items():
-            outer = grid.canvas_box(0, 0, other)
-            dy, dx = box.y0 - outer.y0, box.x0 - outer.x0
-            if 0 <= dy and 0 <= dx and dy + box.height <= outer.height and dx + box.width <= outer.width:
-                canvases = self.buffers.take((len(batch), *source.shape[1:3], box.height, box.width), source.device)
-                return canvases.copy_(source[..., dy : dy + box.height, dx : dx + box.width])
-        return None
+    def copy_within(self, source: torch.Tensor, box, dy: int, dx: int) -> torch.Tensor:
+        """Canvases of ``box``'s size copied out of the larger ``source`` canvases at ``(dy, dx)`` (:meth:`read_plan`)."""
+        canvases = self.buffers.take((*source.shape[:3], box.height, box.width), source.device)
+        return canvases.copy_(source[..., dy : dy + box.height, dx : dx + box.width])
 
     def x_in_canvases(self, inputs: list[tuple], step: int) -> torch.Tensor | None:
         """x_t of the batch's tiles as a view of its unshifted canvases, which hold it as it is (inside the region,

@@ -125,15 +125,15 @@ class TileSampler:
         self.device = device if device is not None else unet.device
         self.dtype = dtype if dtype is not None else unet.dtype
         self.stains = unet.config.out_channels
+        self.model_inputs = ModelInputs(grid, solver, genes, self.grid_schedule, stains=self.stains, halo=halo,
+                                        reuse_encoder=self.reuse_encoder)
         period = self.grid_schedule.blend_period or grid.patch // 2
         self._weights = {}
         for step in range(solver.num_steps):
-            offsets = tuple(grid.check_offset(o) for o in self.grid_schedule.offsets_at(step, solver.num_steps))
+            offsets = self.model_inputs.offsets(step)
             if len(offsets) > 1 and offsets not in self._weights:
                 self._weights[offsets] = blend_weights(offsets, grid.tile, period, self.grid_schedule.blend_power)
         self.tile_steps_run = 0
-        self.model_inputs = ModelInputs(grid, solver, genes, self.grid_schedule, stains=self.stains, halo=halo,
-                                        reuse_encoder=self.reuse_encoder)
         self._weights_moved: dict = {}
 
     # ------------------------------------------------------------------ jobs

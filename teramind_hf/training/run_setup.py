@@ -71,9 +71,6 @@ def training_memory_format(args: argparse.Namespace) -> torch.memory_format:
     return torch.contiguous_format if args.no_channels_last else torch.channels_last_3d
 
 
-# ---------------------------------------------------------------------------------------------- pipeline
-
-
 def prepare_optimization(accelerator, unet, args: argparse.Namespace, resume: Path | None, log, extras=None):
     """Adam, the LR schedule and the optional EMA for ``unet``, prepared by ``accelerator`` and, with ``resume``,
     restored from that checkpoint (with ``extras``, ``{name: (module, optimizer)}`` already prepared). Returns ``(unet, optimizer, lr_scheduler, ema, start_step, prior_seconds)``."""

@@ -36,6 +36,7 @@ from .run_setup import (
 )
 
 LOG_FILE = "train_log.jsonl"
+
 logger = logging.getLogger("teramind_hf.training")
 
 
