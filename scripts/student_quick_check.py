@@ -10,7 +10,9 @@ default: DPM-Solver++ 2M SDE, 8 steps, diagonal grid), ``official`` (DDIM-15, of
 embedded weights with the student's DDIM sampler); ``teacher_odeN`` runs the teacher's ODE in N steps instead,
 ``teacher_ddimN`` the teacher's deterministic DDIM in N steps on the same diagonal grid (a candidate target), and
 ``student_lcmT`` the student's weights with diffusers' ``LCMScheduler`` at timesteps (999, T) (2 steps; fresh noise
-at the second; ``student_lcmT1-T2``: 3 steps at (999, T1, T2)). Reference samples are cached in ``--cache``; a PNG per sampler
+at the second; ``student_lcmT1-T2``: 3 steps at (999, T1, T2)); ``teacher_restartT`` (``teacher_restartT_sde``) re-noises the
+``teacher_ode`` sample to timestep T with fresh noise and runs the teacher's DPM-Solver++ ODE (SDE) from there in 4
+steps: what a perfect consistency student sampled with LCM at (999, T) would at best give. Reference samples are cached in ``--cache``; a PNG per sampler
 (section 0: DAPI and PolyT rows, generated | truth) goes there too, and ``--panel`` writes one picture of
 all of them beside the truth. The region is a phantom of ``--seed`` (held out:
 never 0 or 1) at the embedded model's 0.5 um/px; noise seed 0.
@@ -80,6 +82,15 @@ def main() -> int:
             later = name.removeprefix("student_lcm") or "499"
             lcm_timesteps = (999, *(int(t) for t in later.split("-")))
             options = dict(num_inference_steps=len(lcm_timesteps))
+        elif name.startswith("teacher_restart"):
+            restart_t = int(name.removeprefix("teacher_restart").removesuffix("_sde"))
+            start, _ = sample("teacher_ode")
+            pipe.scheduler = scheduler_from_name("dpm-sde" if name.endswith("_sde") else "dpm", pipe.scheduler)
+            abar = float(pipe.scheduler.alphas_cumprod[restart_t])
+            fresh = torch.randn((1, *start.shape[1::-1], *start.shape[2:]), generator=torch.Generator().manual_seed(1234))
+            latents = abar**0.5 * torch.from_numpy(start).permute(1, 0, 2, 3)[None] + (1 - abar) ** 0.5 * fresh
+            restart_steps = [round(restart_t - i * restart_t / 4) for i in range(4)]
+            options = dict(num_inference_steps=4, latents=latents)
         elif name == "undistilled":
             pipe.scheduler = student_scheduler(pipe.scheduler, "sample")
             options = dict(num_inference_steps=2)
@@ -91,15 +102,15 @@ def main() -> int:
         forward = pipe.unet.forward
         pipe.unet.forward = lambda x, t, g, **kw: (canvases.append(x.shape[0]), forward(x, t, g, **kw))[1]
         wall, cpu = time.time(), time.process_time()
-        if name.startswith("student_lcm"):  # LCMScheduler picks (999, 499) for 2 steps; any pair by its `timesteps`
-            from diffusers import LCMScheduler
-
-            set_timesteps = LCMScheduler.set_timesteps
-            LCMScheduler.set_timesteps = lambda self, *a, device=None, **kw: set_timesteps(self, device=device, timesteps=list(lcm_timesteps))
+        if name.startswith(("student_lcm", "teacher_restart")):  # timesteps the solver would not pick: its `timesteps`
+            solver = type(pipe.scheduler)
+            chosen = list(lcm_timesteps) if name.startswith("student_lcm") else restart_steps
+            set_timesteps = solver.set_timesteps
+            solver.set_timesteps = lambda self, *a, device=None, **kw: set_timesteps(self, device=device, timesteps=chosen)
             try:
                 images = pipe(genes, gene_names=names, generator=0, batch_size=1, **options).images
             finally:
-                LCMScheduler.set_timesteps = set_timesteps
+                solver.set_timesteps = set_timesteps
         else:
             images = pipe(genes, gene_names=names, generator=0, batch_size=1, **options).images
         info = {"calls_per_tile": sum(canvases) / (args.size // 256) ** 2, "wall_s": round(time.time() - wall, 1),
