@@ -133,6 +133,48 @@ def test_windows_are_the_samplers_model_inputs_and_the_path_is_ddim(distilled):
     assert not torch.allclose(path.noisy(1, noise, target), noise, atol=1e-2)
 
 
+def test_fresh_noise_windows_are_the_teachers_sample_renoised_and_get_no_mse(distilled):
+    """``fresh_noise_fraction``: some windows after the first student step take the teacher's sample re-noised with
+    their own fresh noise (LCM sampling's input there) and carry no MSE; the others, and every window without the
+    option, are the DDIM path's, unchanged."""
+    import zarr
+
+    from teramind_hf import TeraMindPipeline
+    from teramind_hf.sampling.schedule import resolve_grid
+    from teramind_hf.training.distill_targets import StudentPath
+    from teramind_hf.training.distill_windows import DistillWindows, WindowGeometry, distill_loss
+
+    student = TeraMindPipeline.from_pretrained(str(distilled))
+    group = zarr.open_group(str(distilled / "teacher_targets.zarr"), mode="r")
+    path = StudentPath.of(student.scheduler, 2)
+    geometry = WindowGeometry(patch=64, gene_bin=16, fill_value=-1.0, region=256)
+    common = dict(seed=0, global_batch=8, length=64, prediction_type="sample")
+    plain = DistillWindows(group, 1, path, resolve_grid("diagonal"), geometry, **common)
+    mixed = DistillWindows(group, 1, path, resolve_grid("diagonal"), geometry, fresh_noise_fraction=0.5, **common)
+    noise, target, _ = plain.record(0)
+    fresh_items, a = [], path.alphas_cumprod[1]
+    for index in range(64):
+        _, k, _, _ = plain.draws(index)
+        assert mixed.draws(index) == plain.draws(index)  # the option draws from its own generator
+        before, item = plain[index], mixed[index]
+        assert before["mse_weight"] == 1
+        x_t, fresh = mixed.input_at(index, k, noise, target)
+        if not fresh:
+            assert torch.equal(item["x"], before["x"]) and item["mse_weight"] == 1
+            continue
+        assert k == 1 and item["mse_weight"] == 0 and torch.equal(item["x0"], before["x0"])
+        assert not torch.equal(item["x"], before["x"])
+        assert torch.equal(mixed.input_at(index, k, noise, target)[0], x_t)  # a pure function of the item
+        residual = (x_t - a**0.5 * target) / (1 - a) ** 0.5  # the fresh noise: not the DDIM path's, unit variance
+        ddim = (path.noisy(1, noise, target) - a**0.5 * target) / (1 - a) ** 0.5
+        assert abs(float(residual.std()) - 1) < 0.05 and float((residual - ddim).abs().mean()) > 0.5
+        fresh_items.append(item)
+    assert 0 < len(fresh_items) < sum(plain.draws(i)[1] == 1 for i in range(64))
+    batch = {key: torch.stack([item[key] for item in fresh_items]) for key in fresh_items[0]}
+    _, mse, _ = distill_loss(student.unet, batch, path, "sample")
+    assert float(mse) == 0.0  # no MSE on fresh-noise windows: their x0* is not what their input determines
+
+
 @pytest.mark.parametrize("uninterrupted, extra", [("distilled", []), ("distilled_adversarial", ADVERSARIAL)],
                          ids=["mse", "adversarial"])
 def test_kill_and_resume_equals_uninterrupted(uninterrupted, extra, distilled, teacher, phantom, tmp_path, request):
@@ -269,6 +311,8 @@ def test_distils_the_official_fixture_and_loads(phantom, tmp_path, one_torch_thr
         (["--adversarial_weight", "1", "--discriminator_lr", "0"], "--discriminator_lr must be > 0"),
         (["--adversarial_stains", "0"], "--adversarial_stains needs --adversarial_weight > 0"),
         (["--adversarial_weight", "1", "--adversarial_stains", "2"], "--adversarial_stains: distinct stain indices in 0..1"),
+        (["--fresh_noise_fraction", "0.5"], "--fresh_noise_fraction needs --adversarial_weight > 0"),
+        (["--adversarial_weight", "1", "--fresh_noise_fraction", "1.5"], "--fresh_noise_fraction must be in [0, 1]"),
     ],
 )
 def test_bad_options_exit_2_with_one_line(teacher, phantom, tmp_path, capsys, extra, message, monkeypatch):

@@ -60,6 +60,10 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--{name} must be >= 0, got {getattr(args, name)}")
     if not args.discriminator_lr > 0:
         raise ValueError(f"--discriminator_lr must be > 0, got {args.discriminator_lr}")
+    if not 0 <= args.fresh_noise_fraction <= 1:
+        raise ValueError(f"--fresh_noise_fraction must be in [0, 1], got {args.fresh_noise_fraction}")
+    if args.fresh_noise_fraction and not args.adversarial_weight:
+        raise ValueError("--fresh_noise_fraction needs --adversarial_weight > 0 (its windows are trained by the adversarial term alone)")
     if args.adversarial_stains is not None and not args.adversarial_weight:
         raise ValueError("--adversarial_stains needs --adversarial_weight > 0 (it picks what the discriminator sees)")
     for name in ("grid", "teacher_grid"):
@@ -211,7 +215,8 @@ def distill(args: argparse.Namespace) -> dict:
         adversary = Adversary(accelerator, cfg, lr=args.discriminator_lr, fill_value=teacher.config.fill_value, seed=window_seed,
                               stains=args.adversarial_stains)
     windows = DistillWindows(group, num_records, path, grid, geometry, seed=window_seed, global_batch=global_batch,
-                             length=args.max_train_steps * global_batch, prediction_type=prediction_type, truth=truth)
+                             length=args.max_train_steps * global_batch, prediction_type=prediction_type, truth=truth,
+                             fresh_noise_fraction=args.fresh_noise_fraction)
     extras = adversary.extras() if adversary else None
     unet, optimizer, lr_scheduler, ema, start_step, prior_seconds = prepare_optimization(accelerator, unet, args, resume, log, extras)
 

@@ -60,6 +60,10 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     a("--discriminator_lr", type=float, default=1e-4, help="Adam learning rate of the discriminator (--adversarial_weight > 0)")
     a("--adversarial_stains", type=int, nargs="+", default=None,
       help="stain indices (0: DAPI, 1: PolyT) the discriminator sees (default: all); the other stains get the MSE alone")
+    a("--fresh_noise_fraction", type=float, default=0.0,
+      help="fraction of the windows at the student's later steps whose input is the teacher's sample re-noised with "
+           "fresh noise (what LCM sampling gives the student there) instead of the DDIM path; those windows are "
+           "trained by the adversarial term alone (needs --adversarial_weight > 0; 0: off)")
     a("--mixed_precision", choices=["no", "fp16", "bf16"], default=None, help="default: accelerate config")
     a("--use_ema", action="store_true", help="keep an EMA of the weights; the saved student uses it")
     a("--ema_decay", type=float, default=0.999)

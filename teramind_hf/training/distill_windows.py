@@ -6,7 +6,9 @@ So a training sample is exactly one such call: a teacher record (noise z, genes,
 offset of the student's grid at that step, and one output patch of that offset's patch grid over the record's
 region. The input is the record's x on the DDIM path at ``t_k`` (:class:`StudentPath`), padded with the fill as the
 sampler pads a region; the loss is the MSE between the student's output and what DDIM needs there to land on x0*
-(x0* itself for x0 prediction), on the patch pixels inside the region. Each sample's draws come from
+(x0* itself for x0 prediction), on the patch pixels inside the region. With ``fresh_noise_fraction``, that share of
+the windows after the first student step takes the teacher's sample re-noised with fresh noise instead (the input
+LCM sampling gives the student there) and is trained by the adversarial term alone. Each sample's draws come from
 ``(seed, global step, global sample index)``, so the run does not depend on process count or resume.
 """
 
@@ -43,8 +45,9 @@ class DistillWindows(Dataset):
     """Item ``i`` = the window of global sample ``i % global_batch`` of step ``i // global_batch`` (see module doc)."""
 
     def __init__(self, group, num_records: int, path, grid, geometry: WindowGeometry, *, seed: int, global_batch: int,
-                 length: int, prediction_type: str, truth=None):
+                 length: int, prediction_type: str, truth=None, fresh_noise_fraction: float = 0.0):
         self.group, self.num_records, self.path, self.grid = group, num_records, path, grid
+        self.fresh_noise_fraction = fresh_noise_fraction  # see is_fresh
         self.truth = truth  # record -> its true image (the adversarial term's "real"), or None
         self.geometry, self.seed, self.global_batch, self.length = geometry, seed, global_batch, length
         self.prediction_type = prediction_type
@@ -72,11 +75,31 @@ class DistillWindows(Dataset):
         x = xs[int(torch.randint(0, len(xs), (1,), generator=gen))]
         return record, k, (dy, dx), (y, x)
 
+    def is_fresh(self, index: int, k: int) -> bool:
+        """Whether item ``index`` (at student step ``k``) takes its input off the DDIM path: the teacher's sample
+        re-noised to ``t_k`` with fresh noise, what LCM sampling gives the student after its first step (drawn
+        only when ``fresh_noise_fraction`` > 0, from the item's own generator, so the plain windows do not change)."""
+        if not (self.fresh_noise_fraction and k > 0):
+            return False
+        step, sample = divmod(index, self.global_batch)
+        gen = torch.Generator().manual_seed(sample_seed(self.seed, step, sample, "distill-fresh-noise"))
+        return float(torch.rand((), generator=gen)) < self.fresh_noise_fraction
+
+    def input_at(self, index: int, k: int, noise: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """The record's x at the student's step ``k`` for item ``index``, and whether it is a fresh-noise input."""
+        if not self.is_fresh(index, k):
+            return self.path.noisy(k, noise, target), False
+        step, sample = divmod(index, self.global_batch)
+        gen = torch.Generator().manual_seed(sample_seed(self.seed, step, sample, "distill-fresh-noise-values"))
+        fresh = torch.randn(noise.shape, generator=gen, dtype=noise.dtype)
+        a = self.path.alphas_cumprod[k]
+        return a**0.5 * target + (1 - a) ** 0.5 * fresh, True
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         record, k, _, (y, x) = self.draws(index)
         geo = self.geometry
         noise, target, genes = self.record(record)
-        x_t = self.path.noisy(k, noise, target)
+        x_t, fresh = self.input_at(index, k, noise, target)
         pad, bins = geo.pad, geo.pad // geo.gene_bin
         canvas = F.pad(x_t, (pad,) * 4, value=geo.fill_value)
         gene_canvas = F.pad(genes, (bins,) * 4)
@@ -97,6 +120,8 @@ class DistillWindows(Dataset):
             "x": window.contiguous(), "genes": gene_window.contiguous(), "step": torch.tensor(k),
             "timestep": torch.tensor(self.path.timesteps[k]), "x0": patch_target.contiguous(),
             "x_t": canvas[..., ty : ty + geo.patch, tx : tx + geo.patch].contiguous(), "mask": mask,
+            # a fresh-noise window's x0* is not what its input determines: no MSE on it, the adversarial term only
+            "mse_weight": torch.tensor(0.0 if fresh else 1.0),
         }
         if self.truth is not None:  # the true image of the same output patch
             item["real"] = F.pad(self.truth(record), (pad,) * 4)[..., ty : ty + geo.patch, tx : tx + geo.patch].contiguous()
@@ -128,7 +153,7 @@ def distill_loss(unet, batch: dict, path, prediction_type: str, highpass_weight:
     of the high-pass of the output against the target's (``sample`` prediction only: the detail of x0)."""
     out = unet(batch["x"], batch["timestep"], batch["genes"], path="collage").sample.float()
     target = prediction_targets(batch, path, prediction_type)
-    mask = batch["mask"]
+    mask = batch["mask"] * batch["mse_weight"].reshape(-1, 1, 1, 1, 1)
     mse = ((out - target).square() * mask).sum() / (mask.sum() * out.shape[1] * out.shape[2]).clamp(min=1)
     loss = mse
     if highpass_weight:
