@@ -12,7 +12,9 @@ embedded weights with the student's DDIM sampler); ``teacher_odeN`` runs the tea
 ``student_lcmT`` the student's weights with diffusers' ``LCMScheduler`` at timesteps (999, T) (2 steps; fresh noise
 at the second; ``student_lcmT1-T2``: 3 steps at (999, T1, T2)); ``teacher_restartT`` (``teacher_restartT_sde``) re-noises the
 ``teacher_ode`` sample to timestep T with fresh noise and runs the teacher's DPM-Solver++ ODE (SDE) from there in 4
-steps: what a perfect consistency student sampled with LCM at (999, T) would at best give. Reference samples are cached in ``--cache``; a PNG per sampler
+steps: what a perfect consistency student sampled with LCM at (999, T) would at best give; ``student_tcdE`` the
+student's weights with diffusers' ``TCDScheduler`` on the student's steps at ``eta`` E (its gamma, e.g.
+``student_tcd0.6``). Reference samples are cached in ``--cache``; a PNG per sampler
 (section 0: DAPI and PolyT rows, generated | truth) goes there too, and ``--panel`` writes one picture of
 all of them beside the truth. The region is a phantom of ``--seed`` (held out:
 never 0 or 1) at the embedded model's 0.5 um/px; noise seed 0.
@@ -82,6 +84,11 @@ def main() -> int:
             later = name.removeprefix("student_lcm") or "499"
             lcm_timesteps = (999, *(int(t) for t in later.split("-")))
             options = dict(num_inference_steps=len(lcm_timesteps))
+        elif name.startswith("student_tcd"):
+            # TCD on the student's own steps (original_inference_steps = its steps: t = 998, 665, 332 for 3)
+            pipe.scheduler = scheduler_from_name("TCDScheduler", pipe.scheduler,
+                                                 original_inference_steps=pipe.config.num_inference_steps)
+            options = dict(eta=float(name.removeprefix("student_tcd")))
         elif name.startswith("teacher_restart"):
             restart_t = int(name.removeprefix("teacher_restart").removesuffix("_sde"))
             start, _ = sample("teacher_ode")

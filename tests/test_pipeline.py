@@ -279,6 +279,46 @@ class TrackingScheduler(DDIMScheduler):
         return super().step(*args, **kwargs)
 
 
+def test_a_solver_steps_with_its_own_eta_or_the_one_given(tiny_pipeline, tiny_genes, tmp_path):
+    """TCD's ``eta`` (default 0.3) is its stochasticity: TCD draws its step noise per tile from the seed (same seed,
+    same sample; same initial noise and another seed, another sample), where forcing DDIM's 0 on every solver made
+    it deterministic. ``eta`` of a call or of the pipeline config reaches the solver (saved and loaded with the
+    folder); a preset (the official DDIM) is not changed by the config's eta; a bad eta is refused by name."""
+    import diffusers
+
+    from teramind_hf.sampling.presets import scheduler_from_name
+    from teramind_hf.sampling.solver_state import TileSolver
+
+    ddim = BoundaryAwareScheduler.wrap(scheduler_from_name("ddim", tiny_pipeline.scheduler))
+    assert not TileSolver(ddim, 2).stochastic
+    official = tiny_pipeline(tiny_genes, num_inference_steps=2, generator=0, preset="official").images
+    tiny_pipeline.scheduler = scheduler_from_name("TCDScheduler", tiny_pipeline.scheduler)
+    assert isinstance(tiny_pipeline.scheduler, diffusers.TCDScheduler)
+    noise = tiny_pipeline.prepare_latents(tiny_pipeline.tile_grid(512, 512, stop=2), 5, 1.0)
+
+    def sample(pipe, seed=0, **options):
+        return pipe(tiny_genes, num_inference_steps=2, generator=seed, latents=noise, **options).images
+
+    first = sample(tiny_pipeline)
+    assert np.array_equal(first, sample(tiny_pipeline))
+    assert not np.array_equal(first, sample(tiny_pipeline, seed=1))  # only the step noise differs
+    assert np.array_equal(first, sample(tiny_pipeline, eta=0.3))  # TCD's own default
+    at_06 = sample(tiny_pipeline, eta=0.6)
+    assert not np.array_equal(first, at_06)
+    tiny_pipeline.register_to_config(eta=0.6)
+    tiny_pipeline.save_pretrained(str(tmp_path / "tcd"))
+    loaded = TeraMindPipeline.from_pretrained(str(tmp_path / "tcd"))
+    assert loaded.config.eta == 0.6 and json.loads((tmp_path / "tcd" / "model_index.json").read_text())["eta"] == 0.6
+    assert np.array_equal(sample(loaded), at_06)
+    assert not np.array_equal(sample(loaded, eta=1.0), at_06)  # the call's eta wins
+    assert np.array_equal(loaded(tiny_genes, num_inference_steps=2, generator=0, preset="official").images, official)
+    for bad in (1.5, -0.1, "0.5", True):
+        with pytest.raises(ValueError, match=r"eta must be None \(the solver's own default\) or a number in \[0, 1\]"):
+            sample(loaded, eta=bad)
+    with pytest.raises(ValueError, match="eta in the pipeline config must be"):
+        TeraMindPipeline(unet=loaded.unet, scheduler=loaded.scheduler, eta=2.0)
+
+
 def test_scheduler_state_that_cannot_be_kept_per_tile_is_named(monkeypatch):
     import diffusers
 

@@ -22,7 +22,7 @@ from ..sampling.presets import Preset, resolve_preset, scheduler_from_name
 from ..sampling.sampler import tile_noise
 from ..sampling.schedule import GridSchedule, resolve_grid
 from ..sampling.state import MemoryState
-from ..schedulers.scheduling_boundary_aware import BoundaryAwareScheduler
+from ..schedulers.scheduling_boundary_aware import BoundaryAwareScheduler, check_eta
 from .gene_source import GeneSource
 from .device import check_step_state_fits, resolve_device
 from .genes import align_genes_to_model, as_dense_genes, check_counts, perturb_genes
@@ -70,7 +70,7 @@ class TeraMindPipeline(DiffusionPipeline):
     def __init__(
         self, unet: GeneMorphUNet3DModel, scheduler: SchedulerMixin, tile_size: int | None = None,
         halo: int | None = None, fill_value: float | None = None, grid: str | dict | None = None,
-        num_inference_steps: int | None = None,
+        num_inference_steps: int | None = None, eta: float | None = None,
     ):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
@@ -81,6 +81,8 @@ class TeraMindPipeline(DiffusionPipeline):
         if num_inference_steps is not None and (not isinstance(num_inference_steps, int) or num_inference_steps < 1):
             raise ValueError(f"num_inference_steps in the pipeline config must be a positive integer, got {num_inference_steps!r}")
         self.register_to_config(num_inference_steps=num_inference_steps or DEFAULT_STEPS)
+        check_eta(eta, "eta in the pipeline config")
+        self.register_to_config(eta=eta)
 
     def sampling_plan(
         self, num_inference_steps: int | None, grid: "GridSchedule | str | dict | None", preset: "Preset | str | None"
@@ -100,13 +102,20 @@ class TeraMindPipeline(DiffusionPipeline):
         return TileGrid.for_model(self.unet.config, height, width, tile=cfg.tile_size, halo=cfg.halo,
                                   fill_value=cfg.fill_value, **kwargs)
 
-    def sampling_scheduler(self, preset: Preset | None = None) -> BoundaryAwareScheduler:
+    def sampling_scheduler(self, preset: Preset | None = None, eta: float | None = None) -> BoundaryAwareScheduler:
         """The scheduler sampling runs with: the preset's, else ``self.scheduler``, wrapped in the official
-        spacing/clip rule (a :class:`BoundaryAwareScheduler` is used as is)."""
+        spacing/clip rule (a :class:`BoundaryAwareScheduler` is used as is), with ``eta`` if given, else (without a
+        preset) the pipeline config's ``eta``, for solvers whose step takes one (TCD's gamma)."""
         scheduler = self.scheduler
         if preset is not None:
             scheduler = scheduler_from_name(preset.scheduler, scheduler, **preset.scheduler_config)
-        return BoundaryAwareScheduler.wrap(scheduler)
+        wrapped = BoundaryAwareScheduler.wrap(scheduler)
+        if eta is None and preset is None:
+            eta = self.config.get("eta")
+        if eta is None:
+            return wrapped
+        check_eta(eta, "eta")
+        return BoundaryAwareScheduler.from_config({**dict(wrapped.config), "eta": eta})
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -236,6 +245,7 @@ class TeraMindPipeline(DiffusionPipeline):
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
         return_dict: bool = True,
         step_state_device: str | torch.device | None = None,
+        eta: float | None = None,
     ) -> TeraMindPipelineOutput | tuple:
         r"""Generate the morphology of a region.
 
@@ -275,6 +285,9 @@ class TeraMindPipeline(DiffusionPipeline):
                 and the solver steps it: default the model's device (after ``pipe.to("cuda")`` the whole step runs
                 on the GPU); ``"cpu"`` keeps it in host memory (a region too large for the accelerator's memory;
                 ``generate_to_zarr`` streams larger ones). The noise is drawn on the CPU either way.
+            eta: the step's ``eta`` for solvers that take one, in [0, 1] (TCD's gamma: 0 deterministic, 1 fresh noise
+                at every step; DDIM's eta); default the pipeline config's ``eta`` (without a preset), else the
+                solver's own default. Other solvers ignore it.
         """
         # 1. the arguments only this call has
         self.check_inputs(output_type, callback_on_step_end_tensor_inputs, step_state_device)
@@ -287,7 +300,7 @@ class TeraMindPipeline(DiffusionPipeline):
         plan = self.prepare_sampling(
             GeneSource(gene_tensor, None, "genes"), region=region, slices=slices, num_inference_steps=num_inference_steps,
             generator=generator, batch_size=batch_size, tile_order=tile_order, halo=halo, exact=exact, grid=grid,
-            preset=preset, min_gene_overlap=min_gene_overlap,
+            preset=preset, min_gene_overlap=min_gene_overlap, eta=eta,
         )
         self.check_in_memory(plan, tuple(gene_tensor.shape), latents)
         tile_grid, wanted, num_inference_steps = plan.tile_grid, plan.region, plan.num_inference_steps

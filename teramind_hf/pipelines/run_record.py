@@ -45,7 +45,9 @@ def run_record(
         "model_dtype": str(pipe.unet.dtype).removeprefix("torch."),  # the bytes depend on it (and on compiling)
         "model_compiled": is_compiled(pipe.unet),
         "scheduler_class": type(scheduler).__name__,
-        "scheduler_config": {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")},
+        # an unset eta (the solver's own) is left out, so outputs recorded before the key existed still resume
+        "scheduler_config": {k: v for k, v in dict(scheduler.config).items()
+                             if not k.startswith("_") and not (k == "eta" and v is None)},
         "tile_size": pipe.config.tile_size,
         "halo_px": pipe.config.halo,
         "fill_value": pipe.config.fill_value,

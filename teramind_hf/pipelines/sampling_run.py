@@ -69,11 +69,12 @@ def prepare_sampling(
     preset: Preset | str | None = None,
     min_gene_overlap: float = 0.5,
     unit_tiles: int = 1,
+    eta: float | None = None,
 ) -> SamplingPlan:
     """The sampling run of ``pipe`` over ``source``: named errors before any work, then the engine's parts.
 
     ``unit_tiles``: work units of that many tiles a side, aligned to the requested region (the output shards of
-    a streamed run); no effect on the bytes.
+    a streamed run); no effect on the bytes. ``eta``: :meth:`TeraMindPipeline.sampling_scheduler`'s.
     """
     chosen, steps, schedule = pipe.sampling_plan(num_inference_steps, grid, preset)
     check_sampling_arguments(num_inference_steps=steps, batch_size=batch_size, exact=exact, region=region)
@@ -102,7 +103,7 @@ def prepare_sampling(
     genes = RegionGenes(source, cfg, (computed[0] // b, computed[1] // b), (computed[2] // b, computed[3] // b),
                         min_gene_overlap)
     seed = draw_seed(generator)
-    scheduler = pipe.sampling_scheduler(chosen)
+    scheduler = pipe.sampling_scheduler(chosen, eta)
     solver = TileSolver(scheduler, steps, seed)  # named error for a scheduler whose state cannot be kept per tile
     sampler = TileSampler(
         pipe.unet, solver, tile_grid, GeneCanvases(genes, tile_grid, schedule.all_offsets(steps), halo=halo),

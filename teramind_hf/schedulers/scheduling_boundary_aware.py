@@ -43,7 +43,7 @@ SCHEDULE_DEFAULTS = {
     "steps_offset": 0,
 }
 # this wrapper's own keys: hidden from other schedulers' from_config (see `config`)
-OWN_KEYS = ("inner_scheduler", "inner_config", "timestep_spacing_mode")
+OWN_KEYS = ("inner_scheduler", "inner_config", "timestep_spacing_mode", "eta")
 
 
 def _set_solver_timesteps(stepper: SchedulerMixin, num_inference_steps: int, device) -> None:
@@ -105,6 +105,8 @@ class BoundaryAwareScheduler(SchedulerMixin, ConfigMixin):
         inner_config: solver-only options (e.g. ``{"algorithm_type": "dpmsolver++"}``).
         timestep_spacing_mode: ``"official"``: the official spacing by re-spacing the schedule (above);
             ``"inner"``: the solver's own ``set_timesteps`` on the 1000-step schedule.
+        eta: the ``eta`` given to a solver whose ``step`` takes one (DDIM's, TCD's gamma, in [0, 1]); None: the
+            solver's own default (DDIM's 0, the official sampler; TCD's 0.3). Other solvers ignore it.
 
     The clip rule: with ``clip_sample``, x0 is clipped to ``[-clip_sample_range, clip_sample_range]``. DDIM and
     DDPM do it themselves (DDIM then re-derives the noise from the clipped x0, as official). For other solvers
@@ -138,7 +140,9 @@ class BoundaryAwareScheduler(SchedulerMixin, ConfigMixin):
         inner_scheduler: str = "DDIMScheduler",
         inner_config: dict | None = None,
         timestep_spacing_mode: str = "official",
+        eta: float | None = None,
     ):
+        check_eta(eta, "eta")
         if timestep_spacing_mode not in ("official", "inner"):
             raise ValueError(f"timestep_spacing_mode must be 'official' or 'inner', got {timestep_spacing_mode!r}")
         schedule_inside = sorted(set(inner_config or {}) & set(SCHEDULE_DEFAULTS))
@@ -267,8 +271,10 @@ class BoundaryAwareScheduler(SchedulerMixin, ConfigMixin):
         kwargs = {"generator": generator} if generator is not None and "generator" in params else {}
         if variance_noise is not None:
             kwargs["variance_noise"] = variance_noise
-        if "eta" in params:
-            kwargs["eta"] = 0.0
+        # `eta` of solvers whose step takes it (DDIM's, TCD's gamma): the config's, else the solver's own default
+        # (0 for DDIM: the official sampler; 0.3 for TCD)
+        if "eta" in params and self._internal_dict.get("eta") is not None:
+            kwargs["eta"] = self._internal_dict["eta"]
         if "use_clipped_model_output" in params:
             # official DDIM re-derives the noise from the clipped x0 before stepping
             kwargs["use_clipped_model_output"] = True
@@ -322,6 +328,12 @@ def clip_model_output(stepper, model_output: torch.Tensor, sample: torch.Tensor,
         return model_output
     x0 = (sample - sigma * model_output).clamp(-bound, bound)
     return (sample - x0) / sigma
+
+
+def check_eta(eta, name: str) -> None:
+    """``eta`` (the step's stochasticity, for solvers whose ``step`` takes it) is None or a number in [0, 1]."""
+    if eta is not None and (isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0 <= eta <= 1):
+        raise ValueError(f"{name} must be None (the solver's own default) or a number in [0, 1], got {eta!r}")
 
 
 def _step_params(scheduler: SchedulerMixin) -> set[str]:
