@@ -114,8 +114,7 @@ class TeraMindPipeline(DiffusionPipeline):
             eta = self.config.get("eta")
         if eta is None:
             return wrapped
-        check_eta(eta, "eta")
-        return BoundaryAwareScheduler.from_config({**dict(wrapped.config), "eta": eta})
+        return BoundaryAwareScheduler.from_config({**dict(wrapped.config), "eta": eta})  # checks eta by name
 
     # ------------------------------------------------------------------ loading
     @classmethod

@@ -268,18 +268,18 @@ class BoundaryAwareScheduler(SchedulerMixin, ConfigMixin):
         """``stepper.step`` at model timestep ``timestep`` with the clip rule (used for whole regions and tiles);
         ``variance_noise``: the noise of a stochastic solver given instead of drawn (solvers that take it)."""
         params = _step_params(stepper)
+        config = self._internal_dict  # not `config`, which builds a FrozenDict per access (this runs per batch)
         kwargs = {"generator": generator} if generator is not None and "generator" in params else {}
         if variance_noise is not None:
             kwargs["variance_noise"] = variance_noise
         # `eta` of solvers whose step takes it (DDIM's, TCD's gamma): the config's, else the solver's own default
         # (0 for DDIM: the official sampler; 0.3 for TCD)
-        if "eta" in params and self._internal_dict.get("eta") is not None:
-            kwargs["eta"] = self._internal_dict["eta"]
+        if "eta" in params and config.get("eta") is not None:
+            kwargs["eta"] = config["eta"]
         if "use_clipped_model_output" in params:
             # official DDIM re-derives the noise from the clipped x0 before stepping
             kwargs["use_clipped_model_output"] = True
         inner_t = self.inner_timestep(timestep)
-        config = self._internal_dict  # not `config`, which builds a FrozenDict per access (this runs per batch)
         if config["clip_sample"] and "clip_sample" not in stepper.config:
             model_output = clip_model_output(stepper, model_output, sample, inner_t, config["clip_sample_range"])
         out = stepper.step(model_output, inner_t, sample, return_dict=True, **kwargs)

@@ -46,7 +46,7 @@ def distill_model_card(args: argparse.Namespace, config, grid, summary: dict) ->
            f"weight {args.adversarial_weight}, discriminator Adam lr {args.discriminator_lr}"
            + (f", stains {args.adversarial_stains} only" if args.adversarial_stains is not None else "")
            + (f"; {args.fresh_noise_fraction:g} of the later steps' windows re-noised with fresh noise (LCM's input), "
-              "adversarial term only" if getattr(args, "fresh_noise_fraction", 0) else "")]
+              "adversarial term only" if args.fresh_noise_fraction else "")]
           if args.adversarial_weight else []),
         f"- last training loss: {last.get('loss', float('nan')):.5f}",
         "",
