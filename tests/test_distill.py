@@ -151,6 +151,8 @@ def test_fresh_noise_windows_are_the_teachers_sample_renoised_and_get_no_mse(dis
     common = dict(seed=0, global_batch=8, length=64, prediction_type="sample")
     plain = DistillWindows(group, 1, path, resolve_grid("diagonal"), geometry, **common)
     mixed = DistillWindows(group, 1, path, resolve_grid("diagonal"), geometry, fresh_noise_fraction=0.5, **common)
+    denoising = DistillWindows(group, 1, path, resolve_grid("diagonal"), geometry, fresh_noise_fraction=0.5,
+                               fresh_noise_mse=True, **common)
     noise, target, _ = plain.record(0)
     fresh_items, a = [], path.alphas_cumprod[1]
     for index in range(64):
@@ -165,6 +167,8 @@ def test_fresh_noise_windows_are_the_teachers_sample_renoised_and_get_no_mse(dis
         assert k == 1 and item["mse_weight"] == 0 and torch.equal(item["x0"], before["x0"])
         assert not torch.equal(item["x"], before["x"])
         assert torch.equal(mixed.input_at(index, k, noise, target)[0], x_t)  # a pure function of the item
+        with_mse = denoising[index]  # fresh_noise_mse: the same window, with the MSE to x0* (denoising)
+        assert torch.equal(with_mse["x"], item["x"]) and torch.equal(with_mse["x0"], item["x0"]) and with_mse["mse_weight"] == 1
         residual = (x_t - a**0.5 * target) / (1 - a) ** 0.5  # the fresh noise: not the DDIM path's, unit variance
         ddim = (path.noisy(1, noise, target) - a**0.5 * target) / (1 - a) ** 0.5
         assert abs(float(residual.std()) - 1) < 0.05 and float((residual - ddim).abs().mean()) > 0.5
@@ -173,6 +177,8 @@ def test_fresh_noise_windows_are_the_teachers_sample_renoised_and_get_no_mse(dis
     batch = {key: torch.stack([item[key] for item in fresh_items]) for key in fresh_items[0]}
     _, mse, _ = distill_loss(student.unet, batch, path, "sample")
     assert float(mse) == 0.0  # no MSE on fresh-noise windows: their x0* is not what their input determines
+    batch["mse_weight"] = torch.stack([denoising[i]["mse_weight"] for i in range(64) if mixed.input_at(i, mixed.draws(i)[1], noise, target)[1]])
+    assert float(distill_loss(student.unet, batch, path, "sample")[1]) > 0  # with fresh_noise_mse they have one
 
 
 @pytest.mark.parametrize("uninterrupted, extra", [("distilled", []), ("distilled_adversarial", ADVERSARIAL)],
@@ -220,6 +226,32 @@ def test_adversarial_stains_limit_what_the_discriminator_sees(one_torch_thread):
         assert torch.isfinite(adversary.update(out, batch))
     assert grads[(0,)][0] > 0 and grads[(0,)][1] == 0
     assert (grads[None] > 0).all()
+
+
+def test_discriminator_steps_are_that_many_adam_steps_on_the_batch(one_torch_thread):
+    """``--discriminator_steps N``: N Adam steps of the discriminator on one training step's batch, the same as N
+    one-step updates in a row; the loss returned is the first (what the student's step saw)."""
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
+
+    from teramind_hf.training.distill_adversarial import Adversary
+
+    cfg = SimpleNamespace(out_channels=2, num_slices=2, num_genes=3, gene_slices=4, sample_size=32, gene_bin=16)
+    generator = torch.Generator().manual_seed(0)
+    batch = {"real": torch.rand((2, 2, 2, 32, 32), generator=generator) * 2 - 1, "mask": torch.ones((1, 1, 32, 32)),
+             "genes": torch.rand((2, 3, 4, 4, 4), generator=generator) * 5}
+    out = torch.rand((2, 2, 2, 32, 32), generator=generator) * 2 - 1
+    three = Adversary(Accelerator(cpu=True), cfg, lr=1e-2, fill_value=-1.0, seed=0, steps=3)
+    one = Adversary(Accelerator(cpu=True), cfg, lr=1e-2, fill_value=-1.0, seed=0)
+    first = three.update(out, batch)
+    losses = [one.update(out, batch) for _ in range(3)]
+    assert torch.equal(first, losses[0]) and losses[2] < losses[0]  # it learns on the batch
+    for a, b in zip(three.discriminator.parameters(), one.discriminator.parameters()):
+        assert torch.equal(a, b)
+    fresh = Adversary(Accelerator(cpu=True), cfg, lr=1e-2, fill_value=-1.0, seed=0)
+    fresh.update(out, batch)
+    assert any(not torch.equal(a, b) for a, b in zip(three.discriminator.parameters(), fresh.discriminator.parameters()))
 
 
 def test_the_adversarial_term_reaches_the_student_and_the_discriminator_learns(distilled, distilled_adversarial, phantom):
@@ -313,6 +345,9 @@ def test_distils_the_official_fixture_and_loads(phantom, tmp_path, one_torch_thr
         (["--adversarial_weight", "1", "--adversarial_stains", "2"], "--adversarial_stains: distinct stain indices in 0..1"),
         (["--fresh_noise_fraction", "0.5"], "--fresh_noise_fraction needs --adversarial_weight > 0"),
         (["--adversarial_weight", "1", "--fresh_noise_fraction", "1.5"], "--fresh_noise_fraction must be in [0, 1]"),
+        (["--fresh_noise_mse"], "--fresh_noise_mse needs --fresh_noise_fraction > 0"),
+        (["--adversarial_weight", "1", "--discriminator_steps", "0"], "--discriminator_steps must be >= 1"),
+        (["--discriminator_steps", "2"], "--discriminator_steps needs --adversarial_weight > 0"),
     ],
 )
 def test_bad_options_exit_2_with_one_line(teacher, phantom, tmp_path, capsys, extra, message, monkeypatch):

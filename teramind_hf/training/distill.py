@@ -62,8 +62,15 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--discriminator_lr must be > 0, got {args.discriminator_lr}")
     if not 0 <= args.fresh_noise_fraction <= 1:
         raise ValueError(f"--fresh_noise_fraction must be in [0, 1], got {args.fresh_noise_fraction}")
-    if args.fresh_noise_fraction and not args.adversarial_weight:
-        raise ValueError("--fresh_noise_fraction needs --adversarial_weight > 0 (its windows are trained by the adversarial term alone)")
+    if args.fresh_noise_fraction and not (args.adversarial_weight or args.fresh_noise_mse):
+        raise ValueError("--fresh_noise_fraction needs --adversarial_weight > 0 or --fresh_noise_mse (without the MSE its "
+                         "windows are trained by the adversarial term alone)")
+    if args.fresh_noise_mse and not args.fresh_noise_fraction:
+        raise ValueError("--fresh_noise_mse needs --fresh_noise_fraction > 0 (it sets the loss of those windows)")
+    if args.discriminator_steps < 1:
+        raise ValueError(f"--discriminator_steps must be >= 1, got {args.discriminator_steps}")
+    if args.discriminator_steps != 1 and not args.adversarial_weight:
+        raise ValueError("--discriminator_steps needs --adversarial_weight > 0 (it sets how the discriminator learns)")
     if args.adversarial_stains is not None and not args.adversarial_weight:
         raise ValueError("--adversarial_stains needs --adversarial_weight > 0 (it picks what the discriminator sees)")
     for name in ("grid", "teacher_grid"):
@@ -213,10 +220,10 @@ def distill(args: argparse.Namespace) -> dict:
 
         truth = TruthRegions(args.data, seed=args.seed, region=args.teacher_region_size, slices=cfg.num_slices, gene_bin=cfg.gene_bin)
         adversary = Adversary(accelerator, cfg, lr=args.discriminator_lr, fill_value=teacher.config.fill_value, seed=window_seed,
-                              stains=args.adversarial_stains)
+                              stains=args.adversarial_stains, steps=args.discriminator_steps)
     windows = DistillWindows(group, num_records, path, grid, geometry, seed=window_seed, global_batch=global_batch,
                              length=args.max_train_steps * global_batch, prediction_type=prediction_type, truth=truth,
-                             fresh_noise_fraction=args.fresh_noise_fraction)
+                             fresh_noise_fraction=args.fresh_noise_fraction, fresh_noise_mse=args.fresh_noise_mse)
     extras = adversary.extras() if adversary else None
     unet, optimizer, lr_scheduler, ema, start_step, prior_seconds = prepare_optimization(accelerator, unet, args, resume, log, extras)
 

@@ -14,7 +14,8 @@ teacher's cells; the discriminator pushes the student's outputs toward the distr
 * the condition is the patch's own gene bins (``log1p`` counts, every gene section as a channel);
 * ``--adversarial_stains`` limits what it sees to some stains (the others are trained by the MSE alone);
 * hinge loss: the discriminator minimises ``relu(1 - D(real)) + relu(1 + D(fake))``, the student ``-D(fake)``
-  (times the weight, on top of the masked MSE); the discriminator takes one Adam step per training step.
+  (times the weight, on top of the masked MSE); the discriminator takes ``--discriminator_steps`` Adam steps (default
+  1) on each training step's batch, so it can keep ahead of the student.
 
 The discriminator is deterministic (no dropout, no normalisation statistics), its weights and Adam state go into
 each checkpoint (`teramind_hf.training.checkpoint`, safetensors + JSON) and never into the saved student pipeline.
@@ -150,9 +151,12 @@ class Adversary:
 
     name = "discriminator"  # its files in a checkpoint: discriminator.safetensors, discriminator_optimizer.*
 
-    def __init__(self, accelerator, unet_config, *, lr: float, fill_value: float, seed: int, stains=None):
+    def __init__(self, accelerator, unet_config, *, lr: float, fill_value: float, seed: int, stains=None, steps: int = 1):
         from .losses import sample_seed
 
+        if steps < 1:
+            raise ValueError(f"--discriminator_steps must be >= 1, got {steps}")
+        self.steps = steps
         self.stains = check_stains(stains, unet_config)
         discriminator = build_discriminator(unet_config, sample_seed(seed, 0, 0, "discriminator-init"), self.stains)
         discriminator.train()
@@ -175,12 +179,16 @@ class Adversary:
         return generator_loss(self.accelerator.unwrap_model(self.discriminator), fake, genes)
 
     def update(self, out: torch.Tensor, batch: dict) -> torch.Tensor:
-        """Backpropagate the discriminator's hinge loss on ``batch`` (real) and ``out`` (fake, detached); its Adam
-        steps when the gradients sync (the last micro-batch of a step). Returns the loss."""
+        """Backpropagate the discriminator's hinge loss on ``batch`` (real) and ``out`` (fake, detached), ``steps``
+        times; its Adam steps when the gradients sync (the last micro-batch of a step). Returns the first loss (the
+        one the student's step saw)."""
         real, fake, genes = self._inputs(out.detach(), batch)
-        with self.accelerator.autocast():
-            loss = discriminator_loss(self.discriminator, real, fake, genes)
-        self.accelerator.backward(loss)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
+        losses = []
+        for _ in range(self.steps):
+            with self.accelerator.autocast():
+                loss = discriminator_loss(self.discriminator, real, fake, genes)
+            self.accelerator.backward(loss)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.detach())
+        return losses[0]

@@ -44,10 +44,15 @@ def distill_model_card(args: argparse.Namespace, config, grid, summary: dict) ->
         f"({args.lr_scheduler}), EMA: {'yes' if args.use_ema else 'no'}, high-pass weight {args.highpass_weight}, seed {args.seed}",
         *([f"- adversarial term: a conditional patch discriminator on the true images of `{args.data}`, hinge loss, "
            f"weight {args.adversarial_weight}, discriminator Adam lr {args.discriminator_lr}"
+           + (f" ({args.discriminator_steps} steps per training step)" if args.discriminator_steps != 1 else "")
            + (f", stains {args.adversarial_stains} only" if args.adversarial_stains is not None else "")
            + (f"; {args.fresh_noise_fraction:g} of the later steps' windows re-noised with fresh noise (LCM's input), "
-              "adversarial term only" if args.fresh_noise_fraction else "")]
+              "adversarial term only" if args.fresh_noise_fraction and not args.fresh_noise_mse else "")]
           if args.adversarial_weight else []),
+        *([f"- {args.fresh_noise_fraction:g} of the later steps' windows re-noised with fresh noise (the input LCM and TCD "
+           "sampling give), trained by the MSE to the teacher's sample (denoising)"
+           + (" and the adversarial term" if args.adversarial_weight else "")]
+          if args.fresh_noise_fraction and args.fresh_noise_mse else []),
         f"- last training loss: {last.get('loss', float('nan')):.5f}",
         "",
         "## Quality",

@@ -58,12 +58,18 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
       help="weight of an adversarial term: a conditional patch discriminator tells the true image of each window (read "
            "from --data) from the student's x0 (x0 students only; 0: off)")
     a("--discriminator_lr", type=float, default=1e-4, help="Adam learning rate of the discriminator (--adversarial_weight > 0)")
+    a("--discriminator_steps", type=int, default=1,
+      help="Adam steps of the discriminator on each training step's batch (--adversarial_weight > 0; default 1)")
     a("--adversarial_stains", type=int, nargs="+", default=None,
       help="stain indices (0: DAPI, 1: PolyT) the discriminator sees (default: all); the other stains get the MSE alone")
     a("--fresh_noise_fraction", type=float, default=0.0,
       help="fraction of the windows at the student's later steps whose input is the teacher's sample re-noised with "
            "fresh noise (what LCM sampling gives the student there) instead of the DDIM path; those windows are "
-           "trained by the adversarial term alone (needs --adversarial_weight > 0; 0: off)")
+           "trained by the adversarial term alone (needs --adversarial_weight > 0), or also by the MSE with "
+           "--fresh_noise_mse (0: off)")
+    a("--fresh_noise_mse", action="store_true",
+      help="give the --fresh_noise_fraction windows the MSE to the teacher's sample too: plain denoising of it, so the "
+           "student learns to remove noise that the DDIM path does not give it (as LCM and TCD sampling do)")
     a("--mixed_precision", choices=["no", "fp16", "bf16"], default=None, help="default: accelerate config")
     a("--use_ema", action="store_true", help="keep an EMA of the weights; the saved student uses it")
     a("--ema_decay", type=float, default=0.999)

@@ -8,7 +8,9 @@ region. The input is the record's x on the DDIM path at ``t_k`` (:class:`Student
 sampler pads a region; the loss is the MSE between the student's output and what DDIM needs there to land on x0*
 (x0* itself for x0 prediction), on the patch pixels inside the region. With ``fresh_noise_fraction``, that share of
 the windows after the first student step takes the teacher's sample re-noised with fresh noise instead (the input
-LCM sampling gives the student there) and is trained by the adversarial term alone. Each sample's draws come from
+LCM and TCD sampling give the student there) and is trained by the adversarial term alone, or, with
+``fresh_noise_mse``, also by the MSE to x0* (plain denoising of the teacher's sample: the input's x0 *is* x0*, seen
+through noise the record's z did not make, so the student learns to remove any noise, not only the path's). Each sample's draws come from
 ``(seed, global step, global sample index)``, so the run does not depend on process count or resume.
 """
 
@@ -45,9 +47,11 @@ class DistillWindows(Dataset):
     """Item ``i`` = the window of global sample ``i % global_batch`` of step ``i // global_batch`` (see module doc)."""
 
     def __init__(self, group, num_records: int, path, grid, geometry: WindowGeometry, *, seed: int, global_batch: int,
-                 length: int, prediction_type: str, truth=None, fresh_noise_fraction: float = 0.0):
+                 length: int, prediction_type: str, truth=None, fresh_noise_fraction: float = 0.0,
+                 fresh_noise_mse: bool = False):
         self.group, self.num_records, self.path, self.grid = group, num_records, path, grid
         self.fresh_noise_fraction = fresh_noise_fraction  # see is_fresh
+        self.fresh_noise_mse = fresh_noise_mse  # whether fresh-noise windows get the MSE to x0* too
         self.truth = truth  # record -> its true image (the adversarial term's "real"), or None
         self.geometry, self.seed, self.global_batch, self.length = geometry, seed, global_batch, length
         self.prediction_type = prediction_type
@@ -120,8 +124,9 @@ class DistillWindows(Dataset):
             "x": window.contiguous(), "genes": gene_window.contiguous(), "step": torch.tensor(k),
             "timestep": torch.tensor(self.path.timesteps[k]), "x0": patch_target.contiguous(),
             "x_t": canvas[..., ty : ty + geo.patch, tx : tx + geo.patch].contiguous(), "mask": mask,
-            # a fresh-noise window's x0* is not what its input determines: no MSE on it, the adversarial term only
-            "mse_weight": torch.tensor(0.0 if fresh else 1.0),
+            # a fresh-noise window's input does not determine x0* as the DDIM path's does: by default no MSE on it (the
+            # adversarial term only); with fresh_noise_mse the MSE to x0* is plain denoising of the teacher's sample
+            "mse_weight": torch.tensor(0.0 if fresh and not self.fresh_noise_mse else 1.0),
         }
         if self.truth is not None:  # the true image of the same output patch
             item["real"] = F.pad(self.truth(record), (pad,) * 4)[..., ty : ty + geo.patch, tx : tx + geo.patch].contiguous()
