@@ -1,6 +1,9 @@
 """A one-region smoke check of a distilled student (not the held-out measurement of issue 21, which needs >= 6
 regions and several noise seeds): calls per tile, PSNR/SSIM and the realism metrics against the truth, and the
 PSNR/SSIM against the teacher's ODE sample from the same noise, next to reference samplers of the embedded model.
+``psnr`` / ``ssim`` are the training validation's (on [-1, 1]); ``dapi_ssim``, ``polyt_ssim`` and their mean
+``criterion_ssim`` are the held-out criterion's (``benchmarks/heldout_presets.py``, on [0, 1]), which can rank two
+samplers the other way: judge SSIM on those.
 
     OMP_NUM_THREADS=1 python scripts/student_quick_check.py --student DIR --which teacher_ode,default,official,undistilled,student
 
@@ -133,6 +136,10 @@ def main() -> int:
         realism = realism_metrics(images, truth, um_per_px=0.5)["mean"]
         row = {**info, **{k: round(v, 4) for k, v in image_metrics(images, truth).items()}}
         row.update({k: round(float(v), 4) for k, v in realism.items() if any(s in k for s in ("f1", "wasserstein", "hf", "border"))})
+        # the held-out criterion's PSNR / SSIM (benchmarks/heldout_presets.py: per stain on [0, 1], then averaged);
+        # image_metrics' SSIM above (on [-1, 1]) ranks samplers differently, so judge SSIM on these
+        row.update({f"{stain}_{m}": round(float(realism[f"{stain}_{m}"]), 4) for stain in ("dapi", "polyt") for m in ("psnr", "ssim")})
+        row["criterion_ssim"] = round(float(realism["dapi_ssim"] + realism["polyt_ssim"]) / 2, 4)
         reference = cache / f"teacher_ode_seed{args.seed}_{args.size}.npy"
         if name != "teacher_ode" and reference.is_file():
             row["vs_teacher_ode"] = {k: round(v, 3) for k, v in image_metrics(images, np.load(reference)).items()}
