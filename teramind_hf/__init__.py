@@ -30,12 +30,24 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *_ATTRIBUTES})
 
 
+def packaged_model_path(name: str) -> Path:
+    """Folder of a pipeline shipped inside the package (``"default_model"``, ``"turbo_model"``)."""
+    path = Path(__file__).parent / name
+    if not (path / "model_index.json").is_file():
+        raise FileNotFoundError(f"the embedded pipeline {name!r} is missing from {path}")
+    return path
+
+
 def default_model_path() -> Path:
     """Folder of the small default pipeline shipped inside the package (trained on synthetic phantom data)."""
-    path = Path(__file__).parent / "default_model"
-    if not (path / "model_index.json").is_file():
-        raise FileNotFoundError(f"the embedded default model is missing from {path}")
-    return path
+    return packaged_model_path("default_model")
+
+
+def turbo_model_path() -> Path:
+    """Folder of the few-step student of the default model shipped inside the package: the weights the ``turbo``
+    preset samples with; its own config is that sampler (``TeraMindPipeline.from_pretrained(turbo_model_path())``
+    then ``pipe(genes)``)."""
+    return packaged_model_path("turbo_model")
 
 
 __all__ = [
@@ -49,4 +61,6 @@ __all__ = [
     "TeraMindPipeline",
     "TeraMindPipelineOutput",
     "default_model_path",
+    "packaged_model_path",
+    "turbo_model_path",
 ]

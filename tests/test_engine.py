@@ -37,7 +37,9 @@ SOLVERS = ["ddim", "dpm", "unipc"]
 # (solver, grid schedule): every solver on the official grid, the stochastic DPM-Solver++ SDE (noise per tile and
 # step), and a multistep solver on the blended "diagonal" grid (neighbours read at two offsets every step)
 DEFAULT_CASE = ("dpm-sde", "diagonal")  # the embedded model's own sampler
-CASES = [(solver, None) for solver in SOLVERS] + [DEFAULT_CASE, ("unipc", "diagonal")]
+# and the turbo preset's solver on its grid: TCD (its step noise per tile and step at its own eta) on
+# "diagonal-last" (one offset, then the blended pair at the last step)
+CASES = [(solver, None) for solver in SOLVERS] + [DEFAULT_CASE, ("unipc", "diagonal"), ("TCDScheduler", "diagonal-last")]
 
 
 def case_id(solver: str, grid: str | None) -> str:

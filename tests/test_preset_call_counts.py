@@ -9,11 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from teramind_hf import GeneMorphUNet3DModel, TeraMindPipeline, default_model_path
+from teramind_hf import GeneMorphUNet3DModel, TeraMindPipeline, default_model_path, packaged_model_path
 from teramind_hf.sampling import PRESETS
 
 # calls per 256-px tile on the embedded model, as docs/performance.md's whole-brain table and the README give them
-CALLS_PER_TILE = {None: 16, "seamless": 16, "official": 15, "fast": 10, "fastest": 8}
+CALLS_PER_TILE = {None: 16, "seamless": 16, "official": 15, "fast": 10, "fastest": 8, "turbo": 4}
 # a cheaper model of the embedded one's geometry (genes, slices, patch, gene bins): the count depends on the
 # sampling plan (solver, steps, grid schedule), not on the width of the model
 NARROW = dict(
@@ -36,6 +36,9 @@ def embedded_plan_pipeline(one_torch_thread):
 @pytest.mark.parametrize("preset", list(CALLS_PER_TILE), ids=lambda p: p or "default")
 def test_calls_per_tile_are_steps_times_blended_offsets(embedded_plan_pipeline, preset):
     pipe = embedded_plan_pipeline
+    if preset is not None and PRESETS[preset].model is not None:  # a student's preset runs its own (real) weights only
+        pipe = TeraMindPipeline.from_pretrained(packaged_model_path(PRESETS[preset].model))
+        pipe.set_progress_bar_config(disable=True)
     canvases = []
     hook = pipe.unet.register_forward_pre_hook(lambda module, args: canvases.append(args[0].shape[0]))
     try:

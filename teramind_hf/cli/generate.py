@@ -40,7 +40,11 @@ def run(args: argparse.Namespace) -> int:
         base = grid or resolve_grid(None)
         grid = GridSchedule(shifts=base.shifts, blend_offsets=offsets, blend_steps=args.blend_steps)
     if args.preset:
-        resolve_preset(args.preset)  # an unknown preset fails here, before anything is written
+        preset = resolve_preset(args.preset)  # an unknown preset fails here, before anything is written
+        if preset.model is not None and args.model is None:  # a student's preset samples its own weights
+            from .. import packaged_model_path
+
+            args.model = str(packaged_model_path(preset.model))
     # steps: --steps, else the preset's, else the model's own default (resolved by the pipeline's sampling plan)
     check_sampling_arguments(num_inference_steps=args.steps, batch_size=args.batch_size, exact=args.exact, region=region)
     check_generate_arguments(
@@ -211,7 +215,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the preset's, else the model's: 8 for the embedded model, else 15)")
     p.add_argument("--scheduler", default=None,
                    help="default: the model's own (embedded model: dpm-sde); ddim (official), dpm (DPM-Solver++ multistep), dpm-sde (its SDE variant), unipc, euler, or a diffusers scheduler class name")
-    p.add_argument("--preset", default=None, help="official (DDIM 15 steps, official grid), seamless (DPM-Solver++ SDE, 8 steps, diagonal grid: the embedded model's default), fast (DPM-Solver++, 5 log-SNR-uniform steps) or fastest (UniPC, 4 steps): scheduler, steps and grid schedule")
+    p.add_argument("--preset", default=None, help="official (DDIM 15 steps, official grid), seamless (DPM-Solver++ SDE, 8 steps, diagonal grid: the embedded model's default), fast (DPM-Solver++, 5 log-SNR-uniform steps), fastest (UniPC, 4 steps) or turbo (the embedded model's distilled 3-step student with TCD: 4 model calls per tile; loads its own weights, teramind_hf/turbo_model, unless --model is given): scheduler, steps and grid schedule")
     p.add_argument("--exact", action="store_true",
                    help="with --region: add the margin the steps' dependency cone needs, so the region equals the same pixels of the full run")
     p.add_argument("--grid", default=None, help="grid schedule (default: the model's; the embedded model's is diagonal): official (parity), diagonal (2 grids blended at every step: removes most of the 64-px patch grid, 2x the model calls), blend (4 grid offsets blended at the last 2 steps), blend4 (at the last step), diagonal-last (the diagonal pair at the last step only)")

@@ -104,14 +104,14 @@ class TeraMindPipeline(DiffusionPipeline):
 
     def sampling_scheduler(self, preset: Preset | None = None, eta: float | None = None) -> BoundaryAwareScheduler:
         """The scheduler sampling runs with: the preset's, else ``self.scheduler``, wrapped in the official
-        spacing/clip rule (a :class:`BoundaryAwareScheduler` is used as is), with ``eta`` if given, else (without a
-        preset) the pipeline config's ``eta``, for solvers whose step takes one (TCD's gamma)."""
+        spacing/clip rule (a :class:`BoundaryAwareScheduler` is used as is), with ``eta`` if given, else the preset's,
+        else (without a preset) the pipeline config's ``eta``, for solvers whose step takes one (TCD's gamma)."""
         scheduler = self.scheduler
         if preset is not None:
             scheduler = scheduler_from_name(preset.scheduler, scheduler, **preset.scheduler_config)
         wrapped = BoundaryAwareScheduler.wrap(scheduler)
-        if eta is None and preset is None:
-            eta = self.config.get("eta")
+        if eta is None:
+            eta = self.config.get("eta") if preset is None else preset.eta
         if eta is None:
             return wrapped
         return BoundaryAwareScheduler.from_config({**dict(wrapped.config), "eta": eta})  # checks eta by name

@@ -77,6 +77,7 @@ def prepare_sampling(
     a streamed run); no effect on the bytes. ``eta``: :meth:`TeraMindPipeline.sampling_scheduler`'s.
     """
     chosen, steps, schedule = pipe.sampling_plan(num_inference_steps, grid, preset)
+    check_preset_weights(pipe.unet, chosen)
     check_sampling_arguments(num_inference_steps=steps, batch_size=batch_size, exact=exact, region=region)
     check_steps_against_schedule(steps, pipe.scheduler)
     cfg, tile = pipe.unet.config, pipe.config.tile_size
@@ -112,6 +113,30 @@ def prepare_sampling(
     )
     return SamplingPlan(chosen, steps, schedule, seed, scheduler, solver, wanted, (start, stop), computed, tile_grid,
                         genes, sampler)
+
+
+def check_preset_weights(unet: torch.nn.Module, preset: Preset | None) -> None:
+    """Refuse, by name, a preset that needs the weights of a pipeline shipped in the package (``preset.model``, a
+    distilled student) on a model with other weights: its few steps would run another model's denoiser."""
+    if preset is None or preset.model is None:
+        return
+    from safetensors.torch import load_file
+
+    from .. import packaged_model_path
+
+    folder = packaged_model_path(preset.model)
+    shipped = load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
+    own = {name.removeprefix("_orig_mod."): value for name, value in unet.state_dict().items()}  # a compiled model too
+    same = own.keys() == shipped.keys() and all(
+        own[name].shape == value.shape and torch.equal(own[name].detach().cpu(), value.to(own[name].dtype))
+        for name, value in shipped.items()
+    )
+    if not same:
+        raise ValueError(
+            f"preset: it samples the weights shipped in {folder} (a distilled student), and this pipeline's UNet has "
+            "other weights; load those with TeraMindPipeline.from_pretrained(teramind_hf.packaged_model_path("
+            f"{preset.model!r})) (teramind generate --preset loads them when --model is not given), or pick another preset"
+        )
 
 
 def reuses_encoder(unet: torch.nn.Module) -> bool:

@@ -26,12 +26,16 @@ SCHEDULER_NAMES = {
 
 @dataclass(frozen=True)
 class Preset:
-    """A named way to sample: scheduler name (see module doc) + its options, steps, grid schedule."""
+    """A named way to sample: scheduler name (see module doc) + its options, steps, grid schedule, the solver's
+    ``eta`` (None: its own default), and ``model``: the pipeline folder shipped in the package whose weights the
+    preset needs (a distilled student samples well only with its own weights; None: any model)."""
 
     scheduler: str
     num_inference_steps: int
     grid: GridSchedule | str | None = None  # None: the pipeline's default grid schedule
     scheduler_config: dict = field(default_factory=dict)
+    eta: float | None = None
+    model: str | None = None
 
 
 PRESETS: dict[str, Preset] = {
@@ -54,6 +58,11 @@ PRESETS: dict[str, Preset] = {
     # samples are smoother than DDIM-15's: on held-out regions it misses both high-frequency criteria and the
     # nucleus-area one (docs/seams-research.md); its whole-brain cost is in docs/performance.md
     "fastest": Preset("unipc", 4),
+    # the embedded default model's distilled 3-step student (teramind_hf/turbo_model, `teramind distill`), sampled
+    # with TCD on the "diagonal-last" grid (one offset, both at the last step): 4 model calls per tile, a quarter of
+    # the default's. Its own weights only (checked by the pipeline); its held-out realism against DDIM-15 and how it
+    # was trained: docs/distillation.md
+    "turbo": Preset("TCDScheduler", 3, "diagonal-last", {"original_inference_steps": 3}, eta=1.0, model="turbo_model"),
 }
 
 
