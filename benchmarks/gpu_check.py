@@ -47,7 +47,7 @@ from teramind_hf.pipelines.device import resolve_device  # noqa: E402
 BRAIN_TILE_CHUNKS = 286 * 414 * 25  # 256-px tiles of a 73,216 x 105,984 px section x 25 two-slice chunks
 GPUS = 8
 PARTS = ("agreement", "tile-call", "engine-floor", "brain")
-PRESET_ROWS = ("default", "official", "seamless", "fast", "fastest")
+PRESET_ROWS = ("default", "official", "seamless", "fast", "fastest", "turbo")
 DTYPES = ("fp32", "bf16", "fp16")
 SMALL_MODEL = dict(block_out_channels=(4, 8, 16, 32), time_embed_dim=32, gene_map_channels=(16, 8, 8))
 

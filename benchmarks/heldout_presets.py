@@ -43,7 +43,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from teramind_hf import DEFAULT_MODEL_UM_PER_PX, GeneMorphUNet3DModel, TeraMindPipeline  # noqa: E402
+from teramind_hf import DEFAULT_MODEL_UM_PER_PX, GeneMorphUNet3DModel, TeraMindPipeline, packaged_model_path  # noqa: E402
 from teramind_hf.data.phantom import make_phantom  # noqa: E402
 from teramind_hf.eval.grid import step_profile, worst_phase_border_score  # noqa: E402
 from teramind_hf.eval.metrics import realism_metrics  # noqa: E402
@@ -60,12 +60,26 @@ NARROW = dict(block_out_channels=(2, 4, 8, 16), time_embed_dim=16, gene_map_chan
 METRICS = ("nuclei_f1", "nuclei_area_wasserstein_um2", "dapi_hf_ratio", "polyt_hf_ratio", "psnr", "ssim")
 
 
-def calls_per_tile(pipe: TeraMindPipeline, preset: str | None) -> int:
-    """Model calls (canvases) the engine makes for one 256-px tile of 2 sections, on a narrow stand-in model."""
-    unet = GeneMorphUNet3DModel.from_config({**pipe.unet.config, **NARROW}).eval()
-    stand_in = TeraMindPipeline(unet=unet, scheduler=pipe.scheduler, grid=pipe.config.grid,
-                                num_inference_steps=pipe.config.num_inference_steps)
-    stand_in.set_progress_bar_config(disable=True)
+def preset_pipeline(preset, default: TeraMindPipeline) -> TeraMindPipeline:
+    """The pipeline a preset runs: its own shipped weights for a student's preset (``Preset.model``), else ``default``."""
+    chosen = PRESETS.get(preset) if isinstance(preset, str) else preset
+    if chosen is None or chosen.model is None:
+        return default
+    pipe = TeraMindPipeline.from_pretrained(packaged_model_path(chosen.model))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def calls_per_tile(pipe: TeraMindPipeline, preset) -> int:
+    """Model calls (canvases) the engine makes for one 256-px tile of 2 sections, on a narrow stand-in model (on the
+    student itself for a preset that needs a student's weights: it refuses any other)."""
+    stand_in = preset_pipeline(preset, None)
+    if stand_in is None:
+        unet = GeneMorphUNet3DModel.from_config({**pipe.unet.config, **NARROW}).eval()
+        stand_in = TeraMindPipeline(unet=unet, scheduler=pipe.scheduler, grid=pipe.config.grid,
+                                    num_inference_steps=pipe.config.num_inference_steps)
+        stand_in.set_progress_bar_config(disable=True)
+    unet = stand_in.unet
     canvases: list[int] = []
     hook = unet.register_forward_pre_hook(lambda module, args: canvases.append(args[0].shape[0]))
     try:
@@ -152,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
         args.presets = [REFERENCE, *args.presets]
     torch.set_num_threads(args.threads)
     embedded = TeraMindPipeline.from_pretrained()
-    candidates = [(p, "", embedded, p) for p in args.presets]
+    candidates = [(p, "", preset_pipeline(p, embedded), p) for p in args.presets]
     for label, folder, preset in parse_pipelines(args.pipelines):
         candidates.append((label, folder, TeraMindPipeline.from_pretrained(folder), preset))
     for _, _, pipe, _ in candidates:

@@ -38,8 +38,8 @@ def test_gpu_check_smoke_on_cpu():
 
     # one row per preset with its real model calls per tile on the grid it runs (embedded model: diagonal grid)
     brain = {r.split(" | ")[0].strip(): r for r in rows["brain"][1:]}
-    assert list(brain) == ["default", "official", "seamless", "fast", "fastest", "student"]
-    expected_calls = {"default": 16, "official": 15, "seamless": 16, "fast": 10, "fastest": 8, "student": 4}
+    assert list(brain) == ["default", "official", "seamless", "fast", "fastest", "turbo", "student"]
+    expected_calls = {"default": 16, "official": 15, "seamless": 16, "fast": 10, "fastest": 8, "turbo": 4, "student": 4}
     hours = {}
     for name, row in brain.items():
         assert f"{expected_calls[name]:2d} calls/tile" in row, row
