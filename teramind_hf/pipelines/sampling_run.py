@@ -133,8 +133,8 @@ def check_preset_weights(unet: torch.nn.Module, preset: Preset | None) -> None:
     )
     if not same:
         raise ValueError(
-            f"preset: it samples the weights shipped in {folder} (a distilled student), and this pipeline's UNet has "
-            "other weights; load those with TeraMindPipeline.from_pretrained(teramind_hf.packaged_model_path("
+            f"preset: this preset needs the weights shipped in {folder} (a distilled student), and this pipeline's UNet "
+            "has other weights; load them with TeraMindPipeline.from_pretrained(teramind_hf.packaged_model_path("
             f"{preset.model!r})) (teramind generate --preset loads them when --model is not given), or pick another preset"
         )
 
