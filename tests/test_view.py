@@ -195,6 +195,21 @@ def run_view(*args: str, cwd: Path | None = None) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
 
 
+def test_view_stops_on_ctrl_c_even_when_sigint_was_inherited_ignored(output):
+    """A parent that ignores SIGINT (a script's background job) passes that on; `teramind view` still stops on it."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env.pop("DISPLAY", None)
+    process = subprocess.Popen([sys.executable, "-m", "teramind_hf.cli", "view", str(output), "--no-browser"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        assert process.stdout.readline().startswith(f"serving {output} at http://127.0.0.1:")
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=30)
+    assert process.returncode == 0
+
+
 def test_view_serves_prints_the_link_stops_on_ctrl_c_and_writes_nothing(output):
     before = snapshot(output)
     process = run_view(str(output), "--neuroglancer", "--no-browser")

@@ -22,13 +22,16 @@ def run(args: argparse.Namespace) -> int:
     server = make_range_server(image.path, host=args.host, port=args.port)
     base_url = server_url(server)
     link = neuroglancer_link(neuroglancer_state(image, base_url), args.client)
-    print(f"serving {image.path} at {base_url} (byte ranges, CORS); Ctrl-C stops", flush=True)
-    print(f"neuroglancer: {link}", flush=True)
-    if not args.no_browser:
-        import webbrowser
 
-        webbrowser.open(link)
-    serve_until_interrupted(server)
+    def announce() -> None:  # once Ctrl-C stops the server
+        print(f"serving {image.path} at {base_url} (byte ranges, CORS); Ctrl-C stops", flush=True)
+        print(f"neuroglancer: {link}", flush=True)
+        if not args.no_browser:
+            import webbrowser
+
+            webbrowser.open(link)
+
+    serve_until_interrupted(server, on_ready=announce)
     print("stopped", flush=True)
     return 0
 

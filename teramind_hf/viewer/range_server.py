@@ -172,11 +172,25 @@ def server_url(server: ThreadingHTTPServer) -> str:
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
-def serve_until_interrupted(server: ThreadingHTTPServer) -> None:
-    """Serve until Ctrl-C (KeyboardInterrupt), then close the socket."""
+def serve_until_interrupted(server: ThreadingHTTPServer, on_ready=None) -> None:
+    """Serve until Ctrl-C (KeyboardInterrupt), then close the socket; ``on_ready()`` (e.g. printing the address) runs
+    once Ctrl-C is sure to stop the server, right before serving.
+
+    Ctrl-C works even where the process inherited SIGINT as ignored (a background job of a shell script, or a parent
+    that ignores it): Python then keeps it ignored, and the server could only be killed."""
+    import signal
+    import threading
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
+        if on_ready is not None:
+            on_ready()
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
         server.server_close()
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
