@@ -47,7 +47,7 @@ from teramind_hf import DEFAULT_MODEL_UM_PER_PX, GeneMorphUNet3DModel, TeraMindP
 from teramind_hf.data.phantom import make_phantom  # noqa: E402
 from teramind_hf.eval.grid import step_profile, worst_phase_border_score  # noqa: E402
 from teramind_hf.eval.metrics import realism_metrics  # noqa: E402
-from teramind_hf.sampling.presets import PRESETS  # noqa: E402
+from teramind_hf.sampling.presets import PRESETS, resolve_preset  # noqa: E402
 
 TRAINING_REGIONS = (0, 1)  # the embedded model's training (0) and validation (1) phantom seeds
 PERIODS = (64, 256)
@@ -62,7 +62,7 @@ METRICS = ("nuclei_f1", "nuclei_area_wasserstein_um2", "dapi_hf_ratio", "polyt_h
 
 def preset_pipeline(preset, default: TeraMindPipeline) -> TeraMindPipeline:
     """The pipeline a preset runs: its own shipped weights for a student's preset (``Preset.model``), else ``default``."""
-    chosen = PRESETS.get(preset) if isinstance(preset, str) else preset
+    chosen = resolve_preset(preset) if preset is not None else None
     if chosen is None or chosen.model is None:
         return default
     pipe = TeraMindPipeline.from_pretrained(packaged_model_path(chosen.model))
@@ -71,10 +71,13 @@ def preset_pipeline(preset, default: TeraMindPipeline) -> TeraMindPipeline:
 
 
 def calls_per_tile(pipe: TeraMindPipeline, preset) -> int:
-    """Model calls (canvases) the engine makes for one 256-px tile of 2 sections, on a narrow stand-in model (on the
-    student itself for a preset that needs a student's weights: it refuses any other)."""
-    stand_in = preset_pipeline(preset, None)
-    if stand_in is None:
+    """Model calls (canvases) the engine makes for one 256-px tile of 2 sections, on a narrow stand-in model; for a
+    student's preset (``Preset.model``) on ``pipe`` itself, which must be that student (:func:`preset_pipeline`):
+    the preset refuses any other weights."""
+    chosen = resolve_preset(preset) if preset is not None else None
+    if chosen is not None and chosen.model is not None:
+        stand_in = pipe
+    else:
         unet = GeneMorphUNet3DModel.from_config({**pipe.unet.config, **NARROW}).eval()
         stand_in = TeraMindPipeline(unet=unet, scheduler=pipe.scheduler, grid=pipe.config.grid,
                                     num_inference_steps=pipe.config.num_inference_steps)

@@ -38,7 +38,7 @@ from teramind_hf.eval.metrics import realism_metrics
 from teramind_hf.sampling.presets import PRESETS, Preset
 from teramind_hf.sampling.schedule import GRID_SCHEDULES, GridSchedule
 
-from heldout_presets import cached_sample, calls_per_tile, summary  # noqa: E402  (this script's folder is on sys.path)
+from heldout_presets import cached_sample, calls_per_tile, preset_pipeline, summary  # noqa: E402  (this script's folder is on sys.path)
 
 FOUR = ((0, 0), (0, 16), (16, 0), (16, 16))
 DIAGONAL = ((0, 0), (16, 16))
@@ -114,8 +114,9 @@ def print_preset_calls(pipe) -> None:
     print("preset       calls/tile (grid it runs)  calls/tile (--grid official)")
     for name in [None, *PRESETS]:
         preset = PRESETS.get(name)
-        runs = calls_per_tile(pipe, name)
-        official = calls_per_tile(pipe, replace(preset, grid="official")) if preset else float("nan")
+        own = preset_pipeline(name, pipe)  # a student's preset runs on its own weights
+        runs = calls_per_tile(own, name)
+        official = calls_per_tile(own, replace(preset, grid="official")) if preset else float("nan")
         print(f"{name or 'default':<12} {runs:>25}  {official:>28}")
 
 

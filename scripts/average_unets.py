@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 WEIGHTS = Path("unet") / "diffusion_pytorch_model.safetensors"
@@ -46,11 +47,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--a and --b: the UNets differ in their parameters (not the same architecture)")
     w = args.weight_a
     average = {k: (w * first[k].float() + (1 - w) * second[k].float()).to(first[k].dtype) for k in first}
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
+    # a fresh folder beside --out (never an existing one, so nothing is deleted), renamed once complete
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent)) / "pipeline"
     shutil.copytree(args.config_from, staging, ignore=shutil.ignore_patterns("*.safetensors", "README.md"))
     save_file(average, str(staging / WEIGHTS), metadata={"format": "pt"})
     staging.rename(out)  # whole or not at all
+    staging.parent.rmdir()  # the now empty folder this run made
     print(f"wrote {out}: {w:g} x {args.a} + {1 - w:g} x {args.b}")
     return 0
 

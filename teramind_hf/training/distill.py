@@ -45,7 +45,7 @@ def check_args(args: argparse.Namespace) -> None:
     from ..sampling.schedule import resolve_grid
 
     positive = ("train_batch_size", "gradient_accumulation_steps", "max_train_steps", "checkpointing_steps",
-                "num_teacher_samples", "student_steps", "teacher_region_size")
+                "num_teacher_samples", "student_steps", "teacher_region_size", "discriminator_steps")
     for name in positive:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
@@ -67,8 +67,6 @@ def check_args(args: argparse.Namespace) -> None:
                          "windows are trained by the adversarial term alone)")
     if args.fresh_noise_mse and not args.fresh_noise_fraction:
         raise ValueError("--fresh_noise_mse needs --fresh_noise_fraction > 0 (it sets the loss of those windows)")
-    if args.discriminator_steps < 1:
-        raise ValueError(f"--discriminator_steps must be >= 1, got {args.discriminator_steps}")
     if args.discriminator_steps != 1 and not args.adversarial_weight:
         raise ValueError("--discriminator_steps needs --adversarial_weight > 0 (it sets how the discriminator learns)")
     if args.adversarial_stains is not None and not args.adversarial_weight:
