@@ -149,14 +149,20 @@ def save_student(unet, scheduler, teacher, grid, args, output_dir: Path, summary
     from ..pipelines.pipeline_teramind import TeraMindPipeline
     from ..sampling.schedule import GRID_SCHEDULES
     from .distill_card import distill_model_card
+    from .publish import publish_pipeline
 
     to_save = unet.to(dtype=torch.float16 if args.save_dtype == "fp16" else torch.float32, memory_format=torch.contiguous_format)
     cfg = teacher.config
     grid_name = next((name for name, known in GRID_SCHEDULES.items() if known == grid), grid.to_dict())
     pipe = TeraMindPipeline(unet=to_save, scheduler=scheduler, tile_size=cfg.tile_size, halo=cfg.halo,
                             fill_value=cfg.fill_value, grid=grid_name, num_inference_steps=args.student_steps)
-    pipe.save_pretrained(str(output_dir), safe_serialization=True)
-    distill_model_card(args, unet.config, grid, summary).save(str(output_dir / "README.md"))
+
+    def write(folder: Path) -> None:
+        pipe.save_pretrained(str(folder), safe_serialization=True)
+        distill_model_card(args, unet.config, grid, summary).save(str(folder / "README.md"))
+        (folder / "train_summary.json").write_text(json.dumps(summary, indent=1, default=str))
+
+    publish_pipeline(output_dir, write)  # a pipeline folder only once weights, card and summary are all there
 
 
 def distill(args: argparse.Namespace) -> dict:
@@ -286,7 +292,6 @@ def distill(args: argparse.Namespace) -> dict:
             ema.store(final.parameters())
             ema.copy_to(final.parameters())
         save_student(final, scheduler, teacher, grid, args, output_dir, summary)
-        (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=1, default=str))
         log(f"saved the student pipeline to {output_dir}")
     accelerator.end_training()
     return summary

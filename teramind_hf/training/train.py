@@ -150,14 +150,23 @@ def run_validation(pipe, region, args, step: int, output_dir: Path) -> dict:
 
 
 def save_pipeline(unet, scheduler, args: argparse.Namespace, output_dir: Path, summary: dict) -> Path:
-    """Save the complete pipeline (safetensors, --save_dtype) and its model card."""
+    """Save the complete pipeline (safetensors, --save_dtype), its model card and ``train_summary.json``
+    (:func:`~.publish.publish_pipeline`: the folder becomes a pipeline only once all three are there)."""
     from .card import training_model_card
+    from .publish import publish_pipeline
 
     # safetensors stores contiguous tensors only: save in the default layout, then hand the model back as it came
     to_save = unet.to(dtype=torch.float16 if args.save_dtype == "fp16" else torch.float32, memory_format=torch.contiguous_format)
-    build_pipeline(to_save, scheduler).save_pretrained(str(output_dir), safe_serialization=True)
-    unet.to(dtype=torch.float32, memory_format=training_memory_format(args))
-    training_model_card(args, unet.config, summary).save(str(output_dir / "README.md"))
+
+    def write(folder: Path) -> None:
+        build_pipeline(to_save, scheduler).save_pretrained(str(folder), safe_serialization=True)
+        training_model_card(args, unet.config, summary).save(str(folder / "README.md"))
+        (folder / "train_summary.json").write_text(json.dumps(summary, indent=1, default=str))
+
+    try:
+        publish_pipeline(output_dir, write)
+    finally:
+        unet.to(dtype=torch.float32, memory_format=training_memory_format(args))
     return output_dir
 
 
@@ -277,7 +286,6 @@ def train(args: argparse.Namespace) -> dict:
         save_pipeline(final, scheduler, args, output_dir, summary)
         if ema is not None:
             ema.restore(final.parameters())
-        (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=1, default=str))
         log(f"saved the pipeline to {output_dir}")
     accelerator.end_training()
     return summary
