@@ -18,6 +18,8 @@ TINY_GENES = ["Slc17a7", "Slc17a6", "Gad1", "Nr4a2", "Th"]
 
 
 TINY_CONFIG = dict(block_out_channels=(4, 8, 16, 32), time_embed_dim=32, gene_map_channels=(16, 8, 8))
+# narrower still, for the bf16 / fp16 cases: low-precision convolutions have no fast CPU kernels
+NARROW_CONFIG = dict(block_out_channels=(4, 4, 8, 16), time_embed_dim=16, gene_map_channels=(8, 4, 4), layers_per_block=1)
 
 
 def make_tiny_unet(gene_names: list[str] = TINY_GENES, seed: int = 0, **config):
@@ -42,10 +44,11 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-def make_tiny_pipeline():
+def make_tiny_pipeline(**config):
+    """The tiny random model (``config`` overrides TINY_CONFIG) with the official scheduler."""
     from teramind_hf import BoundaryAwareScheduler, TeraMindPipeline
 
-    pipe = TeraMindPipeline(unet=make_tiny_unet(), scheduler=BoundaryAwareScheduler())
+    pipe = TeraMindPipeline(unet=make_tiny_unet(**config), scheduler=BoundaryAwareScheduler())
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

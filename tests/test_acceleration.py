@@ -13,7 +13,7 @@ from teramind_hf.cli import main as cli_main
 from teramind_hf.models.blocks import downsample_hw
 from teramind_hf.pipelines.acceleration import cast_unet, compile_unet, is_compiled, resolve_dtype
 
-from .conftest import TINY_GENES, make_tiny_unet
+from .conftest import NARROW_CONFIG, TINY_GENES, make_tiny_pipeline, make_tiny_unet
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last_3d], ids=["contiguous", "channels_last"])
@@ -36,7 +36,8 @@ def test_resolve_dtype_names_and_refusal():
 
 # fp16 convolutions are slow on CPU: its case is `slow`; bf16 checks the same float32 state in CI
 @pytest.mark.parametrize("dtype", ["bf16", pytest.param("fp16", marks=pytest.mark.slow)])
-def test_low_precision_pipeline_keeps_float32_state(tiny_pipeline, tiny_genes, dtype):
+def test_low_precision_pipeline_keeps_float32_state(tiny_genes, dtype):
+    tiny_pipeline = make_tiny_pipeline(**NARROW_CONFIG)
     tiny_genes = tiny_genes[..., :16, :16]  # one tile: fp16 convolutions are slow on CPU
     reference = tiny_pipeline(tiny_genes, gene_names=TINY_GENES, num_inference_steps=2, generator=0, output_type="pt").images
     cast_unet(tiny_pipeline.unet, dtype)
@@ -50,7 +51,8 @@ def test_low_precision_pipeline_keeps_float32_state(tiny_pipeline, tiny_genes, d
     assert 0 < float(difference.max()) < 0.5 and float(difference.mean()) < 0.02  # rounding, not a different image
 
 
-def test_generate_cli_bf16_end_to_end_and_recorded(tmp_path, tiny_pipeline, tiny_genes):
+def test_generate_cli_bf16_end_to_end_and_recorded(tmp_path, tiny_genes):
+    tiny_pipeline = make_tiny_pipeline(**NARROW_CONFIG)
     model_dir, store, out = tmp_path / "model", tmp_path / "genes.zarr", tmp_path / "bf16.ome.zarr"
     tiny_pipeline.save_pretrained(model_dir)
     group = zarr.open_group(str(store), mode="w")

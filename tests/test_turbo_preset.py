@@ -28,17 +28,22 @@ def genes(turbo) -> np.ndarray:
     return np.random.default_rng(0).poisson(0.5, (turbo.unet.config.num_genes, 2, 16, 16)).astype(np.float32)
 
 
-def test_the_students_folder_is_the_preset(turbo, genes):
+@pytest.fixture(scope="module")
+def own(turbo, genes) -> np.ndarray:
+    """The student's folder sampled as loaded, noise seed 0 (uint8: what `teramind generate` writes)."""
+    return turbo(genes, gene_names=list(turbo.unet.config.gene_names), generator=0, output_type="uint8").images
+
+
+def test_the_students_folder_is_the_preset(turbo, genes, own):
     """``from_pretrained(turbo_model_path())`` then ``pipe(genes)`` samples exactly as ``preset="turbo"``: same
     solver, steps, grid and eta; the preset's eta reaches the solver (another eta gives other bytes)."""
     preset = PRESETS["turbo"]
     assert turbo.scheduler.__class__.__name__ == preset.scheduler
     assert turbo.config.num_inference_steps == preset.num_inference_steps and turbo.config.grid == preset.grid
     assert turbo.config.eta == preset.eta
-    own = turbo(genes, generator=0, output_type="np").images
-    assert np.array_equal(own, turbo(genes, preset="turbo", generator=0, output_type="np").images)
-    assert not np.array_equal(own, turbo(genes, preset="turbo", eta=0.0, generator=0, output_type="np").images)
-    assert not np.array_equal(own, turbo(genes, generator=1, output_type="np").images)  # stochastic per seed
+    assert np.array_equal(own, turbo(genes, preset="turbo", generator=0, output_type="uint8").images)
+    assert not np.array_equal(own, turbo(genes, preset="turbo", eta=0.0, generator=0, output_type="uint8").images)
+    assert not np.array_equal(own, turbo(genes, generator=1, output_type="uint8").images)  # stochastic per seed
 
 
 def test_other_weights_are_refused_by_name(genes, one_torch_thread):
@@ -48,7 +53,7 @@ def test_other_weights_are_refused_by_name(genes, one_torch_thread):
         default(genes, preset="turbo", generator=0)
 
 
-def test_generate_with_the_preset_loads_the_student(turbo, genes, tmp_path, capsys):
+def test_generate_with_the_preset_loads_the_student(turbo, genes, own, tmp_path, capsys):
     """``teramind generate --preset turbo`` without ``--model`` samples the student (same bytes as in memory); with
     the default model's folder as ``--model`` it exits 2 with one line and writes nothing."""
     store = tmp_path / "genes.zarr"
@@ -59,8 +64,7 @@ def test_generate_with_the_preset_loads_the_student(turbo, genes, tmp_path, caps
     out = tmp_path / "turbo.ome.zarr"
     assert cli_main(["generate", "--genes", str(store), "--out", str(out), "--preset", "turbo", "--seed", "0", "--quiet",
                      "--device", "cpu"]) == 0
-    expected = turbo(genes, gene_names=list(turbo.unet.config.gene_names), generator=0, output_type="uint8").images
-    np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["0"][...], expected.transpose(1, 0, 2, 3))
+    np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["0"][...], own.transpose(1, 0, 2, 3))
 
     refused = tmp_path / "refused.ome.zarr"
     capsys.readouterr()
