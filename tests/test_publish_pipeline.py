@@ -57,8 +57,10 @@ def test_a_move_cut_short_leaves_no_model_index_beside_new_weights(tmp_path, mon
     monkeypatch.undo()
     assert not (run / "model_index.json").exists()
     assert not [p for p in run.iterdir() if p.name.startswith(".pipeline.")]
-    # the run publishes again when it resumes
+    # the run publishes again when it resumes; a staging folder a SIGKILL left behind goes then
+    (run / ".pipeline.killed" / "unet").mkdir(parents=True)
     publish_pipeline(run, _writer(make_tiny_pipeline(), {"steps": 2}))
+    assert not [p for p in run.iterdir() if p.name.startswith(".pipeline.")]
     TeraMindPipeline.from_pretrained(run)
     assert json.loads((run / "train_summary.json").read_text()) == {"steps": 2}
 

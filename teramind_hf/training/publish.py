@@ -4,9 +4,9 @@ A training run's folder also holds its checkpoints and logs, so it cannot be swa
 ``teramind convert`` swaps its output folder). Instead the pipeline, its model card and the run summary are
 written to a staging folder inside the run folder and then moved in with ``model_index.json`` last: the folder
 is a pipeline (``from_pretrained`` needs ``model_index.json``) only once its weights, card and summary are all
-there. An earlier pipeline of the same run loses its ``model_index.json`` first, so a move cut short never pairs
-an old index with new weights. A killed run is finished by running it again with ``--resume_from_checkpoint
-latest``, which publishes the same weights again.
+there (a staging folder left by a killed publish is removed by the next). An earlier pipeline of the same run
+loses its ``model_index.json`` first, so a move cut short never pairs an old index with new weights. A killed run
+is finished by running it again with ``--resume_from_checkpoint latest``, which publishes the same weights again.
 """
 
 from __future__ import annotations
@@ -18,13 +18,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 INDEX = "model_index.json"
+STAGING_PREFIX = ".pipeline."
 
 
 def publish_pipeline(output_dir: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(staging)`` to write the pipeline folder's contents (``save_pretrained``, card, summary), then
     move them into ``output_dir``, ``model_index.json`` last."""
     output_dir = Path(output_dir)
-    staging = Path(tempfile.mkdtemp(prefix=".pipeline.", dir=output_dir))
+    for leftover in output_dir.glob(f"{STAGING_PREFIX}*"):  # staged by a publish that was killed: ours, never read
+        if leftover.is_dir():
+            shutil.rmtree(leftover)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=output_dir))
     try:
         write(staging)
         if not (staging / INDEX).is_file():
