@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _perf_common import machine_facts  # noqa: E402
+from heldout_presets import NARROW  # noqa: E402
 from perf_tile_call import CANVAS, TIMESTEP, inputs, paper_model  # noqa: E402
 from teramind_hf import DEFAULT_MODEL_UM_PER_PX, GeneMorphUNet3DModel, TeraMindPipeline  # noqa: E402
 from teramind_hf.pipelines.acceleration import cast_unet, resolve_dtype  # noqa: E402
@@ -49,10 +50,6 @@ GPUS = 8
 PARTS = ("agreement", "tile-call", "engine-floor", "brain")
 PRESET_ROWS = ("default", "official", "seamless", "fast", "fastest", "turbo")
 DTYPES = ("fp32", "bf16", "fp16")
-# the narrowest model of the paper geometry (5 x 5 patches of 64 px per canvas): bf16 convolutions are far slower
-# than fp32 on a CPU without bf16 kernels, so the width is what keeps the smoke test short
-SMALL_MODEL = dict(block_out_channels=(2, 4, 8, 16), time_embed_dim=16, gene_map_channels=(4, 4, 2), layers_per_block=1,
-                   attention_levels=())
 
 
 # ---------------------------------------------------------------------------------------------- timing
@@ -127,12 +124,15 @@ def agreement(device: torch.device, size: int, steps: int | None, grid: str | No
 
 def tile_call_models(device: torch.device, small: bool, batch: int) -> SimpleNamespace:
     """The same weights in each precision on ``device`` (paper size, or the tiny model with ``small``) and their inputs."""
-    if small:  # a tiny model with random weights stands in for the paper size (a smoke test of the code path)
+    # small: the narrow model the call counts use stands in for the paper size, random weights, same geometry (a
+    # smoke test of the code path); bf16 convolutions are far slower than fp32 on a CPU without bf16 kernels, so the
+    # width is what keeps it short
+    if small:
         genes_in_panel = TeraMindPipeline.from_pretrained().unet.config.gene_names
 
         def make() -> GeneMorphUNet3DModel:
             torch.manual_seed(0)
-            return GeneMorphUNet3DModel(num_genes=len(genes_in_panel), gene_names=list(genes_in_panel), **SMALL_MODEL).eval()
+            return GeneMorphUNet3DModel(num_genes=len(genes_in_panel), gene_names=list(genes_in_panel), **NARROW).eval()
     else:
         make = paper_model
     # fp16 convolutions have no fast CPU kernels (minutes per call): on the CPU they are left out

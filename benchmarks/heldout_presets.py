@@ -60,12 +60,17 @@ NARROW = dict(block_out_channels=(2, 4, 8, 16), time_embed_dim=16, gene_map_chan
 METRICS = ("nuclei_f1", "nuclei_area_wasserstein_um2", "dapi_hf_ratio", "polyt_hf_ratio", "psnr", "ssim")
 
 
+def student_folder(preset) -> str | None:
+    """The shipped weights a student's preset needs (``Preset.model``), or None for any other preset (or none)."""
+    return resolve_preset(preset).model if preset is not None else None
+
+
 def preset_pipeline(preset, default: TeraMindPipeline) -> TeraMindPipeline:
     """The pipeline a preset runs: its own shipped weights for a student's preset (``Preset.model``), else ``default``."""
-    chosen = resolve_preset(preset) if preset is not None else None
-    if chosen is None or chosen.model is None:
+    folder = student_folder(preset)
+    if folder is None:
         return default
-    pipe = TeraMindPipeline.from_pretrained(packaged_model_path(chosen.model))
+    pipe = TeraMindPipeline.from_pretrained(packaged_model_path(folder))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -74,8 +79,7 @@ def calls_per_tile(pipe: TeraMindPipeline, preset) -> int:
     """Model calls (canvases) the engine makes for one 256-px tile of 2 sections, on a narrow stand-in model; for a
     student's preset (``Preset.model``) on ``pipe`` itself, which must be that student (:func:`preset_pipeline`):
     the preset refuses any other weights."""
-    chosen = resolve_preset(preset) if preset is not None else None
-    if chosen is not None and chosen.model is not None:
+    if student_folder(preset) is not None:
         stand_in = pipe
     else:
         unet = GeneMorphUNet3DModel.from_config({**pipe.unet.config, **NARROW}).eval()

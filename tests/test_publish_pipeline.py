@@ -8,7 +8,7 @@ import torch
 
 from .conftest import make_tiny_pipeline
 from teramind_hf import TeraMindPipeline
-from teramind_hf.training.publish import publish_pipeline
+from teramind_hf.training.publish import STAGING_PREFIX, publish_pipeline
 
 
 def _writer(pipe, summary):
@@ -17,6 +17,10 @@ def _writer(pipe, summary):
         (folder / "README.md").write_text("card\n")
         (folder / "train_summary.json").write_text(json.dumps(summary))
     return write
+
+
+def _staging_folders(run):
+    return [p for p in run.iterdir() if p.name.startswith(STAGING_PREFIX)]
 
 
 def _run_folder(tmp_path):
@@ -36,7 +40,7 @@ def test_published_pipeline_loads_with_its_card_and_summary_and_leaves_the_run_f
     assert (run / "README.md").read_text() == "card\n"
     assert json.loads((run / "train_summary.json").read_text()) == {"steps": 2}
     assert (run / "train_log.jsonl").read_text() == '{"step": 1}\n' and (run / "checkpoints" / "checkpoint-2").is_dir()
-    assert not [p for p in run.iterdir() if p.name.startswith(".pipeline.")]  # no staging folder left
+    assert not _staging_folders(run)  # no staging folder left
 
 
 def test_a_move_cut_short_leaves_no_model_index_beside_new_weights(tmp_path, monkeypatch):
@@ -56,11 +60,11 @@ def test_a_move_cut_short_leaves_no_model_index_beside_new_weights(tmp_path, mon
         publish_pipeline(run, _writer(make_tiny_pipeline(), {"steps": 2}))
     monkeypatch.undo()
     assert not (run / "model_index.json").exists()
-    assert not [p for p in run.iterdir() if p.name.startswith(".pipeline.")]
+    assert not _staging_folders(run)
     # the run publishes again when it resumes; a staging folder a SIGKILL left behind goes then
-    (run / ".pipeline.killed" / "unet").mkdir(parents=True)
+    (run / f"{STAGING_PREFIX}killed" / "unet").mkdir(parents=True)
     publish_pipeline(run, _writer(make_tiny_pipeline(), {"steps": 2}))
-    assert not [p for p in run.iterdir() if p.name.startswith(".pipeline.")]
+    assert not _staging_folders(run)
     TeraMindPipeline.from_pretrained(run)
     assert json.loads((run / "train_summary.json").read_text()) == {"steps": 2}
 

@@ -188,20 +188,16 @@ def test_multiscale_transformations_apply_after_the_datasets_and_units_convert_t
     assert image.level_scales_um[1][2:] == pytest.approx((2 * UM_PER_PX * 2 * 1000, 2 * UM_PER_PX))
 
 
-def run_view(*args: str, cwd: Path | None = None) -> subprocess.Popen:
+def run_view(*args: str, cwd: Path | None = None, preexec_fn=None) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("DISPLAY", None)
     return subprocess.Popen([sys.executable, "-m", "teramind_hf.cli", "view", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=cwd, preexec_fn=preexec_fn)
 
 
 def test_view_stops_on_ctrl_c_even_when_sigint_was_inherited_ignored(output):
     """A parent that ignores SIGINT (a script's background job) passes that on; `teramind view` still stops on it."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    env.pop("DISPLAY", None)
-    process = subprocess.Popen([sys.executable, "-m", "teramind_hf.cli", "view", str(output), "--no-browser"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    process = run_view(str(output), "--no-browser", preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         assert process.stdout.readline().startswith(f"serving {output} at http://127.0.0.1:")
     finally:
