@@ -287,6 +287,28 @@ def test_the_adversarial_term_reaches_the_student_and_the_discriminator_learns(d
         assert torch.equal(truth(record), torch.from_numpy(expected))
 
 
+def test_processes_share_the_teacher_targets_and_make_the_same_records(distilled, teacher, phantom, tmp_path):
+    """Under `accelerate launch` with 2 processes each process makes every other record (half the teacher time);
+    the store holds the bytes one process makes."""
+    import subprocess
+
+    import numpy as np
+    import zarr
+
+    out = tmp_path / "two"
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "teramind_hf.training.distill"]
+    done = subprocess.run([*launcher, *_args(teacher, phantom, out, "--max_train_steps", "1")], env=ENV, timeout=300,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for rank in (0, 1):  # FAST asks for 2 records: one each
+        assert f"process {rank} of 2: generated 1 teacher targets" in done.stderr, done.stderr[-3000:]
+    assert json.loads((out / "train_summary.json").read_text())["world"] == 2
+    one, two = (zarr.open_group(str(run / "teacher_targets.zarr"), mode="r") for run in (distilled, out))
+    for name in ("genes", "noise", "target", "done"):
+        np.testing.assert_array_equal(two[name][...], one[name][...])
+
+
 def test_the_student_loads_and_samples_with_its_saved_steps_and_grid(distilled):
     from teramind_hf import TeraMindPipeline
 

@@ -117,11 +117,13 @@ def prepare_teacher(args, data_panel, log):
     return teacher, alignment, grid, teacher_grid, steps
 
 
-def make_targets(args, teacher, alignment, teacher_grid, steps, output_dir: Path, log):
-    """The target store with ``--num_teacher_samples`` complete records (generating missing ones)."""
+def make_targets(args, teacher, alignment, teacher_grid, steps, output_dir: Path, accelerator, log) -> Path:
+    """The target store with ``--num_teacher_samples`` complete records: the main process creates (or grows and
+    checks) it, then every process generates its share of the missing records (record ``i`` by process
+    ``i mod N``; a record is the same bytes whichever process makes it), so N processes share the teacher's work."""
     import zarr
 
-    from .distill_targets import TargetSpec, fill_targets, open_target_store, weights_fingerprint
+    from .distill_targets import TargetSpec, completed_records, fill_targets, open_target_store, weights_fingerprint
 
     cfg = teacher.unet.config
     path = Path(args.targets) if args.targets else output_dir / "teacher_targets.zarr"
@@ -129,20 +131,32 @@ def make_targets(args, teacher, alignment, teacher_grid, steps, output_dir: Path
                       teacher_scheduler=args.teacher_scheduler, teacher_steps=steps, teacher_grid=teacher_grid.to_dict(),
                       gene_names=list(cfg.gene_names) if cfg.gene_names else None, num_genes=cfg.num_genes)
     size, bins = args.teacher_region_size, args.teacher_region_size // cfg.gene_bin
-    shapes = {"genes": (cfg.num_genes, cfg.gene_slices, bins, bins), "noise": (cfg.out_channels, cfg.num_slices, size, size),
-              "target": (cfg.out_channels, cfg.num_slices, size, size)}
-    group = open_target_store(path, spec, args.num_teacher_samples, shapes)
     genes_store = zarr.open_group(str(args.data), mode="r")["genes"]
     if genes_store.shape[2] * cfg.gene_bin < size or genes_store.shape[3] * cfg.gene_bin < size:
         raise ValueError(f"--data {args.data}: smaller than --teacher_region_size {size} px")
     if genes_store.shape[1] < cfg.num_slices:
         raise ValueError(f"--data {args.data}: {genes_store.shape[1]} sections, the model needs {cfg.num_slices}")
+    if accelerator.is_main_process:
+        shapes = {"genes": (cfg.num_genes, cfg.gene_slices, bins, bins), "noise": (cfg.out_channels, cfg.num_slices, size, size),
+                  "target": (cfg.out_channels, cfg.num_slices, size, size)}
+        output_dir.mkdir(parents=True, exist_ok=True)
+        open_target_store(path, spec, args.num_teacher_samples, shapes)
+    accelerator.wait_for_everyone()
+    group = zarr.open_group(str(path), mode="r+")
     started = time.process_time()
     made = fill_targets(group, teacher, genes_store, alignment, spec, num_records=args.num_teacher_samples,
-                        slices=cfg.num_slices, gene_slices=cfg.gene_slices, log=log)
-    if made:
+                        slices=cfg.num_slices, gene_slices=cfg.gene_slices, log=log,
+                        rank=accelerator.process_index, world=accelerator.num_processes)
+    if accelerator.num_processes > 1:  # every process says what it made
+        logger.info(f"process {accelerator.process_index} of {accelerator.num_processes}: generated {made} teacher "
+                    f"targets in {time.process_time() - started:.0f} CPU s")
+    elif made:
         log(f"generated {made} teacher targets in {time.process_time() - started:.0f} CPU s")
-    return path, spec
+    accelerator.wait_for_everyone()
+    complete = completed_records(zarr.open_group(str(path), mode="r"))
+    if complete < args.num_teacher_samples:
+        raise RuntimeError(f"--targets {path}: {complete} of {args.num_teacher_samples} teacher targets complete after generation")
+    return path
 
 
 def save_student(unet, scheduler, teacher, grid, args, output_dir: Path, summary: dict) -> None:
@@ -201,12 +215,7 @@ def distill(args: argparse.Namespace) -> dict:
     resume = resolve_checkpoint(args.resume_from_checkpoint, output_dir)
     if resume is not None:
         check_checkpoint_config(resume, unet)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        targets_path, _ = make_targets(args, teacher, alignment, teacher_grid, teacher_steps, output_dir, log)
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
-        targets_path = Path(args.targets) if args.targets else output_dir / "teacher_targets.zarr"
+    targets_path = make_targets(args, teacher, alignment, teacher_grid, teacher_steps, output_dir, accelerator, log)
     import zarr
 
     group = zarr.open_group(str(targets_path), mode="r")

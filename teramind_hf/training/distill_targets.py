@@ -130,8 +130,9 @@ def teacher_sample(pipe, window: torch.Tensor, noise: torch.Tensor, *, steps: in
 
 
 def fill_targets(group, pipe, genes_store, alignment, spec: TargetSpec, *, num_records: int, slices: int,
-                 gene_slices: int, log=print) -> int:
-    """Generate every record of ``0 .. num_records - 1`` not yet done; returns how many were generated."""
+                 gene_slices: int, log=print, rank: int = 0, world: int = 1) -> int:
+    """Generate every record of ``0 .. num_records - 1`` not yet done whose index is ``rank`` modulo ``world``
+    (this process's share); returns how many were generated."""
     from ..data.panel import apply_alignment
     from ..sampling.grid import gene_window
 
@@ -140,7 +141,7 @@ def fill_targets(group, pipe, genes_store, alignment, spec: TargetSpec, *, num_r
     size, margin = spec.region_size, (gene_slices - slices) // 2
     done = np.asarray(group["done"][...])
     made = 0
-    for index in range(num_records):
+    for index in range(rank, num_records, world):
         if done[index]:
             continue
         start, top, left = region_of_record(spec.seed, index, height=bins_h * gene_bin, width=bins_w * gene_bin,
