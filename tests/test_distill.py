@@ -288,7 +288,7 @@ def test_the_adversarial_term_reaches_the_student_and_the_discriminator_learns(d
 
 
 def test_processes_share_the_teacher_targets_and_make_the_same_records(distilled, teacher, phantom, tmp_path):
-    """Under `accelerate launch` with 2 processes each process makes every other record (half the teacher time);
+    """Under `accelerate launch` with 2 processes each process makes every other record (half of them);
     the store holds the bytes one process makes."""
     import subprocess
 
