@@ -117,10 +117,11 @@ def prepare_teacher(args, data_panel, log):
     return teacher, alignment, grid, teacher_grid, steps
 
 
-def make_targets(args, teacher, alignment, teacher_grid, steps, output_dir: Path, accelerator, log) -> Path:
-    """The target store with ``--num_teacher_samples`` complete records: the main process creates (or grows and
-    checks) it, then every process generates its share of the missing records (record ``i`` by process
-    ``i mod N``; a record is the same bytes whichever process makes it), so N processes share the teacher's work."""
+def make_targets(args, teacher, alignment, teacher_grid, steps, output_dir: Path, accelerator, log):
+    """The target store, opened read-only, with ``--num_teacher_samples`` complete records: the main process
+    creates (or grows and checks) it, then every process generates its share of the missing records (record ``i``
+    by process ``i mod N``; a record is the same bytes whichever process makes it), so N processes share the
+    teacher's work."""
     import zarr
 
     from .distill_targets import TargetSpec, completed_records, fill_targets, open_target_store, weights_fingerprint
@@ -147,16 +148,16 @@ def make_targets(args, teacher, alignment, teacher_grid, steps, output_dir: Path
     made = fill_targets(group, teacher, genes_store, alignment, spec, num_records=args.num_teacher_samples,
                         slices=cfg.num_slices, gene_slices=cfg.gene_slices, log=log,
                         rank=accelerator.process_index, world=accelerator.num_processes)
-    if accelerator.num_processes > 1:  # every process says what it made
-        logger.info(f"process {accelerator.process_index} of {accelerator.num_processes}: generated {made} teacher "
-                    f"targets in {time.process_time() - started:.0f} CPU s")
-    elif made:
-        log(f"generated {made} teacher targets in {time.process_time() - started:.0f} CPU s")
+    world = accelerator.num_processes
+    if made or world > 1:  # with several processes, every process says what it made
+        who = f"process {accelerator.process_index} of {world}: " if world > 1 else ""
+        logger.info(f"{who}generated {made} teacher targets in {time.process_time() - started:.0f} CPU s")
     accelerator.wait_for_everyone()
-    complete = completed_records(zarr.open_group(str(path), mode="r"))
+    group = zarr.open_group(str(path), mode="r")
+    complete = completed_records(group)
     if complete < args.num_teacher_samples:
         raise RuntimeError(f"--targets {path}: {complete} of {args.num_teacher_samples} teacher targets complete after generation")
-    return path
+    return group
 
 
 def save_student(unet, scheduler, teacher, grid, args, output_dir: Path, summary: dict) -> None:
@@ -185,7 +186,7 @@ def distill(args: argparse.Namespace) -> dict:
 
     from ..models.unet_genemorph_3d import GeneMorphUNet3DModel
     from .data import StepSampler, open_training_store
-    from .distill_targets import StudentPath, completed_records, student_scheduler
+    from .distill_targets import StudentPath, student_scheduler
     from .distill_windows import DistillWindows, WindowGeometry, distill_loss
     from .losses import sample_seed
     from .run_setup import finish_update, prepare_optimization, start_run, truncate_log_after
@@ -215,11 +216,8 @@ def distill(args: argparse.Namespace) -> dict:
     resume = resolve_checkpoint(args.resume_from_checkpoint, output_dir)
     if resume is not None:
         check_checkpoint_config(resume, unet)
-    targets_path = make_targets(args, teacher, alignment, teacher_grid, teacher_steps, output_dir, accelerator, log)
-    import zarr
-
-    group = zarr.open_group(str(targets_path), mode="r")
-    num_records = min(completed_records(group), args.num_teacher_samples)
+    group = make_targets(args, teacher, alignment, teacher_grid, teacher_steps, output_dir, accelerator, log)
+    num_records = args.num_teacher_samples  # make_targets saw them complete
 
     world, rank = accelerator.num_processes, accelerator.process_index
     global_batch = args.train_batch_size * world * args.gradient_accumulation_steps
