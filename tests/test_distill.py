@@ -125,6 +125,25 @@ def test_windows_are_the_samplers_model_inputs_and_the_path_is_ddim(distilled):
         assert torch.equal(item["genes"], gene_canvas[..., top // 16 : top // 16 + 8, left // 16 : left // 16 + 8])
         checked.add(offset)
     assert checked == {(0, 0), (16, 16)}
+    # a 2 x 2-patch window is the same canvas, 3 x 3 input patches around 2 x 2 neighbouring output patches
+    wide = DistillWindows(group, 1, path, resolve_grid("diagonal"), WindowGeometry(64, 16, -1.0, 256, window=2), seed=0,
+                          global_batch=8, length=400, prediction_type="sample")
+    starts = set()
+    for index in range(400):
+        _, k, offset, (y, x) = wide.draws(index)
+        if k:
+            continue
+        box = grid.canvas_box(0, 0, offset)
+        canvas, gene_canvas = canvases[(999, box.width)]
+        item = wide[index]
+        top, left = y - 32 - box.y0, x - 32 - box.x0
+        assert torch.equal(item["x"], canvas[..., top : top + 192, left : left + 192]), (offset, y, x)
+        assert torch.equal(item["genes"], gene_canvas[..., top // 16 : top // 16 + 12, left // 16 : left // 16 + 12])
+        inside = target[..., max(y, 0) : y + 128, max(x, 0) : x + 128]
+        assert item["x0"].shape[-2:] == (128, 128) and item["mask"].sum() == inside.shape[-2] * inside.shape[-1]
+        assert torch.equal(item["x0"][..., max(-y, 0) :, max(-x, 0) :][..., : inside.shape[-2], : inside.shape[-1]], inside)
+        starts.add((offset, y, x))
+    assert {s[1] for s in starts if s[0] == (0, 0)} == {0, 64, 128}  # every first patch whose neighbour is a patch too
     # step 1 is where deterministic DDIM goes from the noise when its x0 is the teacher's sample
     scheduler = student.scheduler
     scheduler.set_timesteps(2)
@@ -352,6 +371,49 @@ def test_distils_the_official_fixture_and_loads(phantom, tmp_path, one_torch_thr
     assert student(genes, gene_names=panel, generator=0).images.shape == (2, student.unet.config.out_channels, 256, 256)
 
 
+def test_the_seam_term_is_the_errors_step_across_patch_edges():
+    """seam_jumps: a step between two output patches' errors is counted once per edge segment, an error that is the
+    same on both sides of an edge costs nothing, and a jump reaching outside the region is left out."""
+    from teramind_hf.training.distill_windows import seam_jumps
+
+    offsets = torch.tensor([[0.0, 1.0], [3.0, 7.0]])  # per output patch (row, column) of a 2 x 2-patch window
+    error = offsets.repeat_interleave(64, 0).repeat_interleave(64, 1).expand(1, 2, 2, 128, 128)
+    mask = torch.ones_like(error)
+    for band in (1, 8):
+        jumps, valid = seam_jumps(error, mask, 64, band)
+        per_edge = 2 * 2 * 128 // band  # stains x sections x segments along the edge
+        assert jumps.shape == (1, 2 * per_edge) and bool(valid.all())
+        # the y edge: row 1 minus row 0 (3 and 6 along the left and right halves); the x edge: 1 and 4
+        assert sorted(set(jumps.flatten().tolist())) == [1.0, 3.0, 4.0, 6.0]
+        assert float(jumps.square().mean()) == pytest.approx((9 + 36 + 1 + 16) / 4)
+        # a ramp along x steps by 1 per pixel everywhere: no step across a y edge, and the band's width across the x
+        # edge (the mean of the band after it minus the mean of the band before it)
+        ramp = torch.arange(128.0).expand(1, 2, 2, 128, 128)
+        jumps = seam_jumps(ramp, mask, 64, band)[0]
+        assert torch.equal(jumps[:, :per_edge], torch.zeros(1, per_edge))
+        assert torch.equal(jumps[:, per_edge:], torch.full((1, per_edge), float(band)))
+    # one pixel, its neighbour across the x edge, and 8-px bands: only what lies wholly in the region counts
+    jumps, valid = seam_jumps(error, mask * (torch.arange(128) < 66).float(), 64, 1)
+    assert int(valid.sum()) == 2 * 2 * (128 + 66)  # the x edge (columns 63 | 64) whole, the y edge on columns 0..65
+    jumps, valid = seam_jumps(error, mask * (torch.arange(128) < 66).float(), 64, 8)
+    assert int(valid.sum()) == 2 * 2 * 8  # x edge: its right band (64..71) leaves the region; y edge: 8 segments
+
+
+def test_a_seam_weight_trains_on_wide_windows_and_adds_the_term(distilled, teacher, phantom, tmp_path, one_torch_thread):
+    from teramind_hf.cli import main
+
+    out = tmp_path / "seam"
+    shared = ["--targets", str(distilled / "teacher_targets.zarr")]
+    assert main(["distill", *_args(teacher, phantom, out, *RUN, *shared, "--window_patches", "2", "--seam_weight", "1",
+                                   "--seam_band", "8")]) == 0
+    records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert len(records) == 4 and all(r["loss"] > r["mse"] * 1.001 for r in records)
+    plain = [json.loads(line) for line in (distilled / "train_log.jsonl").read_text().splitlines()]
+    assert all(a["mse"] != b["mse"] for a, b in zip(records, plain))  # other windows, not the 1-patch ones
+    card = (out / "README.md").read_text()
+    assert "windows of 2 x 2 output patches" in card and "weight 1.0 over 8-px bands" in card
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -370,6 +432,10 @@ def test_distils_the_official_fixture_and_loads(phantom, tmp_path, one_torch_thr
         (["--fresh_noise_mse"], "--fresh_noise_mse needs --fresh_noise_fraction > 0"),
         (["--adversarial_weight", "1", "--discriminator_steps", "0"], "--discriminator_steps must be >= 1"),
         (["--discriminator_steps", "2"], "--discriminator_steps needs --adversarial_weight > 0"),
+        (["--seam_weight", "1"], "--seam_weight needs --window_patches >= 2"),
+        (["--window_patches", "0"], "--window_patches must be >= 1"),
+        (["--window_patches", "5"], "--window_patches 5: a 256-px teacher region holds 4 patches of 64 px per side"),
+        (["--window_patches", "2", "--seam_weight", "1", "--seam_band", "3"], "--seam_band 3: must divide the model's 64-px patch"),
     ],
 )
 def test_bad_options_exit_2_with_one_line(teacher, phantom, tmp_path, capsys, extra, message, monkeypatch):

@@ -45,7 +45,8 @@ def check_args(args: argparse.Namespace) -> None:
     from ..sampling.schedule import resolve_grid
 
     positive = ("train_batch_size", "gradient_accumulation_steps", "max_train_steps", "checkpointing_steps",
-                "num_teacher_samples", "student_steps", "teacher_region_size", "discriminator_steps")
+                "num_teacher_samples", "student_steps", "teacher_region_size", "discriminator_steps", "window_patches",
+                "seam_band")
     for name in positive:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
@@ -55,9 +56,12 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--teacher_region_size must be whole 256-px tiles, got {args.teacher_region_size}")
     if not 0 <= args.ema_decay < 1:
         raise ValueError(f"--ema_decay must be in [0, 1), got {args.ema_decay}")
-    for name in ("highpass_weight", "adversarial_weight"):
+    for name in ("highpass_weight", "adversarial_weight", "seam_weight"):
         if not getattr(args, name) >= 0:
             raise ValueError(f"--{name} must be >= 0, got {getattr(args, name)}")
+    if args.seam_weight and args.window_patches < 2:
+        raise ValueError(f"--seam_weight needs --window_patches >= 2 (a window with patch edges inside it), got "
+                         f"--window_patches {args.window_patches}")
     if not args.discriminator_lr > 0:
         raise ValueError(f"--discriminator_lr must be > 0, got {args.discriminator_lr}")
     if not 0 <= args.fresh_noise_fraction <= 1:
@@ -195,6 +199,12 @@ def distill(args: argparse.Namespace) -> dict:
     output_dir, accelerator, log = start_run(args, logger)
     data = open_training_store(args.data, crop_size=args.teacher_region_size, length=1, seed=args.seed)
     teacher, alignment, grid, teacher_grid, teacher_steps = prepare_teacher(args, data.panel, log)
+    patches_per_region = args.teacher_region_size // teacher.unet.config.sample_size
+    if teacher.unet.config.sample_size % args.seam_band:
+        raise ValueError(f"--seam_band {args.seam_band}: must divide the model's {teacher.unet.config.sample_size}-px patch")
+    if args.window_patches > patches_per_region:
+        raise ValueError(f"--window_patches {args.window_patches}: a {args.teacher_region_size}-px teacher region holds "
+                         f"{patches_per_region} patches of {teacher.unet.config.sample_size} px per side")
     student_pipe = load_pipeline(args.student_init, "--student_init") if args.student_init else teacher
     unet = GeneMorphUNet3DModel.from_config(teacher.unet.config)
     arch = {k: v for k, v in dict(student_pipe.unet.config).items() if not k.startswith("_")}
@@ -223,7 +233,7 @@ def distill(args: argparse.Namespace) -> dict:
     global_batch = args.train_batch_size * world * args.gradient_accumulation_steps
     cfg = teacher.unet.config
     geometry = WindowGeometry(patch=cfg.sample_size, gene_bin=cfg.gene_bin, fill_value=teacher.config.fill_value,
-                              region=args.teacher_region_size)
+                              region=args.teacher_region_size, window=args.window_patches)
     window_seed = args.seed if args.window_seed is None else args.window_seed
     adversary, truth = None, None
     if args.adversarial_weight:
@@ -257,7 +267,8 @@ def distill(args: argparse.Namespace) -> dict:
         micro = (micro + 1) % args.gradient_accumulation_steps
         with accelerator.accumulate(unet):
             with accelerator.autocast():
-                loss, mse, out = distill_loss(unet, batch, path, prediction_type, args.highpass_weight)
+                loss, mse, out = distill_loss(unet, batch, path, prediction_type, args.highpass_weight, args.seam_weight,
+                                              args.seam_band)
                 if adversary:
                     adversarial = adversary.generator_term(out, batch)
                     loss = loss + args.adversarial_weight * adversarial

@@ -85,8 +85,8 @@ def build_discriminator(unet_config, seed: int, stains=None) -> PatchDiscriminat
 
 
 def patch_genes(batch: dict, patch: int, gene_bin: int) -> torch.Tensor:
-    """The gene bins under a window's output patch (the window reaches half a patch around it)."""
-    lo, n = patch // 2 // gene_bin, patch // gene_bin
+    """The gene bins under a window's output patches (the window reaches half a patch around them)."""
+    lo, n = patch // 2 // gene_bin, batch["x0"].shape[-1] // gene_bin
     return batch["genes"][..., lo : lo + n, lo : lo + n]
 
 

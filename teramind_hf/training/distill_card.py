@@ -53,6 +53,9 @@ def distill_model_card(args: argparse.Namespace, config, grid, summary: dict) ->
            "sampling give), trained by the MSE to the teacher's sample (denoising)"
            + (" and the adversarial term" if args.adversarial_weight else "")]
           if args.fresh_noise_fraction and args.fresh_noise_mse else []),
+        *([f"- windows of {args.window_patches} x {args.window_patches} output patches"
+           + (f"; seam term (MSE of the error's jump across their edges) weight {args.seam_weight} over {args.seam_band}-px bands" if args.seam_weight else "")]
+          if args.window_patches != 1 else []),
         f"- last training loss: {last.get('loss', float('nan')):.5f}",
         "",
         "## Quality",

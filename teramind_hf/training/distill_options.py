@@ -54,6 +54,16 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     a("--highpass_weight", type=float, default=0.0,
       help="weight of an extra MSE between the 3x3 high-pass of the student's x0 and the teacher's (sharpness aid; "
            "0: plain MSE)")
+    a("--window_patches", type=int, default=1,
+      help="output patches per side of a training window: N x N neighbouring output patches of one grid offset, from "
+           "(N + 1) x (N + 1) input patches (default 1; --seam_weight needs 2 or more)")
+    a("--seam_weight", type=float, default=0.0,
+      help="weight of an MSE on the jump of the student's error across the edges between a window's output patches "
+           "(teaches neighbouring patches to agree where the sampler's grid joins them; needs --window_patches >= 2; "
+           "0: off)")
+    a("--seam_band", type=int, default=1,
+      help="width in px of the bands whose mean errors --seam_weight compares across each edge, per band-px segment "
+           "along it (1: a pixel and its neighbour; wider bands leave the texture to the MSE and weigh brightness steps)")
     a("--adversarial_weight", type=float, default=0.0,
       help="weight of an adversarial term: a conditional patch discriminator tells the true image of each window (read "
            "from --data) from the student's x0 (x0 students only; 0: off)")

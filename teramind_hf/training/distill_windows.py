@@ -10,7 +10,10 @@ sampler pads a region; the loss is the MSE between the student's output and what
 the windows after the first student step takes the teacher's sample re-noised with fresh noise instead (the input
 LCM and TCD sampling give the student there) and is trained by the adversarial term alone, or, with
 ``fresh_noise_mse``, also by the MSE to x0* (plain denoising of the teacher's sample: the input's x0 *is* x0*, seen
-through noise the record's z did not make, so the student learns to remove any noise, not only the path's). Each sample's draws come from
+through noise the record's z did not make, so the student learns to remove any noise, not only the path's). With
+``window`` > 1 a sample is N x N neighbouring output patches of the same offset, from (N + 1) x (N + 1) input
+patches, still one collage-path call: the sampler's own patches, joined where its grid joins them, so a loss can
+see their edges (``seam_weight`` of :func:`distill_loss`). Each sample's draws come from
 ``(seed, global step, global sample index)``, so the run does not depend on process count or resume.
 """
 
@@ -31,6 +34,7 @@ class WindowGeometry:
     gene_bin: int
     fill_value: float
     region: int
+    window: int = 1  # output patches per side of a training window
 
     @property
     def pad(self) -> int:
@@ -74,9 +78,11 @@ class DistillWindows(Dataset):
         k = int(torch.randint(0, len(self.path.timesteps), (1,), generator=gen))
         offsets = self.grid.offsets_at(k, len(self.path.timesteps))
         dy, dx = (o % self.geometry.patch for o in offsets[int(torch.randint(0, len(offsets), (1,), generator=gen))])
+        # the window's first output patch, so that all of its patches are the grid's patches over the region
+        last = self.geometry.window - 1
         ys, xs = self.geometry.patch_starts(dy), self.geometry.patch_starts(dx)
-        y = ys[int(torch.randint(0, len(ys), (1,), generator=gen))]
-        x = xs[int(torch.randint(0, len(xs), (1,), generator=gen))]
+        y = ys[int(torch.randint(0, len(ys) - last, (1,), generator=gen))]
+        x = xs[int(torch.randint(0, len(xs) - last, (1,), generator=gen))]
         return record, k, (dy, dx), (y, x)
 
     def is_fresh(self, index: int, k: int) -> bool:
@@ -108,28 +114,29 @@ class DistillWindows(Dataset):
         canvas = F.pad(x_t, (pad,) * 4, value=geo.fill_value)
         gene_canvas = F.pad(genes, (bins,) * 4)
         half = geo.patch // 2
-        y0, x0 = y - half + pad, x - half + pad  # the window: the output patch and half a patch around it
-        size = 2 * geo.patch
+        y0, x0 = y - half + pad, x - half + pad  # the window: the output patches and half a patch around them
+        out_size = geo.window * geo.patch
+        size = out_size + geo.patch
         window = canvas[..., y0 : y0 + size, x0 : x0 + size]
         b = geo.gene_bin
         gene_window = gene_canvas[..., y0 // b : (y0 + size) // b, x0 // b : (x0 + size) // b]
         # the output patch: its target and which of its pixels lie inside the region
         target_canvas = F.pad(target, (pad,) * 4)
         ty, tx = y + pad, x + pad
-        patch_target = target_canvas[..., ty : ty + geo.patch, tx : tx + geo.patch]
-        rows = ((torch.arange(geo.patch) + y) >= 0) & ((torch.arange(geo.patch) + y) < geo.region)
-        cols = ((torch.arange(geo.patch) + x) >= 0) & ((torch.arange(geo.patch) + x) < geo.region)
+        patch_target = target_canvas[..., ty : ty + out_size, tx : tx + out_size]
+        rows = ((torch.arange(out_size) + y) >= 0) & ((torch.arange(out_size) + y) < geo.region)
+        cols = ((torch.arange(out_size) + x) >= 0) & ((torch.arange(out_size) + x) < geo.region)
         mask = (rows[:, None] & cols[None, :]).float()[None, None]
         item = {
             "x": window.contiguous(), "genes": gene_window.contiguous(), "step": torch.tensor(k),
             "timestep": torch.tensor(self.path.timesteps[k]), "x0": patch_target.contiguous(),
-            "x_t": canvas[..., ty : ty + geo.patch, tx : tx + geo.patch].contiguous(), "mask": mask,
+            "x_t": canvas[..., ty : ty + out_size, tx : tx + out_size].contiguous(), "mask": mask,
             # a fresh-noise window's input does not determine x0* as the DDIM path's does: by default no MSE on it (the
             # adversarial term only); with fresh_noise_mse the MSE to x0* is plain denoising of the teacher's sample
             "mse_weight": torch.tensor(0.0 if fresh and not self.fresh_noise_mse else 1.0),
         }
         if self.truth is not None:  # the true image of the same output patch
-            item["real"] = F.pad(self.truth(record), (pad,) * 4)[..., ty : ty + geo.patch, tx : tx + geo.patch].contiguous()
+            item["real"] = F.pad(self.truth(record), (pad,) * 4)[..., ty : ty + out_size, tx : tx + out_size].contiguous()
         return item
 
 
@@ -153,9 +160,34 @@ def high_pass(x: torch.Tensor) -> torch.Tensor:
     return (flat - smooth).reshape(x.shape)
 
 
-def distill_loss(unet, batch: dict, path, prediction_type: str, highpass_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _band_means(t: torch.Tensor, dim: int, start: int, band: int) -> torch.Tensor:
+    """Means of ``t`` over rows (``dim`` -2) or columns (-1) ``start .. start + band``, then over ``band``-px segments
+    along the other axis."""
+    line = t.narrow(dim, start, band).mean(dim=dim)
+    return line.unflatten(-1, (line.shape[-1] // band, band)).mean(-1)
+
+
+def seam_jumps(x: torch.Tensor, mask: torch.Tensor, patch: int, band: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(jumps of ``x`` across the edges between the output patches of windows ``x``, and whether each jump lies
+    wholly inside ``mask``, of ``x``'s shape): the mean of a ``band``-px band just after an edge minus the mean of
+    the band just before it, per ``band``-px segment along the edge (``band`` 1: a pixel minus its neighbour across
+    the edge); y edges then x edges, flattened."""
+    jumps, valid = [], []
+    for dim in (-2, -1):
+        for edge in range(patch, x.shape[dim], patch):
+            jumps.append((_band_means(x, dim, edge, band) - _band_means(x, dim, edge - band, band)).flatten(1))
+            inside = _band_means(mask, dim, edge, band) * _band_means(mask, dim, edge - band, band)
+            valid.append((inside == 1).to(x.dtype).flatten(1))
+    return torch.cat(jumps, 1), torch.cat(valid, 1)
+
+
+def distill_loss(unet, batch: dict, path, prediction_type: str, highpass_weight: float = 0.0,
+                 seam_weight: float = 0.0, seam_band: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, plain masked MSE, the student's output) of a batch of windows; ``highpass_weight`` adds the masked MSE
-    of the high-pass of the output against the target's (``sample`` prediction only: the detail of x0)."""
+    of the high-pass of the output against the target's (``sample`` prediction only: the detail of x0);
+    ``seam_weight`` adds the MSE of the error's jump across the edges between a window's output patches, over
+    ``seam_band``-px bands (:func:`seam_jumps`; zero where the student's neighbouring patches join as the target does,
+    however large each patch's own error)."""
     out = unet(batch["x"], batch["timestep"], batch["genes"], path="collage").sample.float()
     target = prediction_targets(batch, path, prediction_type)
     mask = batch["mask"] * batch["mse_weight"].reshape(-1, 1, 1, 1, 1)
@@ -164,4 +196,8 @@ def distill_loss(unet, batch: dict, path, prediction_type: str, highpass_weight:
     if highpass_weight:
         hp = (high_pass(out) - high_pass(target)).square() * mask
         loss = loss + highpass_weight * hp.sum() / (mask.sum() * out.shape[1] * out.shape[2]).clamp(min=1)
+    if seam_weight:
+        patch = batch["x"].shape[-1] - out.shape[-1]  # the window reaches half a patch around its output patches
+        jumps, valid = seam_jumps(out - target, mask.expand_as(out), patch, seam_band)
+        loss = loss + seam_weight * (jumps.square() * valid).sum() / valid.sum().clamp(min=1)
     return loss, mse.detach(), out
