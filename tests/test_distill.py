@@ -328,6 +328,23 @@ def test_processes_share_the_teacher_targets_and_make_the_same_records(distilled
         np.testing.assert_array_equal(two[name][...], one[name][...])
 
 
+def test_every_process_refuses_a_store_made_with_other_settings(distilled, teacher, phantom, tmp_path):
+    """Under `accelerate launch` with 2 processes a wrong --targets store stops both processes with the named error
+    (with the check on the main process alone, the other one died at the barrier with gloo's "Connection closed by
+    peer" instead), and the store is untouched."""
+    import subprocess
+
+    store = distilled / "teacher_targets.zarr"
+    before = sorted((p.relative_to(store), p.stat().st_mtime_ns) for p in store.rglob("*"))
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "teramind_hf.training.distill"]
+    argv = _args(teacher, phantom, tmp_path / "b", "--targets", str(store), "--seed", "5", "--max_train_steps", "1")
+    done = subprocess.run([*launcher, *argv], env=ENV, timeout=240, capture_output=True, text=True)
+    assert done.returncode != 0
+    assert done.stderr.count("made with other settings (seed: store 0 vs this run 5)") >= 2, done.stderr[-3000:]
+    assert sorted((p.relative_to(store), p.stat().st_mtime_ns) for p in store.rglob("*")) == before
+
+
 def test_the_student_loads_and_samples_with_its_saved_steps_and_grid(distilled):
     from teramind_hf import TeraMindPipeline
 

@@ -128,7 +128,8 @@ def make_targets(args, teacher, alignment, teacher_grid, steps, output_dir: Path
     teacher's work."""
     import zarr
 
-    from .distill_targets import TargetSpec, completed_records, fill_targets, open_target_store, weights_fingerprint
+    from .distill_targets import (TargetSpec, check_target_store, completed_records, fill_targets, open_target_store,
+                                  weights_fingerprint)
 
     cfg = teacher.unet.config
     path = Path(args.targets) if args.targets else output_dir / "teacher_targets.zarr"
@@ -141,9 +142,13 @@ def make_targets(args, teacher, alignment, teacher_grid, steps, output_dir: Path
         raise ValueError(f"--data {args.data}: smaller than --teacher_region_size {size} px")
     if genes_store.shape[1] < cfg.num_slices:
         raise ValueError(f"--data {args.data}: {genes_store.shape[1]} sections, the model needs {cfg.num_slices}")
+    shapes = {"genes": (cfg.num_genes, cfg.gene_slices, bins, bins), "noise": (cfg.out_channels, cfg.num_slices, size, size),
+              "target": (cfg.out_channels, cfg.num_slices, size, size)}
+    # every process refuses a wrong store itself, before the main process writes: after a refusal on the main
+    # process alone, the others fail at the barrier below with the process group's error instead of the reason
+    check_target_store(path, spec, shapes)
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        shapes = {"genes": (cfg.num_genes, cfg.gene_slices, bins, bins), "noise": (cfg.out_channels, cfg.num_slices, size, size),
-                  "target": (cfg.out_channels, cfg.num_slices, size, size)}
         output_dir.mkdir(parents=True, exist_ok=True)
         open_target_store(path, spec, args.num_teacher_samples, shapes)
     accelerator.wait_for_everyone()

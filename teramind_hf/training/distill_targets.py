@@ -60,36 +60,47 @@ def weights_fingerprint(unet) -> str:
     return digest.hexdigest()
 
 
-def open_target_store(path: Path, spec: TargetSpec, num_records: int, shapes: dict[str, tuple[int, ...]]):
-    """The target store at ``path`` with room for ``num_records`` records (created or grown); refuses a store with
-    another spec or layout, naming the field."""
+def check_target_store(path: Path, spec: TargetSpec, shapes: dict[str, tuple[int, ...]]) -> bool:
+    """Whether a target store for ``spec`` exists at ``path``; refuses, naming the field, a store with another spec or
+    layout and a path that holds something else. Reads only, so every process of a run can check before any writes."""
     import zarr
 
     expected = spec.to_dict()
-    if (path / "zarr.json").is_file():
-        try:
-            group = zarr.open_group(str(path), mode="r+")
-            attrs = dict(group.attrs)
-        except Exception as err:  # zarr raises several types for damaged stores
-            raise ValueError(f"--targets {path}: cannot read the teacher-target store ({err})") from err
-        if attrs.get("kind") != STORE_KIND:
-            raise ValueError(f"--targets {path}: not a teacher-target store of teramind distill (attribute kind != {STORE_KIND!r})")
-        saved = attrs.get("spec") or {}
-        diff = [k for k in expected if saved.get(k) != expected[k]]
-        if diff:
-            lines = "; ".join(f"{k}: store {saved.get(k)!r} vs this run {expected[k]!r}" for k in diff)
-            raise ValueError(f"--targets {path}: made with other settings ({lines}); use another --targets or matching options")
-        for name, shape in shapes.items():
-            if name not in group or tuple(group[name].shape[1:]) != shape:
-                raise ValueError(f"--targets {path}: array {name!r} missing or not shaped (N, {', '.join(map(str, shape))})")
+    if not (path / "zarr.json").is_file():
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise FileExistsError(f"--targets {path}: exists and is not a teacher-target store; give a new path")
+        return False
+    try:
+        group = zarr.open_group(str(path), mode="r")
+        attrs = dict(group.attrs)
+    except Exception as err:  # zarr raises several types for damaged stores
+        raise ValueError(f"--targets {path}: cannot read the teacher-target store ({err})") from err
+    if attrs.get("kind") != STORE_KIND:
+        raise ValueError(f"--targets {path}: not a teacher-target store of teramind distill (attribute kind != {STORE_KIND!r})")
+    saved = attrs.get("spec") or {}
+    diff = [k for k in expected if saved.get(k) != expected[k]]
+    if diff:
+        lines = "; ".join(f"{k}: store {saved.get(k)!r} vs this run {expected[k]!r}" for k in diff)
+        raise ValueError(f"--targets {path}: made with other settings ({lines}); use another --targets or matching options")
+    for name, shape in shapes.items():
+        if name not in group or tuple(group[name].shape[1:]) != shape:
+            raise ValueError(f"--targets {path}: array {name!r} missing or not shaped (N, {', '.join(map(str, shape))})")
+    return True
+
+
+def open_target_store(path: Path, spec: TargetSpec, num_records: int, shapes: dict[str, tuple[int, ...]]):
+    """The target store at ``path`` with room for ``num_records`` records (created or grown), after
+    :func:`check_target_store`'s refusals."""
+    import zarr
+
+    if check_target_store(path, spec, shapes):
+        group = zarr.open_group(str(path), mode="r+")
         if group["done"].shape[0] < num_records:
             for name in (*shapes, "done"):
                 group[name].resize((num_records, *group[name].shape[1:]))
         return group
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise FileExistsError(f"--targets {path}: exists and is not a teacher-target store; give a new path")
     group = zarr.open_group(str(path), mode="w")
-    group.attrs.update({"kind": STORE_KIND, "spec": expected})
+    group.attrs.update({"kind": STORE_KIND, "spec": spec.to_dict()})
     for name, shape in shapes.items():
         group.create_array(name, shape=(num_records, *shape), chunks=(1, *shape), dtype="float32", fill_value=0.0)
     group.create_array("done", shape=(num_records,), chunks=(1,), dtype="uint8", fill_value=0)
