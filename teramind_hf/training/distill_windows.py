@@ -160,7 +160,7 @@ def high_pass(x: torch.Tensor) -> torch.Tensor:
     return (flat - smooth).reshape(x.shape)
 
 
-def _band_means(t: torch.Tensor, dim: int, start: int, band: int) -> torch.Tensor:
+def band_means(t: torch.Tensor, dim: int, start: int, band: int) -> torch.Tensor:
     """Means of ``t`` over rows (``dim`` -2) or columns (-1) ``start .. start + band``, then over ``band``-px segments
     along the other axis."""
     line = t.narrow(dim, start, band).mean(dim=dim)
@@ -175,8 +175,8 @@ def seam_jumps(x: torch.Tensor, mask: torch.Tensor, patch: int, band: int = 1) -
     jumps, valid = [], []
     for dim in (-2, -1):
         for edge in range(patch, x.shape[dim], patch):
-            jumps.append((_band_means(x, dim, edge, band) - _band_means(x, dim, edge - band, band)).flatten(1))
-            inside = _band_means(mask, dim, edge, band) * _band_means(mask, dim, edge - band, band)
+            jumps.append((band_means(x, dim, edge, band) - band_means(x, dim, edge - band, band)).flatten(1))
+            inside = band_means(mask, dim, edge, band) * band_means(mask, dim, edge - band, band)
             valid.append((inside == 1).to(x.dtype).flatten(1))
     return torch.cat(jumps, 1), torch.cat(valid, 1)
 
