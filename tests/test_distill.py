@@ -112,38 +112,29 @@ def test_windows_are_the_samplers_model_inputs_and_the_path_is_ddim(distilled):
     assert [t for t, _, _ in calls] == [999, 999, 499, 499]  # 2 steps x 2 offsets: 4 calls for the one tile
     grid = TileGrid(height=256, width=256)
     canvases = {(t, x.shape[-1]): (x[0], g[0]) for t, x, g in calls}
-    checked = set()
-    for index in range(400):
-        _, k, offset, (y, x) = windows.draws(index)
-        if k:
-            continue
-        box = grid.canvas_box(0, 0, offset)
-        canvas, gene_canvas = canvases[(999, box.width)]
-        item = windows[index]
-        top, left = y - 32 - box.y0, x - 32 - box.x0
-        assert torch.equal(item["x"], canvas[..., top : top + 128, left : left + 128]), (offset, y, x)
-        assert torch.equal(item["genes"], gene_canvas[..., top // 16 : top // 16 + 8, left // 16 : left // 16 + 8])
-        checked.add(offset)
-    assert checked == {(0, 0), (16, 16)}
-    # a 2 x 2-patch window is the same canvas, 3 x 3 input patches around 2 x 2 neighbouring output patches
+    # a 2 x 2-patch window is the same canvas: 3 x 3 input patches around 2 x 2 neighbouring output patches
     wide = DistillWindows(group, 1, path, resolve_grid("diagonal"), WindowGeometry(64, 16, -1.0, 256, window=2), seed=0,
                           global_batch=8, length=400, prediction_type="sample")
-    starts = set()
-    for index in range(400):
-        _, k, offset, (y, x) = wide.draws(index)
-        if k:
-            continue
-        box = grid.canvas_box(0, 0, offset)
-        canvas, gene_canvas = canvases[(999, box.width)]
-        item = wide[index]
-        top, left = y - 32 - box.y0, x - 32 - box.x0
-        assert torch.equal(item["x"], canvas[..., top : top + 192, left : left + 192]), (offset, y, x)
-        assert torch.equal(item["genes"], gene_canvas[..., top // 16 : top // 16 + 12, left // 16 : left // 16 + 12])
-        inside = target[..., max(y, 0) : y + 128, max(x, 0) : x + 128]
-        assert item["x0"].shape[-2:] == (128, 128) and item["mask"].sum() == inside.shape[-2] * inside.shape[-1]
-        assert torch.equal(item["x0"][..., max(-y, 0) :, max(-x, 0) :][..., : inside.shape[-2], : inside.shape[-1]], inside)
-        starts.add((offset, y, x))
-    assert {s[1] for s in starts if s[0] == (0, 0)} == {0, 64, 128}  # every first patch whose neighbour is a patch too
+    for patches, dataset in ((1, windows), (2, wide)):
+        size, out = 64 * (patches + 1), 64 * patches
+        checked = set()
+        for index in range(400):
+            _, k, offset, (y, x) = dataset.draws(index)
+            if k:
+                continue
+            box = grid.canvas_box(0, 0, offset)
+            canvas, gene_canvas = canvases[(999, box.width)]
+            item = dataset[index]
+            top, left = y - 32 - box.y0, x - 32 - box.x0
+            assert torch.equal(item["x"], canvas[..., top : top + size, left : left + size]), (patches, offset, y, x)
+            assert torch.equal(item["genes"], gene_canvas[..., top // 16 : (top + size) // 16, left // 16 : (left + size) // 16])
+            inside = target[..., max(y, 0) : y + out, max(x, 0) : x + out]
+            assert item["x0"].shape[-2:] == (out, out) and item["mask"].sum() == inside.shape[-2] * inside.shape[-1]
+            assert torch.equal(item["x0"][..., max(-y, 0) :, max(-x, 0) :][..., : inside.shape[-2], : inside.shape[-1]], inside)
+            checked.add((offset, y, x))
+        assert {c[0] for c in checked} == {(0, 0), (16, 16)}
+        # every output patch starts a window, as long as its neighbours are the grid's patches over the region too
+        assert {c[1] for c in checked if c[0] == (0, 0)} == set(range(0, 256 - out + 1, 64))
     # step 1 is where deterministic DDIM goes from the noise when its x0 is the teacher's sample
     scheduler = student.scheduler
     scheduler.set_timesteps(2)
