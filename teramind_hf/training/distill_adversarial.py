@@ -84,9 +84,9 @@ def build_discriminator(unet_config, seed: int, stains=None) -> PatchDiscriminat
         torch.random.set_rng_state(state)
 
 
-def patch_genes(batch: dict, patch: int, gene_bin: int) -> torch.Tensor:
-    """The gene bins under a window's output patches (the window reaches half a patch around them)."""
-    lo, n = patch // 2 // gene_bin, batch["x0"].shape[-1] // gene_bin
+def patch_genes(batch: dict, patch: int, gene_bin: int, size: int) -> torch.Tensor:
+    """The gene bins under a window's ``size``-px output (its patches; the window reaches half a patch around them)."""
+    lo, n = patch // 2 // gene_bin, size // gene_bin
     return batch["genes"][..., lo : lo + n, lo : lo + n]
 
 
@@ -171,7 +171,7 @@ class Adversary:
     def _inputs(self, out: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mask, stains = batch["mask"], list(self.stains)
         return (in_region(batch["real"][:, stains], mask, self.fill_value), in_region(out[:, stains], mask, self.fill_value),
-                patch_genes(batch, self.patch, self.gene_bin))
+                patch_genes(batch, self.patch, self.gene_bin, out.shape[-1]))
 
     def generator_term(self, out: torch.Tensor, batch: dict) -> torch.Tensor:
         """The student's (unweighted) hinge term on its outputs ``out`` for ``batch``."""
