@@ -6,8 +6,8 @@ inside the patches, on the training windows of a teacher-target store.
 
 For each student: 96 windows of 2 x 2 output patches (`teramind_hf.training.distill_windows`, ``--window-seed``),
 on the DDIM path of the store's teacher samples at the student's 3 timesteps, on the ``diagonal-last`` grid; the
-error ``x0 - x0*`` of its collage output; and per student step the mean square of the error's step (`seam_jumps`'
-band means, 1 px and 8 px) across the edges between the patches (position 64 of the 128-px output) and across
+error ``x0 - x0*`` of its collage output; and per student step the mean square of the error's step (`step_across`,
+1 px and 8 px bands) across the edges between the patches (position 64 of the 128-px output) and across
 lines inside them (positions 16, 32, 48, 80, 96, 112). Seamless outputs have edge ~ inside.
 """
 
@@ -25,7 +25,7 @@ def edge_and_inner_steps(unet, windows, count: int, band: int, batch: int = 8) -
     """{(where, student step): mean square of the error's ``band``-px step} over ``count`` windows."""
     from torch.utils.data import default_collate
 
-    from teramind_hf.training.distill_windows import band_means
+    from teramind_hf.training.distill_windows import step_across
 
     sums: dict[tuple[str, int], list[float]] = {}
     with torch.no_grad():
@@ -35,8 +35,7 @@ def edge_and_inner_steps(unet, windows, count: int, band: int, batch: int = 8) -
             mask = b["mask"].expand_as(error)
             for position in (64, *INNER):
                 for dim in (-2, -1):
-                    step = band_means(error, dim, position, band) - band_means(error, dim, position - band, band)
-                    inside = (band_means(mask, dim, position, band) * band_means(mask, dim, position - band, band)) == 1
+                    step, inside = step_across(error, mask, dim, position, band)
                     for k in range(step.shape[0]):
                         entry = sums.setdefault(("edge" if position == 64 else "inside", int(b["step"][k])), [0.0, 0])
                         entry[0] += float((step[k].square() * inside[k]).sum())

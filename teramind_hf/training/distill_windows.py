@@ -167,17 +167,25 @@ def band_means(t: torch.Tensor, dim: int, start: int, band: int) -> torch.Tensor
     return line.unflatten(-1, (line.shape[-1] // band, band)).mean(-1)
 
 
+def step_across(x: torch.Tensor, mask: torch.Tensor, dim: int, line: int, band: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(step of ``x`` across the line before row (``dim`` -2) or column (-1) ``line``: the mean of the ``band``-px band
+    after it minus the mean of the band before it, per ``band``-px segment along it; whether both bands lie wholly
+    inside ``mask``, of ``x``'s shape)."""
+    step = band_means(x, dim, line, band) - band_means(x, dim, line - band, band)
+    inside = band_means(mask, dim, line, band) * band_means(mask, dim, line - band, band)
+    return step, (inside == 1).to(x.dtype)
+
+
 def seam_jumps(x: torch.Tensor, mask: torch.Tensor, patch: int, band: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """(jumps of ``x`` across the edges between the output patches of windows ``x``, and whether each jump lies
-    wholly inside ``mask``, of ``x``'s shape): the mean of a ``band``-px band just after an edge minus the mean of
-    the band just before it, per ``band``-px segment along the edge (``band`` 1: a pixel minus its neighbour across
-    the edge); y edges then x edges, flattened."""
+    wholly inside ``mask``, of ``x``'s shape): :func:`step_across` at every edge (``band`` 1: a pixel minus its
+    neighbour across the edge); y edges then x edges, flattened."""
     jumps, valid = [], []
     for dim in (-2, -1):
         for edge in range(patch, x.shape[dim], patch):
-            jumps.append((band_means(x, dim, edge, band) - band_means(x, dim, edge - band, band)).flatten(1))
-            inside = band_means(mask, dim, edge, band) * band_means(mask, dim, edge - band, band)
-            valid.append((inside == 1).to(x.dtype).flatten(1))
+            step, inside = step_across(x, mask, dim, edge, band)
+            jumps.append(step.flatten(1))
+            valid.append(inside.flatten(1))
     return torch.cat(jumps, 1), torch.cat(valid, 1)
 
 
