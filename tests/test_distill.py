@@ -238,6 +238,38 @@ def test_adversarial_stains_limit_what_the_discriminator_sees(one_torch_thread):
     assert (grads[None] > 0).all()
 
 
+def test_a_discriminator_per_stain_judges_each_stain_on_its_own(one_torch_thread):
+    """``--discriminator_per_stain``: one discriminator per seen stain; stain s's logits depend on stain s's pixels
+    alone, each part's first layer sees one stain's sections, and the student's term reaches every stain."""
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
+
+    from teramind_hf.training.distill_adversarial import Adversary, StainwiseDiscriminator, patch_genes
+
+    cfg = SimpleNamespace(out_channels=2, num_slices=2, num_genes=3, gene_slices=4, sample_size=32, gene_bin=16)
+    generator = torch.Generator().manual_seed(0)
+    batch = {"real": torch.rand((2, 2, 2, 32, 32), generator=generator) * 2 - 1, "mask": torch.ones((1, 1, 32, 32)),
+             "genes": torch.rand((2, 3, 4, 4, 4), generator=generator) * 5}
+    adversary = Adversary(Accelerator(cpu=True), cfg, lr=1e-3, fill_value=-1.0, seed=0, per_stain=True)
+    discriminator = adversary.accelerator.unwrap_model(adversary.discriminator)
+    assert isinstance(discriminator, StainwiseDiscriminator) and len(discriminator.parts) == 2
+    assert all(part.image[0].in_channels == cfg.num_slices for part in discriminator.parts)
+    images = torch.rand((2, 2, 2, 32, 32), generator=generator) * 2 - 1
+    genes = patch_genes(batch, 32, 16, 32)
+    logits = discriminator(images, genes)
+    assert logits.shape == (2, 2, 2, 2)  # (batch, stains, gene grid)
+    for stain in (0, 1):
+        changed = images.clone()
+        changed[:, 1 - stain] = torch.rand((2, 2, 32, 32), generator=generator)  # the other stain only
+        assert torch.equal(discriminator(changed, genes)[:, stain], logits[:, stain])
+        assert not torch.equal(discriminator(changed, genes)[:, 1 - stain], logits[:, 1 - stain])
+    out = images.clone().requires_grad_(True)
+    adversary.generator_term(out, batch).backward()
+    assert (out.grad.abs().flatten(2).sum(-1).sum(0) > 0).all()
+    assert torch.isfinite(adversary.update(out, batch))
+
+
 def test_discriminator_steps_are_that_many_adam_steps_on_the_batch(one_torch_thread):
     """``--discriminator_steps N``: N Adam steps of the discriminator on one training step's batch, the same as N
     one-step updates in a row; the loss returned is the first (what the student's step saw)."""
@@ -440,6 +472,9 @@ def test_a_seam_weight_trains_on_wide_windows_and_adds_the_term(distilled, teach
         (["--fresh_noise_mse"], "--fresh_noise_mse needs --fresh_noise_fraction > 0"),
         (["--adversarial_weight", "1", "--discriminator_steps", "0"], "--discriminator_steps must be >= 1"),
         (["--discriminator_steps", "2"], "--discriminator_steps needs --adversarial_weight > 0"),
+        (["--discriminator_per_stain"], "--discriminator_per_stain needs --adversarial_weight > 0"),
+        (["--adversarial_weight", "1", "--discriminator_per_stain", "--adversarial_stains", "1"],
+         "--discriminator_per_stain needs at least two stains seen"),
         (["--seam_weight", "1"], "--seam_weight needs --window_patches >= 2"),
         (["--window_patches", "0"], "--window_patches must be >= 1"),
         (["--window_patches", "5"], "--window_patches 5: a 256-px teacher region holds 4 patches of 64 px per side"),

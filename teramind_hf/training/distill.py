@@ -75,6 +75,11 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError("--discriminator_steps needs --adversarial_weight > 0 (it sets how the discriminator learns)")
     if args.adversarial_stains is not None and not args.adversarial_weight:
         raise ValueError("--adversarial_stains needs --adversarial_weight > 0 (it picks what the discriminator sees)")
+    if args.discriminator_per_stain and not args.adversarial_weight:
+        raise ValueError("--discriminator_per_stain needs --adversarial_weight > 0 (it shapes the discriminator)")
+    if args.discriminator_per_stain and args.adversarial_stains is not None and len(args.adversarial_stains) < 2:
+        raise ValueError(f"--discriminator_per_stain needs at least two stains seen, got --adversarial_stains "
+                         f"{args.adversarial_stains} (one stain's discriminator is already its own)")
     for name in ("grid", "teacher_grid"):
         try:
             resolve_grid(getattr(args, name))
@@ -246,7 +251,8 @@ def distill(args: argparse.Namespace) -> dict:
 
         truth = TruthRegions(args.data, seed=args.seed, region=args.teacher_region_size, slices=cfg.num_slices, gene_bin=cfg.gene_bin)
         adversary = Adversary(accelerator, cfg, lr=args.discriminator_lr, fill_value=teacher.config.fill_value, seed=window_seed,
-                              stains=args.adversarial_stains, steps=args.discriminator_steps)
+                              stains=args.adversarial_stains, steps=args.discriminator_steps,
+                              per_stain=args.discriminator_per_stain)
     windows = DistillWindows(group, num_records, path, grid, geometry, seed=window_seed, global_batch=global_batch,
                              length=args.max_train_steps * global_batch, prediction_type=prediction_type, truth=truth,
                              fresh_noise_fraction=args.fresh_noise_fraction, fresh_noise_mse=args.fresh_noise_mse)

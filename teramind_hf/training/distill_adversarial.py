@@ -13,6 +13,8 @@ teacher's cells; the discriminator pushes the student's outputs toward the distr
   border as a cue;
 * the condition is the patch's own gene bins (``log1p`` counts, every gene section as a channel);
 * ``--adversarial_stains`` limits what it sees to some stains (the others are trained by the MSE alone);
+* ``--discriminator_per_stain`` gives each seen stain a discriminator of its own (their logits averaged), so that
+  no stain's texture is left to the MSE because the other stain is the easier tell;
 * hinge loss: the discriminator minimises ``relu(1 - D(real)) + relu(1 + D(fake))``, the student ``-D(fake)``
   (times the weight, on top of the masked MSE); the discriminator takes ``--discriminator_steps`` Adam steps (default
   1) on each training step's batch, so it can keep ahead of the student.
@@ -60,6 +62,18 @@ class PatchDiscriminator(nn.Module):
         return self.head(torch.cat([features, condition], dim=1))
 
 
+class StainwiseDiscriminator(nn.Module):
+    """One :class:`PatchDiscriminator` per stain, each seeing its own stain's sections and the genes; its logits
+    ``(B, stains, h, w)`` are the parts' logits side by side, so the hinge losses average over the stains."""
+
+    def __init__(self, stains: int, slices: int, gene_channels: int, patch: int, gene_bin: int):
+        super().__init__()
+        self.parts = nn.ModuleList(PatchDiscriminator(slices, gene_channels, patch, gene_bin) for _ in range(stains))
+
+    def forward(self, images: torch.Tensor, genes: torch.Tensor) -> torch.Tensor:
+        return torch.cat([part(images[:, i : i + 1], genes) for i, part in enumerate(self.parts)], dim=1)
+
+
 def check_stains(stains, unet_config) -> tuple[int, ...]:
     """The stain indices the discriminator sees (``None``: all of the model's), refused by name if out of range or
     repeated."""
@@ -72,14 +86,17 @@ def check_stains(stains, unet_config) -> tuple[int, ...]:
     return stains
 
 
-def build_discriminator(unet_config, seed: int, stains=None) -> PatchDiscriminator:
-    """The discriminator for a student of ``unet_config`` that sees ``stains`` (default all), its initial weights
-    drawn from ``seed`` alone."""
+def build_discriminator(unet_config, seed: int, stains=None, per_stain: bool = False) -> nn.Module:
+    """The discriminator for a student of ``unet_config`` that sees ``stains`` (default all), one for all of them or
+    (``per_stain``) a :class:`StainwiseDiscriminator`; its initial weights drawn from ``seed`` alone."""
+    seen = len(check_stains(stains, unet_config))
+    gene_channels, slices = unet_config.num_genes * unet_config.gene_slices, unet_config.num_slices
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        return PatchDiscriminator(len(check_stains(stains, unet_config)) * unet_config.num_slices,
-                                  unet_config.num_genes * unet_config.gene_slices, unet_config.sample_size, unet_config.gene_bin)
+        if per_stain:
+            return StainwiseDiscriminator(seen, slices, gene_channels, unet_config.sample_size, unet_config.gene_bin)
+        return PatchDiscriminator(seen * slices, gene_channels, unet_config.sample_size, unet_config.gene_bin)
     finally:
         torch.random.set_rng_state(state)
 
@@ -151,14 +168,16 @@ class Adversary:
 
     name = "discriminator"  # its files in a checkpoint: discriminator.safetensors, discriminator_optimizer.*
 
-    def __init__(self, accelerator, unet_config, *, lr: float, fill_value: float, seed: int, stains=None, steps: int = 1):
+    def __init__(self, accelerator, unet_config, *, lr: float, fill_value: float, seed: int, stains=None, steps: int = 1,
+                 per_stain: bool = False):
         from .losses import sample_seed
 
         if steps < 1:
             raise ValueError(f"--discriminator_steps must be >= 1, got {steps}")
         self.steps = steps
         self.stains = check_stains(stains, unet_config)
-        discriminator = build_discriminator(unet_config, sample_seed(seed, 0, 0, "discriminator-init"), self.stains)
+        discriminator = build_discriminator(unet_config, sample_seed(seed, 0, 0, "discriminator-init"), self.stains,
+                                            per_stain)
         discriminator.train()
         optimizer = torch.optim.Adam(discriminator.parameters(), lr=lr, betas=DISCRIMINATOR_BETAS)
         self.discriminator, self.optimizer = accelerator.prepare(discriminator, optimizer)

@@ -72,6 +72,9 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
       help="Adam steps of the discriminator on each training step's batch (--adversarial_weight > 0; default 1)")
     a("--adversarial_stains", type=int, nargs="+", default=None,
       help="stain indices (0: DAPI, 1: PolyT) the discriminator sees (default: all); the other stains get the MSE alone")
+    a("--discriminator_per_stain", action="store_true",
+      help="one discriminator per seen stain, their logits averaged (--adversarial_weight > 0), so that each stain "
+           "gets texture of its own rather than the stain that is easier to tell apart taking the whole term")
     a("--fresh_noise_fraction", type=float, default=0.0,
       help="fraction of the windows at the student's later steps whose input is the teacher's sample re-noised with "
            "fresh noise (what LCM sampling gives the student there) instead of the DDIM path; those windows are "
