@@ -268,6 +268,17 @@ def test_a_discriminator_per_stain_judges_each_stain_on_its_own(one_torch_thread
     adversary.generator_term(out, batch).backward()
     assert (out.grad.abs().flatten(2).sum(-1).sum(0) > 0).all()
     assert torch.isfinite(adversary.update(out, batch))
+    # --adversarial_stain_weights: each stain's share of the student's term scaled by its weight; (1, 1) is the mean
+    weighted = Adversary(Accelerator(cpu=True), cfg, lr=1e-3, fill_value=-1.0, seed=0, per_stain=True, stain_weights=(1, 1))
+    part = [(Adversary(Accelerator(cpu=True), cfg, lr=1e-3, fill_value=-1.0, seed=0, per_stain=True, stain_weights=w)
+             .generator_term(images, batch)) for w in ((1, 0), (0, 1), (2, 0.5))]
+    plain = Adversary(Accelerator(cpu=True), cfg, lr=1e-3, fill_value=-1.0, seed=0, per_stain=True).generator_term(images, batch)
+    assert torch.allclose(weighted.generator_term(images, batch), plain)
+    assert torch.allclose(part[0] + part[1], plain) and torch.allclose(part[2], 2 * part[0] + 0.5 * part[1])
+    out = images.clone().requires_grad_(True)
+    Adversary(Accelerator(cpu=True), cfg, lr=1e-3, fill_value=-1.0, seed=0, per_stain=True,
+              stain_weights=(1, 0)).generator_term(out, batch).backward()
+    assert out.grad[:, 0].abs().sum() > 0 and out.grad[:, 1].abs().sum() == 0
 
 
 def test_discriminator_steps_are_that_many_adam_steps_on_the_batch(one_torch_thread):
@@ -475,6 +486,10 @@ def test_a_seam_weight_trains_on_wide_windows_and_adds_the_term(distilled, teach
         (["--discriminator_per_stain"], "--discriminator_per_stain needs --adversarial_weight > 0"),
         (["--adversarial_weight", "1", "--discriminator_per_stain", "--adversarial_stains", "1"],
          "--discriminator_per_stain needs at least two stains seen"),
+        (["--adversarial_weight", "1", "--adversarial_stain_weights", "1", "0.5"],
+         "--adversarial_stain_weights needs --discriminator_per_stain"),
+        (["--adversarial_weight", "1", "--discriminator_per_stain", "--adversarial_stain_weights", "1"],
+         "--adversarial_stain_weights: one weight >= 0 per stain the discriminator sees (2)"),
         (["--seam_weight", "1"], "--seam_weight needs --window_patches >= 2"),
         (["--window_patches", "0"], "--window_patches must be >= 1"),
         (["--window_patches", "5"], "--window_patches 5: a 256-px teacher region holds 4 patches of 64 px per side"),

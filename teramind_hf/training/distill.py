@@ -77,6 +77,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError("--adversarial_stains needs --adversarial_weight > 0 (it picks what the discriminator sees)")
     if args.discriminator_per_stain and not args.adversarial_weight:
         raise ValueError("--discriminator_per_stain needs --adversarial_weight > 0 (it shapes the discriminator)")
+    if args.adversarial_stain_weights is not None and not args.discriminator_per_stain:
+        raise ValueError("--adversarial_stain_weights needs --discriminator_per_stain (one discriminator per weighted stain)")
     if args.discriminator_per_stain and args.adversarial_stains is not None and len(args.adversarial_stains) < 2:
         raise ValueError(f"--discriminator_per_stain needs at least two stains seen, got --adversarial_stains "
                          f"{args.adversarial_stains} (one stain's discriminator is already its own)")
@@ -226,9 +228,10 @@ def distill(args: argparse.Namespace) -> dict:
         if getattr(args, name) and prediction_type != "sample":
             raise ValueError(f"--{name} needs a student predicting x0 (--prediction_type sample), not {prediction_type!r}")
     if args.adversarial_weight:
-        from .distill_adversarial import check_stains
+        from .distill_adversarial import check_stain_weights, check_stains
 
-        check_stains(args.adversarial_stains, teacher.unet.config)  # before anything is written
+        stains = check_stains(args.adversarial_stains, teacher.unet.config)  # before anything is written
+        check_stain_weights(args.adversarial_stain_weights, stains, args.discriminator_per_stain)
     scheduler = student_scheduler(teacher.scheduler, prediction_type)
     path = StudentPath.of(scheduler, args.student_steps)
     log(f"student: {args.student_steps} DDIM steps at t = {list(path.timesteps)}, predicting {prediction_type}, grid {grid.to_dict()}")
@@ -252,7 +255,7 @@ def distill(args: argparse.Namespace) -> dict:
         truth = TruthRegions(args.data, seed=args.seed, region=args.teacher_region_size, slices=cfg.num_slices, gene_bin=cfg.gene_bin)
         adversary = Adversary(accelerator, cfg, lr=args.discriminator_lr, fill_value=teacher.config.fill_value, seed=window_seed,
                               stains=args.adversarial_stains, steps=args.discriminator_steps,
-                              per_stain=args.discriminator_per_stain)
+                              per_stain=args.discriminator_per_stain, stain_weights=args.adversarial_stain_weights)
     windows = DistillWindows(group, num_records, path, grid, geometry, seed=window_seed, global_batch=global_batch,
                              length=args.max_train_steps * global_batch, prediction_type=prediction_type, truth=truth,
                              fresh_noise_fraction=args.fresh_noise_fraction, fresh_noise_mse=args.fresh_noise_mse)

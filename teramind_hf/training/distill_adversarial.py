@@ -14,7 +14,8 @@ teacher's cells; the discriminator pushes the student's outputs toward the distr
 * the condition is the patch's own gene bins (``log1p`` counts, every gene section as a channel);
 * ``--adversarial_stains`` limits what it sees to some stains (the others are trained by the MSE alone);
 * ``--discriminator_per_stain`` gives each seen stain a discriminator of its own (their logits averaged), so that
-  no stain's texture is left to the MSE because the other stain is the easier tell;
+  no stain's texture is left to the MSE because the other stain is the easier tell; ``--adversarial_stain_weights``
+  then scales each stain's share of the student's term;
 * hinge loss: the discriminator minimises ``relu(1 - D(real)) + relu(1 + D(fake))``, the student ``-D(fake)``
   (times the weight, on top of the masked MSE); the discriminator takes ``--discriminator_steps`` Adam steps (default
   1) on each training step's batch, so it can keep ahead of the student.
@@ -86,6 +87,18 @@ def check_stains(stains, unet_config) -> tuple[int, ...]:
     return stains
 
 
+def check_stain_weights(weights, stains: tuple[int, ...], per_stain: bool) -> tuple[float, ...] | None:
+    """``--adversarial_stain_weights`` as floats (None: unweighted), refused unless there is one weight >= 0 per seen
+    stain and one discriminator per stain."""
+    if weights is None:
+        return None
+    weights = tuple(float(w) for w in weights)
+    if not per_stain or len(weights) != len(stains) or not all(w >= 0 for w in weights):
+        raise ValueError(f"--adversarial_stain_weights: one weight >= 0 per stain the discriminator sees ({len(stains)}), "
+                         f"with --discriminator_per_stain; got {list(weights)}")
+    return weights
+
+
 def build_discriminator(unet_config, seed: int, stains=None, per_stain: bool = False) -> nn.Module:
     """The discriminator for a student of ``unet_config`` that sees ``stains`` (default all), one for all of them or
     (``per_stain``) a :class:`StainwiseDiscriminator`; its initial weights drawn from ``seed`` alone."""
@@ -112,12 +125,17 @@ def in_region(images: torch.Tensor, mask: torch.Tensor, fill_value: float) -> to
     return images * mask + fill_value * (1 - mask)
 
 
-def generator_loss(discriminator, fake: torch.Tensor, genes: torch.Tensor) -> torch.Tensor:
-    """The student's hinge term ``-mean D(fake)``; no gradient reaches the discriminator's weights."""
+def generator_loss(discriminator, fake: torch.Tensor, genes: torch.Tensor, stain_weights=None) -> torch.Tensor:
+    """The student's hinge term ``-mean D(fake)``; no gradient reaches the discriminator's weights. With
+    ``stain_weights`` (a :class:`StainwiseDiscriminator`'s), each stain's mean logit is scaled by its weight before
+    the mean over stains (all 1: the plain mean)."""
     for p in discriminator.parameters():
         p.requires_grad_(False)
     try:
-        return -discriminator(fake, genes).float().mean()
+        logits = discriminator(fake, genes).float()
+        if stain_weights is None:
+            return -logits.mean()
+        return -(logits.mean(dim=(0, 2, 3)) * torch.tensor(stain_weights, dtype=torch.float32, device=logits.device)).mean()
     finally:
         for p in discriminator.parameters():
             p.requires_grad_(True)
@@ -169,13 +187,14 @@ class Adversary:
     name = "discriminator"  # its files in a checkpoint: discriminator.safetensors, discriminator_optimizer.*
 
     def __init__(self, accelerator, unet_config, *, lr: float, fill_value: float, seed: int, stains=None, steps: int = 1,
-                 per_stain: bool = False):
+                 per_stain: bool = False, stain_weights=None):
         from .losses import sample_seed
 
         if steps < 1:
             raise ValueError(f"--discriminator_steps must be >= 1, got {steps}")
         self.steps = steps
         self.stains = check_stains(stains, unet_config)
+        self.stain_weights = check_stain_weights(stain_weights, self.stains, per_stain)
         discriminator = build_discriminator(unet_config, sample_seed(seed, 0, 0, "discriminator-init"), self.stains,
                                             per_stain)
         discriminator.train()
@@ -195,7 +214,7 @@ class Adversary:
     def generator_term(self, out: torch.Tensor, batch: dict) -> torch.Tensor:
         """The student's (unweighted) hinge term on its outputs ``out`` for ``batch``."""
         _, fake, genes = self._inputs(out, batch)
-        return generator_loss(self.accelerator.unwrap_model(self.discriminator), fake, genes)
+        return generator_loss(self.accelerator.unwrap_model(self.discriminator), fake, genes, self.stain_weights)
 
     def update(self, out: torch.Tensor, batch: dict) -> torch.Tensor:
         """Backpropagate the discriminator's hinge loss on ``batch`` (real) and ``out`` (fake, detached), ``steps``

@@ -75,6 +75,9 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     a("--discriminator_per_stain", action="store_true",
       help="one discriminator per seen stain, their logits averaged (--adversarial_weight > 0), so that each stain "
            "gets texture of its own rather than the stain that is easier to tell apart taking the whole term")
+    a("--adversarial_stain_weights", type=float, nargs="+", default=None,
+      help="with --discriminator_per_stain: one weight >= 0 per seen stain, scaling that stain's share of the student's "
+           "adversarial term (default: all 1)")
     a("--fresh_noise_fraction", type=float, default=0.0,
       help="fraction of the windows at the student's later steps whose input is the teacher's sample re-noised with "
            "fresh noise (what LCM sampling gives the student there) instead of the DDIM path; those windows are "
