@@ -84,6 +84,20 @@ def distilled_adversarial(distilled, teacher, phantom, tmp_path_factory, one_tor
     return out
 
 
+PER_STAIN = [*ADVERSARIAL, "--discriminator_per_stain", "--adversarial_stain_weights", "1.5", "0.3"]
+
+
+@pytest.fixture(scope="module")
+def distilled_per_stain(distilled, teacher, phantom, tmp_path_factory, one_torch_thread) -> Path:
+    """The adversarial run with one discriminator per stain, weighted."""
+    from teramind_hf.cli import main
+
+    out = tmp_path_factory.mktemp("distill") / "per_stain"
+    shared = ["--targets", str(distilled / "teacher_targets.zarr")]
+    assert main(["distill", *_args(teacher, phantom, out, *RUN, *shared, *PER_STAIN)]) == 0
+    return out
+
+
 def test_windows_are_the_samplers_model_inputs_and_the_path_is_ddim(distilled):
     import zarr
 
@@ -191,8 +205,9 @@ def test_fresh_noise_windows_are_the_teachers_sample_renoised_and_get_no_mse(dis
     assert float(distill_loss(student.unet, batch, path, "sample")[1]) > 0  # with fresh_noise_mse they have one
 
 
-@pytest.mark.parametrize("uninterrupted, extra", [("distilled", []), ("distilled_adversarial", ADVERSARIAL)],
-                         ids=["mse", "adversarial"])
+@pytest.mark.parametrize("uninterrupted, extra", [("distilled", []), ("distilled_adversarial", ADVERSARIAL),
+                                                 ("distilled_per_stain", PER_STAIN)],
+                         ids=["mse", "adversarial", "per-stain"])
 def test_kill_and_resume_equals_uninterrupted(uninterrupted, extra, distilled, teacher, phantom, tmp_path, request):
     from teramind_hf.cli import main
 
@@ -211,6 +226,11 @@ def test_kill_and_resume_equals_uninterrupted(uninterrupted, extra, distilled, t
         assert full_d.keys() == resumed_d.keys() and all(torch.equal(full_d[k], resumed_d[k]) for k in full_d), name
     teacher_w = load_file(str(teacher / "unet" / "diffusion_pytorch_model.safetensors"))
     assert any(not torch.equal(full_w[k], teacher_w[k]) for k in full_w)  # the student did train
+    if "--discriminator_per_stain" in extra:  # one discriminator per stain in the checkpoint, named in the card
+        assert {k.split(".")[1] for k in load_file(str(full / "checkpoint-4" / "discriminator.safetensors"))} == {"0", "1"}
+        assert "one discriminator per stain (stain weights [1.5, 0.3])" in (full / "README.md").read_text()
+        adversarial_w = _weights(request.getfixturevalue("distilled_adversarial"))
+        assert any(not torch.equal(full_w[k], adversarial_w[k]) for k in full_w)
 
 
 def test_adversarial_stains_limit_what_the_discriminator_sees(one_torch_thread):
