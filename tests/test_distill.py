@@ -76,11 +76,14 @@ ADVERSARIAL = ["--adversarial_weight", "0.5", "--discriminator_lr", "1e-3"]
 @pytest.fixture(scope="module")
 def distilled_adversarial(distilled, teacher, phantom, tmp_path_factory, one_torch_thread) -> Path:
     """The same run as ``distilled`` (same records, windows, seeds) with the adversarial term."""
+    return _rerun(distilled, teacher, phantom, tmp_path_factory.mktemp("distill") / "adversarial", ADVERSARIAL)
+
+
+def _rerun(distilled: Path, teacher: Path, phantom: Path, out: Path, extra: list[str]) -> Path:
+    """``distilled``'s run on its target store, with ``extra`` arguments, into ``out``."""
     from teramind_hf.cli import main
 
-    out = tmp_path_factory.mktemp("distill") / "adversarial"
-    shared = ["--targets", str(distilled / "teacher_targets.zarr")]
-    assert main(["distill", *_args(teacher, phantom, out, *RUN, *shared, *ADVERSARIAL)]) == 0
+    assert main(["distill", *_args(teacher, phantom, out, *RUN, "--targets", str(distilled / "teacher_targets.zarr"), *extra)]) == 0
     return out
 
 
@@ -90,12 +93,7 @@ PER_STAIN = [*ADVERSARIAL, "--discriminator_per_stain", "--adversarial_stain_wei
 @pytest.fixture(scope="module")
 def distilled_per_stain(distilled, teacher, phantom, tmp_path_factory, one_torch_thread) -> Path:
     """The adversarial run with one discriminator per stain, weighted."""
-    from teramind_hf.cli import main
-
-    out = tmp_path_factory.mktemp("distill") / "per_stain"
-    shared = ["--targets", str(distilled / "teacher_targets.zarr")]
-    assert main(["distill", *_args(teacher, phantom, out, *RUN, *shared, *PER_STAIN)]) == 0
-    return out
+    return _rerun(distilled, teacher, phantom, tmp_path_factory.mktemp("distill") / "per_stain", PER_STAIN)
 
 
 def test_windows_are_the_samplers_model_inputs_and_the_path_is_ddim(distilled):
