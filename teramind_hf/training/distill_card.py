@@ -46,8 +46,8 @@ def distill_model_card(args: argparse.Namespace, config, grid, summary: dict) ->
            f"weight {args.adversarial_weight}, discriminator Adam lr {args.discriminator_lr}"
            + (f" ({args.discriminator_steps} steps per training step)" if args.discriminator_steps != 1 else "")
            + (f", stains {args.adversarial_stains} only" if args.adversarial_stains is not None else "")
-           + (", one discriminator per stain" if getattr(args, "discriminator_per_stain", False) else "")
-           + (f" (stain weights {args.adversarial_stain_weights})" if getattr(args, "adversarial_stain_weights", None) else "")
+           + (", one discriminator per stain" if args.discriminator_per_stain else "")
+           + (f" (stain weights {args.adversarial_stain_weights})" if args.adversarial_stain_weights else "")
            + (f"; {args.fresh_noise_fraction:g} of the later steps' windows re-noised with fresh noise (LCM's input), "
               "adversarial term only" if args.fresh_noise_fraction and not args.fresh_noise_mse else "")]
           if args.adversarial_weight else []),
