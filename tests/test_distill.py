@@ -299,6 +299,52 @@ def test_a_discriminator_per_stain_judges_each_stain_on_its_own(one_torch_thread
     assert out.grad[:, 0].abs().sum() > 0 and out.grad[:, 1].abs().sum() == 0
 
 
+@pytest.mark.parametrize("per_stain", [False, True])
+def test_a_paired_discriminator_judges_the_output_against_the_input(one_torch_thread, per_stain):
+    """``--discriminator_paired``: the teacher's x0 of the window is real (not the true image), the discriminator
+    sees the student's input x_t next to each output, and with one discriminator per stain, stain s's logits read
+    stain s's output and input alone."""
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
+
+    from teramind_hf.training.distill_adversarial import Adversary, patch_genes
+
+    cfg = SimpleNamespace(out_channels=2, num_slices=2, num_genes=3, gene_slices=4, sample_size=32, gene_bin=16)
+    generator = torch.Generator().manual_seed(0)
+
+    def image():
+        return torch.rand((2, 2, 2, 32, 32), generator=generator) * 2 - 1
+
+    batch = {"real": image(), "x0": image(), "x_t": image(), "mask": torch.ones((1, 1, 32, 32)),
+             "genes": torch.rand((2, 3, 4, 4, 4), generator=generator) * 5}
+
+    def adversary():
+        return Adversary(Accelerator(cpu=True), cfg, lr=1e-3, fill_value=-1.0, seed=0, per_stain=per_stain, paired=True)
+
+    first = adversary()
+    discriminator = first.accelerator.unwrap_model(first.discriminator)
+    parts = discriminator.parts if per_stain else [discriminator]
+    assert all(part.image[0].in_channels == 2 * cfg.num_slices * (1 if per_stain else 2) for part in parts)
+    out = image()
+    term = first.generator_term(out, batch)
+    # real is the teacher's x0: the discriminator's loss moves with it and not with the true image
+    loss = adversary().update(out, batch)
+    assert torch.equal(adversary().update(out, {**batch, "real": image()}), loss)
+    assert not torch.equal(adversary().update(out, {**batch, "x0": image()}), loss)
+    # the input is part of what is judged
+    assert not torch.equal(adversary().generator_term(out, {**batch, "x_t": image()}), term)
+    if per_stain:
+        genes = patch_genes(batch, 32, 16, 32)
+        logits = discriminator(first._inputs(out, batch)[1], genes)
+        for stain in (0, 1):
+            x_t = batch["x_t"].clone()
+            x_t[:, 1 - stain] = torch.rand((2, 2, 32, 32), generator=generator)  # the other stain's input only
+            changed = discriminator(first._inputs(out, {**batch, "x_t": x_t})[1], genes)
+            assert torch.equal(changed[:, stain], logits[:, stain])
+            assert not torch.equal(changed[:, 1 - stain], logits[:, 1 - stain])
+
+
 def test_discriminator_steps_are_that_many_adam_steps_on_the_batch(one_torch_thread):
     """``--discriminator_steps N``: N Adam steps of the discriminator on one training step's batch, the same as N
     one-step updates in a row; the loss returned is the first (what the student's step saw)."""
@@ -508,6 +554,7 @@ def test_a_seam_weight_trains_on_wide_windows_and_adds_the_term(distilled, teach
          "--adversarial_stain_weights needs --discriminator_per_stain"),
         (["--adversarial_weight", "1", "--discriminator_per_stain", "--adversarial_stain_weights", "1"],
          "--adversarial_stain_weights: one weight >= 0 per stain the discriminator sees (2)"),
+        (["--discriminator_paired"], "--discriminator_paired needs --adversarial_weight > 0"),
         (["--seam_weight", "1"], "--seam_weight needs --window_patches >= 2"),
         (["--window_patches", "0"], "--window_patches must be >= 1"),
         (["--window_patches", "5"], "--window_patches 5: a 256-px teacher region holds 4 patches of 64 px per side"),

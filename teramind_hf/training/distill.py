@@ -77,6 +77,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError("--adversarial_stains needs --adversarial_weight > 0 (it picks what the discriminator sees)")
     if args.discriminator_per_stain and not args.adversarial_weight:
         raise ValueError("--discriminator_per_stain needs --adversarial_weight > 0 (it shapes the discriminator)")
+    if args.discriminator_paired and not args.adversarial_weight:
+        raise ValueError("--discriminator_paired needs --adversarial_weight > 0 (it picks what the discriminator judges)")
     if args.adversarial_stain_weights is not None and not args.discriminator_per_stain:
         raise ValueError("--adversarial_stain_weights needs --discriminator_per_stain (one discriminator per weighted stain)")
     if args.discriminator_per_stain and args.adversarial_stains is not None and len(args.adversarial_stains) < 2:
@@ -255,7 +257,8 @@ def distill(args: argparse.Namespace) -> dict:
         truth = TruthRegions(args.data, seed=args.seed, region=args.teacher_region_size, slices=cfg.num_slices, gene_bin=cfg.gene_bin)
         adversary = Adversary(accelerator, cfg, lr=args.discriminator_lr, fill_value=teacher.config.fill_value, seed=window_seed,
                               stains=args.adversarial_stains, steps=args.discriminator_steps,
-                              per_stain=args.discriminator_per_stain, stain_weights=args.adversarial_stain_weights)
+                              per_stain=args.discriminator_per_stain, stain_weights=args.adversarial_stain_weights,
+                              paired=args.discriminator_paired)
     windows = DistillWindows(group, num_records, path, grid, geometry, seed=window_seed, global_batch=global_batch,
                              length=args.max_train_steps * global_batch, prediction_type=prediction_type, truth=truth,
                              fresh_noise_fraction=args.fresh_noise_fraction, fresh_noise_mse=args.fresh_noise_mse)

@@ -16,6 +16,9 @@ teacher's cells; the discriminator pushes the student's outputs toward the distr
 * ``--discriminator_per_stain`` gives each seen stain a discriminator of its own (their logits averaged), so that
   no stain's texture is left to the MSE because the other stain is the easier tell; ``--adversarial_stain_weights``
   then scales each stain's share of the student's term;
+* ``--discriminator_paired`` makes it a judge of pairs instead (pix2pix-style): it also sees the student's input x_t
+  of the window (stacked with each stain's sections), and **real** is the teacher's x0* for that input rather than
+  the true image, so texture that does not follow the input (the grain an unpaired discriminator accepts) is a tell;
 * hinge loss: the discriminator minimises ``relu(1 - D(real)) + relu(1 + D(fake))``, the student ``-D(fake)``
   (times the weight, on top of the masked MSE); the discriminator takes ``--discriminator_steps`` Adam steps (default
   1) on each training step's batch, so it can keep ahead of the student.
@@ -99,11 +102,13 @@ def check_stain_weights(weights, stains: tuple[int, ...], per_stain: bool) -> tu
     return weights
 
 
-def build_discriminator(unet_config, seed: int, stains=None, per_stain: bool = False) -> nn.Module:
+def build_discriminator(unet_config, seed: int, stains=None, per_stain: bool = False, paired: bool = False) -> nn.Module:
     """The discriminator for a student of ``unet_config`` that sees ``stains`` (default all), one for all of them or
-    (``per_stain``) a :class:`StainwiseDiscriminator`; its initial weights drawn from ``seed`` alone."""
+    (``per_stain``) a :class:`StainwiseDiscriminator`; ``paired``: each stain's sections come with the input's
+    (:func:`paired_images`); its initial weights drawn from ``seed`` alone."""
     seen = len(check_stains(stains, unet_config))
-    gene_channels, slices = unet_config.num_genes * unet_config.gene_slices, unet_config.num_slices
+    gene_channels = unet_config.num_genes * unet_config.gene_slices
+    slices = unet_config.num_slices * (2 if paired else 1)
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
@@ -118,6 +123,12 @@ def patch_genes(batch: dict, patch: int, gene_bin: int, size: int) -> torch.Tens
     """The gene bins under a window's ``size``-px output (its patches; the window reaches half a patch around them)."""
     lo, n = patch // 2 // gene_bin, size // gene_bin
     return batch["genes"][..., lo : lo + n, lo : lo + n]
+
+
+def paired_images(images: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """``(B, stains, 2 * slices, P, P)``: each stain's sections of ``images`` followed by the same stain's sections of
+    ``inputs``, so a per-stain discriminator's part sees its stain's output and input alone."""
+    return torch.stack([images, inputs], dim=2).flatten(2, 3)
 
 
 def in_region(images: torch.Tensor, mask: torch.Tensor, fill_value: float) -> torch.Tensor:
@@ -187,7 +198,7 @@ class Adversary:
     name = "discriminator"  # its files in a checkpoint: discriminator.safetensors, discriminator_optimizer.*
 
     def __init__(self, accelerator, unet_config, *, lr: float, fill_value: float, seed: int, stains=None, steps: int = 1,
-                 per_stain: bool = False, stain_weights=None):
+                 per_stain: bool = False, stain_weights=None, paired: bool = False):
         from .losses import sample_seed
 
         if steps < 1:
@@ -195,8 +206,9 @@ class Adversary:
         self.steps = steps
         self.stains = check_stains(stains, unet_config)
         self.stain_weights = check_stain_weights(stain_weights, self.stains, per_stain)
+        self.paired = paired
         discriminator = build_discriminator(unet_config, sample_seed(seed, 0, 0, "discriminator-init"), self.stains,
-                                            per_stain)
+                                            per_stain, paired)
         discriminator.train()
         optimizer = torch.optim.Adam(discriminator.parameters(), lr=lr, betas=DISCRIMINATOR_BETAS)
         self.discriminator, self.optimizer = accelerator.prepare(discriminator, optimizer)
@@ -207,9 +219,15 @@ class Adversary:
         return {self.name: (self.discriminator, self.optimizer)}
 
     def _inputs(self, out: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(real, fake, genes): the true image (paired: the teacher's x0*) and the student's x0, each with the
+        window's input x_t when paired, inside the record's region."""
         mask, stains = batch["mask"], list(self.stains)
-        return (in_region(batch["real"][:, stains], mask, self.fill_value), in_region(out[:, stains], mask, self.fill_value),
-                patch_genes(batch, self.patch, self.gene_bin, out.shape[-1]))
+        real = in_region(batch["x0" if self.paired else "real"][:, stains], mask, self.fill_value)
+        fake = in_region(out[:, stains], mask, self.fill_value)
+        if self.paired:
+            inputs = in_region(batch["x_t"][:, stains], mask, self.fill_value)
+            real, fake = paired_images(real, inputs), paired_images(fake, inputs)
+        return real, fake, patch_genes(batch, self.patch, self.gene_bin, out.shape[-1])
 
     def generator_term(self, out: torch.Tensor, batch: dict) -> torch.Tensor:
         """The student's (unweighted) hinge term on its outputs ``out`` for ``batch``."""

@@ -42,8 +42,10 @@ def distill_model_card(args: argparse.Namespace, config, grid, summary: dict) ->
         f"- steps: {summary.get('steps')} x global batch {summary.get('global_batch')} windows "
         f"({summary.get('world')} process(es)), {summary.get('seconds', 0):.0f} s; Adam lr {args.learning_rate} "
         f"({args.lr_scheduler}), EMA: {'yes' if args.use_ema else 'no'}, high-pass weight {args.highpass_weight}, seed {args.seed}",
-        *([f"- adversarial term: a conditional patch discriminator on the true images of `{args.data}`, hinge loss, "
-           f"weight {args.adversarial_weight}, discriminator Adam lr {args.discriminator_lr}"
+        *([(f"- adversarial term: a conditional patch discriminator on (input, output) pairs, the teacher's x0 real, hinge loss, "
+            if args.discriminator_paired else
+            f"- adversarial term: a conditional patch discriminator on the true images of `{args.data}`, hinge loss, ")
+           + f"weight {args.adversarial_weight}, discriminator Adam lr {args.discriminator_lr}"
            + (f" ({args.discriminator_steps} steps per training step)" if args.discriminator_steps != 1 else "")
            + (f", stains {args.adversarial_stains} only" if args.adversarial_stains is not None else "")
            + (", one discriminator per stain" if args.discriminator_per_stain else "")

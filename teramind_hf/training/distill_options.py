@@ -78,6 +78,10 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     a("--adversarial_stain_weights", type=float, nargs="+", default=None,
       help="with --discriminator_per_stain: one weight >= 0 per seen stain, scaling that stain's share of the student's "
            "adversarial term (default: all 1)")
+    a("--discriminator_paired", action="store_true",
+      help="the discriminator judges (input, output) pairs: it also sees the student's input x_t, and the teacher's x0 "
+           "for that input is real instead of the true image, so texture that does not follow the input is a tell "
+           "(--adversarial_weight > 0)")
     a("--fresh_noise_fraction", type=float, default=0.0,
       help="fraction of the windows at the student's later steps whose input is the teacher's sample re-noised with "
            "fresh noise (what LCM sampling gives the student there) instead of the DDIM path; those windows are "
