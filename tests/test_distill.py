@@ -299,6 +299,24 @@ def test_a_discriminator_per_stain_judges_each_stain_on_its_own(one_torch_thread
     assert out.grad[:, 0].abs().sum() > 0 and out.grad[:, 1].abs().sum() == 0
 
 
+def test_the_grid_options_take_a_name_or_a_json_schedule():
+    """``--grid`` / ``--teacher_grid``: a schedule's name as given, a JSON object as its fields (per-step shifts
+    have no name), anything else that starts like JSON refused by argparse."""
+    from teramind_hf.sampling.schedule import resolve_grid
+    from teramind_hf.training.distill import parse_args
+
+    base = ["--teacher", "t", "--data", "d", "--output_dir", "o"]
+    shifted = '{"shifts": [[32, 32], [0, 0], [0, 0]], "blend_offsets": [[0, 0], [16, 16]], "blend_steps": 1, "blend_power": 2}'
+    args = parse_args([*base, "--grid", shifted, "--teacher_grid", "diagonal"])
+    assert args.teacher_grid == "diagonal"
+    grid = resolve_grid(args.grid)
+    assert grid.offsets_at(0, 3) == ((32, 32),) and grid.offsets_at(1, 3) == ((0, 0),)
+    assert grid.offsets_at(2, 3) == ((0, 0), (16, 16)) and grid.calls_per_tile(3) == 4
+    for bad in ("{not json", "{}x", '{"shifts": 1'):
+        with pytest.raises(SystemExit):
+            parse_args([*base, "--grid", bad])
+
+
 @pytest.mark.parametrize("per_stain", [False, True])
 def test_a_paired_discriminator_judges_the_output_against_the_input(one_torch_thread, per_stain):
     """``--discriminator_paired``: the teacher's x0 of the window is real (not the true image), the discriminator
@@ -555,6 +573,8 @@ def test_a_seam_weight_trains_on_wide_windows_and_adds_the_term(distilled, teach
         (["--adversarial_weight", "1", "--discriminator_per_stain", "--adversarial_stain_weights", "1"],
          "--adversarial_stain_weights: one weight >= 0 per stain the discriminator sees (2)"),
         (["--discriminator_paired"], "--discriminator_paired needs --adversarial_weight > 0"),
+        (["--grid", '{"shift": [[32, 32]]}'], "--grid: GridSchedule.__init__() got an unexpected keyword argument 'shift'"),
+        (["--grid", '{"shifts": [[32, 32]], "blend_steps": 1}'], "--grid: grid schedule: blending needs at least two blend_offsets"),
         (["--seam_weight", "1"], "--seam_weight needs --window_patches >= 2"),
         (["--window_patches", "0"], "--window_patches must be >= 1"),
         (["--window_patches", "5"], "--window_patches 5: a 256-px teacher region holds 4 patches of 64 px per side"),

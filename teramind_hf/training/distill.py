@@ -87,7 +87,7 @@ def check_args(args: argparse.Namespace) -> None:
     for name in ("grid", "teacher_grid"):
         try:
             resolve_grid(getattr(args, name))
-        except ValueError as err:
+        except (ValueError, TypeError) as err:  # TypeError: a JSON schedule with fields GridSchedule does not have
             raise ValueError(f"--{name}: {err}") from err
     local = {k: v for k, v in (("--teacher", args.teacher), ("--student_init", args.student_init)) if v and Path(v).exists()}
     check_output_location(args.output_dir, {"--data": args.data, **local}, "--output_dir")

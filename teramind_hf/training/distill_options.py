@@ -4,9 +4,23 @@ only, so `teramind distill --help` starts without importing torch)."""
 from __future__ import annotations
 
 import argparse
+import json
 
 # the scheduler names the teacher may sample with: deterministic ones only, so that a noise draw has one endpoint
 DETERMINISTIC_TEACHER_SCHEDULERS = ("dpm", "ddim", "unipc", "euler")
+
+
+def grid_option(text: str):
+    """A grid schedule's name, or a JSON object of a ``GridSchedule``'s fields (e.g. per-step ``shifts``)."""
+    if not text.lstrip().startswith("{"):
+        return text
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"a grid schedule name or a JSON object expected, got {text!r} ({err})") from err
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"a grid schedule name or a JSON object expected, got {text!r}")
+    return value
 
 
 def add_distill_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -28,11 +42,14 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     a("--teacher_scheduler", choices=DETERMINISTIC_TEACHER_SCHEDULERS, default="dpm",
       help="deterministic solver of the teacher's ODE (dpm: DPM-Solver++ 2M)")
     a("--teacher_steps", type=int, default=None, help="teacher steps (default: the teacher pipeline's num_inference_steps)")
-    a("--teacher_grid", default=None,
+    a("--teacher_grid", default=None, type=grid_option,
       help="grid schedule of the teacher's samples (default: the student's --grid, so targets come from the grid it ships with)")
     # the student's sampler
     a("--student_steps", type=int, default=2, help="DDIM steps of the student (trailing spacing: 2 -> t 999, 499)")
-    a("--grid", default=None, help="grid schedule the student is trained for and ships with (default: the teacher's)")
+    a("--grid", default=None, type=grid_option,
+      help="grid schedule the student is trained for and ships with (default: the teacher's): a name, or a JSON object "
+           "of GridSchedule fields, e.g. '{\"shifts\": [[32, 32], [0, 0], [0, 0]], \"blend_offsets\": [[0, 0], [16, 16]], "
+           "\"blend_steps\": 1, \"blend_power\": 2}'")
     a("--prediction_type", choices=["epsilon", "sample", "v_prediction"], default=None,
       help="what the student predicts (default: the teacher's); 'sample' suits 1-2 steps of an epsilon teacher")
     # optimisation
