@@ -38,8 +38,8 @@ SOLVERS = ["ddim", "dpm", "unipc"]
 # step), and a multistep solver on the blended "diagonal" grid (neighbours read at two offsets every step)
 DEFAULT_CASE = ("dpm-sde", "diagonal")  # the embedded model's own sampler
 # and the turbo preset's solver on its grid: TCD (its step noise per tile and step at its own eta) on
-# "diagonal-last" (one offset, then the blended pair at the last step)
-CASES = [(solver, None) for solver in SOLVERS] + [DEFAULT_CASE, ("unipc", "diagonal"), ("TCDScheduler", "diagonal-last")]
+# "diagonal-last-shifted" (the first step's grid half a patch off, then one offset, then the blended pair at the last step)
+CASES = [(solver, None) for solver in SOLVERS] + [DEFAULT_CASE, ("unipc", "diagonal"), ("TCDScheduler", "diagonal-last-shifted")]
 
 
 def case_id(solver: str, grid: str | None) -> str:
@@ -237,6 +237,7 @@ def test_grid_schedules_blend_at_every_step_move_with_the_shift_and_sharpen_weig
     assert [len(last.offsets_at(i, 3)) for i in range(3)] == [1, 1, 2]
     assert last.calls_per_tile(3) == 4 and every.calls_per_tile(3) == 6 and GridSchedule().calls_per_tile(15) == 15
     assert GRID_SCHEDULES["diagonal-last"].calls_per_tile(3) == 4 == GRID_SCHEDULES["diagonal"].calls_per_tile(2)
+    assert GRID_SCHEDULES["diagonal-last-shifted"].calls_per_tile(3) == 4
     with pytest.raises(ValueError, match="blend_steps"):
         GridSchedule(blend_offsets=((0, 0), (16, 16)), blend_steps="some")
     with pytest.raises(ValueError, match="blend_power"):

@@ -90,6 +90,11 @@ GRID_SCHEDULES: dict[str, GridSchedule] = {
     # the same pair blended at the last step only, offset (0, 0) alone before it: a 3-step sampler costs 4 calls per
     # tile (a few-step student's budget; docs/distillation.md)
     "diagonal-last": GridSchedule(blend_offsets=((0, 0), (16, 16)), blend_steps=1, blend_power=2.0),
+    # the same for 3 steps with the first step's grid half a patch off, so that no patch border of the first step
+    # lies on one of the later steps' (shifts cycle by step index: step 3 of a longer run would be off again); still
+    # 4 calls per tile at 3 steps. The `turbo` student's grid (docs/distillation.md)
+    "diagonal-last-shifted": GridSchedule(shifts=((32, 32), (0, 0), (0, 0)), blend_offsets=((0, 0), (16, 16)),
+                                          blend_steps=1, blend_power=2.0),
 }
 
 
