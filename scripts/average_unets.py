@@ -1,11 +1,14 @@
 """A weighted average of two students' UNet weights (same architecture), saved as a pipeline folder.
 
-How ``teramind_hf/turbo_model`` was made (docs/distillation.md, "The turbo student"): 0.2 x the fresh-noise student
-+ 0.8 x the 4-discriminator-step student, under the sampler config (TCD, 3 steps, diagonal-last, eta) of
-``--config-from``:
+How ``teramind_hf/turbo_model`` was made (docs/distillation.md, "The second `turbo`"): 0.5 x the student trained on
+the shifted grid + 0.5 x the 8-px-band seam student, under the sampler config (TCD, 3 steps, eta 1.0,
+diagonal-last-shifted) of ``--config-from``:
 
-    python scripts/average_unets.py --a /work/student/stage11_fresh_mse --b /work/student/stage12_dsteps4 \
-        --weight-a 0.2 --config-from teramind_hf/turbo_model --out /tmp/turbo
+    python scripts/average_unets.py --a stages/turbo_seam_band8w2_both_shifted --b stages/turbo_seam_band8w2 \
+        --weight-a 0.5 --config-from teramind_hf/turbo_model --out /tmp/turbo
+
+(the first ``turbo``, now ``stages/turbo_v1``, was 0.2 x ``stage11_fresh_mse`` + 0.8 x ``stage12_dsteps4`` under
+the same TCD config on ``diagonal-last``.)
 
 The average is taken in float32 and saved in the dtype of ``--a``'s weights. ``--out`` must not exist (nothing is
 replaced).
