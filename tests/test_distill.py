@@ -573,7 +573,7 @@ def test_a_seam_weight_trains_on_wide_windows_and_adds_the_term(distilled, teach
         (["--adversarial_weight", "1", "--discriminator_per_stain", "--adversarial_stain_weights", "1"],
          "--adversarial_stain_weights: one weight >= 0 per stain the discriminator sees (2)"),
         (["--discriminator_paired"], "--discriminator_paired needs --adversarial_weight > 0"),
-        (["--grid", '{"shift": [[32, 32]]}'], "--grid: GridSchedule.__init__() got an unexpected keyword argument 'shift'"),
+        (["--grid", '{"shift": [[32, 32]]}'], "--grid: grid schedule: unknown fields ['shift']; known: ['shifts', 'blend_offsets', 'blend_steps', 'blend_period', 'blend_power']"),
         (["--grid", '{"shifts": [[32, 32]], "blend_steps": 1}'], "--grid: grid schedule: blending needs at least two blend_offsets"),
         (["--seam_weight", "1"], "--seam_weight needs --window_patches >= 2"),
         (["--window_patches", "0"], "--window_patches must be >= 1"),

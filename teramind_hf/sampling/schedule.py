@@ -17,7 +17,7 @@ runs at:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 
@@ -73,6 +73,10 @@ class GridSchedule:
 
     @classmethod
     def from_dict(cls, data: dict) -> "GridSchedule":
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ValueError(f"grid schedule: unknown fields {unknown}; known: {known}")
         return cls(**{**data, "shifts": tuple(map(tuple, data.get("shifts", ((0, 0),)))),
                       "blend_offsets": tuple(map(tuple, data.get("blend_offsets", ())))})
 

@@ -87,7 +87,7 @@ def check_args(args: argparse.Namespace) -> None:
     for name in ("grid", "teacher_grid"):
         try:
             resolve_grid(getattr(args, name))
-        except (ValueError, TypeError) as err:  # TypeError: a JSON schedule with fields GridSchedule does not have
+        except ValueError as err:
             raise ValueError(f"--{name}: {err}") from err
     local = {k: v for k, v in (("--teacher", args.teacher), ("--student_init", args.student_init)) if v and Path(v).exists()}
     check_output_location(args.output_dir, {"--data": args.data, **local}, "--output_dir")
@@ -254,7 +254,9 @@ def distill(args: argparse.Namespace) -> dict:
     if args.adversarial_weight:
         from .distill_adversarial import Adversary, TruthRegions
 
-        truth = TruthRegions(args.data, seed=args.seed, region=args.teacher_region_size, slices=cfg.num_slices, gene_bin=cfg.gene_bin)
+        if not args.discriminator_paired:  # a paired discriminator's real is the teacher's x0, not the true image
+            truth = TruthRegions(args.data, seed=args.seed, region=args.teacher_region_size, slices=cfg.num_slices,
+                                 gene_bin=cfg.gene_bin)
         adversary = Adversary(accelerator, cfg, lr=args.discriminator_lr, fill_value=teacher.config.fill_value, seed=window_seed,
                               stains=args.adversarial_stains, steps=args.discriminator_steps,
                               per_stain=args.discriminator_per_stain, stain_weights=args.adversarial_stain_weights,
