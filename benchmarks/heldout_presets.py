@@ -21,7 +21,7 @@ every criterion of issue 21 item 2 against the reference:
 * ``dapi HF`` / ``polyt HF``: within 10 % of the reference's.
 
 The spread used is the larger of the candidate's and the reference's. Samples are cached as .npy (by preset,
-pipeline folder, region, size and noise seed) so an interrupted run resumes; ``--json`` gets every number.
+the sampling pipeline's weights and scheduler config, region, size and noise seed) so an interrupted run resumes; ``--json`` gets every number.
 
     OMP_NUM_THREADS=1 python benchmarks/heldout_presets.py --regions 2 3 4 5 6 7 --noise-seeds 0 1 --size 512 \\
         --presets official seamless fast fastest --json heldout_presets.json
@@ -47,6 +47,7 @@ from teramind_hf import DEFAULT_MODEL_UM_PER_PX, GeneMorphUNet3DModel, TeraMindP
 from teramind_hf.data.phantom import make_phantom  # noqa: E402
 from teramind_hf.eval.grid import step_profile, worst_phase_border_score  # noqa: E402
 from teramind_hf.eval.metrics import realism_metrics  # noqa: E402
+from teramind_hf.pipelines.run_record import model_fingerprint  # noqa: E402
 from teramind_hf.sampling.presets import PRESETS, resolve_preset  # noqa: E402
 
 TRAINING_REGIONS = (0, 1)  # the embedded model's training (0) and validation (1) phantom seeds
@@ -109,8 +110,16 @@ def cached_sample(pipe, tissue, preset, noise_seed: int, cache: Path, key: tuple
     return out.images
 
 
-def sample(pipe, folder: str, preset, tissue, region: int, size: int, noise_seed: int, cache: Path) -> np.ndarray:
-    return cached_sample(pipe, tissue, preset, noise_seed, cache, (folder, preset, region, size, noise_seed))
+def pipeline_identity(pipe: TeraMindPipeline) -> str:
+    """What a cached sample depends on besides its arguments: the weights (their sha256, as the run record has it)
+    and the pipeline's and scheduler's configs. Without it, retrained weights in the same folder would be read from
+    the cache."""
+    configs = [sorted((k, v) for k, v in dict(c).items() if not k.startswith("_")) for c in (pipe.config, pipe.scheduler.config)]
+    return model_fingerprint(pipe.unet) + repr(configs)
+
+
+def sample(pipe, identity: str, preset, tissue, region: int, size: int, noise_seed: int, cache: Path) -> np.ndarray:
+    return cached_sample(pipe, tissue, preset, noise_seed, cache, (identity, preset, region, size, noise_seed))
 
 
 def summary(metrics: dict) -> dict[str, float]:
@@ -179,6 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     for _, _, pipe, _ in candidates:
         pipe.set_progress_bar_config(disable=True)
     calls = {label: calls_per_tile(pipe, preset) for label, _, pipe, preset in candidates}
+    identities = {label: pipeline_identity(pipe) for label, _, pipe, _ in candidates}
 
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
@@ -192,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
         for label, folder, pipe, preset in candidates:
             for noise_seed in args.noise_seeds:
                 wall, cpu = time.perf_counter(), time.process_time()
-                images = sample(pipe, folder, preset, tissue, region, args.size, noise_seed, cache)
+                images = sample(pipe, identities[label], preset, tissue, region, args.size, noise_seed, cache)
                 values = summary(realism_metrics(images, truth, DEFAULT_MODEL_UM_PER_PX))
                 per_seed[label][noise_seed].append(values)
                 profile = step_profile(images)

@@ -9,8 +9,7 @@ import torch
 from teramind_hf import BoundaryAwareScheduler, TeraMindPipeline
 from teramind_hf.sampling import TileGrid
 
-from .conftest import TINY_GENES, make_tiny_unet
-from .test_engine import ENGINE_UNET
+from .conftest import FAST_CONFIG, TINY_GENES, make_tiny_unet
 
 TILE = 256
 
@@ -41,7 +40,7 @@ def without_patch_ids(unet):
 
 @pytest.fixture(scope="module")
 def pipe():
-    pipe = TeraMindPipeline(unet=make_tiny_unet(**ENGINE_UNET), scheduler=BoundaryAwareScheduler(), tile_size=TILE)
+    pipe = TeraMindPipeline(unet=make_tiny_unet(**FAST_CONFIG), scheduler=BoundaryAwareScheduler(), tile_size=TILE)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -85,7 +84,7 @@ def test_a_compiled_model_gets_no_patch_ids(pipe, genes):
     from teramind_hf.pipelines.gene_source import GeneSource
     from teramind_hf.pipelines.sampling_run import reuses_encoder
 
-    unet = make_tiny_unet(**ENGINE_UNET)
+    unet = make_tiny_unet(**FAST_CONFIG)
     assert reuses_encoder(unet)
     compiled = TeraMindPipeline(unet=unet, scheduler=BoundaryAwareScheduler(), tile_size=TILE)
     unet.compile()  # lazy: nothing is compiled until a call

@@ -22,15 +22,10 @@ from teramind_hf.sampling.sampler import TileSampler
 from teramind_hf.sampling.schedule import GRID_SCHEDULES, blend_weights
 from teramind_hf.schedulers.scheduling_boundary_aware import official_timesteps
 
-from .conftest import TINY_GENES, kill_when, make_tiny_unet
+from .conftest import FAST_CONFIG, TINY_GENES, kill_when, make_tiny_unet
 from .test_generate import accelerate_launch
 
 TILE = 256  # (the tiny model is not bit-batch-invariant on 192-px canvases of 128-px tiles: oneDNN kernels)
-# a smaller model than the other tests' (3.8x faster per tile): the engine's properties do not depend on its
-# size, but byte equality across batch sizes needs a model whose oneDNN kernels are batch-invariant, which is
-# not true of every small config (e.g. layers_per_block=1 with level-2 attention is not); this one is
-ENGINE_UNET = dict(block_out_channels=(2, 4, 8, 16), time_embed_dim=16, gene_map_channels=(4, 4, 2), layers_per_block=1,
-                   attention_levels=())
 STEPS = 3
 REGION = (0, 0, 2 * TILE, 2 * TILE)  # 2 x 2 tiles
 SOLVERS = ["ddim", "dpm", "unipc"]
@@ -62,7 +57,7 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def model_dir(workdir) -> Path:
-    pipe = TeraMindPipeline(unet=make_tiny_unet(**ENGINE_UNET), scheduler=BoundaryAwareScheduler(), tile_size=TILE)
+    pipe = TeraMindPipeline(unet=make_tiny_unet(**FAST_CONFIG), scheduler=BoundaryAwareScheduler(), tile_size=TILE)
     pipe.save_pretrained(workdir / "tiny")
     return workdir / "tiny"
 

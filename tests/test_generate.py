@@ -20,7 +20,7 @@ from teramind_hf.pipelines.ome_zarr import downsample_2x
 from teramind_hf.pipelines.streaming import generate_to_zarr
 from teramind_hf.eval.seams import seam_score, seam_score_array
 
-from .conftest import TINY_GENES, kill_when, make_tiny_unet
+from .conftest import FAST_CONFIG, TINY_GENES, kill_when, make_tiny_unet
 
 STEPS = 2
 REGION = (0, 0, 512, 512)  # 2 x 2 tiles
@@ -34,7 +34,7 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def pipe() -> TeraMindPipeline:
-    pipeline = TeraMindPipeline(unet=make_tiny_unet(), scheduler=BoundaryAwareScheduler())
+    pipeline = TeraMindPipeline(unet=make_tiny_unet(**FAST_CONFIG), scheduler=BoundaryAwareScheduler())
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
@@ -174,7 +174,7 @@ def test_bad_inputs_are_named_and_destroy_nothing(pipe, gene_store, model_dir, g
 
     with pytest.raises(FileExistsError, match="seed"):
         generate_to_zarr(pipe, gene_store, out, region=REGION, num_inference_steps=STEPS, generator=1, progress_bar=False)
-    other_model = TeraMindPipeline(unet=make_tiny_unet(seed=1), scheduler=BoundaryAwareScheduler())
+    other_model = TeraMindPipeline(unet=make_tiny_unet(seed=1, **FAST_CONFIG), scheduler=BoundaryAwareScheduler())
     with pytest.raises(FileExistsError, match="model_sha256"):
         generate_to_zarr(other_model, gene_store, out, region=REGION, num_inference_steps=STEPS, generator=0, progress_bar=False)
     with pytest.raises(ValueError, match="outside the gene data"):

@@ -23,8 +23,7 @@ from teramind_hf.sampling.presets import scheduler_from_name
 from teramind_hf.sampling.sampler import tile_noise
 from teramind_hf.schedulers.scheduling_boundary_aware import tile_seed
 
-from .conftest import TINY_GENES, make_tiny_unet
-from .test_engine import ENGINE_UNET
+from .conftest import FAST_CONFIG, TINY_GENES, make_tiny_unet
 
 TILE, HALO, PATCH, BIN = 256, 32, 64, 16
 STEPS = 3
@@ -37,7 +36,7 @@ def one_thread(one_torch_thread):
 
 @pytest.fixture(scope="module")
 def unet():
-    return make_tiny_unet(**ENGINE_UNET)
+    return make_tiny_unet(**FAST_CONFIG)
 
 
 # ---------------------------------------------------------------------------------- per-tile initial noise

@@ -195,15 +195,17 @@ def run_view(*args: str, cwd: Path | None = None, preexec_fn=None) -> subprocess
                             stderr=subprocess.PIPE, text=True, env=env, cwd=cwd, preexec_fn=preexec_fn)
 
 
-def test_view_stops_on_ctrl_c_even_when_sigint_was_inherited_ignored(output):
-    """A parent that ignores SIGINT (a script's background job) passes that on; `teramind view` still stops on it."""
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_view_stops_on_ctrl_c_or_sigterm_even_when_sigint_was_inherited_ignored(output, stop):
+    """A parent that ignores SIGINT (a script's background job) passes that on; `teramind view` still stops on it,
+    and on SIGTERM (a scheduler, ``kill``) it closes its socket and exits 0 too, rather than dying on the signal."""
     process = run_view(str(output), "--no-browser", preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         assert process.stdout.readline().startswith(f"serving {output} at http://127.0.0.1:")
     finally:
-        process.send_signal(signal.SIGINT)
-        process.communicate(timeout=30)
-    assert process.returncode == 0
+        process.send_signal(stop)
+        out, err = process.communicate(timeout=30)
+    assert process.returncode == 0 and out.strip().endswith("stopped") and "Traceback" not in err, (process.returncode, err)
 
 
 def test_view_serves_prints_the_link_stops_on_ctrl_c_and_writes_nothing(output):

@@ -126,10 +126,11 @@ class GeneMorphUNet3DModel(ModelMixin, ConfigMixin):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         """diffusers' ``from_pretrained`` from safetensors only (nothing unpickled), refusing integer or non-finite
-        weights (named) instead of casting them."""
+        weights (named) instead of casting them; the weights end up 64-byte aligned on the CPU, as in a model built
+        in memory, so that a saved and reloaded model samples the same bytes (:func:`.weights.align_cpu_tensors`)."""
         from pathlib import Path
 
-        from .weights import check_float_tensors, check_safetensors_dtypes
+        from .weights import align_cpu_tensors, check_float_tensors, check_safetensors_dtypes
 
         if kwargs.get("use_safetensors") is False:
             raise ValueError("use_safetensors=False: pickled (.bin) weights are never loaded; convert them to safetensors")
@@ -142,6 +143,7 @@ class GeneMorphUNet3DModel(ModelMixin, ConfigMixin):
         except ConfigFieldError as err:  # a config value this model refuses: name the file
             raise ConfigFieldError(f"{folder / 'config.json'}: {err}") from err
         check_float_tensors(model.state_dict().items(), source=str(folder))
+        align_cpu_tensors(model)
         return model
 
     def to(self, *args, **kwargs):

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 
 @dataclass
@@ -50,6 +49,9 @@ def image_metrics(pred: np.ndarray, target: np.ndarray, pool: int = 1) -> dict[s
     to a bin, so a faithful *sample* cannot match sub-bin detail pixel for pixel; pooled metrics measure
     agreement at the scale the genes carry.
     """
+    # here, not at import: scikit-image pulls in scipy.stats, which a run without validation never needs
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
     pred = np.asarray(pred, dtype=np.float64)
     target = np.asarray(target, dtype=np.float64)
     if pred.shape != target.shape:

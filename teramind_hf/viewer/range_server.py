@@ -173,17 +173,22 @@ def server_url(server: ThreadingHTTPServer) -> str:
 
 
 def serve_until_interrupted(server: ThreadingHTTPServer, on_ready=None) -> None:
-    """Serve until Ctrl-C (KeyboardInterrupt), then close the socket; ``on_ready()`` (e.g. printing the address) runs
-    once Ctrl-C is sure to stop the server, right before serving.
+    """Serve until Ctrl-C (SIGINT) or SIGTERM, then close the socket; ``on_ready()`` (e.g. printing the address) runs
+    once either signal is sure to stop the server, right before serving.
 
     Ctrl-C works even where the process inherited SIGINT as ignored (a background job of a shell script, or a parent
-    that ignores it): Python then keeps it ignored, and the server could only be killed."""
+    that ignores it): Python then keeps it ignored, and the server could only be killed. SIGTERM (``kill``, a job
+    scheduler, ``docker stop``) stops it the same way, instead of ending the process before the socket is closed."""
     import signal
     import threading
 
-    previous = None
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = {}
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
+        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, interrupt)
     try:
         if on_ready is not None:
             on_ready()
@@ -192,5 +197,5 @@ def serve_until_interrupted(server: ThreadingHTTPServer, on_ready=None) -> None:
         pass
     finally:
         server.server_close()
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
