@@ -16,7 +16,7 @@ from teramind_hf import BoundaryAwareScheduler, TeraMindPipeline
 from teramind_hf.cli import main as cli_main
 from teramind_hf.pipelines.device import ProcessPlacement, resolve_device, single_worker_launch
 
-from .conftest import TINY_GENES, make_tiny_unet
+from .conftest import FAST_CONFIG, TINY_GENES, make_tiny_unet
 
 ONE = ProcessPlacement()
 SECOND_OF_TWO_GPU = ProcessPlacement(local_process_index=1, num_processes=2, distributed_type="MULTI_GPU")
@@ -113,7 +113,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).pa
 @pytest.fixture(scope="module")
 def run_inputs(tmp_path_factory) -> tuple[Path, Path]:
     workdir = tmp_path_factory.mktemp("device")
-    pipe = TeraMindPipeline(unet=make_tiny_unet(), scheduler=BoundaryAwareScheduler())
+    pipe = TeraMindPipeline(unet=make_tiny_unet(**FAST_CONFIG), scheduler=BoundaryAwareScheduler())
     pipe.save_pretrained(workdir / "tiny_model")
     genes = np.random.default_rng(0).poisson(1.0, (len(TINY_GENES), 2, 16, 16)).astype(np.float32)
     group = zarr.open_group(str(workdir / "genes.zarr"), mode="w")

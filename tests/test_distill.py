@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from .conftest import OFFICIAL_SMALL, kill_at_checkpoint, make_tiny_unet
+from .conftest import FAST_CONFIG, OFFICIAL_SMALL, kill_at_checkpoint, make_tiny_unet
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "TQDM_DISABLE": "1"}
 FAST = ["--num_teacher_samples", "2", "--teacher_steps", "1", "--train_batch_size", "2", "--num_threads", "1",
@@ -42,7 +42,7 @@ def teacher(tmp_path_factory, phantom) -> Path:
     from teramind_hf import BoundaryAwareScheduler, TeraMindPipeline
 
     names = list(zarr.open_group(str(phantom), mode="r").attrs["gene_names"])
-    pipe = TeraMindPipeline(unet=make_tiny_unet(names), scheduler=BoundaryAwareScheduler(prediction_type="sample"),
+    pipe = TeraMindPipeline(unet=make_tiny_unet(names, **FAST_CONFIG), scheduler=BoundaryAwareScheduler(prediction_type="sample"),
                             grid="diagonal", num_inference_steps=3)
     path = tmp_path_factory.mktemp("teacher") / "teacher"
     pipe.save_pretrained(str(path))
