@@ -96,6 +96,15 @@ def distilled_per_stain(distilled, teacher, phantom, tmp_path_factory, one_torch
     return _rerun(distilled, teacher, phantom, tmp_path_factory.mktemp("distill") / "per_stain", PER_STAIN)
 
 
+PAIRED = [*ADVERSARIAL, "--discriminator_paired"]
+
+
+@pytest.fixture(scope="module")
+def distilled_paired(distilled, teacher, phantom, tmp_path_factory, one_torch_thread) -> Path:
+    """The adversarial run with the paired (pix2pix-style) discriminator: the teacher's x0* is its real image."""
+    return _rerun(distilled, teacher, phantom, tmp_path_factory.mktemp("distill") / "paired", PAIRED)
+
+
 def test_windows_are_the_samplers_model_inputs_and_the_path_is_ddim(distilled):
     import zarr
 
@@ -204,8 +213,8 @@ def test_fresh_noise_windows_are_the_teachers_sample_renoised_and_get_no_mse(dis
 
 
 @pytest.mark.parametrize("uninterrupted, extra", [("distilled", []), ("distilled_adversarial", ADVERSARIAL),
-                                                 ("distilled_per_stain", PER_STAIN)],
-                         ids=["mse", "adversarial", "per-stain"])
+                                                 ("distilled_per_stain", PER_STAIN), ("distilled_paired", PAIRED)],
+                         ids=["mse", "adversarial", "per-stain", "paired"])
 def test_kill_and_resume_equals_uninterrupted(uninterrupted, extra, distilled, teacher, phantom, tmp_path, request):
     from teramind_hf.cli import main
 
@@ -227,6 +236,7 @@ def test_kill_and_resume_equals_uninterrupted(uninterrupted, extra, distilled, t
     if "--discriminator_per_stain" in extra:  # one discriminator per stain in the checkpoint, named in the card
         assert {k.split(".")[1] for k in load_file(str(full / "checkpoint-4" / "discriminator.safetensors"))} == {"0", "1"}
         assert "one discriminator per stain (stain weights [1.5, 0.3])" in (full / "README.md").read_text()
+    if "--discriminator_per_stain" in extra or "--discriminator_paired" in extra:  # the option changes the run
         adversarial_w = _weights(request.getfixturevalue("distilled_adversarial"))
         assert any(not torch.equal(full_w[k], adversarial_w[k]) for k in full_w)
 
