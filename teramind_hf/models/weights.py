@@ -48,7 +48,7 @@ def check_safetensors_dtypes(path: str | Path) -> None:
         raise WeightsError(f"{path}: expected floating-point weights, but these tensors are not: {_listed(bad)}")
 
 
-# torch's CPU allocator aligns every tensor it allocates to 64 bytes; oneDNN picks its kernels by alignment too
+# torch's CPU allocator aligns every tensor it allocates to 64 bytes
 CPU_ALIGNMENT_BYTES = 64
 
 
@@ -56,10 +56,8 @@ def align_cpu_tensors(module: torch.nn.Module) -> int:
     """Give each CPU parameter and buffer of ``module`` that is not 64-byte aligned its own aligned copy (same values).
 
     safetensors files place tensors at 8-byte offsets, and diffusers' loader keeps them where the file mapping puts
-    them. oneDNN chooses convolution kernels by alignment as well as by shape, and with few channels the kernels differ
-    in summation order: a model loaded from a folder then gave different samples from the same model before it was
-    saved (up to 1.6e-3 after 3 steps, from ulp-level differences; the embedded model is aligned as loaded). Returns
-    how many tensors were copied."""
+    them. torch's CPU kernels may take another code path for unaligned weights, summing in another order: a narrow model loaded from a folder sampled other bytes than the same model before it was
+    saved (docs/architecture.md, "Loading"). Returns how many tensors were copied."""
     copied = 0
     with torch.no_grad():
         for tensor in [*module.parameters(), *module.buffers()]:
