@@ -18,12 +18,12 @@ TINY_GENES = ["Slc17a7", "Slc17a6", "Gad1", "Nr4a2", "Th"]
 
 
 TINY_CONFIG = dict(block_out_channels=(4, 8, 16, 32), time_embed_dim=32, gene_map_channels=(16, 8, 8))
-# about 4x faster per canvas than TINY_CONFIG, for tests about the engine and the pipeline rather than the model's
+# a narrower, faster model than TINY_CONFIG, for tests about the engine and the pipeline rather than the model's
 # width: byte equality across batch sizes needs a model whose CPU kernels are batch-invariant, which is not true of
 # every small config (e.g. layers_per_block=1 with level-2 attention is not); this one is
 FAST_CONFIG = dict(block_out_channels=(2, 4, 8, 16), time_embed_dim=16, gene_map_channels=(4, 4, 2), layers_per_block=1,
                    attention_levels=())
-# narrower still, for the bf16 / fp16 cases: low-precision convolutions have no fast CPU kernels
+# narrower than TINY_CONFIG, for the bf16 / fp16 cases: low-precision convolutions have no fast CPU kernels
 NARROW_CONFIG = dict(block_out_channels=(4, 4, 8, 16), time_embed_dim=16, gene_map_channels=(8, 4, 4), layers_per_block=1)
 
 
