@@ -21,7 +21,8 @@ every criterion of issue 21 item 2 against the reference:
 * ``dapi HF`` / ``polyt HF``: within 10 % of the reference's.
 
 The spread used is the larger of the candidate's and the reference's. Samples are cached as .npy (by preset,
-the sampling pipeline's weights and scheduler config, region, size and noise seed) so an interrupted run resumes; ``--json`` gets every number.
+the sampling pipeline's weights and configs, region, size and noise seed) so an interrupted run resumes;
+``--json`` gets every number.
 
     OMP_NUM_THREADS=1 python benchmarks/heldout_presets.py --regions 2 3 4 5 6 7 --noise-seeds 0 1 --size 512 \\
         --presets official seamless fast fastest --json heldout_presets.json
@@ -182,13 +183,13 @@ def main(argv: list[str] | None = None) -> None:
         args.presets = [REFERENCE, *args.presets]
     torch.set_num_threads(args.threads)
     embedded = TeraMindPipeline.from_pretrained()
-    candidates = [(p, "", preset_pipeline(p, embedded), p) for p in args.presets]
+    candidates = [(p, preset_pipeline(p, embedded), p) for p in args.presets]
     for label, folder, preset in parse_pipelines(args.pipelines):
-        candidates.append((label, folder, TeraMindPipeline.from_pretrained(folder), preset))
-    for _, _, pipe, _ in candidates:
+        candidates.append((label, TeraMindPipeline.from_pretrained(folder), preset))
+    for _, pipe, _ in candidates:
         pipe.set_progress_bar_config(disable=True)
-    calls = {label: calls_per_tile(pipe, preset) for label, _, pipe, preset in candidates}
-    identities = {label: pipeline_identity(pipe) for label, _, pipe, _ in candidates}
+    calls = {label: calls_per_tile(pipe, preset) for label, pipe, preset in candidates}
+    identities = {label: pipeline_identity(pipe) for label, pipe, _ in candidates}
 
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
         tissue = make_phantom(args.size, args.size, num_slices=2, seed=region, um_per_px=DEFAULT_MODEL_UM_PER_PX)
         truth = tissue.images.transpose(1, 0, 2, 3)  # (Z, 2, H, W) uint8
         truth_profile = step_profile(truth) + truth_profile if truth_profile else step_profile(truth)
-        for label, folder, pipe, preset in candidates:
+        for label, pipe, preset in candidates:
             for noise_seed in args.noise_seeds:
                 wall, cpu = time.perf_counter(), time.process_time()
                 images = sample(pipe, identities[label], preset, tissue, region, args.size, noise_seed, cache)

@@ -30,6 +30,7 @@ def test_cache_key_follows_weights_scheduler_and_pipeline_config():
     other_steps = TeraMindPipeline.from_pretrained()
     other_steps.register_to_config(num_inference_steps=pipe.config.num_inference_steps + 1)
     other_scheduler = TeraMindPipeline.from_pretrained()
-    other_scheduler.scheduler.register_to_config(timestep_spacing="leading" if pipe.scheduler.config.get("timestep_spacing") != "leading" else "trailing")
+    spacing = "trailing" if pipe.scheduler.config.get("timestep_spacing") == "leading" else "leading"
+    other_scheduler.scheduler.register_to_config(timestep_spacing=spacing)
     keys = {script.pipeline_identity(p) for p in (pipe, retrained, other_steps, other_scheduler)}
     assert len(keys) == 4

@@ -56,8 +56,9 @@ def align_cpu_tensors(module: torch.nn.Module) -> int:
     """Give each CPU parameter and buffer of ``module`` that is not 64-byte aligned its own aligned copy (same values).
 
     safetensors files place tensors at 8-byte offsets, and diffusers' loader keeps them where the file mapping puts
-    them. torch's CPU kernels may take another code path for unaligned weights, summing in another order: a narrow model loaded from a folder sampled other bytes than the same model before it was
-    saved (docs/architecture.md, "Loading"). Returns how many tensors were copied."""
+    them. torch's CPU kernels may take another code path for unaligned weights, summing in another order: a narrow
+    model loaded from a folder sampled other bytes than the same model before it was saved (docs/architecture.md,
+    "Loading"). Returns how many tensors were copied."""
     copied = 0
     with torch.no_grad():
         for tensor in [*module.parameters(), *module.buffers()]:
